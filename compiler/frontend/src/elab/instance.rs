@@ -1,0 +1,849 @@
+//! Building the instance tree: module bodies run at compile time, quantize clauses and adapt
+//! rules attach to the instances their targets match, and instance calls run forwards through
+//! their adapters.
+
+use super::eval::{ArgVal, as_f64};
+use super::target::{Candidate, Matcher, nearest, override_regex};
+use super::value::{DeclId, Env, InstId, Value};
+use super::{AdapterInst, Decl, DeclKind, Elaborator, Instance, QuantSpec};
+use crate::ast::*;
+use crate::diag::Diagnostic;
+use graft_ir::{DType, InputKind, Op, QuantFormat, TensorType, ValueId};
+use std::collections::{BTreeMap, HashMap};
+
+/// Where a member walk declares things.
+struct WalkCx {
+    /// Path prefix for declared tensors and child instances.
+    path: String,
+    /// True inside an adapter body.
+    adapter: bool,
+    /// The adapter's forward, once seen.
+    forward: Option<usize>,
+}
+
+fn join(prefix: &str, seg: &str) -> String {
+    if prefix.is_empty() {
+        seg.to_string()
+    } else {
+        format!("{prefix}.{seg}")
+    }
+}
+
+impl<'a> Elaborator<'a> {
+    /// Binds a module's parameters from call arguments, with defaults and type checks.
+    pub(crate) fn bind_params(
+        &mut self,
+        def: &'a ModuleDef,
+        args: Vec<ArgVal>,
+        call_span: Span,
+    ) -> Result<HashMap<String, Value>, Diagnostic> {
+        let mut env = Env::new(HashMap::new());
+        let mut given: Vec<Option<ArgVal>> = vec![None; def.params.len()];
+        let mut positional = 0;
+        for a in args {
+            let idx = match &a.name {
+                Some(n) => def
+                    .params
+                    .iter()
+                    .position(|p| p.name.name == n.name)
+                    .ok_or_else(|| {
+                        let names: Vec<&str> =
+                            def.params.iter().map(|p| p.name.name.as_str()).collect();
+                        let mut d = Diagnostic::error(
+                            n.span,
+                            format!("`{}` has no parameter `{}`", def.name.name, n.name),
+                            "unknown parameter",
+                        )
+                        .with_label(def.name.span, "defined here");
+                        d = d.with_help(
+                            match super::eval::suggest(&n.name, names.iter().copied()) {
+                                Some(s) => {
+                                    format!("did you mean `{s}`? parameters: {}", names.join(", "))
+                                }
+                                None => format!("parameters: {}", names.join(", ")),
+                            },
+                        );
+                        d
+                    })?,
+                None => {
+                    let i = positional;
+                    positional += 1;
+                    if i >= def.params.len() {
+                        return Err(Diagnostic::error(
+                            a.span,
+                            format!(
+                                "`{}` takes {} parameter(s)",
+                                def.name.name,
+                                def.params.len()
+                            ),
+                            "extra argument",
+                        )
+                        .with_label(def.name.span, "defined here"));
+                    }
+                    i
+                }
+            };
+            if given[idx].is_some() {
+                return Err(Diagnostic::error(
+                    a.span,
+                    format!("parameter `{}` is given twice", def.params[idx].name.name),
+                    "given again",
+                ));
+            }
+            given[idx] = Some(a);
+        }
+        for (p, g) in def.params.iter().zip(given) {
+            let (v, span) = match g {
+                Some(a) => (a.value, a.span),
+                None => match &p.default {
+                    Some(d) => (self.eval(d, &mut env)?, d.span),
+                    None => {
+                        return Err(Diagnostic::error(
+                            call_span,
+                            format!(
+                                "missing parameter `{}: {}` of `{}`",
+                                p.name.name,
+                                p.ty.name(),
+                                def.name.name
+                            ),
+                            "in this call",
+                        )
+                        .with_label(p.name.span, "declared here without a default"));
+                    }
+                },
+            };
+            let v = match (p.ty, v) {
+                (ScalarType::Int, Value::Int(i)) => Value::Int(i),
+                (ScalarType::Float, v @ (Value::Int(_) | Value::Float(_))) => {
+                    Value::Float(as_f64(&v).unwrap_or(0.0))
+                }
+                (ScalarType::Bool, Value::Bool(b)) => Value::Bool(b),
+                (ScalarType::String, Value::Str(s)) => Value::Str(s),
+                (ty, v) => {
+                    return Err(Diagnostic::error(
+                        span,
+                        format!(
+                            "parameter `{}` is `{}`, but this is {}",
+                            p.name.name,
+                            ty.name(),
+                            v.kind()
+                        ),
+                        format!("expected {}", ty.name()),
+                    )
+                    .with_label(p.name.span, "declared here"));
+                }
+            };
+            env.bind(&p.name.name, v);
+        }
+        Ok(env.frames.pop().unwrap_or_default())
+    }
+
+    pub(super) fn instantiate_model(&mut self, model: &'a ModelDecl) -> Result<InstId, Diagnostic> {
+        let ExprKind::Call(callee, args) = &model.value.kind else {
+            return Err(Diagnostic::error(
+                model.value.span,
+                "a model is declared by calling a module",
+                "expected `kind(args)`",
+            ));
+        };
+        let def = self.module_def(callee, false)?;
+        let args = self.eval_args(args, &mut Env::new(HashMap::new()))?;
+        self.instantiate(def, args, String::new(), model.value.span, false)
+    }
+
+    /// Resolves a callee expression to a module (or, with `adapter`, an adapter) definition.
+    pub(crate) fn module_def(
+        &mut self,
+        callee: &'a Expr,
+        adapter: bool,
+    ) -> Result<&'a ModuleDef, Diagnostic> {
+        let want = if adapter { "adapter" } else { "module" };
+        let ExprKind::Name(name) = &callee.kind else {
+            return Err(Diagnostic::error(
+                callee.span,
+                format!("expected the name of a {want}"),
+                "not a name",
+            ));
+        };
+        match self.defs.get(name) {
+            Some(super::Def::Module(m)) if m.wraps.is_some() == adapter => Ok(m),
+            Some(super::Def::Module(m)) => Err(Diagnostic::error(
+                callee.span,
+                format!(
+                    "`{name}` is {}, not {}",
+                    if adapter { "a module" } else { "an adapter" },
+                    if adapter { "an adapter" } else { "a module" }
+                ),
+                format!("expected {want}"),
+            )
+            .with_label(m.name.span, "defined here")),
+            Some(other) => Err(Diagnostic::error(
+                callee.span,
+                format!("`{name}` is not a {want}"),
+                format!("expected {want}"),
+            )
+            .with_label(other.span(), "defined here")),
+            None => {
+                let candidates: Vec<&str> = self
+                    .defs
+                    .iter()
+                    .filter(
+                        |(_, d)| matches!(d, super::Def::Module(m) if m.wraps.is_some() == adapter),
+                    )
+                    .map(|(k, _)| k.as_str())
+                    .collect();
+                let mut d = Diagnostic::error(
+                    callee.span,
+                    format!("unknown {want} `{name}`"),
+                    format!("no {want} with this name"),
+                );
+                d = d.with_help(
+                    match super::eval::suggest(name, candidates.iter().copied()) {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!(
+                            "import it with `use`, e.g. `use {}`",
+                            if adapter { "peft.lora" } else { "models.llama" }
+                        ),
+                    },
+                );
+                Err(d)
+            }
+        }
+    }
+
+    pub(crate) fn instantiate(
+        &mut self,
+        def: &'a ModuleDef,
+        args: Vec<ArgVal>,
+        path: String,
+        span: Span,
+        output: bool,
+    ) -> Result<InstId, Diagnostic> {
+        self.enter(span)?;
+        let params = self.bind_params(def, args, span)?;
+        let id = self.instances.len();
+        self.instances.push(Instance {
+            path: path.clone(),
+            def,
+            members: HashMap::new(),
+            forward: None,
+            output,
+            adapters: Vec::new(),
+            span,
+        });
+        let mut env = Env {
+            base: params,
+            frames: Vec::new(),
+        };
+        let mut cx = WalkCx {
+            path,
+            adapter: false,
+            forward: None,
+        };
+        self.walk_members(&def.members, &mut env, &mut cx)?;
+        self.instances[id].members = env.base;
+        self.instances[id].forward =
+            cx.forward
+                .and_then(|i| match &def.members.get(i).map(|m| &m.kind) {
+                    Some(MemberKind::Forward(f)) => Some(f),
+                    _ => None,
+                });
+        self.depth -= 1;
+        Ok(id)
+    }
+
+    fn walk_members(
+        &mut self,
+        members: &'a [Member],
+        env: &mut Env,
+        cx: &mut WalkCx,
+    ) -> Result<(), Diagnostic> {
+        for (i, m) in members.iter().enumerate() {
+            match &m.kind {
+                MemberKind::Weight { name, ty, rename }
+                | MemberKind::Param {
+                    name, ty, rename, ..
+                } => {
+                    let is_param = matches!(m.kind, MemberKind::Param { .. });
+                    let mut shape = Vec::new();
+                    for d in &ty.dims {
+                        shape.push(self.eval_dim(d, env)?);
+                    }
+                    let seg = rename
+                        .as_ref()
+                        .map_or(name.name.as_str(), |r| r.value.as_str());
+                    let path = join(&cx.path, seg);
+                    if let Some(prev) = self.decls.iter().find(|d| d.path == path) {
+                        return Err(Diagnostic::error(
+                            name.span,
+                            format!("`{path}` is declared twice"),
+                            "second declaration",
+                        )
+                        .with_label(prev.span, "first declaration"));
+                    }
+                    let init = match &m.kind {
+                        MemberKind::Param { init, .. } => Some((init, env.clone())),
+                        _ => None,
+                    };
+                    self.decls.push(Decl {
+                        path,
+                        kind: if is_param {
+                            DeclKind::Param
+                        } else {
+                            DeclKind::Weight
+                        },
+                        ty: TensorType::new(ty.dtype.unwrap_or(DType::F32), shape),
+                        span: m.span,
+                        doc: m.doc.clone(),
+                        init,
+                        quant: None,
+                    });
+                    env.base
+                        .insert(name.name.clone(), Value::Decl(self.decls.len() - 1));
+                }
+                MemberKind::Unfreeze(names) => {
+                    if !cx.adapter {
+                        return Err(Diagnostic::error(
+                            m.span,
+                            "`unfreeze` is only allowed in adapters",
+                            "in a module",
+                        )
+                        .with_help(
+                            "a module's own tensors are trainable when declared with `param`",
+                        ));
+                    }
+                    for n in names {
+                        match env.get(&n.name) {
+                            Some(Value::Decl(id)) => {
+                                let id = *id;
+                                if self.decls[id].quant.is_some() {
+                                    return Err(Diagnostic::error(
+                                        n.span,
+                                        format!(
+                                            "`{}` is quantized and cannot be trained",
+                                            self.decls[id].path
+                                        ),
+                                        "quantized weight",
+                                    )
+                                    .with_label(self.decls[id].span, "declared here"));
+                                }
+                                self.decls[id].kind = DeclKind::Param;
+                            }
+                            _ => {
+                                return Err(Diagnostic::error(
+                                    n.span,
+                                    format!("`{}` is not a weight of the wrapped module", n.name),
+                                    "not a weight",
+                                ));
+                            }
+                        }
+                    }
+                }
+                MemberKind::Let { name, value } => {
+                    let v = self.eval(value, env)?;
+                    env.base.insert(name.name.clone(), v);
+                }
+                MemberKind::For { var, lo, hi, body } => {
+                    let (lo, hi) = (self.eval_int(lo, env)?, self.eval_int(hi, env)?);
+                    for i in lo..hi {
+                        env.frames
+                            .push(HashMap::from([(var.name.clone(), Value::Int(i))]));
+                        let r = self.walk_members(body, env, cx);
+                        env.frames.pop();
+                        r?;
+                    }
+                }
+                MemberKind::If {
+                    cond,
+                    then,
+                    otherwise,
+                } => {
+                    let c = self.eval_bool(cond, env)?;
+                    self.walk_members(if c { then } else { otherwise }, env, cx)?;
+                }
+                MemberKind::Forward(f) => {
+                    if let Some(prev) = cx.forward.and_then(|p| members.get(p)) {
+                        return Err(Diagnostic::error(
+                            f.name.span,
+                            "a module has one `forward`",
+                            "second forward",
+                        )
+                        .with_label(prev.span, "first forward"));
+                    }
+                    cx.forward = Some(i);
+                }
+                MemberKind::Instance {
+                    name,
+                    index,
+                    output,
+                    value,
+                } => {
+                    let ExprKind::Call(callee, args) = &value.kind else {
+                        return Err(Diagnostic::error(
+                            value.span,
+                            "an instance is declared by calling a module",
+                            "expected `kind(args)`",
+                        ));
+                    };
+                    let def = self.module_def(callee, false)?;
+                    let args = self.eval_args(args, env)?;
+                    let seg = match index {
+                        Some(ix) => format!("{}.{}", name.name, self.eval_int(ix, env)?),
+                        None => name.name.clone(),
+                    };
+                    let path = join(&cx.path, &seg);
+                    let child = self.instantiate(def, args, path, m.span, *output)?;
+                    match index {
+                        None => {
+                            env.base.insert(name.name.clone(), Value::Inst(child));
+                        }
+                        Some(ix) => {
+                            let k = self.eval_int(ix, env)?;
+                            let slot = env
+                                .base
+                                .entry(name.name.clone())
+                                .or_insert_with(|| Value::Group(BTreeMap::new()));
+                            match slot {
+                                Value::Group(g) => {
+                                    g.insert(k, Value::Inst(child));
+                                }
+                                other => {
+                                    return Err(Diagnostic::error(
+                                        name.span,
+                                        format!(
+                                            "`{}` is {} and cannot hold indexed instances",
+                                            name.name,
+                                            other.kind()
+                                        ),
+                                        "indexed here",
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every instance as a target candidate.
+    fn candidates(&self) -> Vec<Candidate<'_>> {
+        self.instances
+            .iter()
+            .filter(|i| !i.path.is_empty())
+            .map(|i| Candidate {
+                path: &i.path,
+                kind: &i.def.name.name,
+                output: i.output,
+            })
+            .collect()
+    }
+
+    fn no_match(&self, target: &Target, what: &str) -> Diagnostic {
+        let text = match &target.kind {
+            TargetKind::Regex(s) => s.clone(),
+            TargetKind::Names(n) => n
+                .iter()
+                .map(|s| s.value.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        let cands = self.candidates();
+        let near = nearest(&text, cands.iter().map(|c| c.path), 4);
+        Diagnostic::error(target.span, format!("target matches no module for {what}"), "matches nothing")
+            .with_help(format!("nearest module paths: {}. A string is a regex over the whole path (PEFT's rule); a list matches names or dotted suffixes", near.join(", ")))
+    }
+
+    pub(super) fn apply_quantize(
+        &mut self,
+        _root: InstId,
+        q: &'a QuantizeClause,
+    ) -> Result<(), Diagnostic> {
+        let ExprKind::Call(callee, args) = &q.format.kind else {
+            return Err(Diagnostic::error(
+                q.format.span,
+                "expected a quantization format like `nf4(block: 64)`",
+                "not a call",
+            ));
+        };
+        let ExprKind::Name(fmt) = &callee.kind else {
+            return Err(Diagnostic::error(
+                callee.span,
+                "expected a format name",
+                "not a name",
+            ));
+        };
+        let Some(format) = QuantFormat::from_name(fmt) else {
+            return Err(Diagnostic::error(
+                callee.span,
+                format!("unknown quantization format `{fmt}`"),
+                "unknown format",
+            )
+            .with_help("supported: nf4"));
+        };
+        let mut block = 64usize;
+        let mut nested = 0usize;
+        let mut env = Env::new(HashMap::new());
+        for a in args {
+            let Some(name) = &a.name else {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    "quantization options are named",
+                    "unnamed",
+                )
+                .with_help("e.g. `nf4(block: 64, double_quant: true)`"));
+            };
+            let v = self.eval(&a.value, &mut env)?;
+            match (name.name.as_str(), v) {
+                ("block", Value::Int(b)) if b > 0 => block = b as usize,
+                ("double_quant", Value::Bool(b)) => nested = if b { 256 } else { 0 },
+                (other, v) => {
+                    return Err(Diagnostic::error(
+                        a.value.span,
+                        format!("bad option `{other}` = {}", v.kind()),
+                        "invalid",
+                    )
+                    .with_help("options: block: int (64), double_quant: bool (false)"));
+                }
+            }
+        }
+        let matcher = Matcher::new(&q.target, "linear")?;
+        let hits: Vec<InstId> = (0..self.instances.len())
+            .filter(|&i| {
+                let inst = &self.instances[i];
+                !inst.path.is_empty()
+                    && matcher.matches(&Candidate {
+                        path: &inst.path,
+                        kind: &inst.def.name.name,
+                        output: inst.output,
+                    })
+            })
+            .collect();
+        if hits.is_empty() {
+            return Err(self.no_match(&q.target, "`quantize`"));
+        }
+        for i in hits {
+            let decls: Vec<DeclId> = self.instances[i]
+                .members
+                .values()
+                .filter_map(|v| {
+                    if let Value::Decl(d) = v {
+                        Some(*d)
+                    } else {
+                        None
+                    }
+                })
+                .collect();
+            for d in decls {
+                let decl = &mut self.decls[d];
+                // Matrices are quantized; vectors (norms, biases) stay in full precision.
+                if decl.kind == DeclKind::Weight && decl.ty.rank() == 2 {
+                    decl.quant = Some(QuantSpec {
+                        format,
+                        block,
+                        nested,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_adapt_rule(&mut self, rule: &'a AdaptRule) -> Result<(), Diagnostic> {
+        let (callee, call_args) = match &rule.adapter.kind {
+            ExprKind::Call(c, a) => (&**c, a.as_slice()),
+            ExprKind::Name(_) => (&rule.adapter, &[][..]),
+            _ => {
+                return Err(Diagnostic::error(
+                    rule.adapter.span,
+                    "expected an adapter like `lora(r: 8)`",
+                    "not an adapter",
+                ));
+            }
+        };
+        let def = self.module_def(callee, true)?;
+        let wraps = def.wraps.as_ref().ok_or_else(|| {
+            Diagnostic::error(callee.span, "internal error: adapter without wraps", "here")
+        })?;
+        let matcher = Matcher::new(&rule.target, &wraps.kind.name)?;
+        let mut overrides = Vec::new();
+        for o in &rule.overrides {
+            let re = override_regex(&o.pattern.value)
+                .map_err(|e| Diagnostic::error(o.pattern.span, "invalid override pattern", e))?;
+            overrides.push((re, o));
+        }
+        let hits: Vec<InstId> = (0..self.instances.len())
+            .filter(|&i| {
+                let inst = &self.instances[i];
+                !inst.path.is_empty()
+                    && matcher.matches(&Candidate {
+                        path: &inst.path,
+                        kind: &inst.def.name.name,
+                        output: inst.output,
+                    })
+            })
+            .collect();
+        if hits.is_empty() {
+            return Err(self.no_match(&rule.target, &format!("adapter `{}`", def.name.name)));
+        }
+        let mut used_override = vec![false; overrides.len()];
+        for i in hits {
+            let inst_kind = &self.instances[i].def.name.name;
+            if *inst_kind != wraps.kind.name {
+                return Err(Diagnostic::error(
+                    rule.target.span,
+                    format!(
+                        "`{}` wraps `{}`, but `{}` is a `{inst_kind}`",
+                        def.name.name, wraps.kind.name, self.instances[i].path
+                    ),
+                    "matches it",
+                )
+                .with_label(wraps.kind.span, "the adapter wraps this kind")
+                .with_help(
+                    "narrow the target so that it selects only modules of the wrapped kind",
+                ));
+            }
+            // Arguments: the rule's, with the first matching override's replacing them.
+            let mut env = Env::new(HashMap::new());
+            let mut args = self.eval_args(call_args, &mut env)?;
+            if let Some(k) = overrides
+                .iter()
+                .position(|(re, _)| re.is_match(&self.instances[i].path))
+            {
+                used_override[k] = true;
+                for a in self.eval_args(&overrides[k].1.args, &mut env)? {
+                    let Some(n) = &a.name else {
+                        return Err(Diagnostic::error(
+                            a.span,
+                            "override arguments are named",
+                            "unnamed",
+                        )
+                        .with_help("e.g. `where \"q_proj\" { r: 16 }`"));
+                    };
+                    args.retain(|b| b.name.as_ref().map(|x| &x.name) != Some(&n.name));
+                    args.push(a);
+                }
+            }
+            self.attach_adapter(i, def, args, rule.span)?;
+        }
+        for (k, used) in used_override.iter().enumerate() {
+            if !used {
+                let o = overrides[k].1;
+                self.warnings.push(Diagnostic::warning(
+                    o.pattern.span,
+                    "override pattern matches no adapted module",
+                    "matches nothing",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn attach_adapter(
+        &mut self,
+        inst: InstId,
+        def: &'a ModuleDef,
+        args: Vec<ArgVal>,
+        span: Span,
+    ) -> Result<(), Diagnostic> {
+        let mut base = self.bind_params(def, args, span)?;
+        let wraps = def.wraps.as_ref().ok_or_else(|| {
+            Diagnostic::error(span, "internal error: adapter without wraps", "here")
+        })?;
+        let wrapped = &self.instances[inst];
+        for n in &wraps.names {
+            let Some(v) = wrapped.members.get(&n.name) else {
+                return Err(Diagnostic::error(
+                    n.span,
+                    format!(
+                        "`{}` has no parameter or member `{}`",
+                        wrapped.def.name.name, n.name
+                    ),
+                    "not found",
+                )
+                .with_label(wrapped.def.name.span, "wrapped module defined here"));
+            };
+            base.insert(n.name.clone(), v.clone());
+        }
+        // The wrapped module's weights are visible by their member names.
+        for (k, v) in &wrapped.members {
+            if matches!(v, Value::Decl(_)) {
+                base.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+        }
+        let path = wrapped.path.clone();
+        let mut env = Env {
+            base,
+            frames: Vec::new(),
+        };
+        let mut cx = WalkCx {
+            path,
+            adapter: true,
+            forward: None,
+        };
+        self.walk_members(&def.members, &mut env, &mut cx)?;
+        let forward = cx
+            .forward
+            .and_then(|i| match &def.members.get(i).map(|m| &m.kind) {
+                Some(MemberKind::Forward(f)) => Some(f),
+                _ => None,
+            });
+        self.instances[inst].adapters.push(AdapterInst {
+            def,
+            members: env.base,
+            forward,
+        });
+        Ok(())
+    }
+
+    /// Calls an instance's forward with the adapters below `level` applied (`level` =
+    /// number of adapters means all of them).
+    pub(crate) fn call_instance(
+        &mut self,
+        inst: InstId,
+        level: usize,
+        args: Vec<ArgVal>,
+        span: Span,
+    ) -> Result<Value, Diagnostic> {
+        self.enter(span)?;
+        let r = if level == 0 {
+            let i = &self.instances[inst];
+            let Some(f) = i.forward else {
+                return Err(Diagnostic::error(
+                    span,
+                    format!("module `{}` has no `forward`", i.def.name.name),
+                    "called here",
+                )
+                .with_label(i.def.name.span, "defined here"));
+            };
+            let env = Env::new(i.members.clone());
+            self.call_fn(f, env, args, span)
+        } else {
+            let a = &self.instances[inst].adapters[level - 1];
+            match a.forward {
+                Some(f) => {
+                    let mut base = a.members.clone();
+                    base.insert("base".into(), Value::Base(inst, level - 1));
+                    self.call_fn(f, Env::new(base), args, span)
+                }
+                None => self.call_instance(inst, level - 1, args, span),
+            }
+        };
+        self.depth -= 1;
+        r
+    }
+
+    /// The value of a declared tensor in the function being built: an input, dequantized if
+    /// the weight is quantized.
+    pub(crate) fn decl_value(&mut self, id: DeclId, span: Span) -> Result<ValueId, Diagnostic> {
+        if let Some(v) = self.fb_ref(span)?.decl_inputs.get(&id) {
+            return Ok(*v);
+        }
+        let d = self.decls[id].clone();
+        let is_init = self.fb_ref(span)?.is_init;
+        let kind = match d.kind {
+            DeclKind::Param if !is_init => InputKind::Param,
+            DeclKind::Param if d.init.is_some() => {
+                return Err(Diagnostic::error(
+                    span,
+                    format!(
+                        "the initializer reads `{}`, which is itself initialized",
+                        d.path
+                    ),
+                    "read here",
+                )
+                .with_label(d.span, "declared here")
+                .with_help("initializers may read frozen weights only"));
+            }
+            _ => InputKind::Weight,
+        };
+        let loc = self.loc(d.span);
+        let v = match d.quant {
+            Some(q) if kind == InputKind::Weight => {
+                let fb = self.fb_mut(span)?;
+                let codes =
+                    fb.func
+                        .add_input(d.path.clone(), kind, d.ty.with_dtype(DType::U4), Some(loc));
+                fb.origins.push(d.span);
+                let blocks = d.ty.numel().div_ceil(q.block);
+                let mut args = vec![codes];
+                let scales: Vec<(String, TensorType)> = if q.nested == 0 {
+                    vec![(
+                        format!("{}.absmax", d.path),
+                        TensorType::new(DType::F32, vec![blocks]),
+                    )]
+                } else {
+                    vec![
+                        (
+                            format!("{}.absmax", d.path),
+                            TensorType::new(DType::U8, vec![blocks]),
+                        ),
+                        (
+                            format!("{}.nested_absmax", d.path),
+                            TensorType::new(DType::F32, vec![blocks.div_ceil(q.nested)]),
+                        ),
+                        (
+                            format!("{}.nested_offset", d.path),
+                            TensorType::scalar(DType::F32),
+                        ),
+                    ]
+                };
+                for (name, ty) in scales {
+                    let fb = self.fb_mut(span)?;
+                    args.push(fb.func.add_input(name, kind, ty, Some(loc)));
+                    fb.origins.push(d.span);
+                }
+                self.emit(
+                    Op::Dequantize {
+                        format: q.format,
+                        block: q.block,
+                        nested: q.nested,
+                    },
+                    &args,
+                    Some(d.ty.clone()),
+                    d.span,
+                )?
+            }
+            _ => {
+                let fb = self.fb_mut(span)?;
+                let v = fb
+                    .func
+                    .add_input(d.path.clone(), kind, d.ty.clone(), Some(loc));
+                fb.origins.push(d.span);
+                v
+            }
+        };
+        self.fb_mut(span)?.decl_inputs.insert(id, v);
+        Ok(v)
+    }
+
+    /// Reads a weight as a frozen input (for the initial value of an unfrozen weight).
+    pub(super) fn frozen_input(&mut self, id: DeclId, span: Span) -> Result<ValueId, Diagnostic> {
+        let d = self.decls[id].clone();
+        let loc = self.loc(d.span);
+        let fb = self.fb_mut(span)?;
+        let v = fb
+            .func
+            .add_input(d.path.clone(), InputKind::Weight, d.ty.clone(), Some(loc));
+        fb.origins.push(d.span);
+        Ok(v)
+    }
+
+    /// Guards against runaway recursion.
+    pub(crate) fn enter(&mut self, span: Span) -> Result<(), Diagnostic> {
+        if self.depth >= super::MAX_DEPTH {
+            return Err(Diagnostic::error(
+                span,
+                "calls nest too deeply",
+                "while elaborating this call",
+            )
+            .with_help(format!(
+                "graft functions and modules may nest at most {} calls; is something recursive?",
+                super::MAX_DEPTH
+            )));
+        }
+        self.depth += 1;
+        Ok(())
+    }
+}

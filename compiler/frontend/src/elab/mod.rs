@@ -1,0 +1,606 @@
+//! Elaboration: from the AST of a spec and its imports to the IR.
+//!
+//! 1. Collect every definition (`fn`, `module`, `adapter`, `const`) into one namespace.
+//! 2. Instantiate the spec's model: run module bodies at compile time (loops unrolled, `if`s
+//!    resolved), giving a tree of instances with hierarchical paths and declared tensors.
+//! 3. Apply `quantize` clauses and `adapt` rules to the instances their targets match.
+//! 4. Build the IR: `forward` (the root's forward over the batch inputs) and `init` (every
+//!    trainable param's initializer, from the frozen weights and a seed).
+
+mod builtins;
+mod eval;
+mod instance;
+pub mod target;
+pub mod train;
+pub mod value;
+
+use crate::ast::*;
+use crate::diag::Diagnostic;
+use crate::load::Loaded;
+use graft_ir::{Function, InputKind, Loc, Module, Op, TensorType, ValueId};
+use std::collections::HashMap;
+use std::path::PathBuf;
+pub use train::{LrSchedule, OptimizerConfig, TrainConfig};
+use value::{DeclId, Env, InstId, Value};
+
+/// Deepest call nesting allowed while elaborating (graft functions may not recurse forever).
+const MAX_DEPTH: usize = 64;
+
+/// Whether a declared tensor is frozen or trainable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeclKind {
+    /// Frozen, loaded from the weights file.
+    Weight,
+    /// Trainable, initialized by the `init` function.
+    Param,
+}
+
+/// How a frozen weight is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantSpec {
+    /// The format.
+    pub format: graft_ir::QuantFormat,
+    /// Elements per absmax block.
+    pub block: usize,
+    /// Block size of the double quantization of absmax; 0 for none.
+    pub nested: usize,
+}
+
+/// A declared weight or param.
+#[derive(Clone, Debug)]
+pub struct Decl<'a> {
+    /// Full path, e.g. `model.layers.0.self_attn.q_proj.weight`.
+    pub path: String,
+    /// Frozen or trainable.
+    pub kind: DeclKind,
+    /// Its type.
+    pub ty: TensorType,
+    /// Where it is declared.
+    pub span: Span,
+    /// Its doc comment.
+    pub doc: Vec<String>,
+    /// The initializer and the scope it is evaluated in (params only).
+    pub init: Option<(&'a Expr, Env)>,
+    /// Quantized storage (frozen weights only).
+    pub quant: Option<QuantSpec>,
+}
+
+/// A module instance in the model tree.
+#[derive(Clone, Debug)]
+pub struct Instance<'a> {
+    /// Full path (`model.layers.0.mlp`); empty for the root.
+    pub path: String,
+    /// The module definition.
+    pub def: &'a ModuleDef,
+    /// Parameters and members, by name.
+    pub members: HashMap<String, Value>,
+    /// Its forward.
+    pub forward: Option<&'a FnDef>,
+    /// Marked `output`.
+    pub output: bool,
+    /// Adapters, innermost first.
+    pub adapters: Vec<AdapterInst<'a>>,
+    /// Where it was declared.
+    pub span: Span,
+}
+
+/// An adapter attached to an instance.
+#[derive(Clone, Debug)]
+pub struct AdapterInst<'a> {
+    /// The adapter definition.
+    pub def: &'a ModuleDef,
+    /// Its parameters and members, plus the wrapped module's names it sees.
+    pub members: HashMap<String, Value>,
+    /// Its forward (`None`: the wrapped forward unchanged).
+    pub forward: Option<&'a FnDef>,
+}
+
+/// A tensor the compiled program reads or trains, as reported to users and the runtime.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TensorInfo {
+    /// Full path.
+    pub path: String,
+    /// Frozen or trainable.
+    pub kind: DeclKind,
+    /// Logical type.
+    pub ty: TensorType,
+    /// Quantized storage, if any.
+    pub quant: Option<QuantSpec>,
+    /// `file:line:col` of the declaration.
+    pub declared_at: String,
+}
+
+/// The result of compiling a spec.
+#[derive(Clone, Debug)]
+pub struct Program {
+    /// The IR: `forward` and `init`.
+    pub module: Module,
+    /// Every weight and param.
+    pub tensors: Vec<TensorInfo>,
+    /// The model's name in the spec.
+    pub model_name: String,
+    /// The weights file, resolved against the spec's folder.
+    pub weights: Option<(PathBuf, Span)>,
+    /// Training settings.
+    pub train: TrainConfig,
+    /// Non-fatal findings.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// A global definition.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Def<'a> {
+    Fn(&'a FnDef),
+    Module(&'a ModuleDef),
+    Const(&'a ConstItem),
+}
+
+impl Def<'_> {
+    fn span(&self) -> Span {
+        match self {
+            Def::Fn(f) => f.name.span,
+            Def::Module(m) => m.name.span,
+            Def::Const(c) => c.name.span,
+        }
+    }
+}
+
+/// The function under construction.
+pub(crate) struct FnBuilder {
+    func: Function,
+    /// The source span each value came from, parallel to `func.nodes`.
+    origins: Vec<Span>,
+    /// Inputs already created, by decl.
+    decl_inputs: HashMap<DeclId, ValueId>,
+    /// Whether this is the `init` function (all decls read as frozen inputs).
+    is_init: bool,
+}
+
+/// The elaborator's state for one compilation.
+pub(crate) struct Elaborator<'a> {
+    loaded: &'a Loaded,
+    defs: HashMap<String, Def<'a>>,
+    consts: HashMap<String, Value>,
+    instances: Vec<Instance<'a>>,
+    decls: Vec<Decl<'a>>,
+    fb: Option<FnBuilder>,
+    module: Module,
+    depth: usize,
+    /// Type and path of the param whose initializer is being evaluated.
+    init_target: Option<(TensorType, String)>,
+    stream: u64,
+    batch: i64,
+    seq: i64,
+    warnings: Vec<Diagnostic>,
+}
+
+/// Compiles a loaded spec into a [`Program`].
+pub fn elaborate(loaded: &Loaded) -> Result<Program, Diagnostic> {
+    let mut el = Elaborator {
+        loaded,
+        defs: HashMap::new(),
+        consts: HashMap::new(),
+        instances: Vec::new(),
+        decls: Vec::new(),
+        fb: None,
+        module: Module::default(),
+        depth: 0,
+        init_target: None,
+        stream: 0,
+        batch: 1,
+        seq: 16,
+        warnings: Vec::new(),
+    };
+    el.collect_defs()?;
+    el.run()
+}
+
+impl<'a> Elaborator<'a> {
+    fn collect_defs(&mut self) -> Result<(), Diagnostic> {
+        for f in &self.loaded.files {
+            for item in &f.items {
+                let (name, def) = match item {
+                    Item::Fn(d) => (&d.name, Def::Fn(d)),
+                    Item::Module(d) => (&d.name, Def::Module(d)),
+                    Item::Const(d) => (&d.name, Def::Const(d)),
+                    _ => continue,
+                };
+                if builtins::is_builtin(&name.name) {
+                    return Err(Diagnostic::error(
+                        name.span,
+                        format!("`{}` is a built-in and cannot be redefined", name.name),
+                        "defined here",
+                    )
+                    .with_help("choose another name"));
+                }
+                if let Some(prev) = self.defs.get(&name.name) {
+                    return Err(Diagnostic::error(
+                        name.span,
+                        format!("`{}` is defined twice", name.name),
+                        "second definition",
+                    )
+                    .with_label(prev.span(), "first definition"));
+                }
+                self.defs.insert(name.name.clone(), def);
+            }
+        }
+        // Constants are evaluated once, in definition order.
+        for f in &self.loaded.files {
+            for item in &f.items {
+                if let Item::Const(c) = item {
+                    let mut env = Env::new(HashMap::new());
+                    let v = self.eval(&c.value, &mut env)?;
+                    self.consts.insert(c.name.name.clone(), v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn entry_items(&self) -> Vec<&'a Item> {
+        let loaded: &'a Loaded = self.loaded;
+        loaded
+            .files
+            .iter()
+            .filter(|f| f.file == loaded.entry)
+            .flat_map(|f| f.items.iter())
+            .collect()
+    }
+
+    fn run(mut self) -> Result<Program, Diagnostic> {
+        let entry_file = self.loaded.sources.file(self.loaded.entry);
+        let entry_span = Span {
+            file: self.loaded.entry,
+            start: 0,
+            end: 0,
+        };
+
+        // The train block first: batch and sequence sizes shape the IR.
+        let items = self.entry_items();
+        let mut train_blocks = items.iter().filter_map(|i| {
+            if let Item::Train(t) = i {
+                Some(t)
+            } else {
+                None
+            }
+        });
+        let train = match train_blocks.next() {
+            Some(t) => {
+                if let Some(second) = train_blocks.next() {
+                    return Err(Diagnostic::error(
+                        second.span,
+                        "a spec has one `train` block",
+                        "second `train` block",
+                    )
+                    .with_label(t.span, "first one"));
+                }
+                self.train_config(t)?
+            }
+            None => TrainConfig::default(),
+        };
+        self.batch = train.batch as i64;
+        self.seq = train.seq as i64;
+
+        let mut models = items.iter().filter_map(|i| {
+            if let Item::Model(m) = i {
+                Some(m)
+            } else {
+                None
+            }
+        });
+        let Some(model) = models.next() else {
+            let end = entry_file.text.len() as u32;
+            return Err(Diagnostic::error(Span { start: end, end, ..entry_span }, "this file declares no model", "expected a `model` item")
+                .with_help("a spec needs e.g. `model base = llama(vocab: 256, hidden: 64, layers: 2, heads: 4, ffn: 128)`; library files are checked through a spec that uses them"));
+        };
+        if let Some(second) = models.next() {
+            return Err(Diagnostic::error(
+                second.name.span,
+                "a spec declares one model",
+                "second model",
+            )
+            .with_label(model.name.span, "first model"));
+        }
+
+        let root = self.instantiate_model(model)?;
+        for q in &model.quantize {
+            self.apply_quantize(root, q)?;
+        }
+        for item in &items {
+            if let Item::Adapt(a) = item {
+                if a.model.name != model.name.name {
+                    return Err(Diagnostic::error(
+                        a.model.span,
+                        format!("unknown model `{}`", a.model.name),
+                        "not declared in this spec",
+                    )
+                    .with_help(format!("the model is called `{}`", model.name.name)));
+                }
+                for rule in &a.rules {
+                    self.apply_adapt_rule(rule)?;
+                }
+            }
+        }
+
+        let forward = self.build_forward(root, model)?;
+        let init = self.build_init()?;
+        self.module.functions = vec![forward, init];
+        self.warn_unused_params();
+
+        let weights = model.weights.as_ref().map(|w| {
+            let base = entry_file
+                .disk_path
+                .as_ref()
+                .and_then(|p| p.parent())
+                .map(PathBuf::from)
+                .unwrap_or_default();
+            (base.join(&w.value), w.span)
+        });
+        let tensors = self
+            .decls
+            .iter()
+            .map(|d| TensorInfo {
+                path: d.path.clone(),
+                kind: d.kind,
+                ty: d.ty.clone(),
+                quant: d.quant,
+                declared_at: self.loaded.sources.describe(d.span),
+            })
+            .collect();
+        Ok(Program {
+            module: self.module,
+            tensors,
+            model_name: model.name.name.clone(),
+            weights,
+            train,
+            warnings: self.warnings,
+        })
+    }
+
+    /// Converts a span to an IR location.
+    fn loc(&mut self, span: Span) -> Loc {
+        let (line, col) = self.loaded.sources.line_col(span.file, span.start);
+        let name = &self.loaded.sources.file(span.file).name;
+        Loc {
+            file: self.module.file_id(name),
+            line,
+            col,
+        }
+    }
+
+    fn build_forward(
+        &mut self,
+        root: InstId,
+        model: &'a ModelDecl,
+    ) -> Result<Function, Diagnostic> {
+        let inst = &self.instances[root];
+        let Some(fwd) = inst.forward else {
+            return Err(Diagnostic::error(
+                model.value.span,
+                format!("module `{}` has no `forward`", inst.def.name.name),
+                "cannot run this model",
+            )
+            .with_label(inst.def.name.span, "defined here"));
+        };
+        self.fb = Some(FnBuilder {
+            func: Function::new("forward"),
+            origins: Vec::new(),
+            decl_inputs: HashMap::new(),
+            is_init: false,
+        });
+        // The root's forward parameters are the batch inputs; `batch` and `seq` are visible in
+        // their annotations.
+        let mut args = Vec::new();
+        for p in &fwd.params {
+            let Some(TypeAnn::Tensor(t)) = &p.ty else {
+                return Err(Diagnostic::error(
+                    p.name.span,
+                    "the model's forward inputs need tensor types",
+                    "no tensor type",
+                )
+                .with_help("write e.g. `forward(input_ids: [batch, seq] i64)`"));
+            };
+            let mut env = Env::new(self.instances[root].members.clone());
+            env.bind("batch", Value::Int(self.batch));
+            env.bind("seq", Value::Int(self.seq));
+            let mut shape = Vec::new();
+            for d in &t.dims {
+                shape.push(self.eval_dim(d, &mut env)?);
+            }
+            let ty = TensorType::new(t.dtype.unwrap_or(graft_ir::DType::F32), shape);
+            let loc = self.loc(p.name.span);
+            let fb = self.fb_mut(p.name.span)?;
+            let id = fb
+                .func
+                .add_input(p.name.name.clone(), InputKind::Data, ty, Some(loc));
+            fb.origins.push(p.name.span);
+            args.push(eval::ArgVal {
+                name: None,
+                value: Value::Tensor(id),
+                span: p.name.span,
+            });
+        }
+        let out = self.call_instance(
+            root,
+            self.instances[root].adapters.len(),
+            args,
+            model.value.span,
+        )?;
+        let Some(out) = self.as_tensor(&out, fwd.span)? else {
+            return Err(Diagnostic::error(
+                fwd.span,
+                "the model's forward must return a tensor",
+                format!("returns {}", out.kind()),
+            ));
+        };
+        let mut fb = self
+            .fb
+            .take()
+            .ok_or_else(|| Diagnostic::error(fwd.span, "internal error: no function", "here"))?;
+        fb.func.add_output("logits", out);
+        Ok(tidy(fb.func))
+    }
+
+    fn build_init(&mut self) -> Result<Function, Diagnostic> {
+        self.fb = Some(FnBuilder {
+            func: Function::new("init"),
+            origins: Vec::new(),
+            decl_inputs: HashMap::new(),
+            is_init: true,
+        });
+        let mut outputs = Vec::new();
+        for id in 0..self.decls.len() {
+            if self.decls[id].kind != DeclKind::Param {
+                continue;
+            }
+            let d = self.decls[id].clone();
+            let value = match &d.init {
+                Some((expr, env)) => {
+                    self.init_target = Some((d.ty.clone(), d.path.clone()));
+                    self.stream = 0;
+                    let mut env = env.clone();
+                    let v = self.eval(expr, &mut env);
+                    self.init_target = None;
+                    let v = v?;
+                    self.coerce_init(v, &d, expr.span)?
+                }
+                // An unfrozen weight starts from its loaded value.
+                None => self.frozen_input(id, d.span)?,
+            };
+            outputs.push((d.path.clone(), value));
+        }
+        let mut fb = self.fb.take().ok_or_else(|| {
+            Diagnostic::error(
+                Span {
+                    file: self.loaded.entry,
+                    start: 0,
+                    end: 0,
+                },
+                "internal error: no function",
+                "here",
+            )
+        })?;
+        for (name, v) in outputs {
+            fb.func.add_output(name, v);
+        }
+        Ok(tidy(fb.func))
+    }
+
+    fn coerce_init(&mut self, v: Value, d: &Decl<'a>, span: Span) -> Result<ValueId, Diagnostic> {
+        match v {
+            Value::Int(_) | Value::Float(_) => {
+                let x = eval::as_f64(&v).unwrap_or(0.0);
+                self.emit(Op::Constant { value: x }, &[], Some(d.ty.clone()), span)
+            }
+            other => {
+                let Some(t) = self.as_tensor(&other, span)? else {
+                    return Err(Diagnostic::error(
+                        span,
+                        format!(
+                            "an initializer must give a tensor, this gives {}",
+                            other.kind()
+                        ),
+                        "initializer",
+                    ));
+                };
+                let got = self.fb_ref(span)?.func.ty(t).clone();
+                if got == d.ty {
+                    Ok(t)
+                } else if got.dtype == d.ty.dtype
+                    && graft_ir::broadcastable(&got.shape, &d.ty.shape)
+                {
+                    self.emit(Op::Broadcast, &[t], Some(d.ty.clone()), span)
+                } else {
+                    Err(Diagnostic::error(
+                        span,
+                        format!(
+                            "initializer of `{}` gives {got}, but the param is {}",
+                            d.path, d.ty
+                        ),
+                        format!("this is {got}"),
+                    )
+                    .with_label(d.span, format!("declared as {}", d.ty)))
+                }
+            }
+        }
+    }
+
+    fn warn_unused_params(&mut self) {
+        let Some(fwd) = self.module.function("forward") else {
+            return;
+        };
+        let used: std::collections::HashSet<&str> = fwd.inputs().map(|i| i.name).collect();
+        for d in &self.decls {
+            if d.kind == DeclKind::Param && !used.contains(d.path.as_str()) {
+                self.warnings.push(
+                    Diagnostic::warning(
+                        d.span,
+                        format!("trainable `{}` is never used by forward", d.path),
+                        "declared here",
+                    )
+                    .with_help("it would train nothing; use it in `forward` or remove it"),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn fb_mut(&mut self, span: Span) -> Result<&mut FnBuilder, Diagnostic> {
+        self.fb.as_mut().ok_or_else(|| {
+            Diagnostic::error(
+                span,
+                "tensor operations are only allowed in `forward`, `fn` bodies and initializers",
+                "a tensor is needed here",
+            )
+            .with_help(
+                "module bodies run at compile time: they may compute ints, floats and shapes",
+            )
+        })
+    }
+
+    pub(crate) fn fb_ref(&self, span: Span) -> Result<&FnBuilder, Diagnostic> {
+        self.fb.as_ref().ok_or_else(|| {
+            Diagnostic::error(
+                span,
+                "tensor operations are only allowed in `forward`, `fn` bodies and initializers",
+                "a tensor is needed here",
+            )
+        })
+    }
+}
+
+/// Moves every input to the front (keeping their order) and drops nodes no output needs.
+fn tidy(f: Function) -> Function {
+    let n = f.nodes.len();
+    let mut live = vec![false; n];
+    for o in &f.outputs {
+        live[o.value.index()] = true;
+    }
+    for i in (0..n).rev() {
+        if live[i] {
+            for a in &f.nodes[i].args {
+                live[a.index()] = true;
+            }
+        }
+    }
+    let is_input = |i: usize| matches!(f.nodes[i].op, Op::Input { .. });
+    let order: Vec<usize> = (0..n)
+        .filter(|&i| is_input(i))
+        .chain((0..n).filter(|&i| !is_input(i) && live[i]))
+        .collect();
+    let mut remap = vec![ValueId(0); n];
+    for (new, &old) in order.iter().enumerate() {
+        remap[old] = ValueId(new as u32);
+    }
+    let mut out = Function::new(f.name.clone());
+    for &old in &order {
+        let mut node = f.nodes[old].clone();
+        for a in &mut node.args {
+            *a = remap[a.index()];
+        }
+        out.nodes.push(node);
+    }
+    for o in &f.outputs {
+        out.add_output(o.name.clone(), remap[o.value.index()]);
+    }
+    out
+}

@@ -1,0 +1,324 @@
+//! The `train` block: settings read into a [`TrainConfig`], each checked with a diagnostic.
+
+use super::Elaborator;
+use super::eval::as_f64;
+use super::value::{Env, Value};
+use crate::ast::{Expr, ExprKind, Span, TrainBlock};
+use crate::diag::Diagnostic;
+use std::collections::HashMap;
+
+/// The optimizer and its hyperparameters.
+#[derive(Clone, Debug, PartialEq)]
+pub enum OptimizerConfig {
+    /// `torch.optim.AdamW`.
+    AdamW {
+        /// Learning rate.
+        lr: f64,
+        /// β₁, β₂.
+        betas: (f64, f64),
+        /// ε, added to √v̂.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+    /// SGD with momentum.
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum.
+        momentum: f64,
+        /// L2 weight decay.
+        weight_decay: f64,
+    },
+}
+
+/// The learning-rate schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub enum LrSchedule {
+    /// Constant after `warmup` linear steps.
+    Constant {
+        /// Warm-up steps.
+        warmup: usize,
+    },
+    /// Linear warm-up, then linear decay to 0 at the last step.
+    Linear {
+        /// Warm-up steps.
+        warmup: usize,
+    },
+    /// Linear warm-up, then cosine decay to 0.
+    Cosine {
+        /// Warm-up steps.
+        warmup: usize,
+    },
+}
+
+/// Training settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    /// Training data (JSONL with a text field, or pre-tokenized).
+    pub data: Option<String>,
+    /// A Hugging Face `tokenizer.json`.
+    pub tokenizer: Option<String>,
+    /// The loss (`causal_lm`).
+    pub loss: String,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    pub schedule: LrSchedule,
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Global-norm gradient clipping.
+    pub clip: Option<f64>,
+    /// Seed for initializers, dropout and data order.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: None,
+            tokenizer: None,
+            loss: "causal_lm".into(),
+            optimizer: OptimizerConfig::AdamW {
+                lr: 1e-3,
+                betas: (0.9, 0.999),
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
+            schedule: LrSchedule::Constant { warmup: 0 },
+            batch: 1,
+            seq: 16,
+            steps: 100,
+            clip: None,
+            seed: 0,
+        }
+    }
+}
+
+const KEYS: &[&str] = &[
+    "data",
+    "tokenizer",
+    "loss",
+    "optimizer",
+    "schedule",
+    "batch",
+    "seq",
+    "steps",
+    "clip",
+    "seed",
+];
+
+impl<'a> Elaborator<'a> {
+    pub(super) fn train_config(&mut self, t: &'a TrainBlock) -> Result<TrainConfig, Diagnostic> {
+        let mut c = TrainConfig::default();
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        for s in &t.settings {
+            let key = s.key.name.as_str();
+            if let Some(prev) = seen.insert(key, s.key.span) {
+                return Err(Diagnostic::error(
+                    s.key.span,
+                    format!("`{key}` is set twice"),
+                    "set again",
+                )
+                .with_label(prev, "first set here"));
+            }
+            let v = &s.value;
+            match key {
+                "data" => c.data = Some(self.setting_str(v)?),
+                "tokenizer" => c.tokenizer = Some(self.setting_str(v)?),
+                "loss" => {
+                    let name = word(v).ok_or_else(|| {
+                        Diagnostic::error(v.span, "expected a loss name", "here")
+                            .with_help("supported: causal_lm")
+                    })?;
+                    if name != "causal_lm" {
+                        return Err(Diagnostic::error(
+                            v.span,
+                            format!("unknown loss `{name}`"),
+                            "unknown",
+                        )
+                        .with_help("supported: causal_lm"));
+                    }
+                    c.loss = name;
+                }
+                "optimizer" => c.optimizer = self.optimizer(v)?,
+                "schedule" => c.schedule = self.schedule(v, &c)?,
+                "batch" | "seq" | "steps" => {
+                    let n = self.positive(v)?;
+                    match key {
+                        "batch" => c.batch = n,
+                        "seq" => c.seq = n,
+                        _ => c.steps = n,
+                    }
+                }
+                "clip" => {
+                    let x = self.number(v)?;
+                    if x <= 0.0 {
+                        return Err(Diagnostic::error(
+                            v.span,
+                            "the clipping norm must be positive",
+                            "here",
+                        ));
+                    }
+                    c.clip = Some(x);
+                }
+                "seed" => c.seed = self.positive_or_zero(v)?,
+                _ => {
+                    let mut d = Diagnostic::error(
+                        s.key.span,
+                        format!("unknown train setting `{key}`"),
+                        "unknown setting",
+                    );
+                    d = d.with_help(match super::eval::suggest(key, KEYS.iter().copied()) {
+                        Some(k) => format!("did you mean `{k}`?"),
+                        None => format!("settings: {}", KEYS.join(", ")),
+                    });
+                    return Err(d);
+                }
+            }
+        }
+        Ok(c)
+    }
+
+    fn value(&mut self, e: &'a Expr) -> Result<Value, Diagnostic> {
+        self.eval(e, &mut Env::new(HashMap::new()))
+    }
+
+    fn setting_str(&mut self, e: &'a Expr) -> Result<String, Diagnostic> {
+        match self.value(e)? {
+            Value::Str(s) => Ok(s),
+            other => Err(Diagnostic::error(
+                e.span,
+                format!("expected a quoted path, found {}", other.kind()),
+                "here",
+            )),
+        }
+    }
+
+    fn number(&mut self, e: &'a Expr) -> Result<f64, Diagnostic> {
+        let v = self.value(e)?;
+        as_f64(&v).ok_or_else(|| {
+            Diagnostic::error(
+                e.span,
+                format!("expected a number, found {}", v.kind()),
+                "here",
+            )
+        })
+    }
+
+    fn positive_or_zero(&mut self, e: &'a Expr) -> Result<u64, Diagnostic> {
+        match self.value(e)? {
+            Value::Int(i) if i >= 0 => Ok(i as u64),
+            other => Err(Diagnostic::error(
+                e.span,
+                format!("expected a non-negative int, found {}", describe(&other)),
+                "here",
+            )),
+        }
+    }
+
+    fn positive(&mut self, e: &'a Expr) -> Result<usize, Diagnostic> {
+        match self.value(e)? {
+            Value::Int(i) if i > 0 && i < (1 << 40) => Ok(i as usize),
+            other => Err(Diagnostic::error(
+                e.span,
+                format!("expected a positive int, found {}", describe(&other)),
+                "here",
+            )),
+        }
+    }
+
+    /// Named numeric arguments of a call like `adamw(lr: 2e-4)`.
+    fn call_args(
+        &mut self,
+        e: &'a Expr,
+        allowed: &[&str],
+    ) -> Result<(String, HashMap<String, (f64, Span)>), Diagnostic> {
+        let (name, args) = match &e.kind {
+            ExprKind::Call(c, args) => (word(c), args.as_slice()),
+            ExprKind::Name(n) => (Some(n.clone()), &[][..]),
+            _ => (None, &[][..]),
+        };
+        let name = name.ok_or_else(|| {
+            Diagnostic::error(e.span, "expected a call like `adamw(lr: 1e-3)`", "here")
+        })?;
+        let mut out = HashMap::new();
+        for a in args {
+            let Some(n) = &a.name else {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    format!("arguments of `{name}` are named"),
+                    "unnamed",
+                )
+                .with_help(format!("options: {}", allowed.join(", "))));
+            };
+            if !allowed.contains(&n.name.as_str()) {
+                return Err(Diagnostic::error(
+                    n.span,
+                    format!("`{name}` has no option `{}`", n.name),
+                    "unknown option",
+                )
+                .with_help(format!("options: {}", allowed.join(", "))));
+            }
+            let x = self.number(&a.value)?;
+            if !x.is_finite() || x < 0.0 {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    format!("`{}` must be a non-negative number", n.name),
+                    "here",
+                ));
+            }
+            out.insert(n.name.clone(), (x, a.value.span));
+        }
+        Ok((name, out))
+    }
+
+    fn optimizer(&mut self, e: &'a Expr) -> Result<OptimizerConfig, Diagnostic> {
+        let (name, a) = match &e.kind {
+            ExprKind::Call(c, _) if word(c).as_deref() == Some("sgd") => {
+                self.call_args(e, &["lr", "momentum", "weight_decay"])?
+            }
+            _ => self.call_args(e, &["lr", "beta1", "beta2", "eps", "weight_decay"])?,
+        };
+        let get = |k: &str, d: f64| a.get(k).map_or(d, |v| v.0);
+        match name.as_str() {
+            "adamw" => Ok(OptimizerConfig::AdamW { lr: get("lr", 1e-3), betas: (get("beta1", 0.9), get("beta2", 0.999)), eps: get("eps", 1e-8), weight_decay: get("weight_decay", 0.01) }),
+            "sgd" => Ok(OptimizerConfig::Sgd { lr: get("lr", 1e-3), momentum: get("momentum", 0.0), weight_decay: get("weight_decay", 0.0) }),
+            other => Err(Diagnostic::error(e.span, format!("unknown optimizer `{other}`"), "unknown").with_help("supported: adamw(lr, beta1, beta2, eps, weight_decay), sgd(lr, momentum, weight_decay)")),
+        }
+    }
+
+    fn schedule(&mut self, e: &'a Expr, _c: &TrainConfig) -> Result<LrSchedule, Diagnostic> {
+        let (name, a) = self.call_args(e, &["warmup"])?;
+        let warmup = a.get("warmup").map_or(0, |v| v.0 as usize);
+        match name.as_str() {
+            "constant" => Ok(LrSchedule::Constant { warmup }),
+            "linear" => Ok(LrSchedule::Linear { warmup }),
+            "cosine" => Ok(LrSchedule::Cosine { warmup }),
+            other => {
+                Err(
+                    Diagnostic::error(e.span, format!("unknown schedule `{other}`"), "unknown")
+                        .with_help("supported: constant(warmup), linear(warmup), cosine(warmup)"),
+                )
+            }
+        }
+    }
+}
+
+fn word(e: &Expr) -> Option<String> {
+    match &e.kind {
+        ExprKind::Name(n) => Some(n.clone()),
+        _ => None,
+    }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Int(i) => i.to_string(),
+        other => other.kind().to_string(),
+    }
+}

@@ -1,0 +1,200 @@
+//! Source files: the [`SourceMap`] of everything loaded, line/column lookup, and the
+//! [`Loader`] that resolves `use` items against the importing file's folder and `stdlib/`.
+
+use crate::ast::{FileId, Span};
+use std::path::{Path, PathBuf};
+
+include!(concat!(env!("OUT_DIR"), "/stdlib.rs"));
+
+/// One loaded file.
+#[derive(Clone, Debug)]
+pub struct LoadedFile {
+    /// The path as shown in diagnostics (`stdlib/models/llama.graft` for stdlib files).
+    pub name: String,
+    /// Where it was read from on disk, if anywhere.
+    pub disk_path: Option<PathBuf>,
+    /// The text.
+    pub text: String,
+    line_starts: Vec<usize>,
+}
+
+/// Every source file loaded for one compilation.
+#[derive(Clone, Debug, Default)]
+pub struct SourceMap {
+    files: Vec<LoadedFile>,
+}
+
+impl SourceMap {
+    /// Adds a file and returns its id.
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        disk_path: Option<PathBuf>,
+        text: impl Into<String>,
+    ) -> FileId {
+        let text = text.into();
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        self.files.push(LoadedFile {
+            name: name.into(),
+            disk_path,
+            text,
+            line_starts,
+        });
+        FileId(self.files.len() as u32 - 1)
+    }
+
+    /// A loaded file.
+    pub fn file(&self, id: FileId) -> &LoadedFile {
+        &self.files[id.0 as usize]
+    }
+
+    /// Every loaded file, in load order.
+    pub fn files(&self) -> impl Iterator<Item = (FileId, &LoadedFile)> {
+        self.files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (FileId(i as u32), f))
+    }
+
+    /// Finds a file by display name.
+    pub fn find(&self, name: &str) -> Option<FileId> {
+        self.files
+            .iter()
+            .position(|f| f.name == name)
+            .map(|i| FileId(i as u32))
+    }
+
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, file: FileId, offset: u32) -> (u32, u32) {
+        let f = self.file(file);
+        let offset = (offset as usize).min(f.text.len());
+        let line = f
+            .line_starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1);
+        let start = f.line_starts[line];
+        let col = f.text.get(start..offset).map_or(0, |s| s.chars().count());
+        (line as u32 + 1, col as u32 + 1)
+    }
+
+    /// `file:line:col` of a span's start.
+    pub fn describe(&self, span: Span) -> String {
+        let (l, c) = self.line_col(span.file, span.start);
+        format!("{}:{l}:{c}", self.file(span.file).name)
+    }
+
+    /// The source text of a span.
+    pub fn snippet(&self, span: Span) -> &str {
+        self.file(span.file)
+            .text
+            .get(span.start as usize..span.end as usize)
+            .unwrap_or("")
+    }
+}
+
+/// Where the stdlib comes from.
+#[derive(Clone, Debug)]
+pub enum Stdlib {
+    /// The copy embedded in the binary at build time.
+    Embedded,
+    /// A folder on disk (`--stdlib`, or `GRAFT_STDLIB`).
+    Dir(PathBuf),
+}
+
+impl Stdlib {
+    /// `GRAFT_STDLIB` if set, else the embedded copy.
+    pub fn from_env() -> Stdlib {
+        match std::env::var_os("GRAFT_STDLIB") {
+            Some(dir) if !dir.is_empty() => Stdlib::Dir(PathBuf::from(dir)),
+            _ => Stdlib::Embedded,
+        }
+    }
+
+    /// Reads `rel` (like `models/llama.graft`) from the stdlib.
+    pub fn read(&self, rel: &str) -> Option<(Option<PathBuf>, String)> {
+        match self {
+            Stdlib::Embedded => EMBEDDED_STDLIB
+                .iter()
+                .find(|(p, _)| *p == rel)
+                .map(|(_, t)| (None, t.to_string())),
+            Stdlib::Dir(dir) => {
+                let p = dir.join(rel);
+                std::fs::read_to_string(&p).ok().map(|t| (Some(p), t))
+            }
+        }
+    }
+
+    /// Every stdlib file, as paths under `stdlib/`.
+    pub fn list(&self) -> Vec<String> {
+        match self {
+            Stdlib::Embedded => EMBEDDED_STDLIB.iter().map(|(p, _)| p.to_string()).collect(),
+            Stdlib::Dir(dir) => {
+                let mut out = Vec::new();
+                list_dir(dir, dir, &mut out);
+                out.sort();
+                out
+            }
+        }
+    }
+}
+
+fn list_dir(dir: &Path, root: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            list_dir(&p, root, out);
+        } else if p.extension().is_some_and(|x| x == "graft") {
+            if let Ok(rel) = p.strip_prefix(root) {
+                out.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+}
+
+/// Resolves an import: first relative to the importing file's folder, then in the stdlib.
+/// Returns the display name, disk path and text.
+pub fn resolve_import(
+    stdlib: &Stdlib,
+    importer: &LoadedFile,
+    rel: &str,
+    relative_only: bool,
+) -> Option<(String, Option<PathBuf>, String)> {
+    if let Some(dir) = importer.disk_path.as_ref().and_then(|p| p.parent()) {
+        let p = dir.join(rel);
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            let name = display_name(&p, &importer.name, rel);
+            return Some((name, Some(p), text));
+        }
+    } else if let Some(importer_rel) = importer.name.strip_prefix("stdlib/") {
+        // An embedded stdlib file importing relative to itself.
+        let base = importer_rel.rsplit_once('/').map_or("", |(d, _)| d);
+        let joined = if base.is_empty() {
+            rel.to_string()
+        } else {
+            format!("{base}/{rel}")
+        };
+        if let Some((disk, text)) = stdlib.read(&joined) {
+            return Some((format!("stdlib/{joined}"), disk, text));
+        }
+    }
+    if relative_only {
+        return None;
+    }
+    stdlib
+        .read(rel)
+        .map(|(disk, text)| (format!("stdlib/{rel}"), disk, text))
+}
+
+fn display_name(path: &Path, importer_name: &str, rel: &str) -> String {
+    match importer_name.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/{rel}"),
+        None => {
+            let _ = path;
+            rel.to_string()
+        }
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what graft needs on Debian 12, idempotently: the LLVM/MLIR 22 packages that the
+# codegen crate links, and nothing when everything is already there.
+set -euo pipefail
+
+PKGS=(llvm-22-dev libmlir-22-dev libpolly-22-dev libclang1-22 libclang-common-22-dev zlib1g-dev libzstd-dev g++ mlir-22-tools)
+
+missing=()
+for p in "${PKGS[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust with rustup first (https://rustup.rs)" >&2
+  exit 1
+fi
+if [ ! -x /usr/lib/llvm-22/bin/llvm-config ]; then
+  echo "setup: /usr/lib/llvm-22/bin/llvm-config is missing after install" >&2
+  exit 1
+fi
