@@ -35,6 +35,8 @@ pub struct Diagnostic {
     pub labels: Vec<Label>,
     /// What to do about it.
     pub help: Option<String>,
+    /// Where elaboration was when it happened (innermost first).
+    pub context: Vec<String>,
 }
 
 impl Diagnostic {
@@ -48,6 +50,7 @@ impl Diagnostic {
                 message: label.into(),
             }],
             help: None,
+            context: Vec::new(),
         }
     }
 
@@ -105,6 +108,9 @@ impl Diagnostic {
         }
         if handler.render_report(&mut out, &report).is_err() {
             out.push_str(&self.message);
+        }
+        for c in &self.context {
+            out.push_str(&format!("  note: {c}\n"));
         }
         out
     }

@@ -58,6 +58,8 @@ fn rule_name(r: Rule) -> &'static str {
         Rule::scalar_type => "a type (`int`, `float`, `bool`, `string`)",
         Rule::target => "a target: a regex string or a list of names",
         Rule::call_args => "`(`",
+        Rule::else_kw => "`else` (an `if` expression needs both branches)",
+        Rule::at_kw => "`at` and a target",
         Rule::dtype => "a dtype",
         Rule::doc => "a doc comment",
         Rule::model_clause => "`weights` or `quantize`",
@@ -163,13 +165,38 @@ fn pest_error(e: pest::error::Error<Rule>, file: FileId, text: &str) -> Diagnost
                 1 => names[0].to_string(),
                 _ => format!("one of: {}", names.join(", ")),
             };
+            let prev = text[..start].chars().last();
+            if found == "`\"`" {
+                return Diagnostic::error(
+                    sp(file, start, end),
+                    "syntax error: unterminated string",
+                    "this string is not closed",
+                )
+                .with_help("a string ends with `\"` on the same line");
+            }
+            if found == "`=`" && !positives.contains(&Rule::expr) {
+                return Diagnostic::error(sp(file, start, end), "syntax error: unexpected `=`", "not allowed here")
+                    .with_help("comparisons are written `==`; a single `=` only appears in `let`, assignments and declarations");
+            }
+            if prev.is_some_and(|c| c.is_ascii_digit())
+                && found.starts_with('`')
+                && found[1..].starts_with(|c: char| c.is_alphabetic())
+            {
+                return Diagnostic::error(
+                    sp(file, start, end),
+                    format!("syntax error: a number cannot be followed by {found}"),
+                    "malformed number",
+                )
+                .with_help("an exponent needs digits, e.g. `1e-3`");
+            }
             let mut d = Diagnostic::error(
                 sp(file, start, end),
                 format!("syntax error: expected {expected}, found {found}"),
                 format!("expected {expected}"),
             );
-            if found == "`=`" && names.contains(&"an expression") {
-                d = d.with_help("comparisons are written `==`");
+            if found == "end of file" {
+                d = d
+                    .with_help("the file ended early: check that every `{`, `(` and `[` is closed");
             } else if positives.contains(&Rule::EOI) && found == "`}`" {
                 d = d.with_help("this `}` has no matching `{`");
             } else if names.contains(&"a name")
@@ -371,7 +398,7 @@ fn item(p: Pair<Rule>, file: FileId) -> Result<Item, Diagnostic> {
                     }
                     _ => {
                         let format = expr(need(&mut ci, cspan, "format")?, file)?;
-                        let target = target(need(&mut ci, cspan, "target")?, file)?;
+                        let target = target(skip_kw(&mut ci, cspan)?, file)?;
                         quantize.push(QuantizeClause {
                             format,
                             target,
@@ -396,7 +423,7 @@ fn item(p: Pair<Rule>, file: FileId) -> Result<Item, Diagnostic> {
                 let rspan = span_of(&r, file);
                 let mut ri = r.into_inner();
                 let adapter = expr(need(&mut ri, rspan, "adapter")?, file)?;
-                let target = target(need(&mut ri, rspan, "target")?, file)?;
+                let target = target(skip_kw(&mut ri, rspan)?, file)?;
                 let mut overrides = Vec::new();
                 for o in ri {
                     let ospan = span_of(&o, file);
@@ -437,6 +464,18 @@ fn item(p: Pair<Rule>, file: FileId) -> Result<Item, Diagnostic> {
             ));
         }
     })
+}
+
+/// The next pair after an `at` keyword.
+fn skip_kw<'a>(
+    it: &mut impl Iterator<Item = Pair<'a, Rule>>,
+    span: Span,
+) -> Result<Pair<'a, Rule>, Diagnostic> {
+    let mut p = need(it, span, "target")?;
+    if p.as_rule() == Rule::at_kw {
+        p = need(it, span, "target")?;
+    }
+    Ok(p)
 }
 
 fn target(p: Pair<Rule>, file: FileId) -> Result<Target, Diagnostic> {
@@ -849,7 +888,10 @@ fn primary(p: Pair<Rule>, file: FileId) -> Result<Expr, Diagnostic> {
             let mut it = p.into_inner();
             let cond = expr(need(&mut it, span, "condition")?, file)?;
             let then = block(need(&mut it, span, "then block")?, file)?;
-            let e = need(&mut it, span, "else branch")?;
+            let mut e = need(&mut it, span, "else branch")?;
+            if e.as_rule() == Rule::else_kw {
+                e = need(&mut it, span, "else branch")?;
+            }
             let otherwise = if e.as_rule() == Rule::if_expr {
                 let inner = primary(e, file)?;
                 Block {

@@ -165,7 +165,14 @@ pub fn resolve_import(
 ) -> Option<(String, Option<PathBuf>, String)> {
     if let Some(dir) = importer.disk_path.as_ref().and_then(|p| p.parent()) {
         let p = dir.join(rel);
-        if let Ok(text) = std::fs::read_to_string(&p) {
+        let is_self = importer
+            .disk_path
+            .as_ref()
+            .and_then(|d| d.canonicalize().ok())
+            == p.canonicalize().ok();
+        if is_self {
+            // `use nn` inside a file named nn.graft means the stdlib's nn, not itself.
+        } else if let Ok(text) = std::fs::read_to_string(&p) {
             let name = display_name(&p, &importer.name, rel);
             return Some((name, Some(p), text));
         }

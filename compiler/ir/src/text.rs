@@ -382,6 +382,7 @@ impl Parser<'_> {
             self.expect(':')?;
             let ty = self.tensor_type()?;
             self.expect('=')?;
+            let op_at = self.i;
             let op_name = self.word()?;
             let mut attrs = Attrs::default();
             if self.eat('{') {
@@ -396,7 +397,10 @@ impl Parser<'_> {
                     self.expect(',')?;
                 }
             }
-            let op = Op::from_parts(&op_name, attrs).map_err(|e| self.err(e))?;
+            let op = Op::from_parts(&op_name, attrs).map_err(|e| {
+                self.i = op_at;
+                self.err(e)
+            })?;
             let mut args = Vec::new();
             if self.eat('(') {
                 loop {

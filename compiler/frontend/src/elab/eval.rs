@@ -705,7 +705,10 @@ impl<'a> Elaborator<'a> {
             Value::Float(_) => {
                 return Err(Diagnostic::error(
                     span,
-                    format!("a float cannot combine with a {} tensor", like.dtype),
+                    format!(
+                        "a float constant cannot combine with an {} tensor",
+                        like.dtype
+                    ),
                     "float here",
                 )
                 .with_help("cast the tensor to a float type first"));

@@ -731,7 +731,30 @@ impl<'a> Elaborator<'a> {
             }
         };
         self.depth -= 1;
-        r
+        r.map_err(|mut d| {
+            if d.context.is_empty() {
+                let i = &self.instances[inst];
+                let adapters: Vec<&str> = i.adapters[..level]
+                    .iter()
+                    .map(|a| a.def.name.name.as_str())
+                    .collect();
+                let with = if adapters.is_empty() {
+                    String::new()
+                } else {
+                    format!(" adapted by {}", adapters.join(", "))
+                };
+                let path = if i.path.is_empty() {
+                    "the model"
+                } else {
+                    &i.path
+                };
+                d.context.push(format!(
+                    "in the forward of `{path}` (a `{}`{with})",
+                    i.def.name.name
+                ));
+            }
+            d
+        })
     }
 
     /// The value of a declared tensor in the function being built: an input, dequantized if

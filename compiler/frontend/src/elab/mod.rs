@@ -106,6 +106,8 @@ pub struct TensorInfo {
     pub ty: TensorType,
     /// Quantized storage, if any.
     pub quant: Option<QuantSpec>,
+    /// Read from the weights file (frozen weights, and unfrozen ones as their start value).
+    pub from_weights: bool,
     /// `file:line:col` of the declaration.
     pub declared_at: String,
 }
@@ -344,6 +346,7 @@ impl<'a> Elaborator<'a> {
                 kind: d.kind,
                 ty: d.ty.clone(),
                 quant: d.quant,
+                from_weights: d.kind == DeclKind::Weight || d.init.is_none(),
                 declared_at: self.loaded.sources.describe(d.span),
             })
             .collect();
