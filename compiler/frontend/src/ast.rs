@@ -275,6 +275,14 @@ pub enum MemberKind {
     },
     /// `forward(params) body`.
     Forward(FnDef),
+    /// `peft "LORA" { r: r, lora_alpha: alpha }`: how the adapter is described in Hugging Face
+    /// PEFT's `adapter_config.json`.
+    Peft {
+        /// PEFT's `peft_type`.
+        peft_type: StrLit,
+        /// Config fields, evaluated per adapted module.
+        fields: Vec<Arg>,
+    },
     /// `name = kind(args)` or `name[i] = kind(args)`; `output` marks the output head.
     Instance {
         /// The instance name.

@@ -210,6 +210,13 @@ impl Printer<'_> {
                     self.line(depth, m.span, &format!("forward({})", fn_params(&f.params)));
                     self.block(depth + 1, &f.body);
                 }
+                MemberKind::Peft { peft_type, fields } => {
+                    self.line(
+                        depth,
+                        m.span,
+                        &format!("peft {:?} {{{}}}", peft_type.value, args(fields)),
+                    );
+                }
                 MemberKind::Instance {
                     name,
                     index,

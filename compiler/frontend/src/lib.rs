@@ -15,7 +15,8 @@ pub mod source;
 
 pub use diag::{Diagnostic, Label, Severity};
 pub use elab::{
-    DeclKind, LrSchedule, OptimizerConfig, Program, QuantSpec, TensorInfo, TrainConfig, elaborate,
+    AdapterRecord, ConfigValue, DeclKind, LrSchedule, OptimizerConfig, PeftExport, Program,
+    QuantSpec, TensorInfo, TrainConfig, elaborate,
 };
 pub use load::{Loaded, load};
 pub use parse::parse_source;

@@ -692,6 +692,12 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
                 span: mspan,
             })
         }
+        Rule::peft_decl => {
+            it.next(); // the `peft` keyword
+            let peft_type = string(need(&mut it, mspan, "PEFT type")?, file)?;
+            let fields = it.map(|a| arg(a, file)).collect::<Result<_, _>>()?;
+            MemberKind::Peft { peft_type, fields }
+        }
         Rule::instance_decl => {
             let output = it.peek().is_some_and(|p| p.as_rule() == Rule::output_mark);
             if output {

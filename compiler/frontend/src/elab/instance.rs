@@ -5,7 +5,9 @@
 use super::eval::{ArgVal, as_f64};
 use super::target::{Candidate, Matcher, nearest, override_regex};
 use super::value::{DeclId, Env, InstId, Value};
-use super::{AdapterInst, Decl, DeclKind, Elaborator, Instance, QuantSpec};
+use super::{
+    AdapterInst, ConfigValue, Decl, DeclKind, Elaborator, Instance, PeftExport, QuantSpec,
+};
 use crate::ast::*;
 use crate::diag::Diagnostic;
 use graft_ir::{DType, InputKind, Op, QuantFormat, TensorType, ValueId};
@@ -19,6 +21,8 @@ struct WalkCx {
     adapter: bool,
     /// The adapter's forward, once seen.
     forward: Option<usize>,
+    /// The adapter's `peft` declaration, evaluated.
+    peft: Option<PeftExport>,
 }
 
 fn join(prefix: &str, seg: &str) -> String {
@@ -239,6 +243,7 @@ impl<'a> Elaborator<'a> {
             path,
             adapter: false,
             forward: None,
+            peft: None,
         };
         self.walk_members(&def.members, &mut env, &mut cx)?;
         self.instances[id].members = env.base;
@@ -272,7 +277,11 @@ impl<'a> Elaborator<'a> {
                     let seg = rename
                         .as_ref()
                         .map_or(name.name.as_str(), |r| r.value.as_str());
-                    let path = join(&cx.path, seg);
+                    // `as "/name"` gives a path from the root rather than from the module.
+                    let path = match seg.strip_prefix('/') {
+                        Some(abs) => abs.to_string(),
+                        None => join(&cx.path, seg),
+                    };
                     if let Some(prev) = self.decls.iter().find(|d| d.path == path) {
                         return Err(Diagnostic::error(
                             name.span,
@@ -371,6 +380,40 @@ impl<'a> Elaborator<'a> {
                         .with_label(prev.span, "first forward"));
                     }
                     cx.forward = Some(i);
+                }
+                MemberKind::Peft { peft_type, fields } => {
+                    if !cx.adapter {
+                        return Err(Diagnostic::error(
+                            m.span,
+                            "`peft` is only allowed in adapters",
+                            "in a module",
+                        ));
+                    }
+                    if cx.peft.is_some() {
+                        return Err(Diagnostic::error(
+                            m.span,
+                            "an adapter has one `peft` declaration",
+                            "second one",
+                        ));
+                    }
+                    let mut out = Vec::new();
+                    for f in fields {
+                        let Some(key) = &f.name else {
+                            return Err(Diagnostic::error(
+                                f.value.span,
+                                "`peft` fields are named",
+                                "unnamed",
+                            )
+                            .with_help("e.g. `peft \"LORA\" { r: r, lora_alpha: alpha }`"));
+                        };
+                        let v = self.eval(&f.value, env)?;
+                        let cv = config_value(&v).ok_or_else(|| Diagnostic::error(f.value.span, format!("a `peft` field must be a number, bool, string or list, this is {}", v.kind()), "not a config value"))?;
+                        out.push((key.name.clone(), cv));
+                    }
+                    cx.peft = Some(PeftExport {
+                        peft_type: peft_type.value.clone(),
+                        fields: out,
+                    });
                 }
                 MemberKind::Instance {
                     name,
@@ -673,6 +716,11 @@ impl<'a> Elaborator<'a> {
             }
         }
         let path = wrapped.path.clone();
+        base.insert("module_path".into(), Value::Str(path.clone()));
+        base.insert(
+            "module_name".into(),
+            Value::Str(path.rsplit('.').next().unwrap_or(&path).to_string()),
+        );
         let mut env = Env {
             base,
             frames: Vec::new(),
@@ -681,6 +729,7 @@ impl<'a> Elaborator<'a> {
             path,
             adapter: true,
             forward: None,
+            peft: None,
         };
         self.walk_members(&def.members, &mut env, &mut cx)?;
         let forward = cx
@@ -693,6 +742,7 @@ impl<'a> Elaborator<'a> {
             def,
             members: env.base,
             forward,
+            peft: cx.peft,
         });
         Ok(())
     }
@@ -869,4 +919,18 @@ impl<'a> Elaborator<'a> {
         self.depth += 1;
         Ok(())
     }
+}
+
+/// A compile-time value as a config value, if it is one.
+fn config_value(v: &Value) -> Option<ConfigValue> {
+    Some(match v {
+        Value::Int(i) => ConfigValue::Int(*i),
+        Value::Float(x) => ConfigValue::Float(*x),
+        Value::Bool(b) => ConfigValue::Bool(*b),
+        Value::Str(s) => ConfigValue::Str(s.clone()),
+        Value::List(items) => {
+            ConfigValue::List(items.iter().map(config_value).collect::<Option<_>>()?)
+        }
+        _ => return None,
+    })
 }

@@ -93,6 +93,43 @@ pub struct AdapterInst<'a> {
     pub members: HashMap<String, Value>,
     /// Its forward (`None`: the wrapped forward unchanged).
     pub forward: Option<&'a FnDef>,
+    /// Its `peft` declaration, evaluated for this module.
+    pub peft: Option<PeftExport>,
+}
+
+/// A config value from a `peft` declaration.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ConfigValue {
+    /// An integer.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Str(String),
+    /// A list.
+    List(Vec<ConfigValue>),
+}
+
+/// How an adapter on one module is described in PEFT's `adapter_config.json`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftExport {
+    /// PEFT's `peft_type` (`LORA`, `IA3`, ...).
+    pub peft_type: String,
+    /// Config fields for this module, in declaration order.
+    pub fields: Vec<(String, ConfigValue)>,
+}
+
+/// One adapter applied to one module.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterRecord {
+    /// The adapted module's path.
+    pub module_path: String,
+    /// The adapter's name in graft.
+    pub adapter: String,
+    /// Its PEFT description, if it declares one.
+    pub peft: Option<PeftExport>,
 }
 
 /// A tensor the compiled program reads or trains, as reported to users and the runtime.
@@ -125,6 +162,8 @@ pub struct Program {
     pub weights: Option<(PathBuf, Span)>,
     /// Training settings.
     pub train: TrainConfig,
+    /// Every adapter applied, per module, in application order.
+    pub adapters: Vec<AdapterRecord>,
     /// Non-fatal findings.
     pub warnings: Vec<Diagnostic>,
 }
@@ -350,7 +389,19 @@ impl<'a> Elaborator<'a> {
                 declared_at: self.loaded.sources.describe(d.span),
             })
             .collect();
+        let adapters = self
+            .instances
+            .iter()
+            .flat_map(|i| {
+                i.adapters.iter().map(move |a| AdapterRecord {
+                    module_path: i.path.clone(),
+                    adapter: a.def.name.name.clone(),
+                    peft: a.peft.clone(),
+                })
+            })
+            .collect();
         Ok(Program {
+            adapters,
             module: self.module,
             tensors,
             model_name: model.name.name.clone(),

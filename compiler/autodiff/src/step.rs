@@ -1,0 +1,352 @@
+//! The training step as one IR function: forward, causal-LM loss, backward (trainable params
+//! only), global-norm clipping, the learning-rate schedule and the optimizer update, with the
+//! optimizer state carried as IR inputs and outputs.
+//!
+//! `@train_step` inputs: the forward's inputs (weights, params, `input_ids`), `labels`
+//! (`i64[B, S]`), `step` (`f32[]`, steps done so far) and per-param optimizer state
+//! (`adam.m.<path>`, `adam.v.<path>` or `sgd.momentum.<path>`). Outputs: `loss`, `grad_norm`,
+//! `lr`, every param under its path, every state under its name, and `step` + 1.
+
+use crate::AdError;
+use crate::emit::Emitter;
+use crate::grad::grad;
+use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId};
+
+/// The optimizer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Optimizer {
+    /// `torch.optim.AdamW`: bias correction, decoupled weight decay, ε added to √v̂.
+    AdamW {
+        /// Learning rate.
+        lr: f64,
+        /// β₁.
+        beta1: f64,
+        /// β₂.
+        beta2: f64,
+        /// ε.
+        eps: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
+    /// `torch.optim.SGD` with momentum (no dampening, no Nesterov).
+    Sgd {
+        /// Learning rate.
+        lr: f64,
+        /// Momentum.
+        momentum: f64,
+        /// L2 weight decay added to the gradient.
+        weight_decay: f64,
+    },
+}
+
+/// Learning-rate schedules, as Hugging Face's `get_*_schedule_with_warmup` (the factor for
+/// step s, counted from 0).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Schedule {
+    /// s/w during warm-up, then 1.
+    Constant {
+        /// Warm-up steps w.
+        warmup: usize,
+    },
+    /// s/w during warm-up, then (T - s)/(T - w), floored at 0.
+    Linear {
+        /// Warm-up steps w.
+        warmup: usize,
+    },
+    /// s/w during warm-up, then ½(1 + cos(π·(s - w)/(T - w))), floored at 0.
+    Cosine {
+        /// Warm-up steps w.
+        warmup: usize,
+    },
+}
+
+/// What the training step does besides the forward.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepConfig {
+    /// The optimizer.
+    pub optimizer: Optimizer,
+    /// The schedule.
+    pub schedule: Schedule,
+    /// Total steps T (for linear and cosine decay).
+    pub total_steps: usize,
+    /// Clip gradients to this global L2 norm.
+    pub clip: Option<f64>,
+    /// Label value that is not a target (Hugging Face: -100).
+    pub ignore_index: i64,
+}
+
+/// Causal-LM cross-entropy as Hugging Face computes it: logits `[B, S', V]`, labels `[B, S]`
+/// (left-padded with the ignore index when prompt tokens make S' > S), position t predicts
+/// label t+1, averaged over the targets that are not ignored.
+pub fn causal_lm_loss(
+    e: &mut Emitter,
+    logits: ValueId,
+    labels: ValueId,
+    ignore: i64,
+) -> Result<ValueId, AdError> {
+    let lt = e.ty(logits);
+    let yt = e.ty(labels);
+    if lt.rank() != 3
+        || yt.rank() != 2
+        || lt.shape[0] != yt.shape[0]
+        || lt.shape[1] < yt.shape[1]
+        || lt.shape[1] < 2
+    {
+        return Err(AdError::Shape(format!(
+            "causal-LM loss needs logits [B, S', V] and labels [B, S] with S' ≥ S ≥ 1, got {lt} and {yt}"
+        )));
+    }
+    let (b, s, v) = (lt.shape[0], lt.shape[1], lt.shape[2]);
+    let labels = if yt.shape[1] < s {
+        let pad = e.constant(
+            ignore as f64,
+            TensorType::new(yt.dtype, vec![b, s - yt.shape[1]]),
+        )?;
+        e.op(Op::Concat { axis: 1 }, &[pad, labels])?
+    } else {
+        labels
+    };
+    let logits = e.cast(logits, DType::F32)?;
+    let shifted = e.op(
+        Op::Slice {
+            axis: 1,
+            start: 0,
+            end: s - 1,
+        },
+        &[logits],
+    )?;
+    let targets = e.op(
+        Op::Slice {
+            axis: 1,
+            start: 1,
+            end: s,
+        },
+        &[labels],
+    )?;
+    let logp = e.op(Op::LogSoftmax { axis: 2 }, &[shifted])?;
+    let classes = e.op_typed(
+        Op::Iota { axis: 2 },
+        &[],
+        TensorType::new(yt.dtype, vec![b, s - 1, v]),
+    )?;
+    let t3 = e.reshape(targets, &[b, s - 1, 1])?;
+    let t3 = e.broadcast(t3, &[b, s - 1, v])?;
+    let hit = e.bin(BinaryOp::Eq, classes, t3)?;
+    let zero = e.like(0.0, logp)?;
+    let picked = e.select(hit, logp, zero)?;
+    let picked = e.reduce(ReduceOp::Sum, picked, vec![2], false)?;
+    let ign = e.like(ignore as f64, targets)?;
+    let keep = e.bin(BinaryOp::Ne, targets, ign)?;
+    let mask = e.cast(keep, DType::F32)?;
+    let kept = e.mul(picked, mask)?;
+    let total = e.sum_all(kept)?;
+    let count = e.sum_all(mask)?;
+    let mean = e.div(total, count)?;
+    e.neg(mean)
+}
+
+fn scalar(e: &mut Emitter, x: f64) -> Result<ValueId, AdError> {
+    e.constant(x, TensorType::scalar(DType::F32))
+}
+
+/// The schedule's factor for step `s` (an `f32[]` value).
+fn schedule_factor(
+    e: &mut Emitter,
+    sched: Schedule,
+    total: usize,
+    s: ValueId,
+) -> Result<ValueId, AdError> {
+    let (Schedule::Constant { warmup } | Schedule::Linear { warmup } | Schedule::Cosine { warmup }) =
+        sched;
+    let w = warmup as f64;
+    let warm = e.scale(s, 1.0 / w.max(1.0))?;
+    let zero = scalar(e, 0.0)?;
+    let after = match sched {
+        Schedule::Constant { .. } => scalar(e, 1.0)?,
+        Schedule::Linear { .. } => {
+            let tot = scalar(e, total as f64)?;
+            let rem = e.sub(tot, s)?;
+            let f = e.scale(rem, 1.0 / (total as f64 - w).max(1.0))?;
+            e.bin(BinaryOp::Max, f, zero)?
+        }
+        Schedule::Cosine { .. } => {
+            let wv = scalar(e, w)?;
+            let done = e.sub(s, wv)?;
+            let progress = e.scale(done, 1.0 / (total as f64 - w).max(1.0))?;
+            let angle = e.scale(progress, std::f64::consts::PI)?;
+            let c = e.un(UnaryOp::Cos, angle)?;
+            let one = scalar(e, 1.0)?;
+            let c1 = e.add(one, c)?;
+            let f = e.scale(c1, 0.5)?;
+            e.bin(BinaryOp::Max, f, zero)?
+        }
+    };
+    if warmup == 0 {
+        return Ok(after);
+    }
+    let wv = scalar(e, w)?;
+    let in_warmup = e.bin(BinaryOp::Lt, s, wv)?;
+    e.select(in_warmup, warm, after)
+}
+
+/// Builds `@train_step` from `@forward` (which must output `logits` and read `input_ids`).
+pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdError> {
+    let logits = forward
+        .output("logits")
+        .ok_or_else(|| AdError::Missing("output `logits`".into()))?;
+    let ids = forward
+        .input("input_ids")
+        .ok_or_else(|| AdError::Missing("input `input_ids`".into()))?;
+    let ids_ty = ids.ty.clone();
+    let mut f = forward.clone();
+    f.name = "train_step".into();
+    f.outputs.clear();
+    let params: Vec<(String, ValueId)> = f
+        .inputs()
+        .filter(|i| i.kind == InputKind::Param)
+        .map(|i| (i.name.to_string(), i.value))
+        .collect();
+    let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
+    let step = f.add_input(
+        "step",
+        InputKind::State,
+        TensorType::scalar(DType::F32),
+        None,
+    );
+    let state_names: Vec<Vec<String>> = params
+        .iter()
+        .map(|(p, _)| match cfg.optimizer {
+            Optimizer::AdamW { .. } => vec![format!("adam.m.{p}"), format!("adam.v.{p}")],
+            Optimizer::Sgd { .. } => vec![format!("sgd.momentum.{p}")],
+        })
+        .collect();
+    let mut states = Vec::new();
+    for ((_, v), names) in params.iter().zip(&state_names) {
+        let ty = f.ty(*v).clone();
+        states.push(
+            names
+                .iter()
+                .map(|n| f.add_input(n.clone(), InputKind::State, ty.clone(), None))
+                .collect::<Vec<_>>(),
+        );
+    }
+
+    let mut e = Emitter { f: &mut f };
+    let loss = causal_lm_loss(&mut e, logits, labels, cfg.ignore_index)?;
+    let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
+    let mut grads = grad(e.f, loss, &wrt)?;
+
+    // Global L2 norm over every gradient, as torch.nn.utils.clip_grad_norm_.
+    let mut sq = scalar(&mut e, 0.0)?;
+    for g in &grads {
+        let g32 = e.cast(*g, DType::F32)?;
+        let g2 = e.mul(g32, g32)?;
+        let s = e.sum_all(g2)?;
+        sq = e.add(sq, s)?;
+    }
+    let norm = e.un(UnaryOp::Sqrt, sq)?;
+    if let Some(max) = cfg.clip {
+        let eps = scalar(&mut e, 1e-6)?;
+        let denom = e.add(norm, eps)?;
+        let maxv = scalar(&mut e, max)?;
+        let coef = e.div(maxv, denom)?;
+        let one = scalar(&mut e, 1.0)?;
+        let coef = e.bin(BinaryOp::Min, coef, one)?;
+        for g in grads.iter_mut() {
+            let shape = e.ty(*g).shape;
+            let c = e.broadcast(coef, &shape)?;
+            *g = e.mul(*g, c)?;
+        }
+    }
+
+    let base_lr = match cfg.optimizer {
+        Optimizer::AdamW { lr, .. } | Optimizer::Sgd { lr, .. } => lr,
+    };
+    let factor = schedule_factor(&mut e, cfg.schedule, cfg.total_steps, step)?;
+    let lr = e.scale(factor, base_lr)?;
+    let one = scalar(&mut e, 1.0)?;
+    let t = e.add(step, one)?;
+
+    let mut outputs: Vec<(String, ValueId)> = vec![
+        ("loss".into(), loss),
+        ("grad_norm".into(), norm),
+        ("lr".into(), lr),
+    ];
+    for (i, ((path, p), g)) in params.iter().zip(&grads).enumerate() {
+        let shape = e.ty(*p).shape;
+        let lr_b = e.broadcast(lr, &shape)?;
+        match cfg.optimizer {
+            Optimizer::AdamW {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                let (m, v) = (states[i][0], states[i][1]);
+                // p ← p·(1 - lr·λ)
+                let decay = e.scale(lr_b, weight_decay)?;
+                let onep = e.like(1.0, decay)?;
+                let keep = e.sub(onep, decay)?;
+                let p1 = e.mul(*p, keep)?;
+                // m ← m + (1 - β₁)(g - m)   (torch's lerp)
+                let gm = e.sub(*g, m)?;
+                let gm = e.scale(gm, 1.0 - beta1)?;
+                let m1 = e.add(m, gm)?;
+                // v ← β₂·v + (1 - β₂)·g²
+                let vb = e.scale(v, beta2)?;
+                let g2 = e.mul(*g, *g)?;
+                let g2 = e.scale(g2, 1.0 - beta2)?;
+                let v1 = e.add(vb, g2)?;
+                // bias corrections 1 - βᵗ
+                let b1 = scalar(&mut e, beta1)?;
+                let b2 = scalar(&mut e, beta2)?;
+                let b1t = e.bin(BinaryOp::Pow, b1, t)?;
+                let b2t = e.bin(BinaryOp::Pow, b2, t)?;
+                let one = scalar(&mut e, 1.0)?;
+                let bc1 = e.sub(one, b1t)?;
+                let bc2 = e.sub(one, b2t)?;
+                // p ← p - (lr / bc1) · m / (√v / √bc2 + ε)
+                let step_size = e.div(lr, bc1)?;
+                let bc2s = e.un(UnaryOp::Sqrt, bc2)?;
+                let sv = e.un(UnaryOp::Sqrt, v1)?;
+                let bc2b = e.broadcast(bc2s, &shape)?;
+                let denom = e.div(sv, bc2b)?;
+                let epsv = e.like(eps, denom)?;
+                let denom = e.add(denom, epsv)?;
+                let upd = e.div(m1, denom)?;
+                let ss = e.broadcast(step_size, &shape)?;
+                let upd = e.mul(upd, ss)?;
+                let p2 = e.sub(p1, upd)?;
+                outputs.push((path.clone(), p2));
+                outputs.push((state_names[i][0].clone(), m1));
+                outputs.push((state_names[i][1].clone(), v1));
+            }
+            Optimizer::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                let buf = states[i][0];
+                // d = g + λ·p;  buf ← μ·buf + d;  p ← p - lr·buf
+                let d = if weight_decay != 0.0 {
+                    let wp = e.scale(*p, weight_decay)?;
+                    e.add(*g, wp)?
+                } else {
+                    *g
+                };
+                let mb = e.scale(buf, momentum)?;
+                let b1 = e.add(mb, d)?;
+                let upd = e.mul(b1, lr_b)?;
+                let p1 = e.sub(*p, upd)?;
+                outputs.push((path.clone(), p1));
+                outputs.push((state_names[i][0].clone(), b1));
+            }
+        }
+    }
+    outputs.push(("step".into(), t));
+    for (name, v) in outputs {
+        f.add_output(name, v);
+    }
+    Ok(f)
+}

@@ -1,0 +1,162 @@
+//! The `graft` binary as a user runs it: exit codes, what goes to stdout and stderr, and the
+//! help text.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn graft(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args(args)
+        .current_dir(repo())
+        .env("GRAFT_STDLIB", repo().join("stdlib"))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run graft: {e}"))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_accepts_every_example() {
+    for entry in std::fs::read_dir(repo().join("dsl-examples"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let p = entry.path();
+        if p.extension().is_none_or(|e| e != "graft") {
+            continue;
+        }
+        let out = graft(&["check", &p.display().to_string()]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            p.display(),
+            text(&out.stderr)
+        );
+        assert!(
+            text(&out.stdout).starts_with("ok: model `base`"),
+            "{}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn check_rejects_malformed_input_with_a_location() {
+    let out = graft(&[
+        "check",
+        "tests/malformed/names_match_nothing.graft",
+        "--color",
+        "never",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with(
+            "error: tests/malformed/names_match_nothing.graft:6:19: target matches no module"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("nearest module paths"), "{err}");
+}
+
+#[test]
+fn ir_prints_a_module_that_parses_and_verifies() {
+    let out = graft(&["ir", "dsl-examples/tiny_qlora.graft", "--emit=ir"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let m = graft_ir::parse_module(&text(&out.stdout)).unwrap_or_else(|e| panic!("{e}"));
+    graft_ir::verify_module(&m).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        m.functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["forward", "init"]
+    );
+}
+
+#[test]
+fn ir_emits_the_ast() {
+    let out = graft(&["ir", "dsl-examples/tiny_custom_adapter.graft", "--emit=ast"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ast = text(&out.stdout);
+    assert!(
+        ast.contains("adapter gated_lowrank(r: int = 4) wraps linear(in, out)"),
+        "{ast}"
+    );
+    assert!(
+        ast.contains("/// Gated low-rank adaptation"),
+        "doc comments are printed: {ast}"
+    );
+}
+
+#[test]
+fn help_shows_examples() {
+    let out = graft(&["--help"]);
+    assert!(out.status.success());
+    let help = text(&out.stdout);
+    assert!(
+        help.contains("Examples:") && help.contains("graft check dsl-examples/tiny_lora.graft"),
+        "{help}"
+    );
+    let out = graft(&["ir", "--help"]);
+    assert!(
+        text(&out.stdout).contains("--emit"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_missing_file_is_an_error_not_a_panic() {
+    let out = graft(&["check", "no/such/spec.graft"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read no/such/spec.graft"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_weights_file_that_does_not_fit_is_reported() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = std::env::temp_dir().join(format!("graft-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let data = vec![0u8; 16];
+    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data)?;
+    safetensors::serialize_to_file(
+        vec![("model.embed_tokens.weight", view)],
+        None,
+        &dir.join("w.safetensors"),
+    )?;
+    let spec = std::fs::read_to_string(repo().join("dsl-examples/tiny_lora.graft"))?
+        .replace("../tests/fixtures/base.safetensors", "w.safetensors");
+    std::fs::write(dir.join("spec.graft"), spec)?;
+    let out = graft(&["check", &dir.join("spec.graft").display().to_string()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("`model.embed_tokens.weight` has shape [2, 2]")
+            && err.contains("expects [256, 64]"),
+        "{err}"
+    );
+    assert!(err.contains("`lm_head.weight` is missing"), "{err}");
+    Ok(())
+}
+
+#[test]
+fn doctor_reports_llvm_22() {
+    let out = graft(&["doctor"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("LLVM      22."),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -1,0 +1,134 @@
+//! Training data: a token stream from a JSONL file (one object per line with `input_ids`, a
+//! list of token ids), cut into `[batch, seq]` windows. Labels are the inputs: the causal-LM
+//! loss shifts them inside the step.
+
+use graft_interp::Tensor;
+use std::path::Path;
+
+/// Why data could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A line is not what graft expects.
+    #[error("{path}:{line}: {message}")]
+    Format {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Not enough tokens for one batch.
+    #[error("{path} has {have} tokens; one batch of {batch} × {seq} needs {need}")]
+    TooShort {
+        /// The file.
+        path: String,
+        /// Tokens found.
+        have: usize,
+        /// Tokens needed.
+        need: usize,
+        /// Sequences per batch.
+        batch: usize,
+        /// Tokens per sequence.
+        seq: usize,
+    },
+}
+
+/// Reads every line's `input_ids` into one stream, checking ids against the vocabulary.
+pub fn load_tokens(path: &Path, vocab: usize) -> Result<Vec<i64>, DataError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+        path: name.clone(),
+        source,
+    })?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let fmt = |message: String| DataError::Format {
+            path: name.clone(),
+            line: i + 1,
+            message,
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| fmt(format!("not JSON: {e}")))?;
+        let ids = match v.get("input_ids") {
+            Some(serde_json::Value::Array(ids)) => ids,
+            Some(_) => return Err(fmt("`input_ids` must be a list of integers".into())),
+            None if v.get("text").is_some() => return Err(fmt("text records need a tokenizer, which graft does not load yet; pre-tokenize into `input_ids`".into())),
+            None => return Err(fmt("expected an object with `input_ids`".into())),
+        };
+        for id in ids {
+            let t = id
+                .as_i64()
+                .ok_or_else(|| fmt(format!("token {id} is not an integer")))?;
+            if t < 0 || t as usize >= vocab {
+                return Err(fmt(format!(
+                    "token {t} is outside the vocabulary (0..{vocab})"
+                )));
+            }
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// Cuts a token stream into consecutive `[batch, seq]` windows, wrapping around at the end.
+pub struct Batcher {
+    tokens: Vec<i64>,
+    batch: usize,
+    seq: usize,
+    pos: usize,
+}
+
+impl Batcher {
+    /// A batcher over `tokens`; fails if the stream cannot fill one batch.
+    pub fn new(
+        tokens: Vec<i64>,
+        batch: usize,
+        seq: usize,
+        source: &str,
+    ) -> Result<Batcher, DataError> {
+        let need = batch * seq;
+        if tokens.len() < need || need == 0 {
+            return Err(DataError::TooShort {
+                path: source.to_string(),
+                have: tokens.len(),
+                need,
+                batch,
+                seq,
+            });
+        }
+        Ok(Batcher {
+            tokens,
+            batch,
+            seq,
+            pos: 0,
+        })
+    }
+
+    /// The next batch of `input_ids` (also the labels).
+    pub fn next_batch(&mut self) -> Tensor {
+        let n = self.batch * self.seq;
+        if self.pos + n > self.tokens.len() {
+            self.pos = 0;
+        }
+        let ids = self.tokens[self.pos..self.pos + n].to_vec();
+        self.pos += n;
+        Tensor::i64(vec![self.batch, self.seq], ids).unwrap_or_else(|_| {
+            Tensor::zeros(graft_ir::TensorType::new(
+                graft_ir::DType::I64,
+                vec![self.batch, self.seq],
+            ))
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! Hugging Face PEFT's adapter format: `adapter_config.json` + `adapter_model.safetensors`.
+//!
+//! Keys: a graft path `model.layers.0.self_attn.q_proj.lora_A.weight` is saved as
+//! `base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`; a root-level path (no
+//! dot, like prompt tuning's `prompt_embeddings`) is saved as is. The config is assembled from
+//! the adapters' `peft "TYPE" { ... }` declarations in graft source: fields equal on every
+//! adapted module are written once, `r`/`lora_alpha` that differ become `rank_pattern` /
+//! `alpha_pattern`, list fields are merged, and `target_modules` lists the adapted modules'
+//! names.
+
+use crate::weights::{WeightsFile, to_safetensors};
+use graft_frontend::{AdapterRecord, ConfigValue};
+use graft_interp::Tensor;
+use serde_json::{Map, Value, json};
+use std::path::Path;
+
+const PREFIX: &str = "base_model.model.";
+/// PEFT's prompt-learning methods, whose configs have no `target_modules`.
+const PROMPT_LEARNING: &[&str] = &[
+    "PROMPT_TUNING",
+    "P_TUNING",
+    "PREFIX_TUNING",
+    "MULTITASK_PROMPT_TUNING",
+];
+
+/// Why an adapter could not be saved or loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PeftError {
+    /// No adapter in the spec declares a PEFT form.
+    #[error(
+        "adapter `{0}` has no `peft` declaration, so it has no PEFT adapter format (graft saves its tensors with `--save` as safetensors instead)"
+    )]
+    NoPeftForm(String),
+    /// PEFT's files hold one method at a time.
+    #[error("PEFT's adapter format holds one method, but this spec uses {0} and {1}")]
+    Mixed(String, String),
+    /// A field differs between modules and PEFT has no per-module form for it.
+    #[error(
+        "`{field}` differs between adapted modules ({a} vs {b}); PEFT can only vary `r` and `lora_alpha` per module"
+    )]
+    Differs {
+        /// The field.
+        field: String,
+        /// One value.
+        a: String,
+        /// Another value.
+        b: String,
+    },
+    /// The spec adapts nothing.
+    #[error("the spec applies no adapter")]
+    Empty,
+    /// Reading or writing failed.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The PEFT key of a graft path.
+pub fn peft_key(path: &str) -> String {
+    if path.contains('.') {
+        format!("{PREFIX}{path}")
+    } else {
+        path.to_string()
+    }
+}
+
+/// The graft path of a PEFT key.
+pub fn graft_path(key: &str) -> String {
+    key.strip_prefix(PREFIX).unwrap_or(key).to_string()
+}
+
+fn json_of(v: &ConfigValue) -> Value {
+    match v {
+        ConfigValue::Int(i) => json!(i),
+        ConfigValue::Float(x) => json!(x),
+        ConfigValue::Bool(b) => json!(b),
+        ConfigValue::Str(s) => json!(s),
+        ConfigValue::List(items) => Value::Array(items.iter().map(json_of).collect()),
+    }
+}
+
+/// Builds `adapter_config.json` from the adapters a program applies.
+pub fn adapter_config(records: &[AdapterRecord]) -> Result<Value, PeftError> {
+    if records.is_empty() {
+        return Err(PeftError::Empty);
+    }
+    let mut exports = Vec::new();
+    for r in records {
+        let p = r
+            .peft
+            .as_ref()
+            .ok_or_else(|| PeftError::NoPeftForm(r.adapter.clone()))?;
+        exports.push((r, p));
+    }
+    let (_, p0) = exports[0];
+    let mut cfg = Map::new();
+    cfg.insert("peft_type".into(), json!(p0.peft_type));
+    let mut rank_pattern = Map::new();
+    let mut alpha_pattern = Map::new();
+    for (r, p) in &exports {
+        if p.peft_type != p0.peft_type {
+            return Err(PeftError::Mixed(p0.peft_type.clone(), p.peft_type.clone()));
+        }
+        for (k, v) in &p.fields {
+            let v = json_of(v);
+            match (cfg.get(k), &v) {
+                (None, _) => {
+                    cfg.insert(k.clone(), v);
+                }
+                (Some(Value::Array(prev)), Value::Array(new)) => {
+                    let mut all: Vec<Value> = prev.iter().chain(new).cloned().collect();
+                    all.sort_by_key(|x| x.to_string());
+                    all.dedup();
+                    cfg.insert(k.clone(), Value::Array(all));
+                }
+                (Some(prev), _) if *prev == v => {}
+                (Some(_), _) if k == "r" => {
+                    rank_pattern.insert(r.module_path.clone(), v);
+                }
+                (Some(_), _) if k == "lora_alpha" => {
+                    alpha_pattern.insert(r.module_path.clone(), v);
+                }
+                (Some(prev), _) => {
+                    return Err(PeftError::Differs {
+                        field: k.clone(),
+                        a: prev.to_string(),
+                        b: v.to_string(),
+                    });
+                }
+            }
+        }
+    }
+    if !PROMPT_LEARNING.contains(&p0.peft_type.as_str()) {
+        let mut names: Vec<String> = records
+            .iter()
+            .map(|r| {
+                r.module_path
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or(&r.module_path)
+                    .to_string()
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        cfg.insert("target_modules".into(), json!(names));
+        if p0.peft_type == "LORA" {
+            cfg.insert("rank_pattern".into(), Value::Object(rank_pattern));
+            cfg.insert("alpha_pattern".into(), Value::Object(alpha_pattern));
+        }
+    }
+    cfg.entry("task_type").or_insert(json!("CAUSAL_LM"));
+    cfg.insert("base_model_name_or_path".into(), Value::Null);
+    cfg.insert("inference_mode".into(), json!(true));
+
+    Ok(Value::Object(cfg))
+}
+
+/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (atomically).
+pub fn save_adapter(
+    dir: &Path,
+    records: &[AdapterRecord],
+    params: &[(String, &Tensor)],
+) -> Result<(), PeftError> {
+    let cfg = adapter_config(records)?;
+    let keyed: Vec<(String, &Tensor)> = params.iter().map(|(p, t)| (peft_key(p), *t)).collect();
+    let bytes = to_safetensors(&keyed).map_err(PeftError::Io)?;
+    let text = serde_json::to_string_pretty(&cfg).map_err(|e| PeftError::Io(e.to_string()))?;
+    let io = |e: std::io::Error| PeftError::Io(format!("cannot write into {}: {e}", dir.display()));
+    crate::write_atomic(&dir.join("adapter_model.safetensors"), &bytes).map_err(io)?;
+    crate::write_atomic(&dir.join("adapter_config.json"), text.as_bytes()).map_err(io)?;
+    Ok(())
+}
+
+/// Reads a PEFT adapter folder: its config and its tensors under graft paths.
+pub fn load_adapter(dir: &Path) -> Result<(Value, Vec<(String, Tensor)>), PeftError> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path)
+        .map_err(|e| PeftError::Io(format!("cannot read {}: {e}", cfg_path.display())))?;
+    let cfg: Value = serde_json::from_str(&text)
+        .map_err(|e| PeftError::Io(format!("{} is not valid JSON: {e}", cfg_path.display())))?;
+    let file = WeightsFile::open(&dir.join("adapter_model.safetensors"))
+        .map_err(|e| PeftError::Io(e.to_string()))?;
+    let mut out = Vec::new();
+    for key in file.entries().keys() {
+        let t = file.read(key).map_err(|e| PeftError::Io(e.to_string()))?;
+        out.push((graft_path(key), t));
+    }
+    Ok((cfg, out))
+}

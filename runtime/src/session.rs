@@ -1,0 +1,398 @@
+//! A training session: the values a program's functions read (frozen weights, trainable
+//! params, optimizer state), its `@init` run once, and `@train_step` run per batch. Runs on
+//! the reference interpreter.
+
+use crate::weights::{WeightsError, WeightsFile};
+use graft_autodiff::{AdError, Optimizer, Schedule, StepConfig, train_step};
+use graft_frontend::{DeclKind, LrSchedule, OptimizerConfig, Program, TrainConfig};
+use graft_interp::{InterpError, Tensor, run};
+use graft_ir::{Function, InputKind, TensorType};
+use std::collections::HashMap;
+
+/// Why a session could not start or step.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// The weights file does not fit the program.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// A tensor from the weights file has the wrong shape.
+    #[error("`{name}` is {got:?} in the weights file, but the spec declares {want:?}")]
+    Shape {
+        /// The tensor.
+        name: String,
+        /// Its shape in the file.
+        got: Vec<usize>,
+        /// The declared shape.
+        want: Vec<usize>,
+    },
+    /// Building the training step failed.
+    #[error("building the training step: {0}")]
+    Step(#[from] AdError),
+    /// The interpreter failed.
+    #[error(transparent)]
+    Interp(#[from] InterpError),
+    /// Quantizing a weight failed.
+    #[error("quantizing `{0}`: {1}")]
+    Quant(String, String),
+    /// A function is missing from the program.
+    #[error("the program has no `@{0}`")]
+    Missing(&'static str),
+    /// A value given to the session does not fit.
+    #[error("{0}")]
+    Value(String),
+}
+
+/// What one training step reports.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepStats {
+    /// Steps done, counting this one.
+    pub step: usize,
+    /// The loss before the update.
+    pub loss: f32,
+    /// The gradients' global L2 norm (before clipping).
+    pub grad_norm: f32,
+    /// The learning rate used.
+    pub lr: f32,
+}
+
+/// The autodiff crate's step configuration for a `train` block.
+pub fn step_config(t: &TrainConfig) -> StepConfig {
+    let optimizer = match t.optimizer {
+        OptimizerConfig::AdamW {
+            lr,
+            betas,
+            eps,
+            weight_decay,
+        } => Optimizer::AdamW {
+            lr,
+            beta1: betas.0,
+            beta2: betas.1,
+            eps,
+            weight_decay,
+        },
+        OptimizerConfig::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        } => Optimizer::Sgd {
+            lr,
+            momentum,
+            weight_decay,
+        },
+    };
+    let schedule = match t.schedule {
+        LrSchedule::Constant { warmup } => Schedule::Constant { warmup },
+        LrSchedule::Linear { warmup } => Schedule::Linear { warmup },
+        LrSchedule::Cosine { warmup } => Schedule::Cosine { warmup },
+    };
+    StepConfig {
+        optimizer,
+        schedule,
+        total_steps: t.steps,
+        clip: t.clip,
+        ignore_index: -100,
+    }
+}
+
+/// A program with its values, ready to train.
+pub struct Session {
+    /// The compiled spec.
+    pub program: Program,
+    /// `@train_step`.
+    pub step_fn: Function,
+    values: HashMap<String, Tensor>,
+    seed: u64,
+    steps_done: usize,
+}
+
+fn scalar_f32(t: &Tensor) -> f32 {
+    t.as_f32()
+        .and_then(|d| d.first().copied())
+        .unwrap_or(f32::NAN)
+}
+
+impl Session {
+    /// Loads the frozen weights (from `weights`, or a seeded stand-in when there is no file),
+    /// quantizes the ones the spec quantizes, runs `@init`, and builds `@train_step`.
+    pub fn new(
+        program: Program,
+        weights: Option<&WeightsFile>,
+        seed: u64,
+    ) -> Result<Session, SessionError> {
+        let mut values = HashMap::new();
+        for t in program.tensors.iter().filter(|t| t.from_weights) {
+            let tensor = match weights {
+                Some(w) => {
+                    let x = w.read(&t.path)?;
+                    if x.shape() != t.ty.shape.as_slice() {
+                        return Err(SessionError::Shape {
+                            name: t.path.clone(),
+                            got: x.shape().to_vec(),
+                            want: t.ty.shape.clone(),
+                        });
+                    }
+                    x
+                }
+                None => stand_in(&t.ty, seed, &t.path)?,
+            };
+            match t.quant {
+                Some(q) => quantize_into(&mut values, &t.path, &tensor, q.block, q.nested)?,
+                None => {
+                    values.insert(t.path.clone(), tensor);
+                }
+            }
+        }
+        let init = program
+            .module
+            .function("init")
+            .ok_or(SessionError::Missing("init"))?;
+        values.insert("seed".into(), Tensor::scalar_i64(seed as i64));
+        for (name, t) in run(init, &values)? {
+            values.insert(name, t);
+        }
+        values.remove("seed");
+        let forward = program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))?;
+        let step_fn = train_step(forward, &step_config(&program.train))?;
+        for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
+            values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
+        }
+        Ok(Session {
+            program,
+            step_fn,
+            values,
+            seed,
+            steps_done: 0,
+        })
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.steps_done
+    }
+
+    fn with_batch<T>(
+        &mut self,
+        batch: Vec<(&str, Tensor)>,
+        f: impl FnOnce(&HashMap<String, Tensor>) -> T,
+    ) -> T {
+        for (k, v) in batch {
+            self.values.insert(k.to_string(), v);
+        }
+        let seed = self.seed.wrapping_add(self.steps_done as u64) as i64;
+        self.values
+            .insert("dropout_seed".into(), Tensor::scalar_i64(seed));
+        let r = f(&self.values);
+        for k in ["input_ids", "labels", "dropout_seed"] {
+            self.values.remove(k);
+        }
+        r
+    }
+
+    /// Runs `@forward` on a batch and returns the logits.
+    pub fn forward(&mut self, input_ids: &Tensor) -> Result<Tensor, SessionError> {
+        let forward = self
+            .program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))?
+            .clone();
+        let out = self.with_batch(vec![("input_ids", input_ids.clone())], |v| run(&forward, v))?;
+        out.into_iter()
+            .find(|(n, _)| n == "logits")
+            .map(|(_, t)| t)
+            .ok_or(SessionError::Missing("forward"))
+    }
+
+    /// Runs one training step on a batch (labels = the targets, `-100` where ignored).
+    pub fn step(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<StepStats, SessionError> {
+        let step_fn = self.step_fn.clone();
+        let out = self.with_batch(
+            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
+            |v| run(&step_fn, v),
+        )?;
+        let mut stats = StepStats {
+            step: self.steps_done + 1,
+            loss: f32::NAN,
+            grad_norm: f32::NAN,
+            lr: f32::NAN,
+        };
+        for (name, t) in out {
+            match name.as_str() {
+                "loss" => stats.loss = scalar_f32(&t),
+                "grad_norm" => stats.grad_norm = scalar_f32(&t),
+                "lr" => stats.lr = scalar_f32(&t),
+                _ => {
+                    self.values.insert(name, t);
+                }
+            }
+        }
+        self.steps_done += 1;
+        Ok(stats)
+    }
+
+    /// The loss and its gradient with respect to every trainable tensor, without updating
+    /// anything (`@forward` + loss + backward).
+    pub fn gradients(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(f32, Vec<(String, Tensor)>), SessionError> {
+        let forward = self
+            .program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))?;
+        let mut f = forward.clone();
+        f.name = "gradients".into();
+        f.outputs.clear();
+        let logits = forward
+            .output("logits")
+            .ok_or(SessionError::Missing("forward"))?;
+        let ids_ty = forward
+            .input("input_ids")
+            .map(|i| i.ty.clone())
+            .ok_or(SessionError::Missing("forward"))?;
+        let params: Vec<(String, graft_ir::ValueId)> = f
+            .inputs()
+            .filter(|i| i.kind == InputKind::Param)
+            .map(|i| (i.name.to_string(), i.value))
+            .collect();
+        let lab = f.add_input("labels", InputKind::Data, ids_ty, None);
+        let loss = graft_autodiff::causal_lm_loss(
+            &mut graft_autodiff::emit::Emitter { f: &mut f },
+            logits,
+            lab,
+            -100,
+        )?;
+        let wrt: Vec<graft_ir::ValueId> = params.iter().map(|p| p.1).collect();
+        let grads = graft_autodiff::grad(&mut f, loss, &wrt)?;
+        f.add_output("loss", loss);
+        for ((name, _), g) in params.iter().zip(grads) {
+            f.add_output(format!("grad.{name}"), g);
+        }
+        let out = self.with_batch(
+            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
+            |v| run(&f, v),
+        )?;
+        let mut loss = f32::NAN;
+        let mut grads = Vec::new();
+        for (name, t) in out {
+            match name.strip_prefix("grad.") {
+                Some(p) => grads.push((p.to_string(), t)),
+                None => loss = scalar_f32(&t),
+            }
+        }
+        Ok((loss, grads))
+    }
+
+    /// The trainable tensors, in declaration order.
+    pub fn params(&self) -> Vec<(String, &Tensor)> {
+        self.program
+            .tensors
+            .iter()
+            .filter(|t| t.kind == DeclKind::Param)
+            .filter_map(|t| self.values.get(&t.path).map(|v| (t.path.clone(), v)))
+            .collect()
+    }
+
+    /// Replaces a trainable tensor's value (e.g. from a PEFT adapter file).
+    pub fn set_param(&mut self, path: &str, value: Tensor) -> Result<(), SessionError> {
+        let Some(t) = self
+            .program
+            .tensors
+            .iter()
+            .find(|t| t.path == path && t.kind == DeclKind::Param)
+        else {
+            let names: Vec<&str> = self
+                .program
+                .tensors
+                .iter()
+                .filter(|t| t.kind == DeclKind::Param)
+                .map(|t| t.path.as_str())
+                .collect();
+            return Err(SessionError::Value(format!(
+                "`{path}` is not a trainable tensor of this spec (it has: {})",
+                names.join(", ")
+            )));
+        };
+        if value.shape() != t.ty.shape.as_slice() {
+            return Err(SessionError::Shape {
+                name: path.to_string(),
+                got: value.shape().to_vec(),
+                want: t.ty.shape.clone(),
+            });
+        }
+        self.values.insert(path.to_string(), value);
+        Ok(())
+    }
+}
+
+/// A seeded stand-in for a weight when the spec names no weights file: N(0, 1/fan-in) for
+/// matrices, ones for vectors (norm gains).
+fn stand_in(ty: &TensorType, seed: u64, path: &str) -> Result<Tensor, SessionError> {
+    let stream = path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let data: Vec<f32> = if ty.rank() >= 2 {
+        let std = 1.0 / (ty.shape[ty.rank() - 1] as f64).sqrt();
+        (0..ty.numel())
+            .map(|i| {
+                graft_interp::random::normal_value(seed as i64, stream, i as u64, 0.0, std) as f32
+            })
+            .collect()
+    } else {
+        vec![1.0; ty.numel()]
+    };
+    Ok(Tensor::f32(ty.shape.clone(), data)?)
+}
+
+/// Quantizes a weight to NF4 and stores the inputs `@forward` reads: the codes under the
+/// weight's path, its absmax (and nested scales) beside it.
+fn quantize_into(
+    values: &mut HashMap<String, Tensor>,
+    path: &str,
+    w: &Tensor,
+    block: usize,
+    nested: usize,
+) -> Result<(), SessionError> {
+    let data = w
+        .as_f32()
+        .ok_or_else(|| SessionError::Quant(path.to_string(), "not f32".into()))?;
+    let err = |e: graft_quant::QuantError| SessionError::Quant(path.to_string(), e.to_string());
+    let unpack = |packed: &[u8]| -> Vec<u8> {
+        (0..data.len())
+            .map(|i| {
+                if i % 2 == 0 {
+                    packed[i / 2] >> 4
+                } else {
+                    packed[i / 2] & 0xF
+                }
+            })
+            .collect()
+    };
+    let shape = w.shape().to_vec();
+    let blocks = data.len().div_ceil(block);
+    if nested == 0 {
+        let (packed, absmax) = graft_quant::quantize_nf4(data, block).map_err(err)?;
+        values.insert(path.to_string(), Tensor::u4(shape, unpack(&packed))?);
+        values.insert(format!("{path}.absmax"), Tensor::f32(vec![blocks], absmax)?);
+    } else {
+        let (packed, n) = graft_quant::quantize_nf4_nested(data, block).map_err(err)?;
+        values.insert(path.to_string(), Tensor::u4(shape, unpack(&packed))?);
+        values.insert(format!("{path}.absmax"), Tensor::u8(vec![blocks], n.codes)?);
+        let n2 = n.absmax2.len();
+        values.insert(
+            format!("{path}.nested_absmax"),
+            Tensor::f32(vec![n2], n.absmax2)?,
+        );
+        values.insert(
+            format!("{path}.nested_offset"),
+            Tensor::f32(Vec::<usize>::new(), vec![n.offset])?,
+        );
+    }
+
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! Hugging Face safetensors checkpoints, memory-mapped, and checked against the tensors a
+//! program expects (names, dtypes, shapes).
+
+use graft_ir::{DType, TensorType};
+use memmap2::Mmap;
+use safetensors::SafeTensors;
+use safetensors::tensor::Dtype as StDtype;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+/// Why a weights file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    /// The file could not be opened or mapped.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid safetensors.
+    #[error("{path} is not a valid safetensors file: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        message: String,
+    },
+}
+
+/// One tensor's entry in a weights file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorEntry {
+    /// The element type, if graft knows it.
+    pub dtype: Option<DType>,
+    /// The safetensors dtype name (`F32`, `BF16`, ...).
+    pub dtype_name: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+}
+
+/// A memory-mapped safetensors file and its header.
+pub struct WeightsFile {
+    path: PathBuf,
+    mmap: Mmap,
+    entries: BTreeMap<String, TensorEntry>,
+}
+
+fn map_dtype(d: StDtype) -> Option<DType> {
+    Some(match d {
+        StDtype::F64 => DType::F64,
+        StDtype::F32 => DType::F32,
+        StDtype::BF16 => DType::BF16,
+        StDtype::F16 => DType::F16,
+        StDtype::I64 => DType::I64,
+        StDtype::I32 => DType::I32,
+        StDtype::U8 => DType::U8,
+        StDtype::BOOL => DType::Bool,
+        _ => return None,
+    })
+}
+
+impl WeightsFile {
+    /// Opens and maps a safetensors file and reads its header.
+    pub fn open(path: &Path) -> Result<WeightsFile, WeightsError> {
+        let io = |source| WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        #[allow(unsafe_code)]
+        // SAFETY: the map is read-only and graft does not write weights files while reading
+        // them; another process truncating the file underneath is outside what we guard.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Format {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let entries = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                (
+                    name,
+                    TensorEntry {
+                        dtype: map_dtype(view.dtype()),
+                        dtype_name: format!("{:?}", view.dtype()),
+                        shape: view.shape().to_vec(),
+                    },
+                )
+            })
+            .collect();
+        Ok(WeightsFile {
+            path: path.to_path_buf(),
+            mmap,
+            entries,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor, by name.
+    pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
+        &self.entries
+    }
+
+    /// The raw little-endian bytes of a tensor, borrowed from the map.
+    pub fn bytes(&self, name: &str) -> Option<&[u8]> {
+        let st = SafeTensors::deserialize(&self.mmap).ok()?;
+        let view = st.tensor(name).ok()?;
+        let data = view.data();
+        // Re-slice from the map so the borrow is tied to `self`, not to `st`.
+        let start = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        self.mmap.get(start..start + data.len())
+    }
+
+    /// Checks the file against the frozen weights a program reads; returns one message per
+    /// problem (missing tensor, wrong shape, unsupported dtype).
+    pub fn check(&self, expected: &[(String, TensorType)]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (name, ty) in expected {
+            match self.entries.get(name) {
+                None => {
+                    let near = self
+                        .entries
+                        .keys()
+                        .max_by(|a, b| strsim_score(name, a).total_cmp(&strsim_score(name, b)));
+                    problems.push(match near {
+                        Some(n) => format!(
+                            "`{name}` is missing from {} (nearest name: `{n}`)",
+                            self.path.display()
+                        ),
+                        None => format!(
+                            "`{name}` is missing from {} (the file is empty)",
+                            self.path.display()
+                        ),
+                    });
+                }
+                Some(e) if e.shape != ty.shape => {
+                    problems.push(format!(
+                        "`{name}` has shape {:?} in {}, the spec expects {:?}",
+                        e.shape,
+                        self.path.display(),
+                        ty.shape
+                    ));
+                }
+                Some(e) if !e.dtype.is_some_and(|d| d.is_float()) => {
+                    problems.push(format!(
+                        "`{name}` has dtype {} in {}; graft loads float weights",
+                        e.dtype_name,
+                        self.path.display()
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        problems
+    }
+}
+
+/// Shared-prefix length, normalized: a cheap similarity for "nearest name" hints.
+fn strsim_score(a: &str, b: &str) -> f64 {
+    let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
+    common as f64 / a.len().max(b.len()).max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use safetensors::tensor::TensorView;
+
+    fn write(
+        path: &Path,
+        tensors: &[(&str, Vec<usize>)],
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let bufs: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, s)| vec![0u8; s.iter().product::<usize>() * 4])
+            .collect();
+        let views: Vec<(String, TensorView)> = tensors
+            .iter()
+            .zip(&bufs)
+            .map(|((n, s), b)| Ok((n.to_string(), TensorView::new(StDtype::F32, s.clone(), b)?)))
+            .collect::<Result<_, safetensors::SafeTensorError>>()?;
+        safetensors::serialize_to_file(views, None, path)?;
+        Ok(())
+    }
+
+    #[test]
+    fn reports_missing_and_misshapen_tensors() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("graft-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("w.safetensors");
+        write(&path, &[("a.weight", vec![4, 8]), ("b.weight", vec![3])])?;
+        let f = WeightsFile::open(&path)?;
+        assert_eq!(f.entries().len(), 2);
+        assert_eq!(f.bytes("a.weight").map(<[u8]>::len), Some(128));
+        let problems = f.check(&[
+            ("a.weight".into(), TensorType::new(DType::F32, vec![4, 8])),
+            ("b.weight".into(), TensorType::new(DType::F32, vec![4])),
+            ("a.wieght".into(), TensorType::new(DType::F32, vec![4, 8])),
+        ]);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("shape [3]"), "{}", problems[0]);
+        assert!(
+            problems[1].contains("nearest name: `a.weight`"),
+            "{}",
+            problems[1]
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_is_a_format_error_not_a_panic() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = std::env::temp_dir().join(format!("graft-rt-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        for (i, bytes) in [
+            &b""[..],
+            b"\x08\0\0\0\0\0\0\0{}",
+            b"\xff\xff\xff\xff\xff\xff\xff\xffxx",
+            b"\x02\0\0\0\0\0\0\0{",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = dir.join(format!("bad{i}.safetensors"));
+            std::fs::write(&p, bytes)?;
+            assert!(
+                matches!(WeightsFile::open(&p), Err(WeightsError::Format { .. })),
+                "case {i}"
+            );
+        }
+        Ok(())
+    }
+}
+
+impl WeightsFile {
+    /// Reads a tensor: floats become `f32` (bf16/f16 exactly, f64 rounded), integers keep
+    /// their type (`i64`, `i32`, `u8`), booleans become `bool`.
+    pub fn read(&self, name: &str) -> Result<graft_interp::Tensor, WeightsError> {
+        let fmt = |message: String| WeightsError::Format {
+            path: self.path.clone(),
+            message,
+        };
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| fmt(format!("no tensor `{name}`")))?;
+        let bytes = self
+            .bytes(name)
+            .ok_or_else(|| fmt(format!("cannot read the data of `{name}`")))?;
+        let shape = entry.shape.clone();
+        let chunks = |w: usize| bytes.chunks_exact(w);
+        let t = match entry.dtype_name.as_str() {
+            "F32" => graft_interp::Tensor::f32(
+                shape,
+                chunks(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            "F64" => graft_interp::Tensor::f32(
+                shape,
+                chunks(8)
+                    .map(|c| {
+                        f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) as f32
+                    })
+                    .collect(),
+            ),
+            "BF16" => graft_interp::Tensor::f32(
+                shape,
+                chunks(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            "F16" => graft_interp::Tensor::f32(
+                shape,
+                chunks(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                    .collect(),
+            ),
+            "I64" => graft_interp::Tensor::i64(
+                shape,
+                chunks(8)
+                    .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                    .collect(),
+            ),
+            "I32" => graft_interp::Tensor::i32(
+                shape,
+                chunks(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect(),
+            ),
+            "U8" => graft_interp::Tensor::u8(shape, bytes.to_vec()),
+            "BOOL" => graft_interp::Tensor::bool(shape, bytes.iter().map(|&b| b != 0).collect()),
+            other => {
+                return Err(fmt(format!(
+                    "`{name}` has dtype {other}, which graft cannot read"
+                )));
+            }
+        };
+        t.map_err(|e| fmt(format!("`{name}`: {e}")))
+    }
+}
+
+/// Serializes named `f32` tensors as safetensors bytes.
+pub fn to_safetensors(tensors: &[(String, &graft_interp::Tensor)]) -> Result<Vec<u8>, String> {
+    let bufs: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(n, t)| match t.as_f32() {
+            Some(d) => Ok(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+            None => match t.as_i64() {
+                Some(d) => Ok(d.iter().flat_map(|x| x.to_le_bytes()).collect()),
+                None => Err(format!("`{n}` is neither f32 nor i64")),
+            },
+        })
+        .collect::<Result<_, _>>()?;
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .zip(&bufs)
+        .map(|((n, t), b)| {
+            let dt = if t.as_f32().is_some() {
+                StDtype::F32
+            } else {
+                StDtype::I64
+            };
+            safetensors::tensor::TensorView::new(dt, t.shape().to_vec(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<_, _>>()?;
+    safetensors::serialize(views, None).map_err(|e| e.to_string())
+}

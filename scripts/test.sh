@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Sets up what graft needs on Debian 12 (idempotently: LLVM/MLIR 22 packages) and runs the
+# whole test suite. This is the README's test command; .ci/run runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+cargo test --workspace --locked "$@"
