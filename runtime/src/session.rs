@@ -168,6 +168,11 @@ impl Session {
         })
     }
 
+    /// A value the session holds (weights, params, optimizer state), by name.
+    pub fn value(&self, name: &str) -> Option<&Tensor> {
+        self.values.get(name)
+    }
+
     /// Steps done so far.
     pub fn steps_done(&self) -> usize {
         self.steps_done

@@ -61,6 +61,29 @@ enum Command {
         #[arg(long, default_value = "ir")]
         emit: Emit,
     },
+    /// Train a spec on its `train` block's data and print the loss at each step.
+    #[command(
+        after_help = "Examples:\n  graft run dsl-examples/tiny_lora.graft --interpret --steps 20\n  graft run dsl-examples/tiny_dora.graft --interpret --steps 5 --save out/dora"
+    )]
+    Run {
+        /// The spec.
+        file: PathBuf,
+        /// Run on the reference interpreter (the compiled CPU backend is not built yet, so this
+        /// is also what happens without the flag).
+        #[arg(long)]
+        interpret: bool,
+        /// Number of steps (default: the `train` block's `steps`).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Seed for initializers and dropout (default: the `train` block's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Write the trained adapter here: PEFT's `adapter_config.json` +
+        /// `adapter_model.safetensors` when the methods have a PEFT form, and
+        /// `trainable.safetensors` with every trained tensor under its graft path.
+        #[arg(long, value_name = "DIR")]
+        save: Option<PathBuf>,
+    },
     /// Show the linked LLVM and MLIR and the host CPU's features.
     Doctor,
 }
@@ -146,6 +169,23 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         },
+        Command::Run {
+            file,
+            interpret,
+            steps,
+            seed,
+            save,
+        } => {
+            let Some((_, program)) = compile(&file, stdlib, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            if !interpret {
+                eprintln!(
+                    "note: the compiled CPU backend is not built yet; running on the reference interpreter"
+                );
+            }
+            train(&file, program, steps, seed, save.as_deref())
+        }
         Command::Doctor => {
             let info = graft_codegen::host_info()?;
             println!("LLVM      {}", info.llvm_version);
@@ -175,6 +215,81 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Trains on the interpreter, printing one line per step.
+fn train(
+    spec: &Path,
+    program: Program,
+    steps: Option<usize>,
+    seed: Option<u64>,
+    save: Option<&Path>,
+) -> Result<ExitCode> {
+    use anyhow::Context;
+    let dir = spec.parent().unwrap_or(Path::new("."));
+    let weights = match &program.weights {
+        Some((path, _)) => Some(graft_runtime::WeightsFile::open(path)?),
+        None => {
+            eprintln!("note: the spec names no weights file; frozen weights are seeded stand-ins");
+            None
+        }
+    };
+    let data = program
+        .train
+        .data
+        .clone()
+        .context("the `train` block names no `data` file")?;
+    let vocab = program
+        .module
+        .function("forward")
+        .and_then(|f| {
+            f.output("logits")
+                .map(|v| f.ty(v).shape.last().copied().unwrap_or(0))
+        })
+        .context("the model has no logits")?;
+    let data_path = dir.join(&data);
+    let tokens = graft_runtime::load_tokens(&data_path, vocab)?;
+    let (batch, seq) = (program.train.batch, program.train.seq);
+    let mut batcher =
+        graft_runtime::Batcher::new(tokens, batch, seq, &data_path.display().to_string())?;
+    let steps = steps.unwrap_or(program.train.steps);
+    let seed = seed.unwrap_or(program.train.seed);
+    let mut session = graft_runtime::Session::new(program, weights.as_ref(), seed)?;
+    println!(
+        "training {} trainable tensors, {batch} × {seq} tokens per step, {steps} steps",
+        session.params().len()
+    );
+    for _ in 0..steps {
+        let ids = batcher.next_batch();
+        let start = std::time::Instant::now();
+        let s = session.step(&ids, &ids)?;
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "step {:>4}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  {:.0} tok/s",
+            s.step,
+            s.loss,
+            s.lr,
+            s.grad_norm,
+            (batch * seq) as f64 / secs.max(1e-9)
+        );
+        if !s.loss.is_finite() {
+            anyhow::bail!(
+                "the loss is not finite at step {}; lower the learning rate or enable `clip`",
+                s.step
+            );
+        }
+    }
+    if let Some(out) = save {
+        let params = session.params();
+        let bytes = graft_runtime::weights::to_safetensors(&params).map_err(anyhow::Error::msg)?;
+        graft_runtime::write_atomic(&out.join("trainable.safetensors"), &bytes)?;
+        println!("saved {}", out.join("trainable.safetensors").display());
+        match graft_runtime::save_adapter(out, &session.program.adapters, &params) {
+            Ok(()) => println!("saved a PEFT adapter in {}", out.display()),
+            Err(e) => eprintln!("note: no PEFT adapter written: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Checks the weights file against the frozen weights the program reads. A missing file is a

@@ -160,3 +160,55 @@ fn doctor_reports_llvm_22() {
         text(&out.stdout)
     );
 }
+
+#[test]
+fn run_trains_and_saves_a_peft_adapter() {
+    let out_dir = std::env::temp_dir().join(format!("graft-run-{}", std::process::id()));
+    let out = graft(&[
+        "run",
+        "dsl-examples/tiny_lora.graft",
+        "--interpret",
+        "--steps",
+        "2",
+        "--save",
+        &out_dir.display().to_string(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let steps: Vec<&str> = stdout.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 2, "{stdout}");
+    assert!(
+        steps[0].contains("loss ") && steps[0].contains("tok/s"),
+        "{stdout}"
+    );
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "trainable.safetensors",
+    ] {
+        assert!(
+            out_dir.join(f).exists(),
+            "{f} missing in {}",
+            out_dir.display()
+        );
+    }
+}
+
+#[test]
+fn run_without_data_explains_what_is_missing() {
+    let dir = std::env::temp_dir().join(format!("graft-nodata-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).ok();
+    let spec = "use models.llama\nmodel base = llama(vocab: 32, hidden: 16, layers: 1, heads: 2, ffn: 32)\n";
+    std::fs::write(dir.join("s.graft"), spec).ok();
+    let out = graft(&[
+        "run",
+        &dir.join("s.graft").display().to_string(),
+        "--interpret",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("names no `data` file"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -45,7 +45,7 @@ use graft_ir::{Function, Module, Op, TensorType, VerifyError, verify_function};
 use std::collections::HashMap;
 
 /// Why a function could not be evaluated.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum InterpError {
     /// No tensor was given for an input node.
     #[error("missing input `{name}`")]
@@ -206,7 +206,7 @@ pub fn run(
         for a in &node.args {
             match values.get(a.index()) {
                 Some(Some(t)) => args.push(t),
-                _ => return Err(freed(i, &node.op)),
+                _ => return Err(freed(i, Some(&node.op))),
             }
         }
         let ctx = Ctx {
@@ -218,10 +218,10 @@ pub fn run(
         let t = eval(&ctx, inputs)?;
         values.push((last_use.get(i) != Some(&i)).then_some(t));
         for a in &node.args {
-            if last_use.get(a.index()) == Some(&i) {
-                if let Some(v) = values.get_mut(a.index()) {
-                    *v = None;
-                }
+            if last_use.get(a.index()) == Some(&i)
+                && let Some(v) = values.get_mut(a.index())
+            {
+                *v = None;
             }
         }
     }
@@ -229,14 +229,18 @@ pub fn run(
         .iter()
         .map(|o| match values.get(o.value.index()) {
             Some(Some(t)) => Ok((o.name.clone(), t.clone())),
-            _ => Err(freed(o.value.index(), &Op::StopGrad)),
+            _ => Err(freed(
+                o.value.index(),
+                f.nodes.get(o.value.index()).map(|n| &n.op),
+            )),
         })
         .collect()
 }
 
-fn freed(node: usize, op: &Op) -> InterpError {
+/// An internal error: a value was needed after it was freed (cannot happen on verified IR).
+fn freed(node: usize, op: Option<&Op>) -> InterpError {
     InterpError::Unsupported {
-        op: op.name().to_string(),
+        op: op.map_or("?", Op::name).to_string(),
         node,
         operands: Vec::new(),
         message: "internal: an operand value is not available".into(),

@@ -444,3 +444,81 @@ fn kind(d: &Data) -> &'static str {
         Data::Bool(_) => "Bool",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two neighbours of `r` in `dtype` (as f64), for a finite non-zero `r`.
+    fn neighbours(dtype: DType, r: f32) -> (f64, f64) {
+        let step = |up: bool| -> f64 {
+            match dtype {
+                DType::BF16 => {
+                    let b = half::bf16::from_f32(r).to_bits();
+                    let n = if (r > 0.0) == up { b + 1 } else { b - 1 };
+                    f64::from(half::bf16::from_bits(n).to_f32())
+                }
+                _ => {
+                    let b = half::f16::from_f32(r).to_bits();
+                    let n = if (r > 0.0) == up { b + 1 } else { b - 1 };
+                    f64::from(half::f16::from_bits(n).to_f32())
+                }
+            }
+        };
+        (step(false), step(true))
+    }
+
+    #[test]
+    fn round_f64_is_nearest_even_for_bf16_and_f16() {
+        let mut s = 0x1234_5678_9abc_def0u64;
+        for i in 0..20_000 {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // random f64 of moderate magnitude, plus exact ties with a tiny excess or deficit
+            let base = f64::from_bits((s >> 12) | 0x3ff0_0000_0000_0000) - 1.5; // [-0.5, 0.5)
+            for dtype in [DType::BF16, DType::F16] {
+                let x = match i % 3 {
+                    0 => base * 3.0,
+                    // just above or below the midpoint between two positive neighbours
+                    1 => {
+                        let r = round_f64(dtype, base.abs() + 0.01);
+                        let mid = (f64::from(r) + neighbours(dtype, r).1) / 2.0;
+                        let nudge = 2f64.powi(-40);
+                        if s & 1 == 0 { mid + nudge } else { mid - nudge }
+                    }
+                    _ => f64::from(round_f64(dtype, base)),
+                };
+                let r = round_f64(dtype, x);
+                assert_eq!(round_f32(dtype, r), r, "{x}: result is representable");
+                if r == 0.0 || !r.is_finite() {
+                    continue;
+                }
+                let (down, up) = neighbours(dtype, r);
+                let d = (x - f64::from(r)).abs();
+                assert!(
+                    d <= (x - down).abs() && d <= (x - up).abs(),
+                    "{dtype} {x:e} -> {r:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn exact_ties_go_to_even() {
+        // 1 + 2^-8 is a bf16 tie between 1 and 1 + 2^-7
+        assert_eq!(round_f64(DType::BF16, 1.0 + 2f64.powi(-8)), 1.0);
+        assert_eq!(
+            round_f64(DType::BF16, 1.0 + 3.0 * 2f64.powi(-8)),
+            1.0 + 2f32.powi(-6)
+        );
+        // f16: 1 + 2^-11 is a tie between 1 and 1 + 2^-10
+        assert_eq!(round_f64(DType::F16, 1.0 + 2f64.powi(-11)), 1.0);
+        assert_eq!(
+            round_f64(DType::F16, 1.0 + 2f64.powi(-11) + 2f64.powi(-50)),
+            1.0 + 2f32.powi(-10)
+        );
+        assert_eq!(round_f64(DType::BF16, 1e300), f32::INFINITY);
+        assert!(round_f64(DType::BF16, f64::NAN).is_nan());
+    }
+}

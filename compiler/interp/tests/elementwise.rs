@@ -186,8 +186,8 @@ fn constants_and_iota() {
         "truncates toward zero"
     );
     assert_eq!(outs[1].1.as_bool().unwrap(), &[true, true]);
-    // bf16(0.1): 0.1 = 1.6 * 2^-4; 7 mantissa bits: 0x3DCD = 0.10009765625
-    assert_eq!(outs[2].1.as_f32().unwrap(), &[0.100_097_656_25]);
+    // bf16(0.1): 0.1 = 1.6 * 2^-4; 7 mantissa bits: 0x3DCD = 205/2048 = 0.10009765625
+    assert_eq!(outs[2].1.as_f32().unwrap(), &[205.0 / 2048.0]);
     assert_eq!(outs[3].1.as_f32().unwrap(), &[f32::NEG_INFINITY]);
     let y = run1("  %0: i64[2, 3] = iota{axis = 1}\n  return y = %0", vec![]);
     assert_eq!(y.as_i64().unwrap(), &[0, 1, 2, 0, 1, 2]);

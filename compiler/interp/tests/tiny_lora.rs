@@ -1,4 +1,4 @@
-//! End to end: compile `dsl-examples/tiny_lora.graft` with the front end, run its `init` and
+//! End to end: compile `tests/parity/lora_qv.graft` (the tiny Llama + LoRA of the fixtures) with the front end, run its `init` and
 //! `forward` in the interpreter on the fixture weights, and compare the logits with the ones
 //! PyTorch + PEFT computed (`tests/fixtures/base.safetensors`, `lora_qv.safetensors`).
 //! Tolerance: |got - want| <= 1e-5 + 1e-4 |want| per logit.
@@ -14,7 +14,7 @@ use std::path::Path;
 
 fn compile() -> Module {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let spec = root.join("dsl-examples/tiny_lora.graft");
+    let spec = root.join("tests/parity/lora_qv.graft");
     match graft_frontend::compile_file(&spec, &graft_frontend::Stdlib::Dir(root.join("stdlib"))) {
         Ok((_, p)) => p.module,
         Err(graft_frontend::CompileFileError::Compile(e)) => panic!("{}", e.render(false)),

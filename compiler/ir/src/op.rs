@@ -614,21 +614,21 @@ impl Op {
                     lo: a.take_float("lo")?,
                     hi: a.take_float("hi")?,
                 },
-                stream: a.take_usize("stream")? as u64,
+                stream: a.take_int("stream")? as u64,
             },
             "random_normal" => Op::Random {
                 dist: Distribution::Normal {
                     mean: a.take_float("mean")?,
                     std: a.take_float("std")?,
                 },
-                stream: a.take_usize("stream")? as u64,
+                stream: a.take_int("stream")? as u64,
             },
             "random_int" => Op::Random {
                 dist: Distribution::Int {
                     lo: a.take_int("lo")?,
                     hi: a.take_int("hi")?,
                 },
-                stream: a.take_usize("stream")? as u64,
+                stream: a.take_int("stream")? as u64,
             },
             "select" => Op::Select,
             "matmul" => Op::MatMul {
@@ -661,7 +661,7 @@ impl Op {
             "stop_grad" => Op::StopGrad,
             "dropout" => Op::Dropout {
                 p: a.take_float("p")?,
-                stream: a.take_usize("stream")? as u64,
+                stream: a.take_int("stream")? as u64,
             },
             "quantize" => {
                 let format = take_format(&mut a)?;

@@ -213,3 +213,31 @@ fn nested_dequantize_checks_its_scale_operands() {
     assert!(bad.is_err());
     assert_eq!(TensorType::new(DType::U4, vec![3, 5]).size_bytes(), 8);
 }
+
+#[test]
+fn stream_ids_use_all_64_bits() -> Result<(), Box<dyn std::error::Error>> {
+    let mut f = Function::new("f");
+    let seed = f.add_input(
+        "seed",
+        InputKind::Data,
+        TensorType::scalar(DType::I64),
+        None,
+    );
+    let r = f.add_typed(
+        Op::Random {
+            dist: Distribution::Uniform { lo: 0.0, hi: 1.0 },
+            stream: u64::MAX - 5,
+        },
+        &[seed],
+        Some(TensorType::new(DType::F32, vec![2])),
+        None,
+    )?;
+    f.add_output("r", r);
+    let m = Module {
+        files: vec![],
+        functions: vec![f],
+    };
+    let text = print_module(&m);
+    assert_eq!(parse_module(&text)?, m, "{text}");
+    Ok(())
+}
