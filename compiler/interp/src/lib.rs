@@ -309,5 +309,49 @@ fn eval(ctx: &Ctx<'_>, inputs: &HashMap<String, Tensor>) -> Result<Tensor, Inter
             block,
             nested,
         } => quant::dequantize(ctx, *format, *block, *nested),
+        Op::QuantMatMul {
+            format,
+            block,
+            nested,
+            ta,
+            tb,
+        } => {
+            // Reference semantics: dequantize the weight, then multiply.
+            let (x, rest) = ctx
+                .args
+                .split_first()
+                .ok_or_else(|| ctx.unsupported("missing x"))?;
+            let codes = rest
+                .first()
+                .ok_or_else(|| ctx.unsupported("missing codes"))?;
+            let w_ty = TensorType::new(x.dtype(), codes.shape().to_vec());
+            let dq_op = Op::Dequantize {
+                format: *format,
+                block: *block,
+                nested: *nested,
+            };
+            let w = quant::dequantize(
+                &Ctx {
+                    node: ctx.node,
+                    op: &dq_op,
+                    ty: &w_ty,
+                    args: rest.to_vec(),
+                },
+                *format,
+                *block,
+                *nested,
+            )?;
+            let mm_op = Op::MatMul { ta: *ta, tb: *tb };
+            compute::matmul(
+                &Ctx {
+                    node: ctx.node,
+                    op: &mm_op,
+                    ty: ctx.ty,
+                    args: vec![*x, &w],
+                },
+                *ta,
+                *tb,
+            )
+        }
     }
 }

@@ -420,6 +420,20 @@ pub enum Op {
         /// Absmax values per block of the nested quantization; 0 when absmax is plain f32.
         nested: usize,
     },
+    /// `matmul{ta, tb}(x, dequantize(codes, scales...))` as one op, so the full-precision
+    /// weight never exists. Operands: x, then the `dequantize` operands.
+    QuantMatMul {
+        /// The format.
+        format: QuantFormat,
+        /// Elements per absmax block.
+        block: usize,
+        /// Nested block size; 0 for plain absmax.
+        nested: usize,
+        /// Transpose x's last two axes.
+        ta: bool,
+        /// Transpose the weight.
+        tb: bool,
+    },
 }
 
 /// An operand/attribute mismatch found while typing an op.
@@ -475,6 +489,7 @@ impl Op {
             Op::Dropout { .. } => "dropout",
             Op::Quantize { .. } => "quantize",
             Op::Dequantize { .. } => "dequantize",
+            Op::QuantMatMul { .. } => "qmatmul",
         }
     }
 
@@ -576,6 +591,25 @@ impl Op {
                 a.push("block", AttrValue::Int(*block as i64));
                 if *nested != 0 {
                     a.push("nested", AttrValue::Int(*nested as i64));
+                }
+            }
+            Op::QuantMatMul {
+                format,
+                block,
+                nested,
+                ta,
+                tb,
+            } => {
+                a.push("format", AttrValue::Ident(format.name().to_string()));
+                a.push("block", AttrValue::Int(*block as i64));
+                if *nested != 0 {
+                    a.push("nested", AttrValue::Int(*nested as i64));
+                }
+                if *ta {
+                    a.push("ta", AttrValue::Bool(true));
+                }
+                if *tb {
+                    a.push("tb", AttrValue::Bool(true));
                 }
             }
             Op::Unary(_)
@@ -682,6 +716,13 @@ impl Op {
                 block: a.take_usize("block")?,
                 nested: a.take_usize_or("nested", 0)?,
             },
+            "qmatmul" => Op::QuantMatMul {
+                format: take_format(&mut a)?,
+                block: a.take_usize("block")?,
+                nested: a.take_usize_or("nested", 0)?,
+                ta: a.take_bool_or("ta", false)?,
+                tb: a.take_bool_or("tb", false)?,
+            },
             _ => {
                 if let Some(u) = UnaryOp::from_name(name) {
                     Op::Unary(u)
@@ -720,7 +761,7 @@ impl Op {
             | Op::Quantize { .. } => Some(1),
             Op::Binary(_) | Op::MatMul { .. } | Op::Gather { .. } | Op::Dropout { .. } => Some(2),
             Op::Select => Some(3),
-            Op::Concat { .. } | Op::Dequantize { .. } => None,
+            Op::Concat { .. } | Op::Dequantize { .. } | Op::QuantMatMul { .. } => None,
         }
     }
 
@@ -1034,6 +1075,31 @@ impl Op {
                     )));
                 }
                 Ok(t)
+            }
+            Op::QuantMatMul {
+                format,
+                block,
+                nested,
+                ta,
+                tb,
+            } => {
+                let (x, rest) = args
+                    .split_first()
+                    .ok_or_else(|| err("expects x and the quantized weight".into()))?;
+                let codes = rest
+                    .first()
+                    .ok_or_else(|| err("expects the codes operand".into()))?;
+                let w = TensorType::new(x.dtype, codes.shape.clone());
+                Op::Dequantize {
+                    format: *format,
+                    block: *block,
+                    nested: *nested,
+                }
+                .result_type(rest, Some(&w))
+                .map_err(|e| err(e.message))?;
+                Op::MatMul { ta: *ta, tb: *tb }
+                    .result_type(&[x, &w], None)
+                    .map_err(|e| err(e.message))
             }
         }
     }

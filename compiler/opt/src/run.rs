@@ -1,0 +1,101 @@
+//! Running the rules: three phases under explicit node, iteration and time limits —
+//! single-pattern rules, then a bounded number of iterations with the multi-pattern rules
+//! added (TENSAT's approach to their blow-up), then single-pattern rules again — and a report
+//! of how often each rule fired and why each phase stopped.
+
+use crate::analysis::Graph;
+use crate::rules::Rule;
+use egg::{Runner, StopReason};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Limits for the equality-saturation run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Maximum e-nodes.
+    pub nodes: usize,
+    /// Maximum iterations per phase.
+    pub iterations: usize,
+    /// Iterations in which multi-pattern rules run.
+    pub multi_iterations: usize,
+    /// Wall-clock limit for the whole run.
+    pub time: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            nodes: 200_000,
+            iterations: 12,
+            multi_iterations: 2,
+            time: Duration::from_secs(20),
+        }
+    }
+}
+
+/// What the run did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunReport {
+    /// Times each rule fired (unions that changed the e-graph).
+    pub applied: BTreeMap<String, usize>,
+    /// Iterations over all phases.
+    pub iterations: usize,
+    /// Why each phase stopped.
+    pub stops: Vec<String>,
+    /// E-nodes and e-classes at the end.
+    pub nodes: usize,
+    /// E-classes at the end.
+    pub classes: usize,
+    /// Wall time.
+    pub time: Duration,
+}
+
+fn stop_text(s: &Option<StopReason>) -> String {
+    match s {
+        Some(StopReason::Saturated) => "saturated".into(),
+        Some(StopReason::IterationLimit(n)) => format!("iteration limit ({n})"),
+        Some(StopReason::NodeLimit(n)) => format!("node limit ({n})"),
+        Some(StopReason::TimeLimit(t)) => format!("time limit ({t:.1}s)"),
+        Some(StopReason::Other(o)) => o.clone(),
+        None => "not run".into(),
+    }
+}
+
+/// Runs `rules` on `eg` in three phases.
+pub fn saturate(mut eg: Graph, rules: &[Rule], limits: &Limits) -> (Graph, RunReport) {
+    let start = Instant::now();
+    let mut report = RunReport::default();
+    let single: Vec<_> = rules
+        .iter()
+        .filter(|r| !r.multi)
+        .map(|r| &r.rewrite)
+        .collect();
+    let all: Vec<_> = rules.iter().map(|r| &r.rewrite).collect();
+    let phases: [(&Vec<_>, usize); 3] = [
+        (&single, limits.iterations),
+        (&all, limits.multi_iterations),
+        (&single, limits.iterations),
+    ];
+    for (rws, iters) in phases {
+        let left = limits.time.saturating_sub(start.elapsed());
+        let runner = Runner::default()
+            .with_egraph(eg)
+            .with_node_limit(limits.nodes)
+            .with_iter_limit(iters)
+            .with_time_limit(left)
+            .run(rws.iter().copied());
+        for it in &runner.iterations {
+            for (name, n) in &it.applied {
+                *report.applied.entry(name.to_string()).or_default() += n;
+            }
+        }
+        report.iterations += runner.iterations.len();
+        report.stops.push(stop_text(&runner.stop_reason));
+        eg = runner.egraph;
+    }
+    report.applied.retain(|_, n| *n > 0);
+    report.nodes = eg.total_number_of_nodes();
+    report.classes = eg.number_of_classes();
+    report.time = start.elapsed();
+    (eg, report)
+}
