@@ -40,6 +40,8 @@ enum Emit {
     Ast,
     /// The elaborated IR: `forward` and `init`.
     Ir,
+    /// The training step after the e-graph optimizer.
+    Opt,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +85,22 @@ enum Command {
         /// `trainable.safetensors` with every trained tensor under its graft path.
         #[arg(long, value_name = "DIR")]
         save: Option<PathBuf>,
+    },
+    /// Optimize a spec's training step and show what the optimizer did: rules fired, cost
+    /// before and after (FLOPs, bytes, peak memory), and the optimized IR.
+    #[command(after_help = "Examples:\n  graft explain dsl-examples/tiny_lora.graft\n  graft explain dsl-examples/small_lora.graft --target cuda --no-ir\n  graft explain dsl-examples/tiny_lora.graft --merge   # inference with adapters folded in")]
+    Explain {
+        /// The spec.
+        file: PathBuf,
+        /// The cost model's target: cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        target: String,
+        /// Optimize the forward for inference with adapters folded into the weights.
+        #[arg(long)]
+        merge: bool,
+        /// Print only the report, not the optimized IR.
+        #[arg(long)]
+        no_ir: bool,
     },
     /// Show the linked LLVM and MLIR and the host CPU's features.
     Doctor,
@@ -168,7 +186,24 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 print!("{}", graft_ir::print_module(&program.module));
                 Ok(ExitCode::SUCCESS)
             }
+            Emit::Opt => {
+                let Some((_, program)) = compile(&file, stdlib, color)? else { return Ok(ExitCode::FAILURE) };
+                let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
+                print!("{}", graft_ir::print_function(&opt.func));
+                Ok(ExitCode::SUCCESS)
+            }
         },
+        Command::Explain { file, target, merge, no_ir } => {
+            let target = graft_opt::Target::by_name(&target).ok_or_else(|| anyhow::anyhow!("unknown target `{target}` (cpu or cuda)"))?;
+            let Some((_, program)) = compile(&file, stdlib, color)? else { return Ok(ExitCode::FAILURE) };
+            let opt = optimize_program(&program, target, merge)?;
+            print!("{}", explain(&opt, target, merge));
+            if !no_ir {
+                println!();
+                print!("{}", graft_ir::print_function(&opt.func));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run {
             file,
             interpret,
@@ -215,6 +250,53 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Runs the e-graph optimizer on the training step (or, with `merge`, the forward).
+fn optimize_program(p: &Program, target: graft_opt::Target, merge: bool) -> Result<graft_opt::Optimized> {
+    let forward = p.module.function("forward").ok_or_else(|| anyhow::anyhow!("no forward"))?;
+    let (f, mode) = if merge {
+        (forward.clone(), graft_opt::Mode::Merge)
+    } else {
+        (graft_autodiff::train_step(forward, &graft_runtime::step_config(&p.train))?, graft_opt::Mode::Train)
+    };
+    Ok(graft_opt::optimize(&f, &graft_opt::Options { target, mode, ..graft_opt::Options::default() })?)
+}
+
+/// The human-readable optimizer report.
+fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let what = if merge { "forward, adapters merged" } else { "training step" };
+    let _ = writeln!(s, "optimized the {what} for {}", target.name);
+    let _ = writeln!(s, "rules fired:");
+    let mut rules: Vec<(&String, &usize)> = o.run.applied.iter().collect();
+    rules.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    for (name, n) in rules {
+        let _ = writeln!(s, "  {name:<32} {n:>6}");
+    }
+    let _ = writeln!(
+        s,
+        "e-graph: {} nodes, {} classes, {} iterations in {:.2} s ({:.2} s with extraction); phases stopped: {}",
+        o.run.nodes,
+        o.run.classes,
+        o.run.iterations,
+        o.run.time.as_secs_f64(),
+        o.time.as_secs_f64(),
+        o.run.stops.join(", ")
+    );
+    let _ = writeln!(s, "shared-input batching groups adopted: {}", o.batched_groups);
+    let row = |s: &mut String, name: &str, a: f64, b: f64| {
+        let change = if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 };
+        let _ = writeln!(s, "  {name:<14} {a:>12.4e} {b:>12.4e} {change:>+8.1}%");
+    };
+    let _ = writeln!(s, "cost             before        after   change");
+    row(&mut s, "FLOPs", o.before.flops, o.after.flops);
+    row(&mut s, "bytes moved", o.before.bytes, o.after.bytes);
+    row(&mut s, "kernels", o.before.kernels as f64, o.after.kernels as f64);
+    row(&mut s, "peak memory", o.before.peak_memory, o.after.peak_memory);
+    row(&mut s, "est. seconds", o.before.seconds, o.after.seconds);
+    s
 }
 
 /// Trains on the interpreter, printing one line per step.

@@ -1,41 +1,35 @@
-//! Code generation: the only crate that links LLVM and MLIR (through inkwell and melior).
+//! Code generation: graft IR to native CPU code through MLIR and LLVM. The only crate that
+//! links LLVM and MLIR (melior 0.27 and inkwell 0.11 on LLVM 22).
 //!
-//! Today it reports what the host toolchain offers ([`host_info`]): the linked LLVM version,
-//! the host CPU and its features, detected at run time, and a check that MLIR parses and
-//! verifies a module with its dialects registered. Lowering the IR lands here next.
+//! [`compile`] schedules a function into kernels ([`schedule`](crate::schedule): fused
+//! elementwise loop nests, reductions, softmax, tiled vector GEMMs), writes them as one MLIR
+//! module (func, scf, arith, math, memref and vector dialects on memrefs), lowers it to the
+//! LLVM dialect ([`PIPELINE`]) and JIT-compiles it for the host CPU. The result runs with
+//! the interpreter's contract ([`CompiledFunction::run`]) and its semantics, which the tests
+//! check op by op against `graft_interp::run`.
+//!
+//! [`emit_mlir`] and [`emit_llvm`] print the module before and after lowering (for
+//! `graft ir --emit=mlir|llvm`); [`host_info`] reports the toolchain for `graft doctor`.
 
-use inkwell::targets::{InitializationConfig, Target, TargetMachine};
-use melior::Context;
-use melior::dialect::DialectRegistry;
-use melior::ir::Module;
-use melior::ir::operation::OperationLike;
-use melior::utility::register_all_dialects;
+mod exec;
+mod expr;
+mod gemm;
+mod host;
+mod jit;
+mod kernels;
+mod lower;
+mod scalar;
+mod schedule;
+mod text;
 
-/// What the host toolchain offers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostInfo {
-    /// The LLVM version linked into graft, `major.minor.patch`.
-    pub llvm_version: String,
-    /// The host target triple.
-    pub triple: String,
-    /// The host CPU name as LLVM knows it (`znver3`, ...).
-    pub cpu: String,
-    /// The host CPU's features as LLVM reports them (`+avx2,+fma,...`).
-    pub features: String,
-    /// Number of MLIR dialects registered.
-    pub mlir_dialects: usize,
-}
+pub use exec::CompiledFunction;
+pub use host::{CpuTarget, HostInfo, host_info};
+pub use jit::PIPELINE;
 
-impl HostInfo {
-    /// True when the host CPU has the named feature (`avx2`, `avx512f`, `fma`).
-    pub fn has_feature(&self, name: &str) -> bool {
-        self.features
-            .split(',')
-            .any(|f| f.strip_prefix('+') == Some(name))
-    }
-}
+use graft_ir::{DType, Function, InputKind, Op, TensorType, VerifyError, verify_function};
+use rayon::prelude::*;
 
-/// An LLVM or MLIR set-up failure.
+/// Why a function could not be compiled or run.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
     /// LLVM could not initialize the native target.
@@ -44,79 +38,238 @@ pub enum CodegenError {
     /// MLIR rejected a module that should be valid.
     #[error("MLIR did not accept a trivial module; is libmlir 22 installed? (scripts/setup.sh)")]
     Mlir,
+    /// The function does not pass the IR verifier.
+    #[error("the function is not valid IR: {0}")]
+    Invalid(#[from] VerifyError),
+    /// An op/dtype combination the IR does not define (the interpreter rejects it too).
+    #[error("%{node}: `{op}` is not supported: {message}")]
+    Unsupported {
+        /// The node index.
+        node: usize,
+        /// The op's text name.
+        op: String,
+        /// What is not supported.
+        message: String,
+    },
+    /// The generated MLIR or the pass pipeline failed: a bug in graft, reported with MLIR's
+    /// diagnostics.
+    #[error("internal code generation error: {0}")]
+    Internal(String),
+    /// No tensor was given for an input.
+    #[error("missing input `{name}`")]
+    MissingInput {
+        /// The input's name.
+        name: String,
+    },
+    /// The tensor given for an input has another type than the input node.
+    #[error("input `{name}` expects {expected}, got {got}")]
+    InputTypeMismatch {
+        /// The input's name.
+        name: String,
+        /// The input node's type.
+        expected: TensorType,
+        /// The given tensor's type.
+        got: TensorType,
+    },
+    /// A `gather` index is negative or not below the indexed extent.
+    #[error("%{node}: `gather` index {value} is out of range for an axis of extent {extent}")]
+    IndexOutOfRange {
+        /// The node index.
+        node: usize,
+        /// The bad index.
+        value: i64,
+        /// The extent of the indexed axis.
+        extent: usize,
+    },
+    /// An integer division by zero.
+    #[error("%{node}: integer division by zero")]
+    DivisionByZero {
+        /// The node index.
+        node: usize,
+    },
+    /// A node run on the host (through the reference interpreter) failed.
+    #[error(transparent)]
+    Interp(#[from] graft_interp::InterpError),
 }
 
-/// Queries LLVM and MLIR about the host.
-pub fn host_info() -> Result<HostInfo, CodegenError> {
-    Target::initialize_native(&InitializationConfig::default())
-        .map_err(CodegenError::NativeTarget)?;
-    let (major, minor, patch) = inkwell::support::get_llvm_version();
-    let triple = TargetMachine::get_default_triple()
-        .as_str()
-        .to_string_lossy()
-        .into_owned();
-    let cpu = TargetMachine::get_host_cpu_name().to_string();
-    let features = TargetMachine::get_host_cpu_features().to_string();
+/// Verifies, schedules and lowers `f` for `target`.
+fn lowered(
+    f: &Function,
+    target: &CpuTarget,
+) -> Result<(schedule::Plan, lower::Lowered), CodegenError> {
+    verify_function(f, usize::MAX)?;
+    let mut plan = schedule::plan(f, target)?;
+    let lowered = lower::lower(f, &mut plan, target)?;
+    Ok((plan, lowered))
+}
 
-    let registry = DialectRegistry::new();
-    register_all_dialects(&registry);
-    let context = Context::new();
-    context.append_dialect_registry(&registry);
-    context.load_all_available_dialects();
-    let module = Module::parse(
-        &context,
-        "func.func @probe(%a: f32) -> f32 { return %a : f32 }",
-    )
-    .ok_or(CodegenError::Mlir)?;
-    if !module.as_operation().verify() {
-        return Err(CodegenError::Mlir);
+/// Compiles `f` to native code for the host CPU.
+///
+/// The kernels are split into one module per thread of rayon's pool (for functions with many
+/// kernels) and JIT-compiled in parallel.
+///
+/// # Errors
+/// [`CodegenError::Invalid`] when `f` does not verify, [`CodegenError::Unsupported`] for an
+/// op/dtype combination the IR does not define, [`CodegenError::Internal`] when MLIR or LLVM
+/// reject the generated code (a bug in graft).
+pub fn compile(f: &Function) -> Result<CompiledFunction, CodegenError> {
+    compile_for(f, &CpuTarget::host())
+}
+
+/// [`compile`] with an explicit vector shape (lanes, GEMM tile) instead of the host's, e.g.
+/// to test or compare the AVX2 shape on an AVX-512 machine. The code still runs on the host.
+///
+/// # Errors
+/// As [`compile`].
+pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction, CodegenError> {
+    let (plan, lowered) = lowered(f, target)?;
+    let threads = rayon::current_num_threads().max(1);
+    let kernels = lowered.funcs.iter().filter(|k| k.ranged).count();
+    let parts = (kernels / 16).clamp(1, threads);
+    let modules = if kernels == 0 { Vec::new() } else { lowered.chunks(parts) };
+    jit::init_native()?;
+    // LLVM compiles a module when a symbol is first looked up, so look up in parallel too.
+    let compiled: Vec<(jit::Jit, Vec<usize>)> = modules
+        .par_iter()
+        .map(|(text, names)| {
+            let j = jit::Jit::new(text)?;
+            let addrs = names.iter().map(|n| j.lookup(n)).collect::<Result<_, _>>()?;
+            Ok((j, addrs))
+        })
+        .collect::<Result<_, CodegenError>>()?;
+    let mut wrappers = Vec::with_capacity(plan.steps.len());
+    for s in &plan.steps {
+        let found = modules.iter().zip(&compiled).find_map(|((_, names), (_, addrs))| {
+            let i = names.iter().position(|n| *n == s.symbol)?;
+            addrs.get(i).copied()
+        });
+        wrappers.push(match found {
+            Some(a) => a,
+            None if s.symbol.is_empty() => 0,
+            None => {
+                return Err(CodegenError::Internal(format!("kernel `{}` was not emitted", s.symbol)));
+            }
+        });
     }
-    Ok(HostInfo {
-        llvm_version: format!("{major}.{minor}.{patch}"),
-        triple,
-        cpu,
-        features,
-        mlir_dialects: context.registered_dialect_count(),
+    let jits = compiled.into_iter().map(|(j, _)| j).collect();
+    let last_use = exec::last_uses(&plan);
+    Ok(CompiledFunction {
+        f: f.clone(),
+        plan,
+        wrappers,
+        mlir: lowered.module(),
+        threads,
+        last_use,
+        _jits: jits,
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The MLIR module `compile` builds for `f`, before lowering.
+///
+/// # Errors
+/// As [`compile`], except for the JIT.
+pub fn emit_mlir(f: &Function) -> Result<String, CodegenError> {
+    Ok(lowered(f, &CpuTarget::host())?.1.module())
+}
 
-    #[test]
-    fn links_llvm_22_and_mlir() -> Result<(), CodegenError> {
-        let info = host_info()?;
-        assert!(
-            info.llvm_version.starts_with("22."),
-            "linked LLVM is {}",
-            info.llvm_version
-        );
-        assert!(
-            info.triple.starts_with("x86_64") || info.triple.starts_with("aarch64"),
-            "{}",
-            info.triple
-        );
-        assert!(!info.cpu.is_empty());
-        assert!(
-            info.mlir_dialects > 10,
-            "only {} MLIR dialects registered",
-            info.mlir_dialects
-        );
-        Ok(())
+/// The LLVM IR of `f`'s kernels after lowering.
+///
+/// # Errors
+/// As [`compile`].
+pub fn emit_llvm(f: &Function) -> Result<String, CodegenError> {
+    jit::llvm_ir(&emit_mlir(f)?)
+}
+
+/// The module after the pass pipeline, in MLIR's LLVM dialect.
+///
+/// # Errors
+/// As [`compile`].
+pub fn emit_llvm_dialect(f: &Function) -> Result<String, CodegenError> {
+    jit::lowered_mlir(&emit_mlir(f)?)
+}
+
+/// A standalone `f32` GEMM `C[m, n] = A[m, k] · B[k, n]` (row-major), compiled through the
+/// same pack + tiled-vector kernels as a `matmul` node. For benchmarks and embedding.
+pub struct Gemm {
+    compiled: CompiledFunction,
+    shape: (usize, usize, usize),
+    scratch: Vec<f32>,
+}
+
+impl Gemm {
+    /// Compiles the GEMM for these extents, for the host CPU.
+    ///
+    /// # Errors
+    /// As [`compile`].
+    pub fn new(m: usize, k: usize, n: usize) -> Result<Gemm, CodegenError> {
+        Gemm::new_for(m, k, n, &CpuTarget::host())
     }
 
-    #[test]
-    fn feature_lookup_reads_llvm_feature_strings() {
-        let info = HostInfo {
-            llvm_version: "22.1.8".into(),
-            triple: "x86_64-pc-linux-gnu".into(),
-            cpu: "znver3".into(),
-            features: "+avx2,-avx512f,+fma".into(),
-            mlir_dialects: 40,
-        };
-        assert!(info.has_feature("avx2"));
-        assert!(!info.has_feature("avx512f"));
-        assert!(!info.has_feature("avx"));
+    /// Compiles the GEMM with an explicit vector shape (see [`compile_for`]).
+    ///
+    /// # Errors
+    /// As [`compile`].
+    pub fn new_for(m: usize, k: usize, n: usize, target: &CpuTarget) -> Result<Gemm, CodegenError> {
+        let mut f = Function::new("gemm");
+        let t = |s: [usize; 2]| TensorType::new(DType::F32, s.to_vec());
+        let a = f.add_input("a", InputKind::Data, t([m, k]), None);
+        let b = f.add_input("b", InputKind::Data, t([k, n]), None);
+        let c = f
+            .add(Op::MatMul { ta: false, tb: false }, &[a, b], None)
+            .map_err(|e| CodegenError::Internal(e.to_string()))?;
+        f.add_output("c", c);
+        let compiled = compile_for(&f, target)?;
+        let scratch_len = compiled
+            .plan
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.input.is_none() && !compiled.plan.outputs.iter().any(|o| o.2 == *i))
+            .map(|(_, s)| s.len)
+            .sum();
+        Ok(Gemm {
+            compiled,
+            shape: (m, k, n),
+            scratch: vec![0.0; scratch_len],
+        })
+    }
+
+    /// Limits the threads used (default: rayon's pool size).
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.compiled.threads = threads.max(1);
+        self
+    }
+
+    /// `c = a · b`.
+    ///
+    /// # Errors
+    /// [`CodegenError::InputTypeMismatch`] when a slice has the wrong length.
+    pub fn run(&mut self, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<(), CodegenError> {
+        let (m, k, n) = self.shape;
+        for (name, len, want) in [("a", a.len(), m * k), ("b", b.len(), k * n), ("c", c.len(), m * n)] {
+            if len != want {
+                return Err(CodegenError::InputTypeMismatch {
+                    name: name.into(),
+                    expected: TensorType::new(DType::F32, vec![want]),
+                    got: TensorType::new(DType::F32, vec![len]),
+                });
+            }
+        }
+        let plan = &self.compiled.plan;
+        let mut addrs = vec![0usize; plan.slots.len()];
+        let mut scratch_at = self.scratch.as_mut_ptr() as usize;
+        for (i, s) in plan.slots.iter().enumerate() {
+            addrs[i] = match s.input.as_deref() {
+                Some("a") => a.as_ptr() as usize,
+                Some("b") => b.as_ptr() as usize,
+                _ if plan.outputs.iter().any(|o| o.2 == i) => c.as_mut_ptr() as usize,
+                _ => {
+                    let at = scratch_at;
+                    scratch_at += s.len * std::mem::size_of::<f32>();
+                    at
+                }
+            };
+        }
+        self.compiled.run_raw(&addrs)
     }
 }

@@ -1,14 +1,17 @@
 //! Extraction: pick one e-node per e-class to minimize the cost model's time.
 //!
-//! First a greedy bottom-up pass (egg's extractor, tree cost). Tree cost counts a shared
-//! subterm once per use, which is wrong for the multi-pattern batching rule (one wide product
-//! feeding several slices), so a second pass works on the DAG: for each batching group it
-//! tries choosing the slices for every member at once, counts every class once, rejects
-//! choices that would make the term cyclic, and keeps the change only when the DAG is cheaper.
+//! Tree cost (egg's greedy extractor) counts a shared subterm once per use, which misjudges
+//! programs where the forward's values feed the backward, and the multi-pattern batching rule
+//! (one wide product feeding several slices). So extraction works on the DAG, counting every
+//! class once: it starts from the better of the original program and the greedy tree
+//! extraction, then hill-climbs — switching one class's node, or a whole batching group's
+//! slices at once — keeping a change only when the DAG gets cheaper and stays acyclic. The
+//! result is never costlier than the input program.
 
 use crate::analysis::{Graph, Info};
 use crate::cost::{Target, seconds, work};
 use crate::lang::{G, op_from_leaves};
+use crate::dag::Dag;
 use crate::rules::batching::Groups;
 use egg::{CostFunction, Extractor, Id, Language, RecExpr};
 use graft_ir::TensorType;
@@ -135,40 +138,36 @@ pub struct Extracted {
     pub groups_used: usize,
 }
 
-/// Extracts the cheapest term under `root`.
-pub fn extract(eg: &Graph, root: Id, target: Target, groups: &Groups) -> Option<Extracted> {
+/// Extracts the cheapest term under `root`; `original` is the input program's term, whose
+/// choice is the starting point that guarantees no regression.
+pub fn extract(eg: &Graph, root: Id, original: &RecExpr<G>, target: Target, groups: &Groups) -> Option<Extracted> {
     let extractor = Extractor::new(eg, TreeCost { eg, target });
-    let mut choice: HashMap<Id, G> = eg
-        .classes()
-        .map(|c| (c.id, extractor.find_best_node(c.id).clone()))
-        .collect();
-    let mut best = dag_cost(eg, &choice, root, &target)?;
-    let mut used = 0;
-    let groups: Vec<Vec<(Id, Id)>> = groups.0.lock().map(|g| g.clone()).unwrap_or_default();
+    let greedy: HashMap<Id, G> = eg.classes().map(|c| (c.id, extractor.find_best_node(c.id).clone())).collect();
+    // The original program's choice, over canonical classes. When rules merged several of its
+    // nodes into one class, the first (innermost) one is kept, which keeps the choice acyclic.
+    let mut orig = greedy.clone();
+    let mut fixed = std::collections::HashSet::new();
+    let mut ids: Vec<Id> = Vec::new();
+    for n in original.as_ref() {
+        let canon = n.clone().map_children(|c| eg.find(ids[usize::from(c)]));
+        let class = eg.lookup(canon.clone()).map(|c| eg.find(c))?;
+        if fixed.insert(class) {
+            orig.insert(class, canon);
+        }
+        ids.push(class);
+    }
+    let g_cost = dag_cost(eg, &greedy, root, &target).unwrap_or(f64::INFINITY);
+    let o_cost = dag_cost(eg, &orig, root, &target)?;
+    let start = if g_cost < o_cost { greedy } else { orig };
+    let mut dag = Dag::new(eg, target, root, start)?;
+    // Hill-climb one class at a time.
     for _ in 0..3 {
         let mut improved = false;
-        for g in &groups {
-            let mut trial = choice.clone();
-            for (m, s) in g {
-                let class = eg.find(*m);
-                let slice_class = eg.find(*s);
-                if class != slice_class {
-                    continue;
-                }
-                if let Some(n) = eg[class]
-                    .nodes
-                    .iter()
-                    .find(|n| crate::lang::op_name(n) == Some("slice"))
-                {
-                    trial.insert(class, n.clone());
-                }
-            }
-            if let Some(c) = dag_cost(eg, &trial, root, &target) {
-                if c + 1e-12 < best {
-                    best = c;
-                    choice = trial;
-                    used += 1;
+        for class in dag.reachable() {
+            for alt in &eg[class].nodes {
+                if dag.try_switch(class, alt.clone()) {
                     improved = true;
+                    break;
                 }
             }
         }
@@ -176,6 +175,22 @@ pub fn extract(eg: &Graph, root: Id, target: Target, groups: &Groups) -> Option<
             break;
         }
     }
+    // Batching groups switch together.
+    let mut used = 0;
+    let groups: Vec<Vec<(Id, G)>> = groups.0.lock().map(|g| g.clone()).unwrap_or_default();
+    for _ in 0..3 {
+        let mut improved = false;
+        for g in &groups {
+            if dag.try_switch_all(g) {
+                used += 1;
+                improved = true;
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    let choice = dag.choice;
     build(eg, &choice, root).map(|expr| Extracted {
         expr,
         groups_used: used,

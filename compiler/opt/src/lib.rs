@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod cost;
+pub mod dag;
 pub mod extract;
 pub mod lang;
 pub mod rules;
@@ -63,6 +64,8 @@ pub struct Optimized {
     pub after: Summary,
     /// Shared-input batching groups adopted by extraction.
     pub batched_groups: usize,
+    /// Wall time of the whole optimization (saturation and extraction).
+    pub time: std::time::Duration,
 }
 
 /// Why optimization failed (a bug in the optimizer, reported rather than hidden).
@@ -78,6 +81,7 @@ pub enum OptError {
 
 /// Optimizes a function.
 pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
+    let start = std::time::Instant::now();
     let term = lang::to_term(f);
     let mut eg = analysis::Graph::default();
     let root = eg.add_expr(&term.expr);
@@ -87,7 +91,7 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
         Mode::Merge => rules::merge_rules(&groups),
     };
     let (eg, run) = run::saturate(eg, &table, &opts.limits);
-    let ex = extract::extract(&eg, root, opts.target, &groups).ok_or(OptError::Extraction)?;
+    let ex = extract::extract(&eg, root, &term.expr, opts.target, &groups).ok_or(OptError::Extraction)?;
     let out = lang::from_term(
         &f.name,
         &lang::Term {
@@ -103,7 +107,7 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
         after: summarize(&func, &opts.target),
         func,
         run,
-        batched_groups: ex.groups_used,
+        batched_groups: ex.groups_used, time: start.elapsed(),
     })
 }
 

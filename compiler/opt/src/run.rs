@@ -71,18 +71,22 @@ pub fn saturate(mut eg: Graph, rules: &[Rule], limits: &Limits) -> (Graph, RunRe
         .map(|r| &r.rewrite)
         .collect();
     let all: Vec<_> = rules.iter().map(|r| &r.rewrite).collect();
-    let phases: [(&Vec<_>, usize); 3] = [
-        (&single, limits.iterations),
-        (&all, limits.multi_iterations),
-        (&single, limits.iterations),
+    let phases: [(&Vec<_>, usize, bool); 3] = [
+        (&single, limits.iterations, false),
+        (&all, limits.multi_iterations, true),
+        (&single, limits.iterations, false),
     ];
-    for (rws, iters) in phases {
+    for (rws, iters, multi) in phases {
         let left = limits.time.saturating_sub(start.elapsed());
+        // The backoff scheduler would ban the multi-pattern rule for its many matches; its
+        // phase is bounded by the iteration and node limits instead.
+        let scheduler = egg::BackoffScheduler::default().with_initial_match_limit(if multi { 1_000_000 } else { 2_000 });
         let runner = Runner::default()
             .with_egraph(eg)
             .with_node_limit(limits.nodes)
             .with_iter_limit(iters)
             .with_time_limit(left)
+            .with_scheduler(scheduler)
             .run(rws.iter().copied());
         for it in &runner.iterations {
             for (name, n) in &it.applied {

@@ -3,7 +3,7 @@
 //! adapters). It is a multi-pattern rule: it runs in a bounded phase, and the extractor
 //! decides per group, counting shared nodes once, whether the wide product pays.
 
-use super::{Rule, add_op, ty, var};
+use super::{Rule, add_op, op_node, ty, var};
 use crate::analysis::Graph;
 use egg::{Id, MultiPattern, Rewrite, Subst};
 use graft_ir::Op;
@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 /// Groups the batching rule created: the wide product and the classes it now also computes,
 /// with the slice standing for each.
 #[derive(Clone, Debug, Default)]
-pub struct Groups(pub Arc<Mutex<Vec<Vec<(Id, Id)>>>>);
+pub struct Groups(pub Arc<Mutex<Vec<Vec<(Id, crate::lang::G)>>>>);
 
 fn leaves_of(eg: &Graph, id: Id, out: &mut Vec<Id>) {
     let id = eg.find(id);
@@ -44,7 +44,10 @@ fn batch(eg: &mut Graph, s: &Subst, groups: &Groups) -> Option<Vec<Id>> {
     let (mut l1, mut l2) = (Vec::new(), Vec::new());
     leaves_of(eg, w1, &mut l1);
     leaves_of(eg, w2, &mut l2);
-    if l1.iter().any(|a| l2.contains(a)) || l1.len() + l2.len() > 8 {
+    // Only parameters are batched (weights, trainable or frozen, and their concatenations):
+    // q/k/v, gate/up and adapters' A matrices, not products of activations.
+    let is_input = |eg: &Graph, id: &Id| eg[*id].nodes.iter().any(|n| crate::lang::op_name(n) == Some("input"));
+    if l1.iter().any(|a| l2.contains(a)) || l1.len() + l2.len() > 8 || !l1.iter().chain(&l2).all(|l| is_input(eg, l)) {
         return None;
     }
     let cat = add_op(eg, &Op::Concat { axis: 0 }, None, &[w1, w2]);
@@ -59,33 +62,16 @@ fn batch(eg: &mut Graph, s: &Subst, groups: &Groups) -> Option<Vec<Id>> {
     );
     let axis = tx.rank() - 1;
     let (n1, n2) = (t1.shape[0], t2.shape[0]);
-    let s1 = add_op(
-        eg,
-        &Op::Slice {
-            axis,
-            start: 0,
-            end: n1,
-        },
-        None,
-        &[wide],
-    );
-    let s2 = add_op(
-        eg,
-        &Op::Slice {
-            axis,
-            start: n1,
-            end: n1 + n2,
-        },
-        None,
-        &[wide],
-    );
+    let n1 = op_node(eg, &Op::Slice { axis, start: 0, end: n1 }, None, &[wide]);
+    let n2 = op_node(eg, &Op::Slice { axis, start: t1.shape[0], end: t1.shape[0] + n2 }, None, &[wide]);
+    let (s1, s2) = (eg.add(n1.clone()), eg.add(n2.clone()));
     let changed = [(m1, s1), (m2, s2)]
         .iter()
         .filter(|(m, s)| eg.union(*m, *s))
         .map(|(m, _)| *m)
         .collect();
     if let Ok(mut g) = groups.0.lock() {
-        g.push(vec![(m1, s1), (m2, s2)]);
+        g.push(vec![(m1, n1), (m2, n2)]);
     }
     Some(changed)
 }

@@ -53,18 +53,22 @@ pub fn leaf_value(egraph: &Graph, subst: &Subst, v: Var) -> Option<String> {
     leaf(egraph, subst[v]).and_then(|l| l.split_once('=').map(|(_, x)| x.to_string()))
 }
 
-/// Adds a node for `op` (with its declared type when it needs one) over `args`.
-pub fn add_op(egraph: &mut Graph, op: &Op, declared: Option<&TensorType>, args: &[Id]) -> Id {
-    let mut children: Vec<Id> = op_leaves(op)
-        .into_iter()
-        .map(|l| egraph.add(G::Leaf(Symbol::from(l))))
-        .collect();
+/// The e-node for `op` (with its declared type when it needs one) over `args`, its leaves
+/// added to the e-graph.
+pub fn op_node(egraph: &mut Graph, op: &Op, declared: Option<&TensorType>, args: &[Id]) -> G {
+    let mut children: Vec<Id> = op_leaves(op).into_iter().map(|l| egraph.add(G::Leaf(Symbol::from(l)))).collect();
     if op.needs_declared_type() {
         let t = declared.map(encode_type).unwrap_or_default();
         children.push(egraph.add(G::Leaf(Symbol::from(format!("ty={t}")))));
     }
     children.extend_from_slice(args);
-    egraph.add(G::Node(Symbol::from(op.name()), children))
+    G::Node(Symbol::from(op.name()), children)
+}
+
+/// Adds a node for `op` (with its declared type when it needs one) over `args`.
+pub fn add_op(egraph: &mut Graph, op: &Op, declared: Option<&TensorType>, args: &[Id]) -> Id {
+    let n = op_node(egraph, op, declared, args);
+    egraph.add(n)
 }
 
 /// A splat constant of type `t`.

@@ -1,0 +1,450 @@
+//! The `f32` GEMM: B packed into panels, then register-tiled microkernels written with the
+//! `vector` dialect (broadcast A, FMA into `MR × NR` accumulators held in vector registers).
+//!
+//! Layout and loops, BLIS-style:
+//! - **Pack** (`@kN_pack`, one range item per panel): `Bp[b][p][k][0..NR] = B[b][k][p·NR..]`
+//!   (read transposed when `tb`), zero-padded past column `n`. A panel slice of `KC` rows is
+//!   `KC · NR · 4` bytes (16 KiB for AVX2), which stays in L1 while it is reused.
+//! - **GEMM** (`@kN`, one range item per `MR`-row tile of one batch): for each `KC` block of
+//!   the contraction, for each panel, for each tile of the thread's range: one microkernel
+//!   call. The first block starts from zero, later blocks load and accumulate `C`.
+//! - **Microkernels** (`@kN_mR_C`): `R ≤ MR` rows, `C ≤ NR` columns; `MR · NR / lanes`
+//!   accumulators live in `iter_args` of the `k` loop; partial vectors use masked loads and
+//!   stores. `MR`, `NR` and the lane count come from the host CPU ([`crate::host::CpuTarget`]).
+
+use crate::host::CpuTarget;
+use crate::kernels::as_batched;
+use crate::lower::FuncText;
+use crate::text::{Body, Ix, memref_ty};
+use graft_ir::ValueId;
+
+/// The shape of one matmul node, as the GEMM kernels see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct GemmShape {
+    /// The buffer A is read from (the operand, or the value a folded transpose reads).
+    pub a_src: ValueId,
+    /// The buffer B is read from.
+    pub b_src: ValueId,
+    /// Result batches.
+    pub batches: usize,
+    /// Stored `[batches, rows, cols]` of A (batches 1 when shared).
+    pub a: [usize; 3],
+    /// Stored `[batches, rows, cols]` of B.
+    pub b: [usize; 3],
+    /// Rows of the result.
+    pub m: usize,
+    /// The contraction extent.
+    pub k: usize,
+    /// Columns of the result.
+    pub n: usize,
+    /// A is read transposed.
+    pub ta: bool,
+    /// B is read transposed.
+    pub tb: bool,
+}
+
+impl GemmShape {
+    /// The shape of `matmul{ta, tb}` reading A from `a_src` and B from `b_src` (of these
+    /// shapes) with result batch count `batches`.
+    pub fn new(
+        (a_src, a): (ValueId, &[usize]),
+        (b_src, b): (ValueId, &[usize]),
+        batches: usize,
+        ta: bool,
+        tb: bool,
+    ) -> Self {
+        let (a, b) = (as_batched(a), as_batched(b));
+        let (m, k) = if ta { (a[2], a[1]) } else { (a[1], a[2]) };
+        let n = if tb { b[1] } else { b[2] };
+        GemmShape {
+            a_src,
+            b_src,
+            batches,
+            a,
+            b,
+            m,
+            k,
+            n,
+            ta,
+            tb,
+        }
+    }
+
+    /// Number of `NR`-column panels.
+    pub fn panels(&self, t: &CpuTarget) -> usize {
+        self.n.div_ceil(t.nr)
+    }
+
+    /// Row tiles per batch.
+    pub fn tiles(&self, t: &CpuTarget) -> usize {
+        self.m.div_ceil(t.mr)
+    }
+
+    /// Elements of the packed-B scratch buffer.
+    pub fn packed_len(&self, t: &CpuTarget) -> usize {
+        self.b[0] * self.panels(t) * self.k * t.nr
+    }
+
+    /// The packed-B buffer's memref type.
+    fn packed_ty(&self, t: &CpuTarget) -> String {
+        memref_ty(&[self.b[0], self.panels(t), self.k, t.nr], "f32")
+    }
+}
+
+fn vty(t: &CpuTarget) -> String {
+    format!("vector<{}xf32>", t.lanes)
+}
+
+/// The pack kernel `@{name}`: range = `b-batches × panels`. Without `tb` each packed row is
+/// a contiguous run of B copied with vector loads (masked in the last, partial panel); with
+/// `tb` the panel is a transpose, copied column by column, zero-filled past column `n`.
+pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
+    let mut b = Body::new();
+    let bty = memref_ty(&s.b, "f32");
+    let pty = s.packed_ty(t);
+    let p_count = s.panels(t);
+    let vt = vty(t);
+    let one = b.idx(1);
+    let zero = b.idx(0);
+    let q = b.fresh();
+    b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
+    let qx = Ix::V(q);
+    let bi = b.ix_div(&qx, p_count);
+    let p = b.ix_rem(&qx, p_count);
+    let (bi, p) = (b.ix(&bi), b.ix(&p));
+    let j0 = b.ix_mul(&Ix::V(p.clone()), t.nr);
+    let j0 = b.ix(&j0);
+    let kend = b.idx(s.k);
+    let kk = b.fresh();
+    if !s.tb {
+        // Valid columns of this panel: NR, or fewer in the last one.
+        let nc = b.idx(s.n);
+        let left = b.op(format!("arith.subi {nc}, {j0} : index"));
+        let zero_v = b.konst("dense<0.000000e+00>", &vt);
+        b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+        for v in 0..t.nr / t.lanes {
+            let off = b.idx(v * t.lanes);
+            let col = b.op(format!("arith.addi {j0}, {off} : index"));
+            let rem = b.op(format!("arith.subi {left}, {off} : index"));
+            let mask = b.op(format!("vector.create_mask {rem} : vector<{}xi1>", t.lanes));
+            let x = b.op(format!(
+                "vector.maskedload %a0[{bi}, {kk}, {col}], {mask}, {zero_v} : {bty}, vector<{}xi1>, {vt} into {vt}",
+                t.lanes
+            ));
+            b.line(format!("vector.store {x}, %out[{bi}, {p}, {kk}, {off}] : {pty}, {vt}"));
+        }
+        b.close("}", false);
+    } else {
+        let jj = b.fresh();
+        let nrend = b.idx(t.nr);
+        b.open(format!("scf.for {jj} = {zero} to {nrend} step {one} {{"));
+        let col = b.op(format!("arith.addi {j0}, {jj} : index"));
+        let n = b.idx(s.n);
+        let inb = b.op(format!("arith.cmpi ult, {col}, {n} : index"));
+        b.open(format!("scf.if {inb} {{"));
+        b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+        let x = b.op(format!("memref.load %a0[{bi}, {col}, {kk}] : {bty}"));
+        b.line(format!("memref.store {x}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"));
+        b.close("}", false);
+        b.close("} else {", true);
+        let kk2 = b.fresh();
+        let z = b.f32c(0.0);
+        b.open(format!("scf.for {kk2} = {zero} to {kend} step {one} {{"));
+        b.line(format!("memref.store {z}, %out[{bi}, {p}, {kk2}, {jj}] : {pty}"));
+        b.close("}", false);
+        b.close("}", false);
+        b.close("}", false);
+    }
+    b.close("}", false);
+    FuncText {
+        name: name.to_string(),
+        params: vec![format!("%a0: {bty}"), format!("%out: {pty}")],
+        body: b.finish(),
+        ranged: true,
+    }
+}
+
+/// Elements of the flat view microkernels take of every buffer (a static type is required
+/// by the bare-pointer convention; nothing is allocated at this size).
+const FLAT: usize = 1 << 40;
+
+/// The flat `memref<FLATxf32>` type microkernels read and write through.
+fn flat_ty() -> String {
+    memref_ty(&[FLAT], "f32")
+}
+
+/// The name of the shared microkernel for `rows × cols` tiles.
+fn micro_name(rows: usize, cols: usize) -> String {
+    format!("graft_gemm_micro_{rows}x{cols}")
+}
+
+/// The GEMM kernel `@{name}` (range = `batches × row tiles`), and the microkernels it calls
+/// (shared by every GEMM of the module: callers dedupe them by name).
+pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncText> {
+    let aty = memref_ty(&s.a, "f32");
+    let pty = s.packed_ty(t);
+    let cty = memref_ty(&[s.batches, s.m, s.n], "f32");
+    let fty = flat_ty();
+    let tiles = s.tiles(t);
+    let panels = s.panels(t);
+    let row_tail = s.m % t.mr;
+    let col_tail = s.n % t.nr;
+    let mut funcs = Vec::new();
+    let mut micro = |rows: usize, cols: usize| -> String {
+        let mname = micro_name(rows, cols);
+        if !funcs.iter().any(|f: &FuncText| f.name == mname) {
+            funcs.push(emit_micro(&mname, t, rows, cols));
+        }
+        mname
+    };
+    let full_panels = if col_tail == 0 { panels } else { panels - 1 };
+    let full_tiles = s.m / t.mr;
+    let full = (full_panels > 0 && full_tiles > 0).then(|| micro(t.mr, t.nr));
+    let rtail = (row_tail != 0 && full_panels > 0).then(|| micro(row_tail, t.nr));
+    let ctail = (col_tail != 0 && full_tiles > 0).then(|| micro(t.mr, col_tail));
+    let rctail = (row_tail != 0 && col_tail != 0).then(|| micro(row_tail, col_tail));
+
+    let mut b = Body::new();
+    let cast = |b: &mut Body, v: &str, ty: &str| {
+        b.op(format!(
+            "memref.reinterpret_cast {v} to offset: [0], sizes: [{FLAT}], strides: [1] : {ty} to {fty}"
+        ))
+    };
+    let (af, pf, cf) = (cast(&mut b, "%a0", &aty), cast(&mut b, "%a1", &pty), cast(&mut b, "%out", &cty));
+    // A(i, k) of a batch is at a_off + i·sr + k·sk.
+    let (sr, sk) = if s.ta { (1, s.a[2]) } else { (s.a[2], 1) };
+    let (sr, sk) = (b.idx(sr), b.idx(sk));
+    let kblocks = s.k.div_ceil(t.kc).max(1);
+    let (zero, one) = (b.idx(0), b.idx(1));
+    let (kb_end, kc, kend) = (b.idx(kblocks), b.idx(t.kc), b.idx(s.k));
+    let kb = b.fresh();
+    b.open(format!("scf.for {kb} = {zero} to {kb_end} step {one} {{"));
+    let k0 = b.op(format!("arith.muli {kb}, {kc} : index"));
+    let k0c = b.op(format!("arith.addi {k0}, {kc} : index"));
+    let k1 = b.op(format!("arith.minui {k0c}, {kend} : index"));
+    let first = b.op(format!("arith.cmpi eq, {kb}, {zero} : index"));
+    let call = |b: &mut Body, f: &str, panel: &Ix, t_iv: &str| {
+        let tx = Ix::V(t_iv.to_string());
+        let bi = b.ix_div(&tx, tiles);
+        let it = b.ix_rem(&tx, tiles);
+        let i0 = b.ix_mul(&it, t.mr);
+        let abi = if s.a[0] == 1 { Ix::C(0) } else { bi.clone() };
+        let pbi = if s.b[0] == 1 { Ix::C(0) } else { bi.clone() };
+        let a_base = b.ix_mul(&abi, s.a[1] * s.a[2]);
+        let a_row = b.ix_mul(&i0, if s.ta { 1 } else { s.a[2] });
+        let a_off = b.ix_add(&a_base, &a_row);
+        let p_first = b.ix_mul(&pbi, panels);
+        let p_idx = b.ix_add(&p_first, panel);
+        let p_off = b.ix_mul(&p_idx, s.k * t.nr);
+        let c_base = b.ix_mul(&bi, s.m * s.n);
+        let c_row = b.ix_mul(&i0, s.n);
+        let c_col = b.ix_mul(panel, t.nr);
+        let c_off = b.ix_add(&c_base, &c_row);
+        let c_off = b.ix_add(&c_off, &c_col);
+        let offs: Vec<String> = [a_off, p_off, c_off].iter().map(|x| b.ix(x)).collect();
+        let ldc = b.idx(s.n);
+        b.line(format!(
+            "func.call @{f}({af}, {pf}, {cf}, {}, {sr}, {sk}, {ldc}, {k0}, {k1}, {first}) : ({fty}, {fty}, {fty}, index, index, index, index, index, index, index, index, i1) -> ()",
+            offs.join(", ")
+        ));
+    };
+    // Blocks of MC rows of the thread's range: the A block stays in L2 while every panel of
+    // B passes over it.
+    let tb_len = (t.mc / t.mr).max(1);
+    let tbs = b.idx(tb_len);
+    let blk = b.fresh();
+    b.open(format!("scf.for {blk} = %lo to %hi step {tbs} {{"));
+    let blk_end0 = b.op(format!("arith.addi {blk}, {tbs} : index"));
+    let blk_end = b.op(format!("arith.minui {blk_end0}, %hi : index"));
+    // Tiles of the block for one panel, dispatching the row tail.
+    let sweep = |b: &mut Body, panel: &Ix, main: &Option<String>, tail: &Option<String>| {
+        let tv = b.fresh();
+        b.open(format!("scf.for {tv} = {blk} to {blk_end} step {one} {{"));
+        match (main, tail) {
+            (Some(mf), Some(tf)) => {
+                let it = b.ix_rem(&Ix::V(tv.clone()), tiles);
+                let it = b.ix(&it);
+                let last = b.idx(tiles - 1);
+                let is_tail = b.op(format!("arith.cmpi eq, {it}, {last} : index"));
+                b.open(format!("scf.if {is_tail} {{"));
+                call(b, tf, panel, &tv);
+                b.close("} else {", true);
+                call(b, mf, panel, &tv);
+                b.close("}", false);
+            }
+            (Some(f), None) | (None, Some(f)) => call(b, f, panel, &tv),
+            (None, None) => {}
+        }
+        b.close("}", false);
+    };
+    if full_panels > 0 {
+        let pend = b.idx(full_panels);
+        let p = b.fresh();
+        b.open(format!("scf.for {p} = {zero} to {pend} step {one} {{"));
+        sweep(&mut b, &Ix::V(p), &full, &rtail);
+        b.close("}", false);
+    }
+    if col_tail != 0 {
+        sweep(&mut b, &Ix::C(panels - 1), &ctail, &rctail);
+    }
+    b.close("}", false);
+    b.close("}", false);
+    funcs.insert(
+        0,
+        FuncText {
+            name: name.to_string(),
+            params: vec![
+                format!("%a0: {aty}"),
+                format!("%a1: {pty}"),
+                format!("%out: {cty}"),
+            ],
+            body: b.finish(),
+            ranged: true,
+        },
+    );
+    funcs
+}
+
+/// One microkernel: a `rows × cols` tile of C over `k0..k1`, reading A at `a_off + r·sr +
+/// k·sk`, the packed panel at `p_off + k·NR + j` and C at `c_off + r·ldc + j` (all flat).
+fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
+    let fty = flat_ty();
+    let vt = vty(t);
+    let nv = cols.div_ceil(t.lanes);
+    let mut b = Body::new();
+    let zero_v = b.konst("dense<0.000000e+00>", &vt);
+    // Columns of vector v that are inside C: lanes, or fewer (masked), for the last one.
+    let width = |v: usize| (cols - v * t.lanes).min(t.lanes);
+    let masks: Vec<Option<String>> = (0..nv)
+        .map(|v| {
+            (width(v) < t.lanes).then(|| {
+                b.op(format!(
+                    "vector.constant_mask [{}] : vector<{}xi1>",
+                    width(v),
+                    t.lanes
+                ))
+            })
+        })
+        .collect();
+    // C offsets of each (row, vector).
+    let mut c_at = Vec::new();
+    for r in 0..rows {
+        let ro = if r == 0 {
+            "%c_off".to_string()
+        } else {
+            let rc = b.idx(r);
+            let m = b.op(format!("arith.muli %ldc, {rc} : index"));
+            b.op(format!("arith.addi %c_off, {m} : index"))
+        };
+        for v in 0..nv {
+            c_at.push(if v == 0 {
+                ro.clone()
+            } else {
+                let vc = b.idx(v * t.lanes);
+                b.op(format!("arith.addi {ro}, {vc} : index"))
+            });
+        }
+    }
+    let count = rows * nv;
+    let tys = vec![vt.clone(); count].join(", ");
+    // Initial accumulators: zeros in the first K block, else the current C.
+    let init = b.fresh();
+    b.open(format!("{init}:{count} = scf.if %first -> ({tys}) {{"));
+    b.line(format!("scf.yield {} : {tys}", vec![zero_v.clone(); count].join(", ")));
+    b.close("} else {", true);
+    let mut loaded = Vec::new();
+    for r in 0..rows {
+        for (v, mask) in masks.iter().enumerate() {
+            let at = &c_at[r * nv + v];
+            loaded.push(match mask {
+                None => b.op(format!("vector.load %c[{at}] : {fty}, {vt}")),
+                Some(m) => b.op(format!(
+                    "vector.maskedload %c[{at}], {m}, {zero_v} : {fty}, vector<{}xi1>, {vt} into {vt}",
+                    t.lanes
+                )),
+            });
+        }
+    }
+    b.line(format!("scf.yield {} : {tys}", loaded.join(", ")));
+    b.close("}", false);
+    // The k loop.
+    let one = b.idx(1);
+    let nr = b.idx(t.nr);
+    let (res, kv) = (b.fresh(), b.fresh());
+    let accs: Vec<String> = (0..count).map(|_| b.fresh()).collect();
+    let iter: Vec<String> = accs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{a} = {init}#{i}"))
+        .collect();
+    b.open(format!(
+        "{res}:{count} = scf.for {kv} = %k0 to %k1 step {one} iter_args({}) -> ({tys}) {{",
+        iter.join(", ")
+    ));
+    let kb = b.op(format!("arith.muli {kv}, {nr} : index"));
+    let pk = b.op(format!("arith.addi %p_off, {kb} : index"));
+    let bvs: Vec<String> = (0..nv)
+        .map(|v| {
+            let at = if v == 0 {
+                pk.clone()
+            } else {
+                let off = b.idx(v * t.lanes);
+                b.op(format!("arith.addi {pk}, {off} : index"))
+            };
+            b.op(format!("vector.load %bp[{at}] : {fty}, {vt}"))
+        })
+        .collect();
+    let ks = b.op(format!("arith.muli {kv}, %sk : index"));
+    let ak = b.op(format!("arith.addi %a_off, {ks} : index"));
+    let mut next = Vec::new();
+    for r in 0..rows {
+        let at = if r == 0 {
+            ak.clone()
+        } else {
+            let rc = b.idx(r);
+            let m = b.op(format!("arith.muli %sr, {rc} : index"));
+            b.op(format!("arith.addi {ak}, {m} : index"))
+        };
+        let a = b.op(format!("memref.load %a[{at}] : {fty}"));
+        let ab = b.op(format!("vector.broadcast {a} : f32 to {vt}"));
+        for (v, bv) in bvs.iter().enumerate() {
+            let acc = &accs[r * nv + v];
+            next.push(b.op(format!("vector.fma {ab}, {bv}, {acc} : {vt}")));
+        }
+    }
+    b.line(format!("scf.yield {} : {tys}", next.join(", ")));
+    b.close("}", false);
+    for r in 0..rows {
+        for (v, mask) in masks.iter().enumerate() {
+            let at = &c_at[r * nv + v];
+            let val = format!("{res}#{}", r * nv + v);
+            match mask {
+                None => b.line(format!("vector.store {val}, %c[{at}] : {fty}, {vt}")),
+                Some(m) => b.line(format!(
+                    "vector.maskedstore %c[{at}], {m}, {val} : {fty}, vector<{}xi1>, {vt}",
+                    t.lanes
+                )),
+            }
+        }
+    }
+    FuncText {
+        name: name.to_string(),
+        params: [
+            format!("%a: {fty}"),
+            format!("%bp: {fty}"),
+            format!("%c: {fty}"),
+            "%a_off: index".into(),
+            "%p_off: index".into(),
+            "%c_off: index".into(),
+            "%sr: index".into(),
+            "%sk: index".into(),
+            "%ldc: index".into(),
+            "%k0: index".into(),
+            "%k1: index".into(),
+            "%first: i1".into(),
+        ]
+        .to_vec(),
+        body: b.finish(),
+        ranged: false,
+    }
+}

@@ -1,0 +1,169 @@
+//! The host: what LLVM and MLIR report about it (for `graft doctor`), and the vector shape
+//! the generated kernels use, derived from the CPU features detected at run time.
+
+use crate::CodegenError;
+use inkwell::targets::{InitializationConfig, Target, TargetMachine};
+use melior::Context;
+use melior::dialect::DialectRegistry;
+use melior::ir::Module;
+use melior::ir::operation::OperationLike;
+use melior::utility::register_all_dialects;
+
+/// What the host toolchain offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostInfo {
+    /// The LLVM version linked into graft, `major.minor.patch`.
+    pub llvm_version: String,
+    /// The host target triple.
+    pub triple: String,
+    /// The host CPU name as LLVM knows it (`znver3`, ...).
+    pub cpu: String,
+    /// The host CPU's features as LLVM reports them (`+avx2,+fma,...`).
+    pub features: String,
+    /// Number of MLIR dialects registered.
+    pub mlir_dialects: usize,
+}
+
+impl HostInfo {
+    /// True when the host CPU has the named feature (`avx2`, `avx512f`, `fma`).
+    pub fn has_feature(&self, name: &str) -> bool {
+        self.features
+            .split(',')
+            .any(|f| f.strip_prefix('+') == Some(name))
+    }
+}
+
+/// Queries LLVM and MLIR about the host.
+pub fn host_info() -> Result<HostInfo, CodegenError> {
+    Target::initialize_native(&InitializationConfig::default())
+        .map_err(CodegenError::NativeTarget)?;
+    let (major, minor, patch) = inkwell::support::get_llvm_version();
+    let triple = TargetMachine::get_default_triple()
+        .as_str()
+        .to_string_lossy()
+        .into_owned();
+    let cpu = TargetMachine::get_host_cpu_name().to_string();
+    let features = TargetMachine::get_host_cpu_features().to_string();
+
+    let registry = DialectRegistry::new();
+    register_all_dialects(&registry);
+    let context = Context::new();
+    context.append_dialect_registry(&registry);
+    context.load_all_available_dialects();
+    let module = Module::parse(
+        &context,
+        "func.func @probe(%a: f32) -> f32 { return %a : f32 }",
+    )
+    .ok_or(CodegenError::Mlir)?;
+    if !module.as_operation().verify() {
+        return Err(CodegenError::Mlir);
+    }
+    Ok(HostInfo {
+        llvm_version: format!("{major}.{minor}.{patch}"),
+        triple,
+        cpu,
+        features,
+        mlir_dialects: context.registered_dialect_count(),
+    })
+}
+
+/// The register shape of generated vector code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTarget {
+    /// `f32` lanes per vector register (16 with AVX-512, 8 with AVX/AVX2, else 4).
+    pub lanes: usize,
+    /// GEMM microkernel rows (accumulator rows held in registers).
+    pub mr: usize,
+    /// GEMM microkernel columns (two vectors).
+    pub nr: usize,
+    /// GEMM contraction block: a `KC × NR` panel slice stays in L1.
+    pub kc: usize,
+    /// GEMM row block: an `MC × KC` block of A stays in L2 while every panel passes.
+    pub mc: usize,
+}
+
+impl CpuTarget {
+    /// The shape for a CPU with these LLVM feature names: `lanes` from the widest vector
+    /// extension, `NR = 2 · lanes`, and `MR` filling the vector register file (16 registers
+    /// before AVX-512, 32 with it) less the B vectors and the broadcast A value.
+    pub fn from_features(has: impl Fn(&str) -> bool) -> Self {
+        let (lanes, regs) = if has("avx512f") {
+            (16, 32)
+        } else if has("avx") || has("avx2") {
+            (8, 16)
+        } else {
+            (4, 16)
+        };
+        let mr = ((regs - 3) / 2).min(12);
+        CpuTarget {
+            lanes,
+            mr,
+            nr: 2 * lanes,
+            kc: 256,
+            mc: 240,
+        }
+    }
+
+    /// The shape for the host CPU, from the features LLVM detects at run time.
+    pub fn host() -> Self {
+        let features = TargetMachine::get_host_cpu_features().to_string();
+        CpuTarget::from_features(|name| {
+            features
+                .split(',')
+                .any(|f| f.strip_prefix('+') == Some(name))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_llvm_22_and_mlir() -> Result<(), CodegenError> {
+        let info = host_info()?;
+        assert!(
+            info.llvm_version.starts_with("22."),
+            "linked LLVM is {}",
+            info.llvm_version
+        );
+        assert!(
+            info.triple.starts_with("x86_64") || info.triple.starts_with("aarch64"),
+            "{}",
+            info.triple
+        );
+        assert!(!info.cpu.is_empty());
+        assert!(
+            info.mlir_dialects > 10,
+            "only {} MLIR dialects registered",
+            info.mlir_dialects
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn feature_lookup_reads_llvm_feature_strings() {
+        let info = HostInfo {
+            llvm_version: "22.1.8".into(),
+            triple: "x86_64-pc-linux-gnu".into(),
+            cpu: "znver3".into(),
+            features: "+avx2,-avx512f,+fma".into(),
+            mlir_dialects: 40,
+        };
+        assert!(info.has_feature("avx2"));
+        assert!(!info.has_feature("avx512f"));
+        assert!(!info.has_feature("avx"));
+    }
+
+    #[test]
+    fn vector_shape_follows_the_features() {
+        let avx2 = CpuTarget::from_features(|f| f == "avx2" || f == "avx");
+        assert_eq!((avx2.lanes, avx2.mr, avx2.nr), (8, 6, 16));
+        let avx512 = CpuTarget::from_features(|f| f == "avx512f");
+        assert_eq!((avx512.lanes, avx512.mr, avx512.nr), (16, 12, 32));
+        let plain = CpuTarget::from_features(|_| false);
+        assert_eq!((plain.lanes, plain.nr), (4, 8));
+        let host = CpuTarget::host();
+        assert!(host.lanes >= 4 && host.mr >= 1);
+    }
+}

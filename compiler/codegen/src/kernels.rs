@@ -1,0 +1,355 @@
+//! Loop-nest kernels: fused elementwise groups, reductions, softmax / log-softmax, and the
+//! scalar `f64`-accumulating matmul used for non-`f32` dtypes.
+//!
+//! Every kernel is a `func.func @kN(%lo: index, %hi: index, %a0.., %out[, %err])` whose
+//! outermost loop runs over `[lo, hi)` of its [`crate::schedule::Step::range`], so the
+//! executor can split it across threads. Buffers are statically shaped memrefs passed as bare
+//! pointers; a kernel may view a buffer with any shape of the same element count.
+
+use crate::CodegenError;
+use crate::expr::KernelCx;
+use crate::gemm::GemmShape;
+use crate::scalar;
+use crate::text::{Ix, mem_elem, memref_ty, reg_ty};
+use graft_ir::{DType, ReduceOp, ValueId};
+
+/// Opens `scf.for %v = lo to hi` over the step range and returns the induction variable.
+fn range_loop(k: &mut KernelCx<'_>) -> Ix {
+    let one = k.b.idx(1);
+    let o = k.b.fresh();
+    k.b.open(format!("scf.for {o} = %lo to %hi step {one} {{"));
+    Ix::V(o)
+}
+
+/// Opens `scf.for %v = 0 to n` and returns the induction variable.
+fn count_loop(k: &mut KernelCx<'_>, n: usize) -> Ix {
+    let (zero, one, end) = (k.b.idx(0), k.b.idx(1), k.b.idx(n));
+    let i = k.b.fresh();
+    k.b.open(format!("scf.for {i} = {zero} to {end} step {one} {{"));
+    Ix::V(i)
+}
+
+/// The range of a fused kernel over `shape`: all axes but the last, collapsed.
+pub(crate) fn fused_range(shape: &[usize]) -> usize {
+    shape[..shape.len().saturating_sub(1)].iter().product()
+}
+
+/// A fused elementwise kernel computing node `root` into `%out`: for each row of the
+/// collapsed leading axes, a loop over the last axis evaluating the fused expression.
+/// Returns the output's memref type.
+pub(crate) fn emit_fused(k: &mut KernelCx<'_>, root: ValueId) -> Result<String, CodegenError> {
+    let ty = k.f.ty(root).clone();
+    let out_ty = memref_ty(&ty.shape, mem_elem(ty.dtype));
+    let rank = ty.rank();
+    let o = range_loop(k);
+    k.push_scope();
+    let mut idx = k.b.delinearize(&o, &ty.shape[..rank.saturating_sub(1)]);
+    if rank > 0 {
+        let j = count_loop(k, ty.shape[rank - 1]);
+        k.push_scope();
+        idx.push(j);
+        let v = k.eval_root(root, &idx)?;
+        k.store(ty.dtype, &v, "%out", &out_ty, &idx);
+        k.pop_scope();
+        k.b.close("}", false);
+    } else {
+        let v = k.eval_root(root, &[])?;
+        k.store(ty.dtype, &v, "%out", &out_ty, &[]);
+    }
+    k.pop_scope();
+    k.b.close("}", false);
+    Ok(out_ty)
+}
+
+/// A reduction kernel: one output element per range item, the reduced axes as nested loops
+/// carrying the accumulator. `sum`/`mean` accumulate in `f64`; `max`/`min` propagate NaN and
+/// keep the first of equal values.
+pub(crate) fn emit_reduce(
+    k: &mut KernelCx<'_>,
+    root: ValueId,
+    op: ReduceOp,
+    axes: &[usize],
+) -> Result<String, CodegenError> {
+    let f = k.f;
+    let x = *f.node(root).args.first().ok_or(CodegenError::Internal(
+        "reduce without an operand".into(),
+    ))?;
+    let xs = f.ty(x).shape.clone();
+    let dt = f.ty(x).dtype;
+    let out = f.ty(root).clone();
+    let kept: Vec<usize> = (0..xs.len()).filter(|a| !axes.contains(a)).collect();
+    let kept_shape: Vec<usize> = kept.iter().map(|&a| xs[a]).collect();
+    let red_shape: Vec<usize> = axes.iter().map(|&a| xs[a]).collect();
+    let count: usize = red_shape.iter().product();
+    let n_out: usize = kept_shape.iter().product();
+    let out_ty = memref_ty(&[n_out], mem_elem(out.dtype));
+    let sum = matches!(op, ReduceOp::Sum | ReduceOp::Mean);
+    if !sum && count == 0 && n_out > 0 {
+        return Err(CodegenError::Unsupported {
+            node: root.index(),
+            op: op.name().to_string(),
+            message: "max/min over an empty axis".into(),
+        });
+    }
+    let acc_t = if sum { "f64" } else { reg_ty(dt) };
+    let init = match (sum, op, dt) {
+        (true, ..) => k.b.f64c(0.0),
+        (_, ReduceOp::Max, d) if d.is_float() => k.b.fc(f64::NEG_INFINITY, acc_t),
+        (_, _, d) if d.is_float() => k.b.fc(f64::INFINITY, acc_t),
+        (_, ReduceOp::Max, DType::I64) => k.b.int(i64::MIN, acc_t),
+        (_, ReduceOp::Max, DType::I32) => k.b.int(i64::from(i32::MIN), acc_t),
+        (_, _, DType::I64) => k.b.int(i64::MAX, acc_t),
+        (_, _, DType::I32) => k.b.int(i64::from(i32::MAX), acc_t),
+        (_, ReduceOp::Max, _) => k.b.int(0, acc_t),
+        (_, _, DType::Bool) => k.b.int(1, acc_t),
+        (_, _, _) => k.b.int(-1, acc_t),
+    };
+    let o = range_loop(k);
+    k.push_scope();
+    let kept_idx = k.b.delinearize(&o, &kept_shape);
+    // Nested loops over the reduced axes, threading the accumulator through iter_args.
+    let mut ivs = Vec::new();
+    let mut results = Vec::new();
+    let mut acc = init;
+    for &n in &red_shape {
+        let (zero, one, end) = (k.b.idx(0), k.b.idx(1), k.b.idx(n));
+        let (res, iv, a) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
+        k.b.open(format!(
+            "{res} = scf.for {iv} = {zero} to {end} step {one} iter_args({a} = {acc}) -> ({acc_t}) {{"
+        ));
+        k.push_scope();
+        ivs.push(Ix::V(iv));
+        results.push(res);
+        acc = a;
+    }
+    let mut full = vec![Ix::C(0); xs.len()];
+    for (slot, &a) in kept.iter().enumerate() {
+        full[a] = kept_idx.get(slot).cloned().unwrap_or(Ix::C(0));
+    }
+    for (slot, &a) in axes.iter().enumerate() {
+        full[a] = ivs.get(slot).cloned().unwrap_or(Ix::C(0));
+    }
+    let val = k.eval(x, &full)?;
+    let next = combine(k, op, dt, &acc, &val);
+    let mut yielded = next;
+    for res in results.iter().rev() {
+        k.b.line(format!("scf.yield {yielded} : {acc_t}"));
+        k.pop_scope();
+        k.b.close("}", false);
+        yielded = res.clone();
+    }
+    let result = if sum {
+        let r = if op == ReduceOp::Mean {
+            let c = k.b.f64c(count as f64);
+            k.b.op(format!("arith.divf {yielded}, {c} : f64"))
+        } else {
+            yielded
+        };
+        scalar::round_f64(&mut k.b, out.dtype, &r)
+    } else {
+        yielded
+    };
+    k.store(out.dtype, &result, "%out", &out_ty, &[o]);
+    k.pop_scope();
+    k.b.close("}", false);
+    Ok(out_ty)
+}
+
+/// One accumulation step of a reduction.
+fn combine(k: &mut KernelCx<'_>, op: ReduceOp, dt: DType, acc: &str, v: &str) -> String {
+    let t = reg_ty(dt);
+    match op {
+        ReduceOp::Sum | ReduceOp::Mean => {
+            let w = scalar::to_f64(&mut k.b, dt, v);
+            k.b.op(format!("arith.addf {acc}, {w} : f64"))
+        }
+        ReduceOp::Max | ReduceOp::Min => {
+            let max = op == ReduceOp::Max;
+            if dt.is_float() {
+                // The current value stays once NaN; a NaN value wins; else strictly better.
+                let p = if max { "ogt" } else { "olt" };
+                let better = k.b.op(format!("arith.cmpf {p}, {v}, {acc} : {t}"));
+                let vnan = k.b.op(format!("arith.cmpf uno, {v}, {v} : {t}"));
+                let anan = k.b.op(format!("arith.cmpf uno, {acc}, {acc} : {t}"));
+                let take = k.b.op(format!("arith.ori {better}, {vnan} : i1"));
+                let r = k.b.op(format!("arith.select {take}, {v}, {acc} : {t}"));
+                k.b.op(format!("arith.select {anan}, {acc}, {r} : {t}"))
+            } else {
+                let name = match (max, dt) {
+                    (true, DType::Bool) => "ori",
+                    (false, DType::Bool) => "andi",
+                    (true, DType::U8 | DType::U4) => "maxui",
+                    (false, DType::U8 | DType::U4) => "minui",
+                    (true, _) => "maxsi",
+                    (false, _) => "minsi",
+                };
+                k.b.op(format!("arith.{name} {acc}, {v} : {t}"))
+            }
+        }
+    }
+}
+
+/// `softmax` / `log_softmax` along `axis`, entirely in `f64` per slice like the interpreter:
+/// max (NaN wins; a non-finite max gives NaN), the sum of `exp(x - max)`, then the outputs.
+pub(crate) fn emit_softmax(
+    k: &mut KernelCx<'_>,
+    root: ValueId,
+    axis: usize,
+    log: bool,
+) -> Result<String, CodegenError> {
+    let f = k.f;
+    let x = *f.node(root).args.first().ok_or(CodegenError::Internal(
+        "softmax without an operand".into(),
+    ))?;
+    let ty = f.ty(root).clone();
+    let xdt = f.ty(x).dtype;
+    let xs = f.ty(x).shape.clone();
+    let ext = xs.get(axis).copied().unwrap_or(1);
+    let inner_shape = xs[axis + 1..].to_vec();
+    let outer_shape = xs[..axis].to_vec();
+    let inner: usize = inner_shape.iter().product();
+    let out_ty = memref_ty(&ty.shape, mem_elem(ty.dtype));
+    let o = range_loop(k);
+    k.push_scope();
+    let oo = k.b.ix_div(&o, inner);
+    let ki = k.b.ix_rem(&o, inner);
+    let pre = k.b.delinearize(&oo, &outer_shape);
+    let post = k.b.delinearize(&ki, &inner_shape);
+    // The operand index of element j of the slice.
+    let at = |j: &Ix| -> Vec<Ix> {
+        let mut i = pre.clone();
+        i.push(j.clone());
+        i.extend(post.iter().cloned());
+        i
+    };
+    let (zero, one, end) = (k.b.idx(0), k.b.idx(1), k.b.idx(ext));
+    let ninf = k.b.f64c(f64::NEG_INFINITY);
+    type Step<'s> = &'s dyn Fn(&mut KernelCx<'_>, &str, &str) -> String;
+    let pass = |k: &mut KernelCx<'_>, init: &str, body: Step<'_>| -> Result<String, CodegenError> {
+        let (res, iv, a) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
+        k.b.open(format!(
+            "{res} = scf.for {iv} = {zero} to {end} step {one} iter_args({a} = {init}) -> (f64) {{"
+        ));
+        k.push_scope();
+        let idx = at(&Ix::V(iv));
+        let raw = k.eval(x, &idx)?;
+        let y = scalar::to_f64(&mut k.b, xdt, &raw);
+        let next = body(k, &a, &y);
+        k.b.line(format!("scf.yield {next} : f64"));
+        k.pop_scope();
+        k.b.close("}", false);
+        Ok(res)
+    };
+    let m = pass(k, &ninf, &|k, acc, y| {
+        let gt = k.b.op(format!("arith.cmpf ogt, {y}, {acc} : f64"));
+        let nan = k.b.op(format!("arith.cmpf uno, {y}, {y} : f64"));
+        let take = k.b.op(format!("arith.ori {gt}, {nan} : i1"));
+        k.b.op(format!("arith.select {take}, {y}, {acc} : f64"))
+    })?;
+    let inf = k.b.f64c(f64::INFINITY);
+    let qnan = k.b.f64c(f64::NAN);
+    let am = k.b.op(format!("math.absf {m} : f64"));
+    let finite = k.b.op(format!("arith.cmpf olt, {am}, {inf} : f64"));
+    let m = k.b.op(format!("arith.select {finite}, {m}, {qnan} : f64"));
+    let z = k.b.f64c(0.0);
+    let mm = m.clone();
+    let s = pass(k, &z, &|k, acc, y| {
+        let d = k.b.op(format!("arith.subf {y}, {mm} : f64"));
+        let e = k.b.op(format!("math.exp {d} : f64"));
+        k.b.op(format!("arith.addf {acc}, {e} : f64"))
+    })?;
+    let ln = if log {
+        k.b.op(format!("math.log {s} : f64"))
+    } else {
+        String::new()
+    };
+    let j = count_loop(k, ext);
+    k.push_scope();
+    let idx = at(&j);
+    let raw = k.eval(x, &idx)?;
+    let y = scalar::to_f64(&mut k.b, xdt, &raw);
+    let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
+    let r = if log {
+        k.b.op(format!("arith.subf {d}, {ln} : f64"))
+    } else {
+        let e = k.b.op(format!("math.exp {d} : f64"));
+        k.b.op(format!("arith.divf {e}, {s} : f64"))
+    };
+    let r = scalar::round_f64(&mut k.b, ty.dtype, &r);
+    k.store(ty.dtype, &r, "%out", &out_ty, &idx);
+    k.pop_scope();
+    k.b.close("}", false);
+    k.pop_scope();
+    k.b.close("}", false);
+    Ok(out_ty)
+}
+
+/// The stored extents of a matmul operand as `[batches, rows, cols]` (batches 1 when the
+/// operand is rank 2 and shared).
+pub(crate) fn as_batched(shape: &[usize]) -> [usize; 3] {
+    let r = shape.len();
+    if r < 2 {
+        return [1, 1, shape.first().copied().unwrap_or(1)];
+    }
+    [shape[..r - 2].iter().product(), shape[r - 2], shape[r - 1]]
+}
+
+/// The scalar matmul for non-`f32` dtypes: one output row per range item, products and sums
+/// in `f64` with `k` ascending, one rounding at the end (the interpreter's exact order).
+pub(crate) fn emit_matmul_scalar(
+    k: &mut KernelCx<'_>,
+    root: ValueId,
+    s: &GemmShape,
+) -> Result<String, CodegenError> {
+    let dt = k.f.ty(root).dtype;
+    let e = mem_elem(dt);
+    let (m, kk, n) = (s.m, s.k, s.n);
+    let cty = memref_ty(&[s.batches, m, n], e);
+    let o = range_loop(k);
+    let bi = k.b.ix_div(&o, m.max(1));
+    let i = k.b.ix_rem(&o, m.max(1));
+    let j = count_loop(k, n);
+    let r = if kk == 0 {
+        k.b.fc(0.0, reg_ty(dt))
+    } else {
+        let (aty, bty) = (memref_ty(&s.a, e), memref_ty(&s.b, e));
+        let (an, bn) = (k.arg_as(s.a_src, &aty), k.arg_as(s.b_src, &bty));
+        let abi = if s.a[0] == 1 { Ix::C(0) } else { bi.clone() };
+        let bbi = if s.b[0] == 1 { Ix::C(0) } else { bi.clone() };
+        let (zero, one, end) = (k.b.idx(0), k.b.idx(1), k.b.idx(kk));
+        let init = k.b.f64c(0.0);
+        let (res, kv, acc) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
+        k.b.open(format!(
+            "{res} = scf.for {kv} = {zero} to {end} step {one} iter_args({acc} = {init}) -> (f64) {{"
+        ));
+        let kx = Ix::V(kv);
+        let ai = if s.ta {
+            [abi, kx.clone(), i.clone()]
+        } else {
+            [abi, i.clone(), kx.clone()]
+        };
+        let bix = if s.tb { [bbi, j.clone(), kx] } else { [bbi, kx, j.clone()] };
+        let ai: Vec<String> = ai.iter().map(|x| k.b.ix(x)).collect();
+        let bix: Vec<String> = bix.iter().map(|x| k.b.ix(x)).collect();
+        let x = k.b.op(format!("memref.load {an}[{}] : {aty}", ai.join(", ")));
+        let y = k.b.op(format!("memref.load {bn}[{}] : {bty}", bix.join(", ")));
+        let (x, y) = (scalar::to_f64(&mut k.b, dt, &x), scalar::to_f64(&mut k.b, dt, &y));
+        let p = k.b.op(format!("arith.mulf {x}, {y} : f64"));
+        let sum = k.b.op(format!("arith.addf {acc}, {p} : f64"));
+        k.b.line(format!("scf.yield {sum} : f64"));
+        k.b.close("}", false);
+        scalar::round_f64(&mut k.b, dt, &res)
+    };
+    let bc = k.b.ix(&bi);
+    let (ic, jc) = (k.b.ix(&i), k.b.ix(&j));
+    k.b.line(format!("memref.store {r}, %out[{bc}, {ic}, {jc}] : {cty}"));
+    k.b.close("}", false);
+    k.b.close("}", false);
+    Ok(cty)
+}
+
+/// True when a matmul is computed by [`emit_matmul_scalar`] rather than the vector GEMM:
+/// non-`f32` dtypes, and empty products (nothing to tile).
+pub(crate) fn scalar_matmul(dt: DType, s: &GemmShape) -> bool {
+    dt != DType::F32 || s.k == 0 || s.m * s.n * s.batches == 0
+}

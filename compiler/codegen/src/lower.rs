@@ -1,0 +1,230 @@
+//! Lowering a scheduled function to one MLIR module: a `func.func` per kernel (plus private
+//! GEMM microkernels) and the constant tables they read.
+//!
+//! Kernel calling convention (bare pointers, see [`crate::jit`]): `@kN(%lo: index, %hi:
+//! index, %a0: memref<..>, .., %out: memref<..>[, %err: memref<4xi64>])`; the executor calls
+//! the packed wrapper `_mlir_kN` with pointers to each argument.
+
+use crate::CodegenError;
+use crate::expr::{KernelCx, Table};
+use crate::gemm::{emit_gemm, emit_pack};
+use crate::host::CpuTarget;
+use crate::kernels::{emit_fused, emit_matmul_scalar, emit_reduce, emit_softmax};
+use crate::schedule::{Plan, StepKind};
+use crate::text::float_lit;
+use graft_ir::{Function, Op};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+/// One function of the module, before rendering.
+#[derive(Clone, Debug)]
+pub(crate) struct FuncText {
+    /// The symbol (without `@`).
+    pub name: String,
+    /// Parameters after `%lo`/`%hi` (`%a0: memref<..>`).
+    pub params: Vec<String>,
+    /// The body, without the final `return`.
+    pub body: String,
+    /// A public kernel taking the `%lo`/`%hi` range; otherwise a private helper.
+    pub ranged: bool,
+}
+
+impl FuncText {
+    /// The function's MLIR text.
+    fn render(&self, out: &mut String) {
+        let mut params = Vec::new();
+        if self.ranged {
+            params.push("%lo: index".to_string());
+            params.push("%hi: index".to_string());
+        }
+        params.extend(self.params.iter().cloned());
+        // Helpers stay out of line so that one copy serves every caller.
+        let (vis, attrs) = if self.ranged {
+            ("", "")
+        } else {
+            ("private ", " attributes {passthrough = [\"noinline\"]}")
+        };
+        let _ = writeln!(
+            out,
+            "  func.func {vis}@{}({}){attrs} {{\n{}    return\n  }}",
+            self.name,
+            params.join(", "),
+            self.body
+        );
+    }
+}
+
+/// The lowered functions of a plan and the constant tables they read.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Lowered {
+    /// Kernels and helpers, each once.
+    pub funcs: Vec<FuncText>,
+    /// Constant tables.
+    pub tables: Vec<Table>,
+}
+
+impl Lowered {
+    /// One module holding every function.
+    pub fn module(&self) -> String {
+        let all: Vec<&FuncText> = self.funcs.iter().collect();
+        self.render(&all)
+    }
+
+    /// The kernels split into `n` modules (helpers copied into the modules that call them),
+    /// to compile in parallel: each module's text and the kernels it defines.
+    pub fn chunks(&self, n: usize) -> Vec<(String, Vec<String>)> {
+        let kernels: Vec<&FuncText> = self.funcs.iter().filter(|f| f.ranged).collect();
+        let helpers: Vec<&FuncText> = self.funcs.iter().filter(|f| !f.ranged).collect();
+        let per = kernels.len().div_ceil(n.max(1)).max(1);
+        kernels
+            .chunks(per)
+            .map(|group| {
+                let mut fs: Vec<&FuncText> = helpers
+                    .iter()
+                    .filter(|h| {
+                        let call = format!("@{}(", h.name);
+                        group.iter().any(|k| k.body.contains(&call))
+                    })
+                    .copied()
+                    .collect();
+                fs.extend(group.iter().copied());
+                (self.render(&fs), group.iter().map(|k| k.name.clone()).collect())
+            })
+            .collect()
+    }
+
+    fn render(&self, funcs: &[&FuncText]) -> String {
+        let mut out = String::from("module {\n");
+        for t in &self.tables {
+            let (sym, ty) = t.symbol();
+            let values: Vec<String> = match t {
+                Table::Nf4 => graft_quant::NF4_CODE.iter().map(|&x| float_lit(x)).collect(),
+                Table::Dynamic => graft_quant::DYNAMIC_SIGNED_CODE
+                    .iter()
+                    .map(|&x| float_lit(x))
+                    .collect(),
+            };
+            let _ = writeln!(
+                out,
+                "  memref.global \"private\" constant {sym} : {ty} = dense<[{}]>",
+                values.join(", ")
+            );
+        }
+        for func in funcs {
+            func.render(&mut out);
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+/// Lowers every step of `plan` to MLIR, filling in each step's symbol and argument slots.
+pub(crate) fn lower(
+    f: &Function,
+    plan: &mut Plan,
+    target: &CpuTarget,
+) -> Result<Lowered, CodegenError> {
+    let mut funcs: Vec<FuncText> = Vec::new();
+    let mut tables: Vec<Table> = Vec::new();
+    // Identical kernels (same parameters and body, e.g. one per layer) are emitted once.
+    let mut by_text: HashMap<(Vec<String>, String), String> = HashMap::new();
+    let mut add = |funcs: &mut Vec<FuncText>, func: FuncText| -> String {
+        if !func.ranged {
+            if !funcs.iter().any(|f| f.name == func.name) {
+                funcs.push(func.clone());
+            }
+            return func.name;
+        }
+        let key = (func.params.clone(), func.body.clone());
+        if let Some(name) = by_text.get(&key) {
+            return name.clone();
+        }
+        by_text.insert(key, func.name.clone());
+        funcs.push(func.clone());
+        func.name
+    };
+    let slot = |plan: &Plan, v: graft_ir::ValueId| -> Result<usize, CodegenError> {
+        plan.slot_of
+            .get(v.index())
+            .copied()
+            .flatten()
+            .ok_or_else(|| CodegenError::Internal(format!("%{} has no buffer", v.index())))
+    };
+    for i in 0..plan.steps.len() {
+        let (kind, root) = (plan.steps[i].kind.clone(), plan.steps[i].root);
+        let node = f.node(root);
+        let name = format!("k{i}_{}", node.op.name());
+        let mut args = Vec::new();
+        let symbol = match &kind {
+            StepKind::Host => continue,
+            StepKind::Pack(s) => {
+                args.push(slot(plan, s.b_src)?);
+                add(&mut funcs, emit_pack(&name, s, target))
+            }
+            StepKind::Gemm(s) => {
+                args.push(slot(plan, s.a_src)?);
+                let pack = i
+                    .checked_sub(1)
+                    .and_then(|p| plan.steps.get(p))
+                    .filter(|p| matches!(p.kind, StepKind::Pack(_)))
+                    .ok_or_else(|| CodegenError::Internal("GEMM without its pack".into()))?;
+                args.push(pack.out);
+                let mut gemm = emit_gemm(&name, s, target).into_iter();
+                let main = gemm
+                    .next()
+                    .ok_or_else(|| CodegenError::Internal("GEMM emitted nothing".into()))?;
+                for helper in gemm {
+                    add(&mut funcs, helper);
+                }
+                add(&mut funcs, main)
+            }
+            kind => {
+                let mut k = KernelCx::new(f, &plan.inline);
+                let out_ty = match (kind, &node.op) {
+                    (StepKind::Reduce, Op::Reduce { op, axes, .. }) => {
+                        emit_reduce(&mut k, root, *op, axes)?
+                    }
+                    (StepKind::Softmax, Op::Softmax { axis }) => {
+                        emit_softmax(&mut k, root, *axis, false)?
+                    }
+                    (StepKind::Softmax, Op::LogSoftmax { axis }) => {
+                        emit_softmax(&mut k, root, *axis, true)?
+                    }
+                    (StepKind::MatMulScalar(m), _) => emit_matmul_scalar(&mut k, root, m)?,
+                    _ => emit_fused(&mut k, root)?,
+                };
+                let mut params: Vec<String> = k
+                    .args
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &v)| format!("%a{j}: {}", k.mem_ty(v)))
+                    .collect();
+                params.push(format!("%out: {out_ty}"));
+                if k.may_fail {
+                    params.push("%err: memref<4xi64>".into());
+                }
+                for &v in &k.args {
+                    args.push(slot(plan, v)?);
+                }
+                for t in &k.tables {
+                    if !tables.contains(t) {
+                        tables.push(*t);
+                    }
+                }
+                plan.steps[i].may_fail = k.may_fail;
+                add(
+                    &mut funcs,
+                    FuncText {
+                        name: name.clone(),
+                        params,
+                        body: k.b.finish(),
+                        ranged: true,
+                    },
+                )
+            }
+        };
+        plan.steps[i].symbol = symbol;
+        plan.steps[i].args = args;
+    }
+    Ok(Lowered { funcs, tables })
+}

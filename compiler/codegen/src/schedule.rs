@@ -1,0 +1,415 @@
+//! The scheduler: partitions a function into kernels and assigns every materialized value a
+//! storage slot.
+//!
+//! Rules, decided from the outputs backwards (a node's consumers are decided before it):
+//! - **Materialized** (a buffer): inputs, outputs, operands of GEMMs, of host ops and of
+//!   `reshape`/`stop_grad` views, and every non-elementwise node (matmul, reductions,
+//!   softmax, quantize).
+//! - **Inlined** (recomputed inside each consumer's loop, never stored): elementwise ops,
+//!   casts, random draws, dropout and dequantization, when the consumers together read each
+//!   element at most once; layout ops that only remap indices (`broadcast`, `transpose`,
+//!   `slice`, `concat`, `gather`, `reshape`, `stop_grad`) and `constant`/`iota` always, since
+//!   they cost a load. A producer read more than once per element (two consumers, or an
+//!   expanding broadcast, or softmax's three passes) is materialized instead.
+//! - **Kernels**: each materialized elementwise node is the root of one fused loop nest over
+//!   its shape; reductions and softmax are kernels whose operand expression is fused in; an
+//!   `f32` matmul is a pack kernel plus a tiled GEMM; other matmuls a scalar loop; `quantize`
+//!   runs on the host through the interpreter. A materialized `reshape`/`stop_grad` is a view
+//!   of its operand's slot (no copy).
+
+use crate::CodegenError;
+use crate::gemm::GemmShape;
+use crate::host::CpuTarget;
+use crate::kernels::{fused_range, scalar_matmul};
+use graft_ir::{DType, Function, Op, TensorType, ValueId};
+
+/// What one step of a compiled function does.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) enum StepKind {
+    /// A fused elementwise loop nest computing `root`.
+    Fused,
+    /// A reduction.
+    Reduce,
+    /// `softmax` or `log_softmax`.
+    Softmax,
+    /// A scalar `f64`-accumulating matmul (non-`f32` dtypes).
+    MatMulScalar(GemmShape),
+    /// Packing B of an `f32` matmul into panels (into a scratch slot).
+    Pack(GemmShape),
+    /// The tiled vector GEMM reading the packed panels.
+    Gemm(GemmShape),
+    /// A node evaluated on the host by the reference interpreter.
+    Host,
+}
+
+/// One kernel launch.
+#[derive(Clone, Debug)]
+pub(crate) struct Step {
+    /// What it does.
+    pub kind: StepKind,
+    /// The node it computes.
+    pub root: ValueId,
+    /// The kernel's symbol (empty for host steps).
+    pub symbol: String,
+    /// Slots read, in kernel argument order (filled in by lowering).
+    pub args: Vec<usize>,
+    /// The slot written.
+    pub out: usize,
+    /// The extent of the kernel's outermost loop, split across threads.
+    pub range: usize,
+    /// Rough work per range item, to decide whether threading pays.
+    pub cost: usize,
+    /// The kernel takes a status buffer and may report an error.
+    pub may_fail: bool,
+}
+
+/// A storage buffer: one per materialized value (views share their operand's).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Slot {
+    /// The dtype whose storage it holds.
+    pub dtype: DType,
+    /// Elements.
+    pub len: usize,
+    /// The function input that provides it, if any.
+    pub input: Option<String>,
+}
+
+/// A scheduled function.
+#[derive(Clone, Debug)]
+pub(crate) struct Plan {
+    /// `inline[v]`: node `v` is computed inside its consumers.
+    pub inline: Vec<bool>,
+    /// The slot of each materialized (or viewed) value.
+    pub slot_of: Vec<Option<usize>>,
+    /// The buffers.
+    pub slots: Vec<Slot>,
+    /// The kernels, in execution order.
+    pub steps: Vec<Step>,
+    /// Inputs: name, type, slot.
+    pub inputs: Vec<(String, TensorType, usize)>,
+    /// Outputs: name, type, slot.
+    pub outputs: Vec<(String, TensorType, usize)>,
+}
+
+/// True for ops that can be computed inside a consumer's loop.
+fn fusable(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Constant { .. }
+            | Op::Iota { .. }
+            | Op::Unary(_)
+            | Op::Binary(_)
+            | Op::Select
+            | Op::Cast
+            | Op::Broadcast
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather { .. }
+            | Op::Random { .. }
+            | Op::Dropout { .. }
+            | Op::Dequantize { .. }
+            | Op::Reshape
+            | Op::StopGrad
+    )
+}
+
+/// True for ops cheap enough to recompute in every consumer (a constant or an index remap).
+fn cheap(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Constant { .. }
+            | Op::Iota { .. }
+            | Op::Broadcast
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Concat { .. }
+            | Op::Gather { .. }
+            | Op::Reshape
+            | Op::StopGrad
+    )
+}
+
+/// The buffer a matmul operand is read from and its transpose flag: a `transpose` that only
+/// swaps the last two axes is folded into the flag (the GEMM reads its operand directly).
+fn matmul_source(f: &Function, mut v: ValueId, mut flag: bool) -> (ValueId, bool) {
+    while let Op::Transpose { perm } = &f.node(v).op {
+        let r = perm.len();
+        let swap_last = r >= 2
+            && perm[..r - 2].iter().enumerate().all(|(i, &p)| i == p)
+            && perm[r - 2] == r - 1
+            && perm[r - 1] == r - 2;
+        match f.node(v).args.first() {
+            Some(&x) if swap_last => {
+                v = x;
+                flag = !flag;
+            }
+            _ => break,
+        }
+    }
+    (v, flag)
+}
+
+/// The GEMM view of matmul node `v`, with transposed operands folded.
+fn gemm_shape(f: &Function, v: ValueId, ta: bool, tb: bool) -> Option<GemmShape> {
+    let node = f.node(v);
+    let (a, ta) = matmul_source(f, *node.args.first()?, ta);
+    let (b, tb) = matmul_source(f, *node.args.get(1)?, tb);
+    let ty = &node.ty;
+    let batches = ty.shape[..ty.rank().saturating_sub(2)].iter().product();
+    Some(GemmShape::new(
+        (a, &f.ty(a).shape),
+        (b, &f.ty(b).shape),
+        batches,
+        ta,
+        tb,
+    ))
+}
+
+/// Schedules a verified function for `target`.
+pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenError> {
+    let n = f.nodes.len();
+    let numel = |v: usize| f.nodes[v].ty.numel();
+    let mut live = vec![false; n];
+    let mut is_output = vec![false; n];
+    for o in &f.outputs {
+        if let Some(l) = live.get_mut(o.value.index()) {
+            *l = true;
+        }
+        if let Some(x) = is_output.get_mut(o.value.index()) {
+            *x = true;
+        }
+    }
+    for v in (0..n).rev() {
+        if live[v] {
+            for a in &f.nodes[v].args {
+                if let Some(l) = live.get_mut(a.index()) {
+                    *l = true;
+                }
+            }
+        }
+    }
+    let mut inline = vec![false; n];
+    let mut must = vec![false; n];
+    let mut reads = vec![0usize; n];
+    for v in (0..n).rev() {
+        if !live[v] {
+            continue;
+        }
+        let node = &f.nodes[v];
+        inline[v] = fusable(&node.op)
+            && !is_output[v]
+            && !must[v]
+            && (cheap(&node.op) || reads[v] <= numel(v));
+        let evals = if inline[v] { reads[v] } else { numel(v) };
+        let mut add = |a: ValueId, r: usize| {
+            if let Some(x) = reads.get_mut(a.index()) {
+                *x = x.saturating_add(r);
+            }
+        };
+        match &node.op {
+            Op::Reduce { .. } => node.args.iter().for_each(|&a| add(a, numel(a.index()))),
+            Op::Softmax { .. } | Op::LogSoftmax { .. } => node
+                .args
+                .iter()
+                .for_each(|&a| add(a, numel(a.index()).saturating_mul(3))),
+            Op::Concat { .. } => {
+                for &a in &node.args {
+                    let share = evals
+                        .saturating_mul(numel(a.index()))
+                        .checked_div(numel(v))
+                        .unwrap_or(0);
+                    add(a, share);
+                }
+            }
+            Op::Reshape | Op::StopGrad if !inline[v] => {
+                node.args.iter().for_each(|&a| must[a.index()] = true)
+            }
+            Op::MatMul { ta, tb } => {
+                if let Some(s) = gemm_shape(f, ValueId(v as u32), *ta, *tb) {
+                    must[s.a_src.index()] = true;
+                    must[s.b_src.index()] = true;
+                }
+            }
+            op if fusable(op) => node.args.iter().for_each(|&a| add(a, evals)),
+            _ => node.args.iter().for_each(|&a| must[a.index()] = true),
+        }
+    }
+
+    let mut plan = Plan {
+        inline,
+        slot_of: vec![None; n],
+        slots: Vec::new(),
+        steps: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+    };
+    #[allow(clippy::needless_range_loop)] // `v` indexes several per-node tables
+    for v in 0..n {
+        if !live[v] || plan.inline[v] {
+            continue;
+        }
+        let node = &f.nodes[v];
+        let id = ValueId(v as u32);
+        let ty = &node.ty;
+        let slot_for = |p: &Plan, a: Option<&ValueId>| -> Result<usize, CodegenError> {
+            a.and_then(|a| p.slot_of.get(a.index()).copied().flatten())
+                .ok_or_else(|| CodegenError::Internal(format!("%{v}: operand has no buffer")))
+        };
+        let new_slot = |p: &mut Plan, dtype: DType, len: usize| -> usize {
+            p.slots.push(Slot {
+                dtype,
+                len,
+                input: None,
+            });
+            p.slots.len() - 1
+        };
+        let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {
+            kind,
+            root: id,
+            symbol: String::new(),
+            args: Vec::new(),
+            out,
+            range,
+            cost: cost.max(1),
+            may_fail: false,
+        };
+        match &node.op {
+            Op::Input { name, .. } => {
+                let s = new_slot(&mut plan, ty.dtype, ty.numel());
+                plan.slots[s].input = Some(name.clone());
+                plan.slot_of[v] = Some(s);
+                plan.inputs.push((name.clone(), ty.clone(), s));
+            }
+            Op::Reshape | Op::StopGrad => {
+                plan.slot_of[v] = Some(slot_for(&plan, node.args.first())?);
+            }
+            Op::MatMul { ta, tb } => {
+                let s = gemm_shape(f, id, *ta, *tb)
+                    .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
+                let out = new_slot(&mut plan, ty.dtype, ty.numel());
+                plan.slot_of[v] = Some(out);
+                if scalar_matmul(ty.dtype, &s) {
+                    let st = step(StepKind::MatMulScalar(s), out, s.batches * s.m, s.n * s.k);
+                    plan.steps.push(st);
+                } else {
+                    let packed = new_slot(&mut plan, DType::F32, s.packed_len(target));
+                    let pack = step(
+                        StepKind::Pack(s),
+                        packed,
+                        s.b[0] * s.panels(target),
+                        s.k * target.nr,
+                    );
+                    let gemm = step(
+                        StepKind::Gemm(s),
+                        out,
+                        s.batches * s.tiles(target),
+                        2 * target.mr * s.n * s.k,
+                    );
+                    plan.steps.push(pack);
+                    plan.steps.push(gemm);
+                }
+            }
+            op => {
+                let out = new_slot(&mut plan, ty.dtype, ty.numel());
+                plan.slot_of[v] = Some(out);
+                let x = node.args.first().map(|a| f.ty(*a));
+                let st = match op {
+                    Op::Reduce { .. } => {
+                        let count = x.map_or(1, |t| t.numel()) / ty.numel().max(1);
+                        step(StepKind::Reduce, out, ty.numel(), count)
+                    }
+                    Op::Softmax { axis } | Op::LogSoftmax { axis } => {
+                        let ext = ty.shape.get(*axis).copied().unwrap_or(1);
+                        let slices = ty.numel().checked_div(ext).unwrap_or(0);
+                        step(StepKind::Softmax, out, slices, 3 * ext)
+                    }
+                    Op::Quantize { .. } => step(StepKind::Host, out, 1, 1),
+                    op if fusable(op) => {
+                        let cols = ty.shape.last().copied().unwrap_or(1);
+                        step(StepKind::Fused, out, fused_range(&ty.shape), cols)
+                    }
+                    other => {
+                        return Err(CodegenError::Unsupported {
+                            node: v,
+                            op: other.name().to_string(),
+                            message: "no kernel for this op".into(),
+                        });
+                    }
+                };
+                plan.steps.push(st);
+            }
+        }
+    }
+    for o in &f.outputs {
+        let s = plan
+            .slot_of
+            .get(o.value.index())
+            .copied()
+            .flatten()
+            .ok_or_else(|| CodegenError::Internal(format!("output `{}` has no buffer", o.name)))?;
+        plan.outputs
+            .push((o.name.clone(), f.ty(o.value).clone(), s));
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use graft_ir::{BinaryOp, InputKind, UnaryOp};
+
+    fn f32t(shape: &[usize]) -> TensorType {
+        TensorType::new(DType::F32, shape.to_vec())
+    }
+
+    #[test]
+    fn elementwise_chains_fuse_into_one_kernel() -> Result<(), Box<dyn std::error::Error>> {
+        let mut f = Function::new("t");
+        let x = f.add_input("x", InputKind::Data, f32t(&[4, 8]), None);
+        let w = f.add_input("w", InputKind::Data, f32t(&[8]), None);
+        let wb = f.add_typed(Op::Broadcast, &[w], Some(f32t(&[4, 8])), None)?;
+        let m = f.add(Op::Binary(BinaryOp::Mul), &[x, wb], None)?;
+        let e = f.add(Op::Unary(UnaryOp::Exp), &[m], None)?;
+        let s = f.add(Op::Unary(UnaryOp::Silu), &[e], None)?;
+        f.add_output("y", s);
+        let p = plan(&f, &CpuTarget::host())?;
+        assert_eq!(p.steps.len(), 1, "{:?}", p.steps);
+        assert_eq!(p.steps[0].kind, StepKind::Fused);
+        assert!(p.inline[m.index()] && p.inline[e.index()] && p.inline[wb.index()]);
+        Ok(())
+    }
+
+    #[test]
+    fn shared_and_expanded_producers_are_materialized() -> Result<(), Box<dyn std::error::Error>> {
+        let mut f = Function::new("t");
+        let x = f.add_input("x", InputKind::Data, f32t(&[8]), None);
+        let e = f.add(Op::Unary(UnaryOp::Exp), &[x], None)?;
+        let eb = f.add_typed(Op::Broadcast, &[e], Some(f32t(&[4, 8])), None)?;
+        let t = f.add(Op::Unary(UnaryOp::Tanh), &[x], None)?;
+        let u = f.add(Op::Binary(BinaryOp::Add), &[t, t], None)?;
+        f.add_output("a", eb);
+        f.add_output("b", u);
+        let p = plan(&f, &CpuTarget::host())?;
+        assert!(!p.inline[e.index()], "exp under an expanding broadcast is stored");
+        assert!(!p.inline[t.index()], "tanh read twice is stored");
+        assert_eq!(p.steps.len(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn matmuls_pack_then_gemm_and_reshapes_are_views() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let mut f = Function::new("t");
+        let a = f.add_input("a", InputKind::Data, f32t(&[2, 3, 4]), None);
+        let b = f.add_input("b", InputKind::Data, f32t(&[4, 5]), None);
+        let c = f.add(Op::MatMul { ta: false, tb: false }, &[a, b], None)?;
+        let r = f.add_typed(Op::Reshape, &[c], Some(f32t(&[6, 5])), None)?;
+        f.add_output("r", r);
+        let p = plan(&f, &CpuTarget::host())?;
+        let kinds: Vec<_> = p.steps.iter().map(|s| &s.kind).collect();
+        assert!(matches!(kinds.as_slice(), [StepKind::Pack(_), StepKind::Gemm(_)]));
+        assert_eq!(p.slot_of[r.index()], p.slot_of[c.index()]);
+        Ok(())
+    }
+}

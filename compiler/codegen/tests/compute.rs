@@ -1,0 +1,265 @@
+//! Accumulating ops and layout ops compiled through MLIR/LLVM against the interpreter:
+//! `matmul` (every transpose flag, batched and shared operands, tails, threading, f64/bf16),
+//! reductions, `softmax`/`log_softmax`, and `reshape`, `transpose`, `broadcast`, `concat`,
+//! `slice`, `gather`, `stop_grad`, alone and fused into consumers.
+//!
+//! Tolerances: matmul 1e-4 norm-wise relative (`f32` GEMM accumulates in `f32` with FMA; the
+//! interpreter in `f64`); reductions and softmax 1e-5 element-wise (both accumulate in `f64`);
+//! layout ops exact.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{check, check_norm, random_inputs};
+use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp};
+
+fn ty(dt: DType, shape: &[usize]) -> TensorType {
+    TensorType::new(dt, shape.to_vec())
+}
+
+fn matmul_fn(dt: DType, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Function {
+    let mut f = Function::new("mm");
+    let x = f.add_input("a", InputKind::Data, ty(dt, a), None);
+    let y = f.add_input("b", InputKind::Data, ty(dt, b), None);
+    let c = f.add(Op::MatMul { ta, tb }, &[x, y], None).unwrap();
+    f.add_output("c", c);
+    f
+}
+
+#[test]
+fn matmul_every_transpose_and_tail() {
+    for (m, k, n) in [(1, 1, 1), (5, 7, 9), (6, 16, 16), (13, 3, 33), (17, 300, 40), (64, 64, 4)] {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            let a = if ta { [k, m] } else { [m, k] };
+            let b = if tb { [n, k] } else { [k, n] };
+            let f = matmul_fn(DType::F32, &a, &b, ta, tb);
+            check_norm(&f, &random_inputs(&f, 1, -1.0, 1.0), 1e-4);
+        }
+    }
+}
+
+#[test]
+fn matmul_with_every_vector_shape() {
+    // The host's shape is tested everywhere; the AVX2 (8 lanes) and SSE/NEON (4 lanes)
+    // shapes run here too, since the JIT targets the host whatever the vector width.
+    let shapes = [
+        graft_codegen::CpuTarget::from_features(|f| f == "avx2"),
+        graft_codegen::CpuTarget::from_features(|_| false),
+        graft_codegen::CpuTarget::from_features(|f| f == "avx512f"),
+    ];
+    for target in shapes {
+        for (a, b, ta, tb) in [
+            (vec![37, 300], vec![300, 45], false, false),
+            (vec![2, 300, 13], vec![2, 45, 300], true, true),
+        ] {
+            let f = matmul_fn(DType::F32, &a, &b, ta, tb);
+            let inputs = random_inputs(&f, 21, -1.0, 1.0);
+            let want = graft_interp::run(&f, &inputs).unwrap();
+            let got = graft_codegen::compile_for(&f, &target).unwrap().run(&inputs).unwrap();
+            let scale = want[0].1.to_f64_vec().iter().fold(0f64, |m, x| m.max(x.abs()));
+            let e = common::rel_err(&got[0].1, &want[0].1, scale);
+            assert!(e <= 1e-4, "{target:?}: {e:e}");
+        }
+    }
+}
+
+#[test]
+fn matmul_batched_and_shared_operands() {
+    let cases: [(&[usize], &[usize], bool, bool); 5] = [
+        (&[3, 5, 7], &[3, 7, 4], false, false),
+        (&[2, 3, 5, 7], &[7, 9], false, false),
+        (&[8, 6], &[2, 2, 6, 10], false, false),
+        (&[2, 3, 7, 5], &[2, 3, 9, 7], true, true),
+        (&[4, 16, 8], &[4, 16, 8], false, true),
+    ];
+    for (a, b, ta, tb) in cases {
+        let f = matmul_fn(DType::F32, a, b, ta, tb);
+        check_norm(&f, &random_inputs(&f, 2, -1.0, 1.0), 1e-4);
+    }
+}
+
+#[test]
+fn matmul_large_enough_to_thread_and_block_k() {
+    // K = 600 spans three KC blocks; 200 rows split across threads.
+    let f = matmul_fn(DType::F32, &[200, 600], &[600, 70], false, false);
+    check_norm(&f, &random_inputs(&f, 3, -1.0, 1.0), 1e-4);
+    let f = matmul_fn(DType::F32, &[600, 130], &[90, 600], true, true);
+    check_norm(&f, &random_inputs(&f, 4, -1.0, 1.0), 1e-4);
+}
+
+#[test]
+fn matmul_in_other_float_types_accumulates_in_f64() {
+    for dt in [DType::F64, DType::BF16, DType::F16] {
+        let f = matmul_fn(dt, &[2, 5, 7], &[7, 3], false, false);
+        check(&f, &random_inputs(&f, 5, -1.0, 1.0), 0.0);
+        let f = matmul_fn(dt, &[7, 5], &[3, 7], true, true);
+        check(&f, &random_inputs(&f, 6, -1.0, 1.0), 0.0);
+    }
+}
+
+#[test]
+fn matmul_with_empty_contraction_is_zero() {
+    let f = matmul_fn(DType::F32, &[3, 0], &[0, 5], false, false);
+    check(&f, &random_inputs(&f, 7, -1.0, 1.0), 0.0);
+}
+
+#[test]
+fn reductions_over_any_axes() {
+    let shape = [3, 4, 5];
+    let axes_sets: [&[usize]; 6] = [&[], &[0], &[1], &[2], &[0, 2], &[0, 1, 2]];
+    for dt in [DType::F32, DType::F64, DType::BF16] {
+        let mut f = Function::new("red");
+        let x = f.add_input("x", InputKind::Data, ty(dt, &shape), None);
+        for op in [ReduceOp::Sum, ReduceOp::Mean, ReduceOp::Max, ReduceOp::Min] {
+            for (i, axes) in axes_sets.iter().enumerate() {
+                for keepdim in [false, true] {
+                    let r = f
+                        .add(Op::Reduce { op, axes: axes.to_vec(), keepdim }, &[x], None)
+                        .unwrap();
+                    f.add_output(format!("{}_{i}_{keepdim}", op.name()), r);
+                }
+            }
+        }
+        check(&f, &random_inputs(&f, 8, -3.0, 3.0), 1e-5);
+    }
+    for dt in [DType::I64, DType::I32, DType::U8, DType::Bool] {
+        let mut f = Function::new("red");
+        let x = f.add_input("x", InputKind::Data, ty(dt, &shape), None);
+        for op in [ReduceOp::Max, ReduceOp::Min] {
+            for (i, axes) in axes_sets.iter().enumerate() {
+                let r = f
+                    .add(Op::Reduce { op, axes: axes.to_vec(), keepdim: false }, &[x], None)
+                    .unwrap();
+                f.add_output(format!("{}_{i}", op.name()), r);
+            }
+        }
+        check(&f, &random_inputs(&f, 9, -100.0, 100.0), 0.0);
+    }
+}
+
+#[test]
+fn reductions_propagate_nan_and_fuse_their_operand() {
+    let mut f = Function::new("red");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[4, 6]), None);
+    let sq = f.add(Op::Binary(BinaryOp::Mul), &[x, x], None).unwrap();
+    let s = f
+        .add(Op::Reduce { op: ReduceOp::Mean, axes: vec![1], keepdim: true }, &[sq], None)
+        .unwrap();
+    let m = f
+        .add(Op::Reduce { op: ReduceOp::Max, axes: vec![0], keepdim: false }, &[x], None)
+        .unwrap();
+    f.add_output("ms", s);
+    f.add_output("max", m);
+    let compiled = graft_codegen::compile(&f).unwrap();
+    assert_eq!(compiled.kernel_count(), 2, "{:?}", compiled.kernel_summary());
+    let mut inputs = random_inputs(&f, 10, -3.0, 3.0);
+    let mut v = inputs["x"].as_f32().unwrap().to_vec();
+    v[7] = f32::NAN;
+    v[1] = f32::INFINITY;
+    inputs.insert("x".into(), graft_interp::Tensor::f32(vec![4, 6], v).unwrap());
+    check(&f, &inputs, 1e-5);
+}
+
+#[test]
+fn softmax_and_log_softmax_on_every_axis() {
+    for dt in [DType::F32, DType::F64, DType::BF16] {
+        let mut f = Function::new("sm");
+        let x = f.add_input("x", InputKind::Data, ty(dt, &[3, 5, 7]), None);
+        for axis in 0..3 {
+            let s = f.add(Op::Softmax { axis }, &[x], None).unwrap();
+            let l = f.add(Op::LogSoftmax { axis }, &[x], None).unwrap();
+            f.add_output(format!("s{axis}"), s);
+            f.add_output(format!("l{axis}"), l);
+        }
+        let mut inputs = random_inputs(&f, 11, -20.0, 20.0);
+        if dt == DType::F32 {
+            let mut v = inputs["x"].as_f32().unwrap().to_vec();
+            v[0] = f32::INFINITY;
+            v[40] = f32::NAN;
+            v[50] = f32::NEG_INFINITY;
+            inputs.insert("x".into(), graft_interp::Tensor::f32(vec![3, 5, 7], v).unwrap());
+        }
+        check(&f, &inputs, 1e-5);
+    }
+}
+
+#[test]
+fn layout_ops_materialized_and_fused() {
+    let mut f = Function::new("layout");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[2, 3, 4]), None);
+    let y = f.add_input("y", InputKind::Data, ty(DType::F32, &[2, 5, 4]), None);
+    let v = f.add_input("v", InputKind::Data, ty(DType::F32, &[3, 1]), None);
+    let r = f.add_typed(Op::Reshape, &[x], Some(ty(DType::F32, &[6, 4])), None).unwrap();
+    let t = f.add(Op::Transpose { perm: vec![2, 0, 1] }, &[x], None).unwrap();
+    let b = f.add_typed(Op::Broadcast, &[v], Some(ty(DType::F32, &[2, 3, 4])), None).unwrap();
+    let c = f.add(Op::Concat { axis: 1 }, &[x, y, x], None).unwrap();
+    let s = f.add(Op::Slice { axis: 1, start: 2, end: 7 }, &[c], None).unwrap();
+    let g = f.add(Op::StopGrad, &[s], None).unwrap();
+    // Fused: exp(transpose(x)) reshaped, concat of computed values, slice of a sum.
+    let e = f.add(Op::Unary(UnaryOp::Exp), &[t], None).unwrap();
+    let er = f.add_typed(Op::Reshape, &[e], Some(ty(DType::F32, &[4, 6])), None).unwrap();
+    let bx = f.add(Op::Binary(BinaryOp::Add), &[x, b], None).unwrap();
+    let neg = f.add(Op::Unary(UnaryOp::Neg), &[y], None).unwrap();
+    let cc = f.add(Op::Concat { axis: 1 }, &[bx, neg], None).unwrap();
+    let sl = f.add(Op::Slice { axis: 2, start: 1, end: 3 }, &[cc], None).unwrap();
+    let sq = f.add(Op::Unary(UnaryOp::Sqrt), &[sl], None).unwrap();
+    for (name, v) in [("r", r), ("t", t), ("b", b), ("c", c), ("g", g), ("er", er), ("sq", sq)] {
+        f.add_output(name, v);
+    }
+    check(&f, &random_inputs(&f, 12, -2.0, 2.0), 0.0);
+}
+
+#[test]
+fn gather_with_i64_and_i32_indices() {
+    for idt in [DType::I64, DType::I32] {
+        let mut f = Function::new("gather");
+        let table = f.add_input("t", InputKind::Data, ty(DType::F32, &[10, 4, 3]), None);
+        let idx = f.add_input("i", InputKind::Data, ty(idt, &[2, 5]), None);
+        let g0 = f.add(Op::Gather { axis: 0 }, &[table, idx], None).unwrap();
+        let idx1 = f.add_input("j", InputKind::Data, ty(idt, &[6]), None);
+        let g1 = f.add(Op::Gather { axis: 1 }, &[table, idx1], None).unwrap();
+        let g2 = f.add(Op::Gather { axis: 2 }, &[table, idx1], None).unwrap();
+        // Gathered then fused into arithmetic.
+        let sc = f.add(Op::Unary(UnaryOp::Tanh), &[g0], None).unwrap();
+        f.add_output("g0", g0);
+        f.add_output("g1", g1);
+        f.add_output("sc", sc);
+        let mut inputs = random_inputs(&f, 13, -1.0, 1.0);
+        let mut rng = common::Rng(99);
+        let mk = |n: usize, hi: usize, rng: &mut common::Rng| -> Vec<i64> {
+            (0..n).map(|_| (rng.next() % hi as u64) as i64).collect()
+        };
+        let (i, j) = (mk(10, 10, &mut rng), mk(6, 3, &mut rng));
+        let t = |shape: Vec<usize>, v: Vec<i64>| match idt {
+            DType::I64 => graft_interp::Tensor::i64(shape, v).unwrap(),
+            _ => graft_interp::Tensor::i32(shape, v.iter().map(|&x| x as i32).collect()).unwrap(),
+        };
+        inputs.insert("i".into(), t(vec![2, 5], i));
+        inputs.insert("j".into(), t(vec![6], j));
+        // g2 gathers along an axis of extent 3 with the same indices (all < 3).
+        f.add_output("g2", g2);
+        check(&f, &inputs, 0.0);
+    }
+}
+
+#[test]
+fn threaded_runs_are_bit_identical_to_single_threaded_ones() {
+    // Every kernel splits its outer range into per-thread chunks; each element is computed
+    // the same way whatever the split, so results must match bit for bit.
+    let mut f = Function::new("threads");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[96, 200]), None);
+    let w = f.add_input("w", InputKind::Data, ty(DType::F32, &[300, 200]), None);
+    let h = f.add(Op::MatMul { ta: false, tb: true }, &[x, w], None).unwrap();
+    let a = f.add(Op::Unary(UnaryOp::Silu), &[h], None).unwrap();
+    let s = f.add(Op::Softmax { axis: 1 }, &[a], None).unwrap();
+    let r = f
+        .add(Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdim: false }, &[a], None)
+        .unwrap();
+    f.add_output("s", s);
+    f.add_output("r", r);
+    let inputs = random_inputs(&f, 31, -1.0, 1.0);
+    let one = graft_codegen::compile(&f).unwrap().with_threads(1).run(&inputs).unwrap();
+    let many = graft_codegen::compile(&f).unwrap().with_threads(7).run(&inputs).unwrap();
+    assert_eq!(one, many);
+    check_norm(&f, &inputs, 1e-4);
+}
