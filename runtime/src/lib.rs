@@ -4,6 +4,7 @@
 //! Sessions run on the reference interpreter today; the compiled backend plugs in behind the
 //! same [`Session`] API.
 
+pub mod backend;
 pub mod data;
 pub mod peft;
 pub mod session;
@@ -11,7 +12,8 @@ pub mod weights;
 
 pub use data::{Batcher, DataError, load_tokens};
 pub use peft::{PeftError, adapter_config, graft_path, load_adapter, peft_key, save_adapter};
-pub use session::{Session, SessionError, StepStats, step_config};
+pub use backend::{Backend, Interpreter, Prepared};
+pub use session::{Session, SessionError, SessionOptions, StepStats, step_config};
 pub use weights::{TensorEntry, WeightsError, WeightsFile};
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, then a rename,

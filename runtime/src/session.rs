@@ -2,6 +2,7 @@
 //! params, optimizer state), its `@init` run once, and `@train_step` run per batch. Runs on
 //! the reference interpreter.
 
+use crate::backend::{Backend, Interpreter, Prepared};
 use crate::weights::{WeightsError, WeightsFile};
 use graft_autodiff::{AdError, Optimizer, Schedule, StepConfig, train_step};
 use graft_frontend::{DeclKind, LrSchedule, OptimizerConfig, Program, TrainConfig};
@@ -34,6 +35,9 @@ pub enum SessionError {
     /// Quantizing a weight failed.
     #[error("quantizing `{0}`: {1}")]
     Quant(String, String),
+    /// The backend failed to prepare or run the step.
+    #[error("backend: {0}")]
+    Backend(String),
     /// A function is missing from the program.
     #[error("the program has no `@{0}`")]
     Missing(&'static str),
@@ -98,8 +102,10 @@ pub fn step_config(t: &TrainConfig) -> StepConfig {
 pub struct Session {
     /// The compiled spec.
     pub program: Program,
-    /// `@train_step`.
+    /// `@train_step` (optimized when the session was asked to).
     pub step_fn: Function,
+    runner: Box<dyn Prepared>,
+    backend: &'static str,
     values: HashMap<String, Tensor>,
     seed: u64,
     steps_done: usize,
@@ -111,13 +117,28 @@ fn scalar_f32(t: &Tensor) -> f32 {
         .unwrap_or(f32::NAN)
 }
 
+/// How a session runs its training step.
+pub struct SessionOptions<'b> {
+    /// Run the e-graph optimizer on `@train_step` first.
+    pub optimize: bool,
+    /// What runs it.
+    pub backend: &'b dyn Backend,
+}
+
 impl Session {
+    /// A session on the reference interpreter, unoptimized: the oracle configuration.
+    pub fn new(program: Program, weights: Option<&WeightsFile>, seed: u64) -> Result<Session, SessionError> {
+        Session::with_options(program, weights, seed, &SessionOptions { optimize: false, backend: &Interpreter })
+    }
+
     /// Loads the frozen weights (from `weights`, or a seeded stand-in when there is no file),
-    /// quantizes the ones the spec quantizes, runs `@init`, and builds `@train_step`.
-    pub fn new(
+    /// quantizes the ones the spec quantizes, runs `@init`, builds `@train_step` (optimized if
+    /// asked) and prepares it on the backend.
+    pub fn with_options(
         program: Program,
         weights: Option<&WeightsFile>,
         seed: u64,
+        opts: &SessionOptions,
     ) -> Result<Session, SessionError> {
         let mut values = HashMap::new();
         for t in program.tensors.iter().filter(|t| t.from_weights) {
@@ -155,17 +176,28 @@ impl Session {
             .module
             .function("forward")
             .ok_or(SessionError::Missing("forward"))?;
-        let step_fn = train_step(forward, &step_config(&program.train))?;
+        let mut step_fn = train_step(forward, &step_config(&program.train))?;
+        if opts.optimize {
+            step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default()).map_err(|e| SessionError::Value(format!("the optimizer failed: {e}")))?.func;
+        }
         for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
             values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
         }
+        let runner = opts.backend.prepare(&step_fn).map_err(SessionError::Backend)?;
         Ok(Session {
             program,
             step_fn,
+            runner,
+            backend: opts.backend.name(),
             values,
             seed,
             steps_done: 0,
         })
+    }
+
+    /// The backend running the step.
+    pub fn backend(&self) -> &'static str {
+        self.backend
     }
 
     /// A value the session holds (weights, params, optimizer state), by name.
@@ -213,11 +245,10 @@ impl Session {
 
     /// Runs one training step on a batch (labels = the targets, `-100` where ignored).
     pub fn step(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<StepStats, SessionError> {
-        let step_fn = self.step_fn.clone();
-        let out = self.with_batch(
-            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
-            |v| run(&step_fn, v),
-        )?;
+        let runner = std::mem::replace(&mut self.runner, Box::new(NoRunner));
+        let out = self.with_batch(vec![("input_ids", input_ids.clone()), ("labels", labels.clone())], |v| runner.run(v));
+        self.runner = runner;
+        let out = out.map_err(SessionError::Backend)?;
         let mut stats = StepStats {
             step: self.steps_done + 1,
             loss: f32::NAN,
@@ -400,4 +431,13 @@ fn quantize_into(
     }
 
     Ok(())
+}
+
+/// Stands in for the runner while it is borrowed during a step.
+struct NoRunner;
+
+impl Prepared for NoRunner {
+    fn run(&self, _: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, String> {
+        Err("the step runner is in use".into())
+    }
 }

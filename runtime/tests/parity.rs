@@ -40,6 +40,10 @@ struct Case {
 }
 
 fn load_case(name: &str) -> Case {
+    load_case_with(name, false)
+}
+
+fn load_case_with(name: &str, optimize: bool) -> Case {
     let spec = repo().join(format!("tests/parity/{name}.graft"));
     let (_, program) = match compile_file(&spec, &Stdlib::Dir(repo().join("stdlib"))) {
         Ok(r) => r,
@@ -78,7 +82,11 @@ fn load_case(name: &str) -> Case {
 }
 
 fn check_case(name: &str) {
-    let mut c = load_case(name);
+    check_case_with(name, false);
+}
+
+fn check_case_with(name: &str, optimize: bool) {
+    let mut c = load_case_with(name, optimize);
     let logits = c
         .session
         .forward(&c.input_ids)
@@ -252,4 +260,11 @@ fn adapters_save_in_pefts_format_and_load_back() {
             );
         }
     }
+}
+
+#[test]
+fn the_optimized_training_step_still_matches_pytorch() {
+    // LoRA through reassociation and batching; QLoRA through the fused quantized matmul.
+    check_case_with("lora_qv", true);
+    check_case_with("qlora", true);
 }

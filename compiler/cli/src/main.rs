@@ -80,6 +80,9 @@ enum Command {
         /// Seed for initializers and dropout (default: the `train` block's `seed`).
         #[arg(long)]
         seed: Option<u64>,
+        /// Skip the e-graph optimizer (run the training step as elaborated).
+        #[arg(long)]
+        no_optimize: bool,
         /// Write the trained adapter here: PEFT's `adapter_config.json` +
         /// `adapter_model.safetensors` when the methods have a PEFT form, and
         /// `trainable.safetensors` with every trained tensor under its graft path.
@@ -101,6 +104,25 @@ enum Command {
         /// Print only the report, not the optimized IR.
         #[arg(long)]
         no_ir: bool,
+    },
+    /// Measure training-step throughput and memory on random tokens; prints one JSON line
+    /// (`scripts/bench.py` compares it with PyTorch + PEFT).
+    #[command(after_help = "Example:\n  graft bench tests/opt-specs/tiny_qkvo.graft --steps 5 --warmup 2")]
+    Bench {
+        /// The spec.
+        file: PathBuf,
+        /// Timed steps.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Untimed warm-up steps.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Run on the reference interpreter.
+        #[arg(long)]
+        interpret: bool,
+        /// Skip the e-graph optimizer.
+        #[arg(long)]
+        no_optimize: bool,
     },
     /// Show the linked LLVM and MLIR and the host CPU's features.
     Doctor,
@@ -204,22 +226,22 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run {
-            file,
-            interpret,
-            steps,
-            seed,
-            save,
-        } => {
+        Command::Run { file, interpret, steps, seed, save, no_optimize } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
-            if !interpret {
-                eprintln!(
-                    "note: the compiled CPU backend is not built yet; running on the reference interpreter"
-                );
-            }
-            train(&file, program, steps, seed, save.as_deref())
+            let backend = pick_backend(interpret);
+            let opts = graft_runtime::SessionOptions { optimize: !no_optimize, backend: backend.as_ref() };
+            train(&file, program, steps, seed, save.as_deref(), &opts)
+        }
+        Command::Bench { file, steps, warmup, interpret, no_optimize } => {
+            let baseline = rss_bytes("VmRSS");
+            let Some((_, program)) = compile(&file, stdlib, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let backend = pick_backend(interpret);
+            let opts = graft_runtime::SessionOptions { optimize: !no_optimize, backend: backend.as_ref() };
+            bench(program, steps, warmup, baseline, &opts)
         }
         Command::Doctor => {
             let info = graft_codegen::host_info()?;
@@ -300,12 +322,71 @@ fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> 
 }
 
 /// Trains on the interpreter, printing one line per step.
+/// The backend `run` and `bench` use.
+fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
+    if !interpret {
+        eprintln!("note: the compiled CPU backend is not wired into sessions yet; running on the reference interpreter");
+    }
+    Box::new(graft_runtime::Interpreter)
+}
+
+/// A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`), 0 where unavailable.
+fn rss_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Times training steps on random tokens and prints one JSON line.
+fn bench(program: Program, steps: usize, warmup: usize, baseline: u64, opts: &graft_runtime::SessionOptions) -> Result<ExitCode> {
+    let (batch, seq) = (program.train.batch, program.train.seq);
+    let vocab = program.module.function("forward").and_then(|f| f.output("logits").map(|v| f.ty(v).shape.last().copied().unwrap_or(1))).unwrap_or(1);
+    let weights = match &program.weights {
+        Some((path, _)) => Some(graft_runtime::WeightsFile::open(path)?),
+        None => None,
+    };
+    let mut session = graft_runtime::Session::with_options(program, weights.as_ref(), 0, opts)?;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut batch_ids = || {
+        let ids: Vec<i64> = (0..batch * seq)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state % vocab as u64) as i64
+            })
+            .collect();
+        graft_interp::Tensor::i64(vec![batch, seq], ids)
+    };
+    for _ in 0..warmup {
+        let ids = batch_ids()?;
+        session.step(&ids, &ids)?;
+    }
+    let start = std::time::Instant::now();
+    for _ in 0..steps {
+        let ids = batch_ids()?;
+        session.step(&ids, &ids)?;
+    }
+    let secs = start.elapsed().as_secs_f64().max(1e-9);
+    println!(
+        "{{\"backend\": \"{}\", \"tokens_per_s\": {:.3}, \"step_seconds\": {:.6}, \"peak_rss_bytes\": {}, \"baseline_rss_bytes\": {}, \"steps\": {steps}}}",
+        session.backend(),
+        (batch * seq * steps) as f64 / secs,
+        secs / steps.max(1) as f64,
+        rss_bytes("VmHWM"),
+        baseline
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn train(
     spec: &Path,
     program: Program,
     steps: Option<usize>,
     seed: Option<u64>,
     save: Option<&Path>,
+    opts: &graft_runtime::SessionOptions,
 ) -> Result<ExitCode> {
     use anyhow::Context;
     let dir = spec.parent().unwrap_or(Path::new("."));
@@ -336,7 +417,7 @@ fn train(
         graft_runtime::Batcher::new(tokens, batch, seq, &data_path.display().to_string())?;
     let steps = steps.unwrap_or(program.train.steps);
     let seed = seed.unwrap_or(program.train.seed);
-    let mut session = graft_runtime::Session::new(program, weights.as_ref(), seed)?;
+    let mut session = graft_runtime::Session::with_options(program, weights.as_ref(), seed, opts)?;
     println!(
         "training {} trainable tensors, {batch} × {seq} tokens per step, {steps} steps",
         session.params().len()

@@ -31,6 +31,21 @@ pub struct CompiledFunction {
     pub(crate) _jits: Vec<Jit>,
 }
 
+/// One kernel launch's wall time, from [`CompiledFunction::run_profiled`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    /// The kernel's symbol (empty for host steps).
+    pub kernel: String,
+    /// The node it computes.
+    pub node: usize,
+    /// That node's op.
+    pub op: &'static str,
+    /// That node's type.
+    pub ty: String,
+    /// Seconds.
+    pub seconds: f64,
+}
+
 /// A kernel buffer, typed by storage.
 #[derive(Debug)]
 pub(crate) enum Buf {
@@ -183,6 +198,27 @@ impl CompiledFunction {
         &self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<Vec<(String, Tensor)>, CodegenError> {
+        self.run_inner(inputs, None)
+    }
+
+    /// [`CompiledFunction::run`], also timing every kernel launch (in execution order).
+    ///
+    /// # Errors
+    /// As [`CompiledFunction::run`].
+    pub fn run_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<(Vec<(String, Tensor)>, Vec<KernelTime>), CodegenError> {
+        let mut times = Vec::with_capacity(self.plan.steps.len());
+        let out = self.run_inner(inputs, Some(&mut times))?;
+        Ok((out, times))
+    }
+
+    fn run_inner(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mut times: Option<&mut Vec<KernelTime>>,
+    ) -> Result<Vec<(String, Tensor)>, CodegenError> {
         let mut live: Vec<Live<'_>> = self.plan.slots.iter().map(|_| Live::Empty).collect();
         for (name, ty, slot) in &self.plan.inputs {
             let t = inputs
@@ -205,6 +241,7 @@ impl CompiledFunction {
                 let reused = pool.get_mut(&fresh.key()).and_then(Vec::pop);
                 live[step.out] = Live::Owned(reused.unwrap_or(fresh));
             }
+            let started = std::time::Instant::now();
             if step.kind == StepKind::Host {
                 let result = self.host_step(step, &live)?;
                 live[step.out] = Live::Owned(result);
@@ -216,6 +253,16 @@ impl CompiledFunction {
                     })?);
                 }
                 self.launch(si, step, &addrs)?;
+            }
+            if let Some(t) = times.as_deref_mut() {
+                let node = self.f.node(step.root);
+                t.push(KernelTime {
+                    kernel: step.symbol.clone(),
+                    node: step.root.index(),
+                    op: node.op.name(),
+                    ty: node.ty.to_string(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
             }
             for &a in &step.args {
                 if self.last_use.get(a) == Some(&si)

@@ -135,23 +135,23 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         }
         b.close("}", false);
     } else {
+        // Row k of the panel gathers column k of NR rows of B: walking k outermost keeps
+        // those NR rows' current cache lines in L1 and writes the panel contiguously.
         let jj = b.fresh();
         let nrend = b.idx(t.nr);
-        b.open(format!("scf.for {jj} = {zero} to {nrend} step {one} {{"));
-        let col = b.op(format!("arith.addi {j0}, {jj} : index"));
-        let n = b.idx(s.n);
-        let inb = b.op(format!("arith.cmpi ult, {col}, {n} : index"));
-        b.open(format!("scf.if {inb} {{"));
+        let nc = b.idx(s.n);
+        let left = b.op(format!("arith.subi {nc}, {j0} : index"));
+        let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
         b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+        b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
+        let col = b.op(format!("arith.addi {j0}, {jj} : index"));
         let x = b.op(format!("memref.load %a0[{bi}, {col}, {kk}] : {bty}"));
         b.line(format!("memref.store {x}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"));
         b.close("}", false);
-        b.close("} else {", true);
-        let kk2 = b.fresh();
+        let jz = b.fresh();
         let z = b.f32c(0.0);
-        b.open(format!("scf.for {kk2} = {zero} to {kend} step {one} {{"));
-        b.line(format!("memref.store {z}, %out[{bi}, {p}, {kk2}, {jj}] : {pty}"));
-        b.close("}", false);
+        b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
+        b.line(format!("memref.store {z}, %out[{bi}, {p}, {kk}, {jz}] : {pty}"));
         b.close("}", false);
         b.close("}", false);
     }

@@ -22,7 +22,7 @@ mod scalar;
 mod schedule;
 mod text;
 
-pub use exec::CompiledFunction;
+pub use exec::{CompiledFunction, KernelTime};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
 

@@ -19,15 +19,17 @@ pub struct Dag<'a> {
     /// The chosen node per class (children canonical).
     pub choice: HashMap<Id, G>,
     refs: HashMap<Id, u32>,
-    post: HashMap<Id, usize>,
+    post: HashMap<Id, f64>,
     /// Total seconds of the reachable DAG.
     pub total: f64,
+    /// Counters: switches tried, cycle searches, full recomputations.
+    pub stats: [usize; 3],
 }
 
 impl<'a> Dag<'a> {
     /// Evaluates `choice`; `None` if it is cyclic or incomplete.
     pub fn new(eg: &'a Graph, target: Target, root: Id, choice: HashMap<Id, G>) -> Option<Dag<'a>> {
-        let mut d = Dag { eg, target, root: eg.find(root), choice, refs: HashMap::new(), post: HashMap::new(), total: 0.0 };
+        let mut d = Dag { eg, target, root: eg.find(root), choice, refs: HashMap::new(), post: HashMap::new(), total: 0.0, stats: [0; 3] };
         d.recompute().then_some(d)
     }
 
@@ -41,6 +43,7 @@ impl<'a> Dag<'a> {
 
     /// Recomputes reference counts, post-order and total from scratch; false if cyclic.
     fn recompute(&mut self) -> bool {
+        self.stats[2] += 1;
         self.refs.clear();
         self.post.clear();
         self.total = 0.0;
@@ -50,7 +53,7 @@ impl<'a> Dag<'a> {
         while let Some((id, done)) = stack.pop() {
             if done {
                 visiting.remove(&id);
-                let n = self.post.len();
+                let n = self.post.len() as f64;
                 self.post.insert(id, n);
                 self.total += self.cost(id);
                 continue;
@@ -75,13 +78,19 @@ impl<'a> Dag<'a> {
         true
     }
 
-    /// Whether `from` reaches `to` through chosen nodes.
-    fn reaches(&self, from: Id, to: Id) -> bool {
+    /// Whether `from` reaches `to` through chosen nodes. The post-order is topological, so a
+    /// class that finishes before `to` cannot reach it and is not expanded.
+    fn reaches(&mut self, from: Id, to: Id) -> bool {
+        self.stats[1] += 1;
+        let limit = self.post.get(&to).copied().unwrap_or(f64::INFINITY);
         let mut seen = std::collections::HashSet::new();
         let mut stack = vec![from];
         while let Some(id) = stack.pop() {
             if id == to {
                 return true;
+            }
+            if self.post.get(&id).is_some_and(|p| *p < limit) {
+                continue;
             }
             if seen.insert(id) {
                 stack.extend(self.children(id));
@@ -92,6 +101,7 @@ impl<'a> Dag<'a> {
 
     /// Switches `class` to `node` if that makes the DAG cheaper and keeps it acyclic.
     pub fn try_switch(&mut self, class: Id, node: G) -> bool {
+        self.stats[0] += 1;
         let node = node.map_children(|c| self.eg.find(c));
         let Some(old) = self.choice.get(&class).cloned() else { return false };
         if old == node {
@@ -105,7 +115,7 @@ impl<'a> Dag<'a> {
         let mut all_safe = true;
         for k in &new_kids {
             let safe = self.post.get(k).is_some_and(|pk| *pk < pc);
-            all_safe &= safe;
+            all_safe &= safe || !self.post.contains_key(k);
             if !safe && self.reaches(*k, class) {
                 return false;
             }
@@ -113,7 +123,7 @@ impl<'a> Dag<'a> {
         let mut over: HashMap<Id, i64> = HashMap::new();
         let mut delta = node_seconds(self.eg, &node, &self.target) - node_seconds(self.eg, &old, &self.target);
         let count = |d: &Self, over: &HashMap<Id, i64>, k: Id| *d.refs.get(&k).unwrap_or(&0) as i64 + over.get(&k).copied().unwrap_or(0);
-        let mut stack = new_kids;
+        let mut stack = new_kids.clone();
         while let Some(k) = stack.pop() {
             let before = count(self, &over, k);
             *over.entry(k).or_default() += 1;
@@ -133,10 +143,10 @@ impl<'a> Dag<'a> {
         if delta >= -1e-12 {
             return false;
         }
-        if all_safe {
-            // Every new child already finishes before `class`, so the post-order stays a
-            // topological order: update counts in place. Classes that became unreachable keep
-            // stale post entries, which only make later checks more conservative.
+        if all_safe && self.number_new(&new_kids, pc) {
+            // Every new child finishes before `class` (newly reachable ones were just numbered
+            // below it), so the post-order stays topological: update counts in place. Classes
+            // that became unreachable keep stale entries, which only make checks conservative.
             for (k, d) in over {
                 let r = self.refs.entry(k).or_default();
                 *r = (*r as i64 + d).max(0) as u32;
@@ -154,8 +164,50 @@ impl<'a> Dag<'a> {
         true
     }
 
+    /// Gives post-order numbers below `upper` to the classes reachable from `roots` that have
+    /// none, children first; false if some child already finishes at or after `upper`.
+    fn number_new(&mut self, roots: &[Id], upper: f64) -> bool {
+        let mut stack: Vec<(Id, bool)> = roots.iter().filter(|r| !self.post.contains_key(r)).map(|r| (*r, false)).collect();
+        let mut pending = std::collections::HashSet::new();
+        while let Some((id, done)) = stack.pop() {
+            if self.post.contains_key(&id) {
+                continue;
+            }
+            let kids = self.children(id);
+            if done {
+                let below = kids.iter().filter_map(|k| self.post.get(k)).fold(f64::NEG_INFINITY, |a, b| a.max(*b));
+                if below >= upper {
+                    return false;
+                }
+                let lo = if below.is_finite() { below } else { upper - 1.0 };
+                let p = (lo + upper) / 2.0;
+                if !(p > lo && p < upper) {
+                    return false;
+                }
+                self.post.insert(id, p);
+                continue;
+            }
+            if !pending.insert(id) {
+                return false;
+            }
+            stack.push((id, true));
+            for k in kids {
+                if !self.post.contains_key(&k) {
+                    stack.push((k, false));
+                }
+            }
+        }
+        true
+    }
+
     /// Applies several switches together if the result is cheaper and acyclic.
     pub fn try_switch_all(&mut self, switches: &[(Id, G)]) -> bool {
+        // Only groups whose members are all computed now, and not already by these slices.
+        let relevant = switches.iter().all(|(c, _)| self.refs.get(&self.eg.find(*c)).copied().unwrap_or(0) > 0)
+            && switches.iter().any(|(c, n)| self.choice.get(&self.eg.find(*c)) != Some(&n.clone().map_children(|x| self.eg.find(x))));
+        if !relevant {
+            return false;
+        }
         let (before, saved) = (self.total, self.choice.clone());
         for (c, n) in switches {
             self.choice.insert(self.eg.find(*c), n.clone().map_children(|x| self.eg.find(x)));
@@ -170,8 +222,8 @@ impl<'a> Dag<'a> {
 
     /// The classes reachable from the root.
     pub fn reachable(&self) -> Vec<Id> {
-        let mut v: Vec<(usize, Id)> = self.post.iter().map(|(id, p)| (*p, *id)).collect();
-        v.sort_unstable();
+        let mut v: Vec<(f64, Id)> = self.post.iter().filter(|(id, _)| self.refs.get(id).copied().unwrap_or(0) > 0).map(|(id, p)| (*p, *id)).collect();
+        v.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         v.into_iter().rev().map(|(_, id)| id).collect()
     }
 }

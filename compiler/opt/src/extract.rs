@@ -177,7 +177,15 @@ pub fn extract(eg: &Graph, root: Id, original: &RecExpr<G>, target: Target, grou
     }
     // Batching groups switch together.
     let mut used = 0;
-    let groups: Vec<Vec<(Id, G)>> = groups.0.lock().map(|g| g.clone()).unwrap_or_default();
+    let mut groups: Vec<Vec<(Id, G)>> = groups.0.lock().map(|g| g.clone()).unwrap_or_default();
+    for g in &mut groups {
+        for (c, n) in g.iter_mut() {
+            *c = eg.find(*c);
+            *n = n.clone().map_children(|x| eg.find(x));
+        }
+    }
+    groups.sort_by_key(|g| format!("{g:?}"));
+    groups.dedup();
     for _ in 0..3 {
         let mut improved = false;
         for g in &groups {
@@ -189,6 +197,9 @@ pub fn extract(eg: &Graph, root: Id, original: &RecExpr<G>, target: Target, grou
         if !improved {
             break;
         }
+    }
+    if std::env::var_os("GRAFT_OPT_DEBUG").is_some() {
+        eprintln!("extraction: {} switches tried, {} cycle searches, {} recomputations", dag.stats[0], dag.stats[1], dag.stats[2]);
     }
     let choice = dag.choice;
     build(eg, &choice, root).map(|expr| Extracted {

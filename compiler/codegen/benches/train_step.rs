@@ -1,0 +1,121 @@
+//! One training step of `dsl-examples/small_lora.graft` (hidden 512, 8 layers, vocabulary
+//! 8192, LoRA r = 8 on q/k/v/o, batch 4 × 128) compiled to native code: compile time, step
+//! time, and the kernels that take the most time, grouped by op. Weights are seeded stand-ins
+//! (the example ships none); the interpreter is not run (it would take minutes).
+//!
+//! `GRAFT_STEPS=n` sets how many steps are timed (default 5).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use graft_frontend::{Stdlib, compile_file};
+use graft_interp::Tensor;
+use graft_ir::{DType, InputKind};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+fn main() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let spec = repo.join("dsl-examples/small_lora.graft");
+    let (_, program) = compile_file(&spec, &Stdlib::Dir(repo.join("stdlib")))
+        .unwrap_or_else(|_| panic!("{} does not compile", spec.display()));
+    let forward = program.module.function("forward").unwrap();
+    let init = program.module.function("init").unwrap();
+    let step_fn =
+        graft_autodiff::train_step(forward, &graft_runtime::step_config(&program.train)).unwrap();
+
+    let mut values: HashMap<String, Tensor> = HashMap::new();
+    let mut state = 0x1234_5678u64;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        graft_interp::splitmix64(state)
+    };
+    for t in program.tensors.iter().filter(|t| t.from_weights) {
+        let n = t.ty.numel();
+        let scale = 1.0 / (*t.ty.shape.last().unwrap_or(&1) as f32).sqrt();
+        let data: Vec<f32> = if t.ty.rank() >= 2 {
+            (0..n).map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4 * scale).collect()
+        } else {
+            vec![1.0; n]
+        };
+        values.insert(t.path.clone(), Tensor::f32(t.ty.shape.clone(), data).unwrap());
+    }
+    values.insert("seed".into(), Tensor::scalar_i64(0));
+    let t = Instant::now();
+    let init_c = graft_codegen::compile(init).unwrap();
+    for (name, v) in init_c.run(&values).unwrap() {
+        values.insert(name, v);
+    }
+    eprintln!("@init: compiled and run in {:?}", t.elapsed());
+    for i in step_fn.inputs() {
+        match i.kind {
+            InputKind::State => {
+                values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
+            }
+            InputKind::Data if i.ty.dtype == DType::I64 && i.ty.rank() == 2 => {
+                let vocab = 8192u64;
+                let ids: Vec<i64> = (0..i.ty.numel()).map(|_| (next() % vocab) as i64).collect();
+                values.insert(i.name.to_string(), Tensor::i64(i.ty.shape.clone(), ids).unwrap());
+            }
+            InputKind::Data if i.ty.rank() == 0 => {
+                values.insert(i.name.to_string(), Tensor::scalar_i64(1));
+            }
+            _ => {}
+        }
+    }
+    if let (Some(ids), true) = (values.get("input_ids").cloned(), step_fn.input("labels").is_some())
+    {
+        values.insert("labels".into(), ids);
+    }
+
+    let t = Instant::now();
+    let compiled = graft_codegen::compile(&step_fn).unwrap();
+    eprintln!(
+        "@train_step: {} nodes, {} kernel launches, compiled in {:?}",
+        step_fn.nodes.len(),
+        compiled.kernel_count(),
+        t.elapsed()
+    );
+    let steps: usize = std::env::var("GRAFT_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let mut by_op: HashMap<&'static str, (f64, usize)> = HashMap::new();
+    let mut total = Vec::new();
+    let mut slowest: Vec<graft_codegen::KernelTime> = Vec::new();
+    for s in 0..steps {
+        let t = Instant::now();
+        let (out, times) = compiled.run_profiled(&values).unwrap();
+        total.push(t.elapsed().as_secs_f64());
+        let loss = out.iter().find(|(n, _)| n == "loss").map(|(_, v)| v.to_f64_vec()[0]);
+        eprintln!("step {s}: {:.1} ms, loss {loss:?}", total[s] * 1e3);
+        if s + 1 == steps {
+            for k in &times {
+                let e = by_op.entry(k.op).or_default();
+                e.0 += k.seconds;
+                e.1 += 1;
+            }
+            slowest = times;
+        }
+        for (name, v) in out {
+            values.insert(name, v);
+        }
+    }
+    total.sort_by(f64::total_cmp);
+    let median = total[total.len() / 2];
+    let flops: f64 = 6.0 * 512.0 * (8.0 * (4.0 * 512.0 * 512.0 + 3.0 * 512.0 * 1376.0) + 512.0 * 8192.0);
+    println!(
+        "\nsmall_lora train step: median {:.1} ms over {steps} steps ({:.1} GFLOP/s of the ~{:.1} GFLOP dense-layer work)",
+        median * 1e3,
+        flops / median / 1e9,
+        flops / 1e9
+    );
+    let mut ops: Vec<_> = by_op.into_iter().collect();
+    ops.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    println!("{:>14} {:>10} {:>8} {:>7}", "op", "ms", "share", "launches");
+    let sum: f64 = ops.iter().map(|o| o.1.0).sum();
+    for (op, (secs, n)) in &ops {
+        println!("{op:>14} {:>10.2} {:>7.1}% {n:>7}", secs * 1e3, 100.0 * secs / sum);
+    }
+    slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+    println!("\nslowest launches:");
+    for k in slowest.iter().take(std::env::var("GRAFT_TOP").ok().and_then(|s| s.parse().ok()).unwrap_or(12)) {
+        println!("{:>9.2} ms  %{:<5} {:<14} {}", k.seconds * 1e3, k.node, k.op, k.ty);
+    }
+}

@@ -1,0 +1,509 @@
+#!/usr/bin/env python3
+"""Side-by-side training-step benchmark: graft vs. PyTorch + Hugging Face PEFT.
+
+Both sides train the same Llama-style model (fp32, random weights, random token ids,
+labels = input ids) with LoRA r=8, alpha=16, dropout 0 and AdamW (lr 2e-4, weight decay 0),
+batch 4 x seq 128, on 2 CPU threads, and the script prints throughput, memory and ratios.
+
+Shapes (`--sizes`):
+    tiny   hidden 256,  4 layers,  4 heads (kv 4),  ffn 688,  vocab 2048
+    small  hidden 512,  8 layers,  8 heads (kv 8),  ffn 1376, vocab 8192
+    mid    hidden 1024, 8 layers, 16 heads (kv 16), ffn 2752, vocab 16384
+Target sets (`--targets`):
+    qv     LoRA on q_proj and v_proj
+    all    LoRA on every linear layer of the decoder (PEFT's target_modules="all-linear",
+           which leaves lm_head out; graft's `at "all-linear"`)
+
+How each side is measured
+    PyTorch: every (size, targets) runs in a fresh subprocess of this interpreter, so its peak
+        RSS belongs to that configuration alone. The worker calls torch.set_num_threads(2)
+        (OMP/MKL_NUM_THREADS=2 as well), builds LlamaForCausalLM(LlamaConfig(...,
+        tie_word_embeddings=False, rms_norm_eps=1e-6, rope_theta=10000,
+        attn_implementation="eager")), applies get_peft_model, runs 2 warm-up steps, then
+        times `--steps` steps (forward with labels, backward, AdamW step, zero_grad).
+        working set = peak RSS (getrusage(RUSAGE_SELF).ru_maxrss, KiB on Linux)
+                      - RSS right after `import torch` (/proc/self/statm, or psutil).
+        Importing transformers and peft adds a fixed few hundred MiB of library code and
+        data on top of torch; `--torch-baseline imports` subtracts the RSS measured after
+        those imports instead (both numbers are saved in the JSON either way).
+        (ru_maxrss also counts what the process held when it was forked, so the parent
+        process stays light: it never imports torch itself.)
+    graft: for every configuration a .graft spec is written to a temp dir and
+        `<graft> bench SPEC --steps N --warmup 2` runs with RAYON_NUM_THREADS=2 and
+        GRAFT_THREADS=2. It prints one JSON line on stdout:
+            {"backend": str, "tokens_per_s": float, "step_seconds": float,
+             "peak_rss_bytes": int, "baseline_rss_bytes": int, "steps": int}
+        graft peak memory = peak_rss_bytes - baseline_rss_bytes. If the binary or the
+        command is missing or fails, the row says "graft: unavailable (<first stderr line>)".
+
+Formulas
+    tokens/s            = batch * seq * steps / (seconds for the timed steps)
+    forward FLOPs       = 2 * tokens * W_lin + 4 * batch * seq^2 * hidden * layers
+        W_lin = elements of every linear weight on the path: per layer q, k, v, o
+                (hidden*hidden, 2*hidden*kv_dim, hidden*hidden), gate/up/down (3*hidden*ffn),
+                plus lm_head (vocab*hidden), plus the LoRA factors r*(in+out) per adapted
+                linear; the attention term is QK^T and AV (2 * B*S^2*hidden each, per
+                layer, without exploiting the causal mask). Embedding lookups, norms, RoPE,
+                softmax, the loss and the optimizer are not counted.
+    training-step FLOPs = 3 * forward FLOPs (the usual forward + backward ~ 3x forward).
+        With frozen base weights no weight gradient is needed for them, so the work actually
+        required is nearer 2x forward; the same estimate is used for both sides, so the
+        ratios are unaffected, but the "% of sgemm" columns are conventional, not exact.
+    achieved FLOP/s     = training-step FLOPs / step seconds
+    % of sgemm          = achieved FLOP/s / measured sgemm FLOP/s, where sgemm is the best
+        of several 1024x1024x1024 fp32 torch.matmul runs (2 * 1024^3 FLOPs) on 2 threads.
+    ratios              = graft / PyTorch (tokens/s: > 1 means graft is faster;
+                          memory: < 1 means graft uses less).
+
+Run (from the repository root; PyTorch side needs torch, transformers, peft):
+    python3 -m venv .venv && .venv/bin/pip install torch transformers peft
+    cargo build --release
+    .venv/bin/python scripts/bench.py                          # all sizes, both target sets
+    .venv/bin/python scripts/bench.py --sizes tiny,small --targets qv --steps 5
+    .venv/bin/python scripts/bench.py --sizes mid --steps 2 --json out.json
+    python3 scripts/bench.py --skip-torch --graft target/release/graft
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INSTALL_HINT = "python3 -m venv .venv && .venv/bin/pip install torch transformers peft"
+
+BATCH = 4
+SEQ = 128
+LORA_R = 8
+LORA_ALPHA = 16.0
+LR = 2e-4
+WARMUP = 2
+
+
+@dataclass(frozen=True)
+class Size:
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    ffn: int
+    vocab: int
+
+
+SIZES = {
+    "tiny": Size("tiny", hidden=256, layers=4, heads=4, kv_heads=4, ffn=688, vocab=2048),
+    "small": Size("small", hidden=512, layers=8, heads=8, kv_heads=8, ffn=1376, vocab=8192),
+    "mid": Size("mid", hidden=1024, layers=8, heads=16, kv_heads=16, ffn=2752, vocab=16384),
+}
+
+# target set -> (PEFT target_modules, graft `at` clause, adapted projections per layer)
+ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = {
+    "qv": (["q_proj", "v_proj"], '["q_proj", "v_proj"]', ["q_proj", "v_proj"]),
+    "all": ("all-linear", '"all-linear"', ALL_PROJ),
+}
+
+
+# ----------------------------------------------------------------------------- FLOP model
+
+def proj_shapes(s: Size) -> dict[str, tuple[int, int]]:
+    """(in, out) of every linear in one decoder layer."""
+    kv_dim = s.kv_heads * (s.hidden // s.heads)
+    return {
+        "q_proj": (s.hidden, s.hidden),
+        "k_proj": (s.hidden, kv_dim),
+        "v_proj": (s.hidden, kv_dim),
+        "o_proj": (s.hidden, s.hidden),
+        "gate_proj": (s.hidden, s.ffn),
+        "up_proj": (s.hidden, s.ffn),
+        "down_proj": (s.ffn, s.hidden),
+    }
+
+
+def step_flops(s: Size, targets: str) -> float:
+    """Training-step FLOPs = 3 x forward FLOPs (see the module docstring)."""
+    shapes = proj_shapes(s)
+    w_layer = sum(i * o for i, o in shapes.values())
+    lora_layer = sum(LORA_R * (shapes[p][0] + shapes[p][1]) for p in TARGETS[targets][2])
+    w_lin = s.layers * (w_layer + lora_layer) + s.vocab * s.hidden  # + lm_head
+    tokens = BATCH * SEQ
+    forward = 2.0 * tokens * w_lin + 4.0 * BATCH * SEQ * SEQ * s.hidden * s.layers
+    return 3.0 * forward
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def current_rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import psutil  # not Linux: fall back to psutil if it is installed
+
+        return psutil.Process().memory_info().rss
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    env = dict(os.environ)
+    n = str(threads)
+    env.update(OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, RAYON_NUM_THREADS=n, GRAFT_THREADS=n)
+    return env
+
+
+def first_line(text: str, last: bool = False) -> str:
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if not lines:
+        return "no output"
+    return lines[-1] if last else lines[0]
+
+
+def last_json_line(stdout: str) -> dict:
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            return json.loads(line)
+    raise ValueError("no JSON line on stdout")
+
+
+def have_torch_stack() -> list[str]:
+    """Names of the missing Python packages (checked without importing them)."""
+    return [m for m in ("torch", "transformers", "peft") if importlib.util.find_spec(m) is None]
+
+
+# ----------------------------------------------------------------------------- workers
+# These run in a fresh subprocess (`bench.py --_worker ...`) and print one JSON line.
+
+def worker_sgemm(threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    n, reps = 1024, 4
+    a = torch.randn(n, n, dtype=torch.float32)
+    b = torch.randn(n, n, dtype=torch.float32)
+    c = torch.empty(n, n, dtype=torch.float32)
+    for _ in range(3):
+        torch.matmul(a, b, out=c)
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            torch.matmul(a, b, out=c)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return {"n": n, "seconds": best, "flops_per_s": 2.0 * n**3 / best,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+
+
+def worker_torch(size: str, targets: str, steps: int, threads: int) -> dict:
+    import torch
+
+    rss_after_torch = current_rss_bytes()
+    import peft
+    import transformers
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    rss_after_imports = current_rss_bytes()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    s = SIZES[size]
+    config = LlamaConfig(
+        vocab_size=s.vocab, hidden_size=s.hidden, intermediate_size=s.ffn,
+        num_hidden_layers=s.layers, num_attention_heads=s.heads,
+        num_key_value_heads=s.kv_heads, max_position_embeddings=max(SEQ, 2048),
+        rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
+    model = LlamaForCausalLM(config).to(torch.float32)
+    lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, bias="none",
+                      target_modules=TARGETS[targets][0], task_type="CAUSAL_LM")
+    model = get_peft_model(model, lora)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
+    ids = torch.randint(0, s.vocab, (BATCH, SEQ))
+
+    def step() -> float:
+        loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.item()
+
+    for _ in range(WARMUP):
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    seconds = time.perf_counter() - t0
+
+    peak = peak_rss_bytes()
+    return {
+        "tokens_per_s": BATCH * SEQ * steps / seconds,
+        "step_seconds": seconds / steps,
+        "steps": steps,
+        "peak_rss_bytes": peak,
+        "baseline_rss_bytes": rss_after_torch,
+        "working_set_bytes": peak - rss_after_torch,
+        "rss_after_imports_bytes": rss_after_imports,
+        "working_set_after_imports_bytes": peak - rss_after_imports,
+        "trainable_params": sum(p.numel() for p in trainable),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "final_loss": loss,
+        "attn_implementation": model.config._attn_implementation,
+        "torch_threads": torch.get_num_threads(),
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+    }
+
+
+def run_worker(args: list[str], threads: int, timeout: float) -> dict:
+    """Run this script as a worker in a fresh interpreter; returns its JSON or {"error": ...}."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", *args]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads),
+                           timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if p.returncode != 0:
+        return {"error": first_line(p.stderr, last=True)}  # a traceback's last line
+    try:
+        return last_json_line(p.stdout)
+    except ValueError as e:
+        return {"error": str(e)}
+
+
+# ----------------------------------------------------------------------------- graft side
+
+def graft_spec(s: Size, targets: str) -> str:
+    return (
+        f"// Written by scripts/bench.py: {s.name}, LoRA on {targets}\n"
+        "use models.llama\n"
+        "use peft.lora\n\n"
+        f"model base = llama(vocab: {s.vocab}, hidden: {s.hidden}, layers: {s.layers}, "
+        f"heads: {s.heads}, ffn: {s.ffn})\n\n"
+        "adapt base {\n"
+        f"    lora(r: {LORA_R}, alpha: {LORA_ALPHA}) at {TARGETS[targets][1]}\n"
+        "}\n\n"
+        "train {\n"
+        f"    optimizer adamw(lr: {LR}, weight_decay: 0.0)\n"
+        f"    batch {BATCH}  seq {SEQ}\n"
+        "}\n"
+    )
+
+
+def run_graft(graft: str, tmp: str, size: str, targets: str, steps: int, threads: int,
+              timeout: float) -> dict:
+    if not (os.path.isfile(graft) and os.access(graft, os.X_OK)):
+        return {"error": f"binary not found: {graft}"}
+    spec = os.path.join(tmp, f"{size}_{targets}.graft")
+    with open(spec, "w") as f:
+        f.write(graft_spec(SIZES[size], targets))
+    cmd = [graft, "bench", spec, "--steps", str(steps), "--warmup", str(WARMUP)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=thread_env(threads),
+                           cwd=REPO, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    except OSError as e:
+        return {"error": str(e)}
+    if p.returncode != 0:
+        return {"error": first_line(p.stderr or p.stdout)}
+    try:
+        r = last_json_line(p.stdout)
+        r["working_set_bytes"] = int(r["peak_rss_bytes"]) - int(r["baseline_rss_bytes"])
+        float(r["tokens_per_s"]), float(r["step_seconds"])
+    except (ValueError, KeyError, TypeError) as e:
+        return {"error": f"bad output: {e}: {first_line(p.stdout)}"}
+    return r
+
+
+# ----------------------------------------------------------------------------- report
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def fmt_row(row: dict, sgemm: float | None, torch_mem_key: str) -> list[str]:
+    t, g = row.get("torch"), row.get("graft")
+    ok_t = t is not None and "error" not in t
+    ok_g = g is not None and "error" not in g
+
+    def frac(r: dict) -> str:
+        if sgemm is None:
+            return "n/a"
+        return f"{row['step_flops'] / r['step_seconds'] / sgemm * 100:.1f}%"
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if b > 0 else "n/a"
+
+    return [
+        row["size"], row["targets"],
+        f"{t['tokens_per_s']:.0f}" if ok_t else "-",
+        f"{g['tokens_per_s']:.0f}" if ok_g else "-",
+        ratio(g["tokens_per_s"], t["tokens_per_s"]) if ok_t and ok_g else "-",
+        frac(t) if ok_t else "-",
+        frac(g) if ok_g else "-",
+        mib(t[torch_mem_key]) if ok_t else "-",
+        mib(g["working_set_bytes"]) if ok_g else "-",
+        ratio(g["working_set_bytes"], t[torch_mem_key]) if ok_t and ok_g else "-",
+    ]
+
+
+def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str) -> None:
+    torch_mem_key = ("working_set_after_imports_bytes" if torch_baseline == "imports"
+                     else "working_set_bytes")
+    head = ["size", "targets", "torch tok/s", "graft tok/s", "graft/torch",
+            "torch %sgemm", "graft %sgemm", "torch mem", "graft mem", "mem graft/torch"]
+    body = [fmt_row(r, sgemm, torch_mem_key) for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    line = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    print(line(head))
+    print(line(["-" * w for w in widths]))
+    for cells in body:
+        print(line(cells))
+    notes = []
+    for r in rows:
+        for side in ("torch", "graft"):
+            res = r.get(side)
+            if res is not None and "error" in res:
+                what = "unavailable" if side == "graft" else "failed"
+                notes.append(f"{r['size']}/{r['targets']}: {side}: {what} ({res['error']})")
+    if notes:
+        print()
+        print("\n".join(notes))
+    after = ("`import torch, transformers, peft`" if torch_baseline == "imports"
+             else "`import torch`")
+    print(f"\nmem = torch: peak RSS - RSS after {after}; "
+          "graft: peak_rss_bytes - baseline_rss_bytes")
+    extra = [r["torch"]["rss_after_imports_bytes"] - r["torch"]["baseline_rss_bytes"]
+             for r in rows if r.get("torch") and "error" not in r["torch"]]
+    if extra and torch_baseline == "torch":
+        print(f"      (of the torch figure, importing transformers + peft accounts for "
+              f"{mib(max(extra))}; see --torch-baseline imports)")
+
+
+# ----------------------------------------------------------------------------- main
+
+def parse_list(value: str, allowed: dict) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"expected a comma list of {', '.join(allowed)}")
+    return items
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=lambda v: parse_list(v, SIZES), default=list(SIZES),
+                    help="comma list of tiny,small,mid (default: all)")
+    ap.add_argument("--targets", type=lambda v: parse_list(v, TARGETS), default=list(TARGETS),
+                    help="comma list of qv,all (default: both)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--graft", default=os.path.join(REPO, "target", "release", "graft"),
+                    help="graft binary (default: target/release/graft)")
+    ap.add_argument("--threads", type=int, default=2, help="threads for both sides (default 2)")
+    ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
+    ap.add_argument("--torch-baseline", choices=["torch", "imports"], default="torch",
+                    help="subtract the RSS after `import torch` (default) or after also "
+                         "importing transformers and peft")
+    ap.add_argument("--skip-torch", action="store_true", help="do not run PyTorch + PEFT")
+    ap.add_argument("--skip-graft", action="store_true", help="do not run graft")
+    ap.add_argument("--json", metavar="PATH", help="also save the results as JSON")
+    ap.add_argument("--_worker", nargs="+", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args._worker:  # internal: one measurement in a fresh process
+        kind, *rest = args._worker
+        if kind == "sgemm":
+            out = worker_sgemm(int(rest[0]))
+        else:
+            size, targets, steps, threads = rest
+            out = worker_torch(size, targets, int(steps), int(threads))
+        print(json.dumps(out), flush=True)
+        return 0
+    if args.steps < 1:
+        ap.error("--steps must be at least 1")
+
+    missing = have_torch_stack()
+    torch_ok = not missing
+    if missing and not args.skip_torch:
+        print(f"PyTorch side skipped: missing {', '.join(missing)} in {sys.executable}.\n"
+              f"Install with:  {INSTALL_HINT}\n"
+              f"then run:      .venv/bin/python scripts/bench.py ...", file=sys.stderr)
+    run_torch = torch_ok and not args.skip_torch
+    if not run_torch and args.skip_graft:
+        print("nothing to run", file=sys.stderr)
+        return 1
+
+    sgemm = None
+    sgemm_info: dict = {"error": "torch not installed"}
+    if torch_ok:
+        sgemm_info = run_worker(["sgemm", str(args.threads)], args.threads, args.timeout)
+        sgemm = sgemm_info.get("flops_per_s")
+    print(f"batch {BATCH} x seq {SEQ}, fp32, LoRA r={LORA_R} alpha={LORA_ALPHA:g}, "
+          f"{args.threads} threads, {args.steps} timed steps after {WARMUP} warm-up")
+    if sgemm:
+        print(f"sgemm ({sgemm_info['n']}^3, torch {sgemm_info['torch']}): "
+              f"{sgemm / 1e9:.1f} GFLOP/s")
+    else:
+        print(f"sgemm: unavailable ({sgemm_info.get('error')}); %sgemm columns are n/a")
+    if not args.skip_graft:
+        print(f"graft: {args.graft}")
+    print(flush=True)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
+        for size in args.sizes:
+            for targets in args.targets:
+                row = {"size": size, "targets": targets,
+                       "step_flops": step_flops(SIZES[size], targets)}
+                if run_torch:
+                    print(f"[{size}/{targets}] PyTorch + PEFT ...", file=sys.stderr, flush=True)
+                    row["torch"] = run_worker(
+                        ["torch", size, targets, str(args.steps), str(args.threads)],
+                        args.threads, args.timeout)
+                if not args.skip_graft:
+                    print(f"[{size}/{targets}] graft ...", file=sys.stderr, flush=True)
+                    row["graft"] = run_graft(args.graft, tmp, size, targets, args.steps,
+                                             args.threads, args.timeout)
+                rows.append(row)
+
+    print_table(rows, sgemm, args.torch_baseline)
+
+    if args.json:
+        doc = {
+            "config": {"batch": BATCH, "seq": SEQ, "dtype": "fp32", "lora_r": LORA_R,
+                       "lora_alpha": LORA_ALPHA, "lr": LR, "warmup": WARMUP,
+                       "steps": args.steps, "threads": args.threads,
+                       "torch_baseline": args.torch_baseline,
+                       "sizes": {k: SIZES[k].__dict__ for k in args.sizes}},
+            "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                        "cpus": os.cpu_count(), "python": platform.python_version()},
+            "sgemm": sgemm_info,
+            "results": rows,
+        }
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=2)
+        print(f"\nsaved {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
