@@ -466,6 +466,10 @@ def main() -> int:
         print(f"sgemm: unavailable ({sgemm_info.get('error')}); %sgemm columns are n/a")
     if not args.skip_graft:
         print(f"graft: {args.graft}")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        print(f"warning: 1-minute load average is {load:.1f} on {os.cpu_count()} CPUs before "
+              "the run; other work skews the timings")
     print(flush=True)
 
     rows = []
@@ -495,7 +499,8 @@ def main() -> int:
                        "torch_baseline": args.torch_baseline,
                        "sizes": {k: SIZES[k].__dict__ for k in args.sizes}},
             "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "python": platform.python_version()},
+                        "cpus": os.cpu_count(), "python": platform.python_version(),
+                        "loadavg_before": load},
             "sgemm": sgemm_info,
             "results": rows,
         }

@@ -116,6 +116,13 @@ impl Batcher {
         })
     }
 
+    /// Skips `n` batches (to resume a run where it stopped).
+    pub fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.next_batch();
+        }
+    }
+
     /// The next batch of `input_ids` (also the labels).
     pub fn next_batch(&mut self) -> Tensor {
         let n = self.batch * self.seq;

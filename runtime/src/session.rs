@@ -324,6 +324,38 @@ impl Session {
         Ok((loss, grads))
     }
 
+    /// Writes every trainable tensor, the optimizer state and the step count to `path`
+    /// (safetensors, written atomically: an interrupted write leaves the previous checkpoint).
+    pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<(), SessionError> {
+        let mut names: Vec<&String> = self.step_fn.inputs().filter(|i| matches!(i.kind, InputKind::Param | InputKind::State)).filter_map(|i| self.values.get_key_value(i.name).map(|(k, _)| k)).collect();
+        names.sort();
+        let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64]).map_err(|e| SessionError::Value(e.to_string()))?;
+        let mut tensors: Vec<(String, &Tensor)> = names.into_iter().filter_map(|n| self.values.get(n).map(|t| (n.clone(), t))).collect();
+        tensors.push(("graft.steps_done".into(), &steps));
+        let bytes = crate::weights::to_safetensors(&tensors).map_err(SessionError::Value)?;
+        crate::write_atomic(path, &bytes).map_err(|e| SessionError::Value(format!("cannot write {}: {e}", path.display())))
+    }
+
+    /// Restores a checkpoint written by [`Session::save_checkpoint`] for the same spec.
+    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<(), SessionError> {
+        let file = WeightsFile::open(path)?;
+        for name in file.entries().keys() {
+            let t = file.read(name)?;
+            if name == "graft.steps_done" {
+                self.steps_done = t.as_i64().and_then(|v| v.first().copied()).unwrap_or(0).max(0) as usize;
+                continue;
+            }
+            match self.values.get(name) {
+                Some(old) if old.ty() == t.ty() => {
+                    self.values.insert(name.clone(), t);
+                }
+                Some(old) => return Err(SessionError::Value(format!("checkpoint tensor `{name}` is {}, the session holds {}", t.ty(), old.ty()))),
+                None => return Err(SessionError::Value(format!("checkpoint tensor `{name}` is not part of this spec's training state"))),
+            }
+        }
+        Ok(())
+    }
+
     /// The trainable tensors, in declaration order.
     pub fn params(&self) -> Vec<(String, &Tensor)> {
         self.program

@@ -42,6 +42,10 @@ enum Emit {
     Ir,
     /// The training step after the e-graph optimizer.
     Opt,
+    /// The optimized training step lowered to MLIR (linalg/vector/scf on memrefs).
+    Mlir,
+    /// The optimized training step as LLVM IR, after the MLIR pass pipeline.
+    Llvm,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +87,13 @@ enum Command {
         /// Skip the e-graph optimizer (run the training step as elaborated).
         #[arg(long)]
         no_optimize: bool,
+        /// Keep a checkpoint here (`checkpoint.safetensors`, written atomically every
+        /// `--every` steps and at the end); a run that finds one resumes from it.
+        #[arg(long, value_name = "DIR")]
+        checkpoint: Option<PathBuf>,
+        /// Steps between checkpoints.
+        #[arg(long, default_value_t = 10)]
+        every: usize,
         /// Write the trained adapter here: PEFT's `adapter_config.json` +
         /// `adapter_model.safetensors` when the methods have a PEFT form, and
         /// `trainable.safetensors` with every trained tensor under its graft path.
@@ -214,6 +225,13 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 print!("{}", graft_ir::print_function(&opt.func));
                 Ok(ExitCode::SUCCESS)
             }
+            Emit::Mlir | Emit::Llvm => {
+                let Some((_, program)) = compile(&file, stdlib, color)? else { return Ok(ExitCode::FAILURE) };
+                let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
+                let text = if matches!(emit, Emit::Mlir) { graft_codegen::emit_mlir(&opt.func)? } else { graft_codegen::emit_llvm(&opt.func)? };
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
         },
         Command::Explain { file, target, merge, no_ir } => {
             let target = graft_opt::Target::by_name(&target).ok_or_else(|| anyhow::anyhow!("unknown target `{target}` (cpu or cuda)"))?;
@@ -226,13 +244,13 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, interpret, steps, seed, save, no_optimize } => {
+        Command::Run { file, interpret, steps, seed, save, no_optimize, checkpoint, every } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
             let backend = pick_backend(interpret);
             let opts = graft_runtime::SessionOptions { optimize: !no_optimize, backend: backend.as_ref() };
-            train(&file, program, steps, seed, save.as_deref(), &opts)
+            train(&file, program, steps, seed, save.as_deref(), &opts, checkpoint.as_deref().map(|d| (d, every.max(1))))
         }
         Command::Bench { file, steps, warmup, interpret, no_optimize } => {
             let baseline = rss_bytes("VmRSS");
@@ -387,6 +405,7 @@ fn train(
     seed: Option<u64>,
     save: Option<&Path>,
     opts: &graft_runtime::SessionOptions,
+    checkpoint: Option<(&Path, usize)>,
 ) -> Result<ExitCode> {
     use anyhow::Context;
     let dir = spec.parent().unwrap_or(Path::new("."));
@@ -418,11 +437,20 @@ fn train(
     let steps = steps.unwrap_or(program.train.steps);
     let seed = seed.unwrap_or(program.train.seed);
     let mut session = graft_runtime::Session::with_options(program, weights.as_ref(), seed, opts)?;
+    let ckpt_file = checkpoint.map(|(d, every)| (d.join("checkpoint.safetensors"), every));
+    if let Some((file, _)) = &ckpt_file {
+        if file.exists() {
+            session.load_checkpoint(file)?;
+            batcher.skip(session.steps_done());
+            println!("resuming from {} after step {}", file.display(), session.steps_done());
+        }
+    }
     println!(
-        "training {} trainable tensors, {batch} × {seq} tokens per step, {steps} steps",
-        session.params().len()
+        "training {} trainable tensors on the {}, {batch} × {seq} tokens per step, {steps} steps",
+        session.params().len(),
+        session.backend()
     );
-    for _ in 0..steps {
+    while session.steps_done() < steps {
         let ids = batcher.next_batch();
         let start = std::time::Instant::now();
         let s = session.step(&ids, &ids)?;
@@ -435,6 +463,11 @@ fn train(
             s.grad_norm,
             (batch * seq) as f64 / secs.max(1e-9)
         );
+        if let Some((file, every)) = &ckpt_file {
+            if s.step % every == 0 || s.step == steps {
+                session.save_checkpoint(file)?;
+            }
+        }
         if !s.loss.is_finite() {
             anyhow::bail!(
                 "the loss is not finite at step {}; lower the learning rate or enable `clip`",

@@ -158,7 +158,7 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     b.close("}", false);
     FuncText {
         name: name.to_string(),
-        params: vec![format!("%a0: {bty}"), format!("%out: {pty}")],
+        params: vec![format!("%a0: {bty}"), format!("%out: {pty} {{llvm.noalias}}")],
         body: b.finish(),
         ranged: true,
     }
@@ -296,7 +296,7 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
             params: vec![
                 format!("%a0: {aty}"),
                 format!("%a1: {pty}"),
-                format!("%out: {cty}"),
+                format!("%out: {cty} {{llvm.noalias}}"),
             ],
             body: b.finish(),
             ranged: true,

@@ -2,8 +2,9 @@
 //! GEMM microkernels) and the constant tables they read.
 //!
 //! Kernel calling convention (bare pointers, see [`crate::jit`]): `@kN(%lo: index, %hi:
-//! index, %a0: memref<..>, .., %out: memref<..>[, %err: memref<4xi64>])`; the executor calls
-//! the packed wrapper `_mlir_kN` with pointers to each argument.
+//! index, %a0: memref<..>, .., %out: memref<..> {llvm.noalias}[, %err: memref<4xi64>])`;
+//! the output never shares a buffer with an argument. The executor calls the packed wrapper
+//! `_mlir_kN` with pointers to each argument.
 
 use crate::CodegenError;
 use crate::expr::{KernelCx, Table};
@@ -199,7 +200,7 @@ pub(crate) fn lower(
                     .enumerate()
                     .map(|(j, &v)| format!("%a{j}: {}", k.mem_ty(v)))
                     .collect();
-                params.push(format!("%out: {out_ty}"));
+                params.push(format!("%out: {out_ty} {{llvm.noalias}}"));
                 if k.may_fail {
                     params.push("%err: memref<4xi64>".into());
                 }

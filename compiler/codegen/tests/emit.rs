@@ -70,7 +70,7 @@ fn mlir_has_one_kernel_per_group_on_memrefs() {
         r#"
 CHECK: module {
 // The mean of squares: x*x fused into the reduction, accumulated in f64.
-CHECK-LABEL: func.func @k0_reduce_mean(%lo: index, %hi: index, %a0: memref<16x64xf32>, %out: memref<16xf32>)
+CHECK-LABEL: func.func @k0_reduce_mean(%lo: index, %hi: index, %a0: memref<16x64xf32>, %out: memref<16xf32> {llvm.noalias})
 CHECK: scf.for {{.*}} = %lo to %hi
 CHECK: scf.for {{.*}} iter_args({{.*}}) -> (f64)
 CHECK: arith.mulf {{.*}} : f32
@@ -78,9 +78,9 @@ CHECK: arith.addf {{.*}} : f64
 CHECK: arith.divf {{.*}} : f64
 // rsqrt is stored (its broadcast reads it 64 times); both products and both broadcasts
 // then run in one loop nest.
-CHECK-LABEL: func.func @k1_rsqrt(%lo: index, %hi: index, %a0: memref<16x1xf32>, %out: memref<16x1xf32>)
+CHECK-LABEL: func.func @k1_rsqrt(%lo: index, %hi: index, %a0: memref<16x1xf32>, %out: memref<16x1xf32> {llvm.noalias})
 CHECK: math.sqrt
-CHECK-LABEL: func.func @k2_mul(%lo: index, %hi: index, %a0: memref<16x64xf32>, %a1: memref<16x1xf32>, %a2: memref<64xf32>, %out: memref<16x64xf32>)
+CHECK-LABEL: func.func @k2_mul(%lo: index, %hi: index, %a0: memref<16x64xf32>, %a1: memref<16x1xf32>, %a2: memref<64xf32>, %out: memref<16x64xf32> {llvm.noalias})
 CHECK: arith.mulf
 CHECK: arith.mulf
 // The GEMM: B (read transposed) packed into panels, then tiles of vector FMAs in shared,
@@ -113,7 +113,7 @@ fn llvm_ir_is_vectorized_and_calls_libm() {
     filecheck(
         "llvm",
         r#"
-CHECK-LABEL: define void @k0_reduce_mean(i64 %0, i64 %1, ptr %2, ptr %3)
+CHECK-LABEL: define void @k0_reduce_mean(i64 %0, i64 %1, ptr %2, ptr noalias %3)
 CHECK: fadd double
 CHECK: define void @graft_gemm_micro_{{[0-9]+}}x{{[0-9]+}}({{.*}}) #[[NOINLINE:[0-9]+]]
 CHECK: call <[[L:[0-9]+]] x float> @llvm.fmuladd.v[[L]]f32(
@@ -145,7 +145,7 @@ fn lowered_mlir_is_in_the_llvm_dialect_and_pipeline_is_printable() {
         "nf4",
         r#"
 CHECK: memref.global "private" constant @graft_nf4_code : memref<16xf32> = dense<[-1.0, -0.6961928
-CHECK-LABEL: func.func @k0_dequantize(%lo: index, %hi: index, %a0: memref<4x32xi8>, %a1: memref<2xf32>, %out: memref<4x32xf32>)
+CHECK-LABEL: func.func @k0_dequantize(%lo: index, %hi: index, %a0: memref<4x32xi8>, %a1: memref<2xf32>, %out: memref<4x32xf32> {llvm.noalias})
 CHECK: memref.get_global @graft_nf4_code
 // Rounding to bf16: add 0x7fff plus the lowest kept bit, keep the top half.
 CHECK: arith.bitcast {{.*}} : f32 to i32
@@ -158,7 +158,7 @@ CHECK: arith.andi {{.*}} : i32
         "lowered",
         r#"
 CHECK: llvm.mlir.global private constant @graft_nf4_code
-CHECK-LABEL: llvm.func @k0_dequantize(%arg0: i64, %arg1: i64, %arg2: !llvm.ptr, %arg3: !llvm.ptr, %arg4: !llvm.ptr)
+CHECK-LABEL: llvm.func @k0_dequantize(%arg0: i64, %arg1: i64, %arg2: !llvm.ptr, %arg3: !llvm.ptr, %arg4: !llvm.ptr {llvm.noalias})
 CHECK-NOT: scf.for
 CHECK-NOT: memref.load
 CHECK: llvm.return
