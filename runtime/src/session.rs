@@ -127,8 +127,20 @@ pub struct SessionOptions<'b> {
 
 impl Session {
     /// A session on the reference interpreter, unoptimized: the oracle configuration.
-    pub fn new(program: Program, weights: Option<&WeightsFile>, seed: u64) -> Result<Session, SessionError> {
-        Session::with_options(program, weights, seed, &SessionOptions { optimize: false, backend: &Interpreter })
+    pub fn new(
+        program: Program,
+        weights: Option<&WeightsFile>,
+        seed: u64,
+    ) -> Result<Session, SessionError> {
+        Session::with_options(
+            program,
+            weights,
+            seed,
+            &SessionOptions {
+                optimize: false,
+                backend: &Interpreter,
+            },
+        )
     }
 
     /// Loads the frozen weights (from `weights`, or a seeded stand-in when there is no file),
@@ -178,12 +190,17 @@ impl Session {
             .ok_or(SessionError::Missing("forward"))?;
         let mut step_fn = train_step(forward, &step_config(&program.train))?;
         if opts.optimize {
-            step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default()).map_err(|e| SessionError::Value(format!("the optimizer failed: {e}")))?.func;
+            step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default())
+                .map_err(|e| SessionError::Value(format!("the optimizer failed: {e}")))?
+                .func;
         }
         for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
             values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
         }
-        let runner = opts.backend.prepare(&step_fn).map_err(SessionError::Backend)?;
+        let runner = opts
+            .backend
+            .prepare(&step_fn)
+            .map_err(SessionError::Backend)?;
         Ok(Session {
             program,
             step_fn,
@@ -246,7 +263,10 @@ impl Session {
     /// Runs one training step on a batch (labels = the targets, `-100` where ignored).
     pub fn step(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<StepStats, SessionError> {
         let runner = std::mem::replace(&mut self.runner, Box::new(NoRunner));
-        let out = self.with_batch(vec![("input_ids", input_ids.clone()), ("labels", labels.clone())], |v| runner.run(v));
+        let out = self.with_batch(
+            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
+            |v| runner.run(v),
+        );
         self.runner = runner;
         let out = out.map_err(SessionError::Backend)?;
         let mut stats = StepStats {
@@ -327,13 +347,23 @@ impl Session {
     /// Writes every trainable tensor, the optimizer state and the step count to `path`
     /// (safetensors, written atomically: an interrupted write leaves the previous checkpoint).
     pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<(), SessionError> {
-        let mut names: Vec<&String> = self.step_fn.inputs().filter(|i| matches!(i.kind, InputKind::Param | InputKind::State)).filter_map(|i| self.values.get_key_value(i.name).map(|(k, _)| k)).collect();
+        let mut names: Vec<&String> = self
+            .step_fn
+            .inputs()
+            .filter(|i| matches!(i.kind, InputKind::Param | InputKind::State))
+            .filter_map(|i| self.values.get_key_value(i.name).map(|(k, _)| k))
+            .collect();
         names.sort();
-        let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64]).map_err(|e| SessionError::Value(e.to_string()))?;
-        let mut tensors: Vec<(String, &Tensor)> = names.into_iter().filter_map(|n| self.values.get(n).map(|t| (n.clone(), t))).collect();
+        let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64])
+            .map_err(|e| SessionError::Value(e.to_string()))?;
+        let mut tensors: Vec<(String, &Tensor)> = names
+            .into_iter()
+            .filter_map(|n| self.values.get(n).map(|t| (n.clone(), t)))
+            .collect();
         tensors.push(("graft.steps_done".into(), &steps));
         let bytes = crate::weights::to_safetensors(&tensors).map_err(SessionError::Value)?;
-        crate::write_atomic(path, &bytes).map_err(|e| SessionError::Value(format!("cannot write {}: {e}", path.display())))
+        crate::write_atomic(path, &bytes)
+            .map_err(|e| SessionError::Value(format!("cannot write {}: {e}", path.display())))
     }
 
     /// Restores a checkpoint written by [`Session::save_checkpoint`] for the same spec.
@@ -342,15 +372,29 @@ impl Session {
         for name in file.entries().keys() {
             let t = file.read(name)?;
             if name == "graft.steps_done" {
-                self.steps_done = t.as_i64().and_then(|v| v.first().copied()).unwrap_or(0).max(0) as usize;
+                self.steps_done = t
+                    .as_i64()
+                    .and_then(|v| v.first().copied())
+                    .unwrap_or(0)
+                    .max(0) as usize;
                 continue;
             }
             match self.values.get(name) {
                 Some(old) if old.ty() == t.ty() => {
                     self.values.insert(name.clone(), t);
                 }
-                Some(old) => return Err(SessionError::Value(format!("checkpoint tensor `{name}` is {}, the session holds {}", t.ty(), old.ty()))),
-                None => return Err(SessionError::Value(format!("checkpoint tensor `{name}` is not part of this spec's training state"))),
+                Some(old) => {
+                    return Err(SessionError::Value(format!(
+                        "checkpoint tensor `{name}` is {}, the session holds {}",
+                        t.ty(),
+                        old.ty()
+                    )));
+                }
+                None => {
+                    return Err(SessionError::Value(format!(
+                        "checkpoint tensor `{name}` is not part of this spec's training state"
+                    )));
+                }
             }
         }
         Ok(())

@@ -74,8 +74,7 @@ enum Command {
     Run {
         /// The spec.
         file: PathBuf,
-        /// Run on the reference interpreter (the compiled CPU backend is not built yet, so this
-        /// is also what happens without the flag).
+        /// Run on the reference interpreter instead of compiled native code.
         #[arg(long)]
         interpret: bool,
         /// Number of steps (default: the `train` block's `steps`).
@@ -102,7 +101,9 @@ enum Command {
     },
     /// Optimize a spec's training step and show what the optimizer did: rules fired, cost
     /// before and after (FLOPs, bytes, peak memory), and the optimized IR.
-    #[command(after_help = "Examples:\n  graft explain dsl-examples/tiny_lora.graft\n  graft explain dsl-examples/small_lora.graft --target cuda --no-ir\n  graft explain dsl-examples/tiny_lora.graft --merge   # inference with adapters folded in")]
+    #[command(
+        after_help = "Examples:\n  graft explain dsl-examples/tiny_lora.graft\n  graft explain dsl-examples/small_lora.graft --target cuda --no-ir\n  graft explain dsl-examples/tiny_lora.graft --merge   # inference with adapters folded in"
+    )]
     Explain {
         /// The spec.
         file: PathBuf,
@@ -118,7 +119,9 @@ enum Command {
     },
     /// Measure training-step throughput and memory on random tokens; prints one JSON line
     /// (`scripts/bench.py` compares it with PyTorch + PEFT).
-    #[command(after_help = "Example:\n  graft bench tests/opt-specs/tiny_qkvo.graft --steps 5 --warmup 2")]
+    #[command(
+        after_help = "Example:\n  graft bench tests/opt-specs/tiny_qkvo.graft --steps 5 --warmup 2"
+    )]
     Bench {
         /// The spec.
         file: PathBuf,
@@ -220,22 +223,38 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Emit::Opt => {
-                let Some((_, program)) = compile(&file, stdlib, color)? else { return Ok(ExitCode::FAILURE) };
+                let Some((_, program)) = compile(&file, stdlib, color)? else {
+                    return Ok(ExitCode::FAILURE);
+                };
                 let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
                 print!("{}", graft_ir::print_function(&opt.func));
                 Ok(ExitCode::SUCCESS)
             }
             Emit::Mlir | Emit::Llvm => {
-                let Some((_, program)) = compile(&file, stdlib, color)? else { return Ok(ExitCode::FAILURE) };
+                let Some((_, program)) = compile(&file, stdlib, color)? else {
+                    return Ok(ExitCode::FAILURE);
+                };
                 let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
-                let text = if matches!(emit, Emit::Mlir) { graft_codegen::emit_mlir(&opt.func)? } else { graft_codegen::emit_llvm(&opt.func)? };
+                let text = if matches!(emit, Emit::Mlir) {
+                    graft_codegen::emit_mlir(&opt.func)?
+                } else {
+                    graft_codegen::emit_llvm(&opt.func)?
+                };
                 print!("{text}");
                 Ok(ExitCode::SUCCESS)
             }
         },
-        Command::Explain { file, target, merge, no_ir } => {
-            let target = graft_opt::Target::by_name(&target).ok_or_else(|| anyhow::anyhow!("unknown target `{target}` (cpu or cuda)"))?;
-            let Some((_, program)) = compile(&file, stdlib, color)? else { return Ok(ExitCode::FAILURE) };
+        Command::Explain {
+            file,
+            target,
+            merge,
+            no_ir,
+        } => {
+            let target = graft_opt::Target::by_name(&target)
+                .ok_or_else(|| anyhow::anyhow!("unknown target `{target}` (cpu or cuda)"))?;
+            let Some((_, program)) = compile(&file, stdlib, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
             let opt = optimize_program(&program, target, merge)?;
             print!("{}", explain(&opt, target, merge));
             if !no_ir {
@@ -244,21 +263,50 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { file, interpret, steps, seed, save, no_optimize, checkpoint, every } => {
+        Command::Run {
+            file,
+            interpret,
+            steps,
+            seed,
+            save,
+            no_optimize,
+            checkpoint,
+            every,
+        } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
             let backend = pick_backend(interpret);
-            let opts = graft_runtime::SessionOptions { optimize: !no_optimize, backend: backend.as_ref() };
-            train(&file, program, steps, seed, save.as_deref(), &opts, checkpoint.as_deref().map(|d| (d, every.max(1))))
+            let opts = graft_runtime::SessionOptions {
+                optimize: !no_optimize,
+                backend: backend.as_ref(),
+            };
+            train(
+                &file,
+                program,
+                steps,
+                seed,
+                save.as_deref(),
+                &opts,
+                checkpoint.as_deref().map(|d| (d, every.max(1))),
+            )
         }
-        Command::Bench { file, steps, warmup, interpret, no_optimize } => {
+        Command::Bench {
+            file,
+            steps,
+            warmup,
+            interpret,
+            no_optimize,
+        } => {
             let baseline = rss_bytes("VmRSS");
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
             let backend = pick_backend(interpret);
-            let opts = graft_runtime::SessionOptions { optimize: !no_optimize, backend: backend.as_ref() };
+            let opts = graft_runtime::SessionOptions {
+                optimize: !no_optimize,
+                backend: backend.as_ref(),
+            };
             bench(program, steps, warmup, baseline, &opts)
         }
         Command::Doctor => {
@@ -293,21 +341,42 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
 }
 
 /// Runs the e-graph optimizer on the training step (or, with `merge`, the forward).
-fn optimize_program(p: &Program, target: graft_opt::Target, merge: bool) -> Result<graft_opt::Optimized> {
-    let forward = p.module.function("forward").ok_or_else(|| anyhow::anyhow!("no forward"))?;
+fn optimize_program(
+    p: &Program,
+    target: graft_opt::Target,
+    merge: bool,
+) -> Result<graft_opt::Optimized> {
+    let forward = p
+        .module
+        .function("forward")
+        .ok_or_else(|| anyhow::anyhow!("no forward"))?;
     let (f, mode) = if merge {
         (forward.clone(), graft_opt::Mode::Merge)
     } else {
-        (graft_autodiff::train_step(forward, &graft_runtime::step_config(&p.train))?, graft_opt::Mode::Train)
+        (
+            graft_autodiff::train_step(forward, &graft_runtime::step_config(&p.train))?,
+            graft_opt::Mode::Train,
+        )
     };
-    Ok(graft_opt::optimize(&f, &graft_opt::Options { target, mode, ..graft_opt::Options::default() })?)
+    Ok(graft_opt::optimize(
+        &f,
+        &graft_opt::Options {
+            target,
+            mode,
+            ..graft_opt::Options::default()
+        },
+    )?)
 }
 
 /// The human-readable optimizer report.
 fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> String {
     use std::fmt::Write;
     let mut s = String::new();
-    let what = if merge { "forward, adapters merged" } else { "training step" };
+    let what = if merge {
+        "forward, adapters merged"
+    } else {
+        "training step"
+    };
     let _ = writeln!(s, "optimized the {what} for {}", target.name);
     let _ = writeln!(s, "rules fired:");
     let mut rules: Vec<(&String, &usize)> = o.run.applied.iter().collect();
@@ -325,7 +394,11 @@ fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> 
         o.time.as_secs_f64(),
         o.run.stops.join(", ")
     );
-    let _ = writeln!(s, "shared-input batching groups adopted: {}", o.batched_groups);
+    let _ = writeln!(
+        s,
+        "shared-input batching groups adopted: {}",
+        o.batched_groups
+    );
     let row = |s: &mut String, name: &str, a: f64, b: f64| {
         let change = if a > 0.0 { 100.0 * (b - a) / a } else { 0.0 };
         let _ = writeln!(s, "  {name:<14} {a:>12.4e} {b:>12.4e} {change:>+8.1}%");
@@ -333,8 +406,18 @@ fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> 
     let _ = writeln!(s, "cost             before        after   change");
     row(&mut s, "FLOPs", o.before.flops, o.after.flops);
     row(&mut s, "bytes moved", o.before.bytes, o.after.bytes);
-    row(&mut s, "kernels", o.before.kernels as f64, o.after.kernels as f64);
-    row(&mut s, "peak memory", o.before.peak_memory, o.after.peak_memory);
+    row(
+        &mut s,
+        "kernels",
+        o.before.kernels as f64,
+        o.after.kernels as f64,
+    );
+    row(
+        &mut s,
+        "peak memory",
+        o.before.peak_memory,
+        o.after.peak_memory,
+    );
     row(&mut s, "est. seconds", o.before.seconds, o.after.seconds);
     s
 }
@@ -342,24 +425,43 @@ fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> 
 /// Trains on the interpreter, printing one line per step.
 /// The backend `run` and `bench` use.
 fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
-    if !interpret {
-        eprintln!("note: the compiled CPU backend is not wired into sessions yet; running on the reference interpreter");
+    if interpret {
+        Box::new(graft_runtime::Interpreter)
+    } else {
+        Box::new(graft_codegen::CpuBackend)
     }
-    Box::new(graft_runtime::Interpreter)
 }
 
 /// A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`), 0 where unavailable.
 fn rss_bytes(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)).and_then(|kb| kb.parse::<u64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
         .map_or(0, |kb| kb * 1024)
 }
 
 /// Times training steps on random tokens and prints one JSON line.
-fn bench(program: Program, steps: usize, warmup: usize, baseline: u64, opts: &graft_runtime::SessionOptions) -> Result<ExitCode> {
+fn bench(
+    program: Program,
+    steps: usize,
+    warmup: usize,
+    baseline: u64,
+    opts: &graft_runtime::SessionOptions,
+) -> Result<ExitCode> {
     let (batch, seq) = (program.train.batch, program.train.seq);
-    let vocab = program.module.function("forward").and_then(|f| f.output("logits").map(|v| f.ty(v).shape.last().copied().unwrap_or(1))).unwrap_or(1);
+    let vocab = program
+        .module
+        .function("forward")
+        .and_then(|f| {
+            f.output("logits")
+                .map(|v| f.ty(v).shape.last().copied().unwrap_or(1))
+        })
+        .unwrap_or(1);
     let weights = match &program.weights {
         Some((path, _)) => Some(graft_runtime::WeightsFile::open(path)?),
         None => None,
@@ -442,7 +544,11 @@ fn train(
         if file.exists() {
             session.load_checkpoint(file)?;
             batcher.skip(session.steps_done());
-            println!("resuming from {} after step {}", file.display(), session.steps_done());
+            println!(
+                "resuming from {} after step {}",
+                file.display(),
+                session.steps_done()
+            );
         }
     }
     println!(

@@ -218,20 +218,63 @@ fn an_interrupted_run_resumes_from_its_checkpoint() {
     let dir = std::env::temp_dir().join(format!("graft-ckpt-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let d = dir.display().to_string();
-    let first = graft(&["run", "dsl-examples/tiny_lora.graft", "--interpret", "--no-optimize", "--steps", "2", "--checkpoint", &d, "--every", "1"]);
+    let first = graft(&[
+        "run",
+        "dsl-examples/tiny_lora.graft",
+        "--interpret",
+        "--no-optimize",
+        "--steps",
+        "2",
+        "--checkpoint",
+        &d,
+        "--every",
+        "1",
+    ]);
     assert!(first.status.success(), "{}", text(&first.stderr));
     assert!(dir.join("checkpoint.safetensors").exists());
-    let resumed = graft(&["run", "dsl-examples/tiny_lora.graft", "--interpret", "--no-optimize", "--steps", "4", "--checkpoint", &d]);
+    let resumed = graft(&[
+        "run",
+        "dsl-examples/tiny_lora.graft",
+        "--interpret",
+        "--no-optimize",
+        "--steps",
+        "4",
+        "--checkpoint",
+        &d,
+    ]);
     assert!(resumed.status.success(), "{}", text(&resumed.stderr));
     let out = text(&resumed.stdout);
     assert!(out.contains("after step 2"), "{out}");
     let steps: Vec<&str> = out.lines().filter(|l| l.starts_with("step ")).collect();
-    assert!(steps.len() == 2 && steps[0].starts_with("step    3"), "runs steps 3 and 4 only: {out}");
+    assert!(
+        steps.len() == 2 && steps[0].starts_with("step    3"),
+        "runs steps 3 and 4 only: {out}"
+    );
     // The same four steps in one go give the same losses (the data position resumes too).
-    let whole = graft(&["run", "dsl-examples/tiny_lora.graft", "--interpret", "--no-optimize", "--steps", "4"]);
+    let whole = graft(&[
+        "run",
+        "dsl-examples/tiny_lora.graft",
+        "--interpret",
+        "--no-optimize",
+        "--steps",
+        "4",
+    ]);
     let whole_out = text(&whole.stdout);
-    let loss = |l: &str| l.split("loss ").nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
-    let w: Vec<_> = whole_out.lines().filter(|l| l.starts_with("step ")).map(loss).collect();
+    let loss = |l: &str| {
+        l.split("loss ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    };
+    let w: Vec<_> = whole_out
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .map(loss)
+        .collect();
     let r: Vec<_> = steps.iter().map(|l| loss(l)).collect();
-    assert_eq!(&w[2..], &r[..], "resumed losses equal the uninterrupted run's");
+    assert_eq!(
+        &w[2..],
+        &r[..],
+        "resumed losses equal the uninterrupted run's"
+    );
 }

@@ -33,11 +33,16 @@ fn main() {
         let n = t.ty.numel();
         let scale = 1.0 / (*t.ty.shape.last().unwrap_or(&1) as f32).sqrt();
         let data: Vec<f32> = if t.ty.rank() >= 2 {
-            (0..n).map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4 * scale).collect()
+            (0..n)
+                .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.4 * scale)
+                .collect()
         } else {
             vec![1.0; n]
         };
-        values.insert(t.path.clone(), Tensor::f32(t.ty.shape.clone(), data).unwrap());
+        values.insert(
+            t.path.clone(),
+            Tensor::f32(t.ty.shape.clone(), data).unwrap(),
+        );
     }
     values.insert("seed".into(), Tensor::scalar_i64(0));
     let t = Instant::now();
@@ -54,7 +59,10 @@ fn main() {
             InputKind::Data if i.ty.dtype == DType::I64 && i.ty.rank() == 2 => {
                 let vocab = 8192u64;
                 let ids: Vec<i64> = (0..i.ty.numel()).map(|_| (next() % vocab) as i64).collect();
-                values.insert(i.name.to_string(), Tensor::i64(i.ty.shape.clone(), ids).unwrap());
+                values.insert(
+                    i.name.to_string(),
+                    Tensor::i64(i.ty.shape.clone(), ids).unwrap(),
+                );
             }
             InputKind::Data if i.ty.rank() == 0 => {
                 values.insert(i.name.to_string(), Tensor::scalar_i64(1));
@@ -62,8 +70,10 @@ fn main() {
             _ => {}
         }
     }
-    if let (Some(ids), true) = (values.get("input_ids").cloned(), step_fn.input("labels").is_some())
-    {
+    if let (Some(ids), true) = (
+        values.get("input_ids").cloned(),
+        step_fn.input("labels").is_some(),
+    ) {
         values.insert("labels".into(), ids);
     }
 
@@ -75,7 +85,10 @@ fn main() {
         compiled.kernel_count(),
         t.elapsed()
     );
-    let steps: usize = std::env::var("GRAFT_STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let steps: usize = std::env::var("GRAFT_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let mut by_op: HashMap<&'static str, (f64, usize)> = HashMap::new();
     let mut total = Vec::new();
     let mut slowest: Vec<graft_codegen::KernelTime> = Vec::new();
@@ -83,7 +96,10 @@ fn main() {
         let t = Instant::now();
         let (out, times) = compiled.run_profiled(&values).unwrap();
         total.push(t.elapsed().as_secs_f64());
-        let loss = out.iter().find(|(n, _)| n == "loss").map(|(_, v)| v.to_f64_vec()[0]);
+        let loss = out
+            .iter()
+            .find(|(n, _)| n == "loss")
+            .map(|(_, v)| v.to_f64_vec()[0]);
         eprintln!("step {s}: {:.1} ms, loss {loss:?}", total[s] * 1e3);
         if s + 1 == steps {
             for k in &times {
@@ -99,9 +115,12 @@ fn main() {
     }
     total.sort_by(f64::total_cmp);
     let median = total[total.len() / 2];
-    let flops: f64 = 6.0 * 512.0 * (8.0 * (4.0 * 512.0 * 512.0 + 3.0 * 512.0 * 1376.0) + 512.0 * 8192.0);
+    // Dense-layer work: forward and input gradients (2 + 2 FLOP per weight and token; frozen
+    // weights get no weight gradient), attention and LoRA left out.
+    let flops: f64 =
+        4.0 * 512.0 * (8.0 * (4.0 * 512.0 * 512.0 + 3.0 * 512.0 * 1376.0) + 512.0 * 8192.0);
     println!(
-        "\nsmall_lora train step: median {:.1} ms over {steps} steps ({:.1} GFLOP/s of the ~{:.1} GFLOP dense-layer work)",
+        "\nsmall_lora train step: median {:.1} ms over {steps} steps ({:.1} GFLOP/s on the ~{:.1} GFLOP of dense-layer work)",
         median * 1e3,
         flops / median / 1e9,
         flops / 1e9
@@ -111,11 +130,26 @@ fn main() {
     println!("{:>14} {:>10} {:>8} {:>7}", "op", "ms", "share", "launches");
     let sum: f64 = ops.iter().map(|o| o.1.0).sum();
     for (op, (secs, n)) in &ops {
-        println!("{op:>14} {:>10.2} {:>7.1}% {n:>7}", secs * 1e3, 100.0 * secs / sum);
+        println!(
+            "{op:>14} {:>10.2} {:>7.1}% {n:>7}",
+            secs * 1e3,
+            100.0 * secs / sum
+        );
     }
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     println!("\nslowest launches:");
-    for k in slowest.iter().take(std::env::var("GRAFT_TOP").ok().and_then(|s| s.parse().ok()).unwrap_or(12)) {
-        println!("{:>9.2} ms  %{:<5} {:<14} {}", k.seconds * 1e3, k.node, k.op, k.ty);
+    for k in slowest.iter().take(
+        std::env::var("GRAFT_TOP")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(12),
+    ) {
+        println!(
+            "{:>9.2} ms  %{:<5} {:<14} {}",
+            k.seconds * 1e3,
+            k.node,
+            k.op,
+            k.ty
+        );
     }
 }

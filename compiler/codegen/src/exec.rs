@@ -14,6 +14,7 @@ use graft_interp::{Data, Tensor};
 use graft_ir::{DType, Function, InputKind};
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::sync::Mutex;
 
 /// Work (range × cost) below which a kernel runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 15;
@@ -27,9 +28,15 @@ pub struct CompiledFunction {
     pub(crate) threads: usize,
     /// Last step reading each slot (`usize::MAX` for outputs and inputs).
     pub(crate) last_use: Vec<usize>,
+    /// Intermediate buffers kept between runs, by (storage kind, length): a training loop
+    /// reuses the same, already faulted-in memory every step.
+    pub(crate) pool: Mutex<HashMap<(u8, usize), Vec<Buf>>>,
     // Declared last: dropped after everything that may hold kernel addresses.
     pub(crate) _jits: Vec<Jit>,
 }
+
+/// A function's named outputs, in order.
+pub type Outputs = Vec<(String, Tensor)>;
 
 /// One kernel launch's wall time, from [`CompiledFunction::run_profiled`].
 #[derive(Clone, Debug, PartialEq)]
@@ -66,6 +73,18 @@ impl Buf {
             DType::I32 => Buf::I32(vec![0; len]),
             DType::U8 | DType::U4 | DType::Bool => Buf::Byte(vec![0; len]),
         }
+    }
+
+    /// The pool key of a buffer of `len` elements of `dtype`.
+    fn key_of(dtype: DType, len: usize) -> (u8, usize) {
+        let kind = match dtype {
+            DType::F32 | DType::BF16 | DType::F16 => 0,
+            DType::F64 => 1,
+            DType::I64 => 2,
+            DType::I32 => 3,
+            DType::U8 | DType::U4 | DType::Bool => 4,
+        };
+        (kind, len)
     }
 
     fn key(&self) -> (u8, usize) {
@@ -176,7 +195,13 @@ impl CompiledFunction {
             .iter()
             .map(|s| {
                 let node = self.f.node(s.root);
-                format!("{} %{} {} range {}", s.symbol, s.root.index(), node.ty, s.range)
+                format!(
+                    "{} %{} {} range {}",
+                    s.symbol,
+                    s.root.index(),
+                    node.ty,
+                    s.range
+                )
             })
             .collect()
     }
@@ -208,7 +233,7 @@ impl CompiledFunction {
     pub fn run_profiled(
         &self,
         inputs: &HashMap<String, Tensor>,
-    ) -> Result<(Vec<(String, Tensor)>, Vec<KernelTime>), CodegenError> {
+    ) -> Result<(Outputs, Vec<KernelTime>), CodegenError> {
         let mut times = Vec::with_capacity(self.plan.steps.len());
         let out = self.run_inner(inputs, Some(&mut times))?;
         Ok((out, times))
@@ -233,13 +258,20 @@ impl CompiledFunction {
             }
             live[*slot] = Live::Input(t);
         }
-        let mut pool: HashMap<(u8, usize), Vec<Buf>> = HashMap::new();
+        // Concurrent runs each take what the pool has; whatever is left over is merged back.
+        let mut pool = self
+            .pool
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p))
+            .unwrap_or_default();
         for (si, step) in self.plan.steps.iter().enumerate() {
             let slot = &self.plan.slots[step.out];
             if matches!(live[step.out], Live::Empty) {
-                let fresh = Buf::new(slot.dtype, slot.len);
-                let reused = pool.get_mut(&fresh.key()).and_then(Vec::pop);
-                live[step.out] = Live::Owned(reused.unwrap_or(fresh));
+                let reused = pool
+                    .get_mut(&Buf::key_of(slot.dtype, slot.len))
+                    .and_then(Vec::pop);
+                live[step.out] =
+                    Live::Owned(reused.unwrap_or_else(|| Buf::new(slot.dtype, slot.len)));
             }
             let started = std::time::Instant::now();
             if step.kind == StepKind::Host {
@@ -290,12 +322,31 @@ impl CompiledFunction {
                 }
                 Live::Owned(b) => b_clone(b, ty)?,
                 Live::Empty => {
-                    return Err(CodegenError::Internal(format!("output `{name}` was not computed")));
+                    return Err(CodegenError::Internal(format!(
+                        "output `{name}` was not computed"
+                    )));
                 }
             };
             out.push((name.clone(), t));
         }
+        for l in live {
+            if let Live::Owned(b) = l {
+                pool.entry(b.key()).or_default().push(b);
+            }
+        }
+        if let Ok(mut shared) = self.pool.lock() {
+            for (k, mut v) in pool {
+                shared.entry(k).or_default().append(&mut v);
+            }
+        }
         Ok(out)
+    }
+
+    /// Drops the intermediate buffers kept between runs.
+    pub fn release_buffers(&self) {
+        if let Ok(mut p) = self.pool.lock() {
+            p.clear();
+        }
     }
 
     /// Runs every step with caller-provided buffer addresses, one per slot (used by

@@ -134,8 +134,10 @@ impl<'a> KernelCx<'a> {
             val.to_string()
         };
         let ix: Vec<String> = idx.iter().map(|i| self.b.ix(i)).collect();
-        self.b
-            .line(format!("memref.store {val}, {mem}[{}] : {ty}", ix.join(", ")));
+        self.b.line(format!(
+            "memref.store {val}, {mem}[{}] : {ty}",
+            ix.join(", ")
+        ));
     }
 
     /// Writes an error record `[code, node, value, extent]` when `cond` holds.
@@ -364,9 +366,7 @@ impl<'a> KernelCx<'a> {
         }
         let pos = self.b.ix(idx.get(axis).unwrap_or(&Ix::C(0)));
         let bound = self.b.idx(at + ext);
-        let cond = self
-            .b
-            .op(format!("arith.cmpi ult, {pos}, {bound} : index"));
+        let cond = self.b.op(format!("arith.cmpi ult, {pos}, {bound} : index"));
         let t = reg_ty(node.ty.dtype);
         let res = self.b.fresh();
         self.b.open(format!("{res} = scf.if {cond} -> ({t}) {{"));
@@ -403,18 +403,14 @@ impl<'a> KernelCx<'a> {
         };
         let zero = self.b.int(0, "i64");
         let ext = self.b.int(extent as i64, "i64");
-        let neg = self
-            .b
-            .op(format!("arith.cmpi slt, {i64v}, {zero} : i64"));
+        let neg = self.b.op(format!("arith.cmpi slt, {i64v}, {zero} : i64"));
         let big = self.b.op(format!("arith.cmpi sge, {i64v}, {ext} : i64"));
         let bad = self.b.op(format!("arith.ori {neg}, {big} : i1"));
         self.report(&bad, ERR_GATHER, v.index(), &i64v, extent);
         let safe = self
             .b
             .op(format!("arith.select {bad}, {zero}, {i64v} : i64"));
-        let at = self
-            .b
-            .op(format!("arith.index_cast {safe} : i64 to index"));
+        let at = self.b.op(format!("arith.index_cast {safe} : i64 to index"));
         let mut j: Vec<Ix> = idx.iter().take(axis).cloned().collect();
         j.push(Ix::V(at));
         j.extend(idx.iter().skip(axis + irank).cloned());
@@ -486,8 +482,7 @@ impl<'a> KernelCx<'a> {
         }
     }
 
-    /// `dequantize{nf4, block, nested}`: `NF4[code] · absmax[i / block]` in `f32`, the absmax
-    /// itself rebuilt from its 8-bit codes when nested.
+    /// `dequantize{nf4, block, nested}` of node `v`.
     fn dequantize(
         &mut self,
         v: ValueId,
@@ -495,15 +490,29 @@ impl<'a> KernelCx<'a> {
         block: usize,
         nested: usize,
     ) -> Result<String, CodegenError> {
-        let f = self.f;
-        let node = f.node(v);
-        let dt = node.ty.dtype;
-        let args = node.args.clone();
+        let node = self.f.node(v);
+        let (args, dt) = (node.args.clone(), node.ty.dtype);
+        self.dequant_at(v, &args, dt, idx, block, nested)
+    }
+
+    /// Element `idx` of the weight that `args` (codes, then absmax or the nested scales)
+    /// dequantize to `dt`: `NF4[code] · absmax[i / block]` in `f32`, the absmax itself rebuilt
+    /// from its 8-bit codes when nested, then rounded to `dt`. `v` names the node in errors.
+    pub fn dequant_at(
+        &mut self,
+        v: ValueId,
+        args: &[ValueId],
+        dt: DType,
+        idx: &[Ix],
+        block: usize,
+        nested: usize,
+    ) -> Result<String, CodegenError> {
         if args.len() != if nested == 0 { 2 } else { 4 } || block == 0 {
-            return Err(self.unsupported(v, "unexpected operands"));
+            return Err(self.unsupported(v, "unexpected quantization operands"));
         }
+        let shape = self.f.ty(args[0]).shape.clone();
         let code = self.eval(args[0], idx)?;
-        let flat = self.b.linearize(idx, &node.ty.shape);
+        let flat = self.b.linearize(idx, &shape);
         let blk = self.b.ix_div(&flat, block);
         let absmax = if nested == 0 {
             self.eval(args[1], std::slice::from_ref(&blk))?

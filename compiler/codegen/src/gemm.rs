@@ -12,11 +12,13 @@
 //!   accumulators live in `iter_args` of the `k` loop; partial vectors use masked loads and
 //!   stores. `MR`, `NR` and the lane count come from the host CPU ([`crate::host::CpuTarget`]).
 
+use crate::CodegenError;
+use crate::expr::KernelCx;
 use crate::host::CpuTarget;
 use crate::kernels::as_batched;
 use crate::lower::FuncText;
 use crate::text::{Body, Ix, memref_ty};
-use graft_ir::ValueId;
+use graft_ir::{DType, ValueId};
 
 /// The shape of one matmul node, as the GEMM kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +43,8 @@ pub(crate) struct GemmShape {
     pub ta: bool,
     /// B is read transposed.
     pub tb: bool,
+    /// B is dequantized from NF4 codes while packing (`qmatmul`): `(block, nested)`.
+    pub quant: Option<(usize, usize)>,
 }
 
 impl GemmShape {
@@ -57,6 +61,7 @@ impl GemmShape {
         let (m, k) = if ta { (a[2], a[1]) } else { (a[1], a[2]) };
         let n = if tb { b[1] } else { b[2] };
         GemmShape {
+            quant: None,
             a_src,
             b_src,
             batches,
@@ -131,7 +136,9 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
                 "vector.maskedload %a0[{bi}, {kk}, {col}], {mask}, {zero_v} : {bty}, vector<{}xi1>, {vt} into {vt}",
                 t.lanes
             ));
-            b.line(format!("vector.store {x}, %out[{bi}, {p}, {kk}, {off}] : {pty}, {vt}"));
+            b.line(format!(
+                "vector.store {x}, %out[{bi}, {p}, {kk}, {off}] : {pty}, {vt}"
+            ));
         }
         b.close("}", false);
     } else {
@@ -146,22 +153,93 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
         let col = b.op(format!("arith.addi {j0}, {jj} : index"));
         let x = b.op(format!("memref.load %a0[{bi}, {col}, {kk}] : {bty}"));
-        b.line(format!("memref.store {x}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"));
+        b.line(format!(
+            "memref.store {x}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"
+        ));
         b.close("}", false);
         let jz = b.fresh();
         let z = b.f32c(0.0);
         b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
-        b.line(format!("memref.store {z}, %out[{bi}, {p}, {kk}, {jz}] : {pty}"));
+        b.line(format!(
+            "memref.store {z}, %out[{bi}, {p}, {kk}, {jz}] : {pty}"
+        ));
         b.close("}", false);
         b.close("}", false);
     }
     b.close("}", false);
     FuncText {
         name: name.to_string(),
-        params: vec![format!("%a0: {bty}"), format!("%out: {pty} {{llvm.noalias}}")],
+        params: vec![
+            format!("%a0: {bty}"),
+            format!("%out: {pty} {{llvm.noalias}}"),
+        ],
         body: b.finish(),
         ranged: true,
     }
+}
+
+/// The pack kernel of a `qmatmul`: like [`emit_pack`], but each element of B is dequantized
+/// from its NF4 code and block scale (through [`KernelCx::dequant_at`]) as it is packed, so
+/// the full-precision weight only ever exists as these panels. Returns the output type.
+pub(crate) fn emit_pack_quant(
+    k: &mut KernelCx<'_>,
+    root: ValueId,
+    s: &GemmShape,
+    t: &CpuTarget,
+) -> Result<String, CodegenError> {
+    let Some((block, nested)) = s.quant else {
+        return Err(CodegenError::Internal(
+            "qmatmul pack without quantization".into(),
+        ));
+    };
+    let args: Vec<ValueId> = k.f.node(root).args.iter().skip(1).copied().collect();
+    let codes_shape = k.f.ty(s.b_src).shape.clone();
+    let lead = codes_shape.len().saturating_sub(2);
+    let pty = s.packed_ty(t);
+    let p_count = s.panels(t);
+    let (zero, one) = (k.b.idx(0), k.b.idx(1));
+    let q = k.b.fresh();
+    k.b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
+    k.push_scope();
+    let qx = Ix::V(q);
+    let bi = k.b.ix_div(&qx, p_count);
+    let p = k.b.ix_rem(&qx, p_count);
+    let batch = k.b.delinearize(&bi, &codes_shape[..lead]);
+    let (bi, p) = (k.b.ix(&bi), k.b.ix(&p));
+    let j0 = k.b.ix_mul(&Ix::V(p.clone()), t.nr);
+    let j0 = k.b.ix(&j0);
+    let (kend, nrend, nc) = (k.b.idx(s.k), k.b.idx(t.nr), k.b.idx(s.n));
+    let left = k.b.op(format!("arith.subi {nc}, {j0} : index"));
+    let valid = k.b.op(format!("arith.minui {left}, {nrend} : index"));
+    let (kk, jj, jz) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
+    k.b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+    k.push_scope();
+    k.b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
+    k.push_scope();
+    let col = k.b.op(format!("arith.addi {j0}, {jj} : index"));
+    let mut idx = batch.clone();
+    if s.tb {
+        idx.extend([Ix::V(col), Ix::V(kk.clone())]);
+    } else {
+        idx.extend([Ix::V(kk.clone()), Ix::V(col)]);
+    }
+    let w = k.dequant_at(root, &args, DType::F32, &idx, block, nested)?;
+    k.b.line(format!(
+        "memref.store {w}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"
+    ));
+    k.pop_scope();
+    k.b.close("}", false);
+    let z = k.b.f32c(0.0);
+    k.b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
+    k.b.line(format!(
+        "memref.store {z}, %out[{bi}, {p}, {kk}, {jz}] : {pty}"
+    ));
+    k.b.close("}", false);
+    k.pop_scope();
+    k.b.close("}", false);
+    k.pop_scope();
+    k.b.close("}", false);
+    Ok(pty)
 }
 
 /// Elements of the flat view microkernels take of every buffer (a static type is required
@@ -210,7 +288,11 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
             "memref.reinterpret_cast {v} to offset: [0], sizes: [{FLAT}], strides: [1] : {ty} to {fty}"
         ))
     };
-    let (af, pf, cf) = (cast(&mut b, "%a0", &aty), cast(&mut b, "%a1", &pty), cast(&mut b, "%out", &cty));
+    let (af, pf, cf) = (
+        cast(&mut b, "%a0", &aty),
+        cast(&mut b, "%a1", &pty),
+        cast(&mut b, "%out", &cty),
+    );
     // A(i, k) of a batch is at a_off + i·sr + k·sk.
     let (sr, sk) = if s.ta { (1, s.a[2]) } else { (s.a[2], 1) };
     let (sr, sk) = (b.idx(sr), b.idx(sk));
@@ -307,6 +389,8 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
 
 /// One microkernel: a `rows × cols` tile of C over `k0..k1`, reading A at `a_off + r·sr +
 /// k·sk`, the packed panel at `p_off + k·NR + j` and C at `c_off + r·ldc + j` (all flat).
+/// The products accumulate from zero in registers; the old C is added after the k loop
+/// (except in the first K block), its lines prefetched before the loop.
 fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
     let fty = flat_ty();
     let vt = vty(t);
@@ -347,36 +431,19 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
     }
     let count = rows * nv;
     let tys = vec![vt.clone(); count].join(", ");
-    // Initial accumulators: zeros in the first K block, else the current C.
-    let init = b.fresh();
-    b.open(format!("{init}:{count} = scf.if %first -> ({tys}) {{"));
-    b.line(format!("scf.yield {} : {tys}", vec![zero_v.clone(); count].join(", ")));
-    b.close("} else {", true);
-    let mut loaded = Vec::new();
-    for r in 0..rows {
-        for (v, mask) in masks.iter().enumerate() {
-            let at = &c_at[r * nv + v];
-            loaded.push(match mask {
-                None => b.op(format!("vector.load %c[{at}] : {fty}, {vt}")),
-                Some(m) => b.op(format!(
-                    "vector.maskedload %c[{at}], {m}, {zero_v} : {fty}, vector<{}xi1>, {vt} into {vt}",
-                    t.lanes
-                )),
-            });
-        }
+    // The C tile is read (after the k loop, when this is not the first K block) and written:
+    // fetch its lines now, so that the latency hides behind the FMAs.
+    for at in &c_at {
+        b.line(format!(
+            "memref.prefetch %c[{at}], write, locality<3>, data : {fty}"
+        ));
     }
-    b.line(format!("scf.yield {} : {tys}", loaded.join(", ")));
-    b.close("}", false);
     // The k loop.
     let one = b.idx(1);
     let nr = b.idx(t.nr);
     let (res, kv) = (b.fresh(), b.fresh());
     let accs: Vec<String> = (0..count).map(|_| b.fresh()).collect();
-    let iter: Vec<String> = accs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{a} = {init}#{i}"))
-        .collect();
+    let iter: Vec<String> = accs.iter().map(|a| format!("{a} = {zero_v}")).collect();
     b.open(format!(
         "{res}:{count} = scf.for {kv} = %k0 to %k1 step {one} iter_args({}) -> ({tys}) {{",
         iter.join(", ")
@@ -414,10 +481,32 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
     }
     b.line(format!("scf.yield {} : {tys}", next.join(", ")));
     b.close("}", false);
+    // Add the current C unless this is the first K block, then store.
+    let sums = b.fresh();
+    b.open(format!("{sums}:{count} = scf.if %first -> ({tys}) {{"));
+    let fresh: Vec<String> = (0..count).map(|i| format!("{res}#{i}")).collect();
+    b.line(format!("scf.yield {} : {tys}", fresh.join(", ")));
+    b.close("} else {", true);
+    let mut added = Vec::new();
     for r in 0..rows {
         for (v, mask) in masks.iter().enumerate() {
             let at = &c_at[r * nv + v];
-            let val = format!("{res}#{}", r * nv + v);
+            let old = match mask {
+                None => b.op(format!("vector.load %c[{at}] : {fty}, {vt}")),
+                Some(m) => b.op(format!(
+                    "vector.maskedload %c[{at}], {m}, {zero_v} : {fty}, vector<{}xi1>, {vt} into {vt}",
+                    t.lanes
+                )),
+            };
+            added.push(b.op(format!("arith.addf {old}, {res}#{} : {vt}", r * nv + v)));
+        }
+    }
+    b.line(format!("scf.yield {} : {tys}", added.join(", ")));
+    b.close("}", false);
+    for r in 0..rows {
+        for (v, mask) in masks.iter().enumerate() {
+            let at = &c_at[r * nv + v];
+            let val = format!("{sums}#{}", r * nv + v);
             match mask {
                 None => b.line(format!("vector.store {val}, %c[{at}] : {fty}, {vt}")),
                 Some(m) => b.line(format!(

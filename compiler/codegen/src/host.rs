@@ -100,7 +100,7 @@ impl CpuTarget {
             mr,
             nr: 2 * lanes,
             kc: 256,
-            mc: 240,
+            mc: 480,
         }
     }
 

@@ -13,8 +13,7 @@ use melior::ir::Module;
 use melior::ir::operation::OperationLike;
 use melior::pass::PassManager;
 use melior::utility::{
-    parse_pass_pipeline, register_all_dialects, register_all_llvm_translations,
-    register_all_passes,
+    parse_pass_pipeline, register_all_dialects, register_all_llvm_translations, register_all_passes,
 };
 use mlir_sys::{
     MlirExecutionEngine, MlirStringRef, mlirExecutionEngineCreate, mlirExecutionEngineDestroy,
@@ -25,8 +24,11 @@ use std::ffi::{CStr, c_void};
 use std::rc::Rc;
 use std::sync::Once;
 
-/// The pass pipeline from graft's kernels (func, scf, arith, math, memref, vector, linalg on
-/// memrefs) to the LLVM dialect. Kernels take statically shaped memrefs as bare pointers.
+/// The pass pipeline from graft's kernels (func, scf, arith, math, memref and vector ops on
+/// memrefs; linalg ops, which graft does not emit today, would lower to loops first) to the
+/// LLVM dialect. `math` ops become LLVM intrinsics where LLVM has them (`exp`, `log`, `sqrt`,
+/// ...; the backend calls libm for the transcendental ones), else libm calls; `bf16` casts
+/// expand to integer code; kernels take statically shaped memrefs as bare pointers.
 pub const PIPELINE: &str = "builtin.module(\
 func.func(convert-linalg-to-loops),\
 canonicalize,cse,loop-invariant-code-motion,\
@@ -75,8 +77,7 @@ fn with_module<T>(
         CodegenError::Internal(format!("{what}: {}", first.join("; ")))
     };
     let result = (|| {
-        let mut module =
-            Module::parse(&context, text).ok_or_else(|| fail("MLIR did not parse"))?;
+        let mut module = Module::parse(&context, text).ok_or_else(|| fail("MLIR did not parse"))?;
         if !module.as_operation().verify() {
             return Err(fail("MLIR did not verify"));
         }
@@ -119,7 +120,9 @@ pub(crate) fn llvm_ir(text: &str) -> Result<String, CodegenError> {
             let module = mlirTranslateModuleToLLVMIR(m.as_operation().to_raw(), ctx.cast());
             if module.is_null() {
                 LLVMContextDispose(ctx);
-                return Err(CodegenError::Internal("translation to LLVM IR failed".into()));
+                return Err(CodegenError::Internal(
+                    "translation to LLVM IR failed".into(),
+                ));
             }
             let module = module.cast();
             let s = LLVMPrintModuleToString(module);
@@ -170,8 +173,9 @@ impl Jit {
         with_module(text, true, |m| {
             // SAFETY: the module is valid and in the LLVM dialect; the engine copies what it
             // needs, so the module may be dropped afterwards. A null engine is an error.
-            let raw =
-                unsafe { mlirExecutionEngineCreate(m.to_raw(), 3, 0, std::ptr::null(), false, false) };
+            let raw = unsafe {
+                mlirExecutionEngineCreate(m.to_raw(), 3, 0, std::ptr::null(), false, false)
+            };
             if raw.ptr.is_null() {
                 return Err(CodegenError::Internal(
                     "the JIT could not compile the module".into(),
@@ -186,7 +190,9 @@ impl Jit {
         // SAFETY: the engine is live; the name is a valid string reference for the call.
         let p = unsafe { mlirExecutionEngineLookupPacked(self.raw, string_ref(name)) };
         if p.is_null() {
-            return Err(CodegenError::Internal(format!("kernel `{name}` was not compiled")));
+            return Err(CodegenError::Internal(format!(
+                "kernel `{name}` was not compiled"
+            )));
         }
         Ok(p as usize)
     }

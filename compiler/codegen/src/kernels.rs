@@ -71,9 +71,11 @@ pub(crate) fn emit_reduce(
     axes: &[usize],
 ) -> Result<String, CodegenError> {
     let f = k.f;
-    let x = *f.node(root).args.first().ok_or(CodegenError::Internal(
-        "reduce without an operand".into(),
-    ))?;
+    let x = *f
+        .node(root)
+        .args
+        .first()
+        .ok_or(CodegenError::Internal("reduce without an operand".into()))?;
     let xs = f.ty(x).shape.clone();
     let dt = f.ty(x).dtype;
     let out = f.ty(root).clone();
@@ -198,9 +200,11 @@ pub(crate) fn emit_softmax(
     log: bool,
 ) -> Result<String, CodegenError> {
     let f = k.f;
-    let x = *f.node(root).args.first().ok_or(CodegenError::Internal(
-        "softmax without an operand".into(),
-    ))?;
+    let x = *f
+        .node(root)
+        .args
+        .first()
+        .ok_or(CodegenError::Internal("softmax without an operand".into()))?;
     let ty = f.ty(root).clone();
     let xdt = f.ty(x).dtype;
     let xs = f.ty(x).shape.clone();
@@ -313,7 +317,12 @@ pub(crate) fn emit_matmul_scalar(
         k.b.fc(0.0, reg_ty(dt))
     } else {
         let (aty, bty) = (memref_ty(&s.a, e), memref_ty(&s.b, e));
-        let (an, bn) = (k.arg_as(s.a_src, &aty), k.arg_as(s.b_src, &bty));
+        let an = k.arg_as(s.a_src, &aty);
+        let bn = if s.quant.is_none() {
+            k.arg_as(s.b_src, &bty)
+        } else {
+            String::new()
+        };
         let abi = if s.a[0] == 1 { Ix::C(0) } else { bi.clone() };
         let bbi = if s.b[0] == 1 { Ix::C(0) } else { bi.clone() };
         let (zero, one, end) = (k.b.idx(0), k.b.idx(1), k.b.idx(kk));
@@ -328,12 +337,33 @@ pub(crate) fn emit_matmul_scalar(
         } else {
             [abi, i.clone(), kx.clone()]
         };
-        let bix = if s.tb { [bbi, j.clone(), kx] } else { [bbi, kx, j.clone()] };
+        let bix = if s.tb {
+            [bbi, j.clone(), kx]
+        } else {
+            [bbi, kx, j.clone()]
+        };
         let ai: Vec<String> = ai.iter().map(|x| k.b.ix(x)).collect();
-        let bix: Vec<String> = bix.iter().map(|x| k.b.ix(x)).collect();
-        let x = k.b.op(format!("memref.load {an}[{}] : {aty}", ai.join(", ")));
-        let y = k.b.op(format!("memref.load {bn}[{}] : {bty}", bix.join(", ")));
-        let (x, y) = (scalar::to_f64(&mut k.b, dt, &x), scalar::to_f64(&mut k.b, dt, &y));
+        let x =
+            k.b.op(format!("memref.load {an}[{}] : {aty}", ai.join(", ")));
+        let y = match s.quant {
+            None => {
+                let bix: Vec<String> = bix.iter().map(|x| k.b.ix(x)).collect();
+                k.b.op(format!("memref.load {bn}[{}] : {bty}", bix.join(", ")))
+            }
+            Some((block, nested)) => {
+                // qmatmul: B's element dequantized in place, in the weight's own shape.
+                let shape = k.f.ty(s.b_src).shape.clone();
+                let lead = shape.len().saturating_sub(2);
+                let mut w = k.b.delinearize(&bix[0], &shape[..lead]);
+                w.extend(bix[1..].iter().cloned());
+                let args: Vec<ValueId> = k.f.node(root).args.iter().skip(1).copied().collect();
+                k.dequant_at(root, &args, dt, &w, block, nested)?
+            }
+        };
+        let (x, y) = (
+            scalar::to_f64(&mut k.b, dt, &x),
+            scalar::to_f64(&mut k.b, dt, &y),
+        );
         let p = k.b.op(format!("arith.mulf {x}, {y} : f64"));
         let sum = k.b.op(format!("arith.addf {acc}, {p} : f64"));
         k.b.line(format!("scf.yield {sum} : f64"));

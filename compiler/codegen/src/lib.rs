@@ -1,16 +1,35 @@
 //! Code generation: graft IR to native CPU code through MLIR and LLVM. The only crate that
 //! links LLVM and MLIR (melior 0.27 and inkwell 0.11 on LLVM 22).
 //!
-//! [`compile`] schedules a function into kernels ([`schedule`](crate::schedule): fused
-//! elementwise loop nests, reductions, softmax, tiled vector GEMMs), writes them as one MLIR
-//! module (func, scf, arith, math, memref and vector dialects on memrefs), lowers it to the
-//! LLVM dialect ([`PIPELINE`]) and JIT-compiles it for the host CPU. The result runs with
-//! the interpreter's contract ([`CompiledFunction::run`]) and its semantics, which the tests
-//! check op by op against `graft_interp::run`.
+//! [`compile`] verifies a function, schedules it into kernels, writes them as MLIR (func, scf,
+//! arith, math, memref and vector ops on statically shaped memrefs; text parsed and verified
+//! by melior), lowers that to the LLVM dialect with [`PIPELINE`] and JIT-compiles it for the
+//! host CPU (MLIR's `ExecutionEngine`, `-O3`, host CPU features). [`CompiledFunction::run`]
+//! has `graft_interp::run`'s contract and semantics; the tests check every op against it.
 //!
-//! [`emit_mlir`] and [`emit_llvm`] print the module before and after lowering (for
-//! `graft ir --emit=mlir|llvm`); [`host_info`] reports the toolchain for `graft doctor`.
+//! How nodes become kernels (the scheduler, `schedule.rs`):
+//! - elementwise ops, casts, `select`, `constant`, `iota`, `random_*`, `dropout` and
+//!   `dequantize` fuse into one loop nest per materialized result, through `broadcast`,
+//!   `transpose`, `slice`, `concat`, `gather` and `reshape` as index maps (no copies);
+//! - `reduce_*` and `softmax`/`log_softmax` are kernels of their own with the producer of
+//!   their operand fused in; they accumulate in `f64` like the interpreter;
+//! - an `f32` `matmul` is a pack kernel (B into `NR`-wide panels) plus a tiled GEMM whose
+//!   microkernels hold an `MR × NR` tile in vector registers (`vector.fma`), with
+//!   last-two-axes transposes of its operands folded into `ta`/`tb`; other dtypes use a
+//!   scalar loop accumulating in `f64`;
+//! - `reshape` and `stop_grad` of a buffer are views; `quantize` runs on the host through
+//!   the interpreter.
+//!
+//! Every kernel's outermost loop runs over a range `[lo, hi)` that the executor splits across
+//! rayon's threads. Identical kernels (one per layer, typically) are emitted once.
+//! Elementwise results are bit-identical to the interpreter's; the `f32` GEMM accumulates in
+//! `f32` with FMAs (within 1e-4 of the interpreter's `f64` sums on the tests' shapes).
+//!
+//! [`emit_mlir`], [`emit_llvm_dialect`] and [`emit_llvm`] print the module before lowering,
+//! after the pass pipeline and as LLVM IR (`graft ir --emit=mlir|llvm`); [`host_info`]
+//! reports the toolchain for `graft doctor`; [`Gemm`] exposes the GEMM on plain slices.
 
+mod backend;
 mod exec;
 mod expr;
 mod gemm;
@@ -22,7 +41,8 @@ mod scalar;
 mod schedule;
 mod text;
 
-pub use exec::{CompiledFunction, KernelTime};
+pub use backend::CpuBackend;
+pub use exec::{CompiledFunction, KernelTime, Outputs};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
 
@@ -126,28 +146,41 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
     let threads = rayon::current_num_threads().max(1);
     let kernels = lowered.funcs.iter().filter(|k| k.ranged).count();
     let parts = (kernels / 16).clamp(1, threads);
-    let modules = if kernels == 0 { Vec::new() } else { lowered.chunks(parts) };
+    let modules = if kernels == 0 {
+        Vec::new()
+    } else {
+        lowered.chunks(parts)
+    };
     jit::init_native()?;
     // LLVM compiles a module when a symbol is first looked up, so look up in parallel too.
     let compiled: Vec<(jit::Jit, Vec<usize>)> = modules
         .par_iter()
         .map(|(text, names)| {
             let j = jit::Jit::new(text)?;
-            let addrs = names.iter().map(|n| j.lookup(n)).collect::<Result<_, _>>()?;
+            let addrs = names
+                .iter()
+                .map(|n| j.lookup(n))
+                .collect::<Result<_, _>>()?;
             Ok((j, addrs))
         })
         .collect::<Result<_, CodegenError>>()?;
     let mut wrappers = Vec::with_capacity(plan.steps.len());
     for s in &plan.steps {
-        let found = modules.iter().zip(&compiled).find_map(|((_, names), (_, addrs))| {
-            let i = names.iter().position(|n| *n == s.symbol)?;
-            addrs.get(i).copied()
-        });
+        let found = modules
+            .iter()
+            .zip(&compiled)
+            .find_map(|((_, names), (_, addrs))| {
+                let i = names.iter().position(|n| *n == s.symbol)?;
+                addrs.get(i).copied()
+            });
         wrappers.push(match found {
             Some(a) => a,
             None if s.symbol.is_empty() => 0,
             None => {
-                return Err(CodegenError::Internal(format!("kernel `{}` was not emitted", s.symbol)));
+                return Err(CodegenError::Internal(format!(
+                    "kernel `{}` was not emitted",
+                    s.symbol
+                )));
             }
         });
     }
@@ -160,6 +193,7 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
         mlir: lowered.module(),
         threads,
         last_use,
+        pool: std::sync::Mutex::default(),
         _jits: jits,
     })
 }
@@ -215,7 +249,14 @@ impl Gemm {
         let a = f.add_input("a", InputKind::Data, t([m, k]), None);
         let b = f.add_input("b", InputKind::Data, t([k, n]), None);
         let c = f
-            .add(Op::MatMul { ta: false, tb: false }, &[a, b], None)
+            .add(
+                Op::MatMul {
+                    ta: false,
+                    tb: false,
+                },
+                &[a, b],
+                None,
+            )
             .map_err(|e| CodegenError::Internal(e.to_string()))?;
         f.add_output("c", c);
         let compiled = compile_for(&f, target)?;
@@ -246,7 +287,11 @@ impl Gemm {
     /// [`CodegenError::InputTypeMismatch`] when a slice has the wrong length.
     pub fn run(&mut self, a: &[f32], b: &[f32], c: &mut [f32]) -> Result<(), CodegenError> {
         let (m, k, n) = self.shape;
-        for (name, len, want) in [("a", a.len(), m * k), ("b", b.len(), k * n), ("c", c.len(), m * n)] {
+        for (name, len, want) in [
+            ("a", a.len(), m * k),
+            ("b", b.len(), k * n),
+            ("c", c.len(), m * n),
+        ] {
             if len != want {
                 return Err(CodegenError::InputTypeMismatch {
                     name: name.into(),

@@ -8,7 +8,7 @@
 
 use crate::CodegenError;
 use crate::expr::{KernelCx, Table};
-use crate::gemm::{emit_gemm, emit_pack};
+use crate::gemm::{emit_gemm, emit_pack, emit_pack_quant};
 use crate::host::CpuTarget;
 use crate::kernels::{emit_fused, emit_matmul_scalar, emit_reduce, emit_softmax};
 use crate::schedule::{Plan, StepKind};
@@ -89,7 +89,10 @@ impl Lowered {
                     .copied()
                     .collect();
                 fs.extend(group.iter().copied());
-                (self.render(&fs), group.iter().map(|k| k.name.clone()).collect())
+                (
+                    self.render(&fs),
+                    group.iter().map(|k| k.name.clone()).collect(),
+                )
             })
             .collect()
     }
@@ -99,7 +102,10 @@ impl Lowered {
         for t in &self.tables {
             let (sym, ty) = t.symbol();
             let values: Vec<String> = match t {
-                Table::Nf4 => graft_quant::NF4_CODE.iter().map(|&x| float_lit(x)).collect(),
+                Table::Nf4 => graft_quant::NF4_CODE
+                    .iter()
+                    .map(|&x| float_lit(x))
+                    .collect(),
                 Table::Dynamic => graft_quant::DYNAMIC_SIGNED_CODE
                     .iter()
                     .map(|&x| float_lit(x))
@@ -158,7 +164,7 @@ pub(crate) fn lower(
         let mut args = Vec::new();
         let symbol = match &kind {
             StepKind::Host => continue,
-            StepKind::Pack(s) => {
+            StepKind::Pack(s) if s.quant.is_none() => {
                 args.push(slot(plan, s.b_src)?);
                 add(&mut funcs, emit_pack(&name, s, target))
             }
@@ -192,6 +198,7 @@ pub(crate) fn lower(
                         emit_softmax(&mut k, root, *axis, true)?
                     }
                     (StepKind::MatMulScalar(m), _) => emit_matmul_scalar(&mut k, root, m)?,
+                    (StepKind::Pack(s), _) => emit_pack_quant(&mut k, root, s, target)?,
                     _ => emit_fused(&mut k, root)?,
                 };
                 let mut params: Vec<String> = k

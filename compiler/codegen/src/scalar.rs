@@ -106,7 +106,11 @@ pub(crate) fn unary(b: &mut Body, u: UnaryOp, dt: DType, x: &str) -> Result<Stri
                 let n = b.op(format!("arith.negf {x} : {t}"));
                 let e = b.op(format!("math.exp {n} : {t}"));
                 let d = b.op(format!("arith.addf {one}, {e} : {t}"));
-                let num = if u == UnaryOp::Silu { x.to_string() } else { one };
+                let num = if u == UnaryOp::Silu {
+                    x.to_string()
+                } else {
+                    one
+                };
                 b.op(format!("arith.divf {num}, {d} : {t}"))
             }
             UnaryOp::Relu => {
@@ -345,7 +349,11 @@ pub(crate) fn cast(b: &mut Body, from: DType, to: DType, x: &str) -> String {
     if from == DType::I64 || from == DType::I32 || from == DType::Bool || unsigned(from) {
         if to == DType::F32 && from != DType::I64 {
             // i32/u8/bool → f32 is exact through any route; use the narrow one.
-            let op = if from == DType::I32 { "sitofp" } else { "uitofp" };
+            let op = if from == DType::I32 {
+                "sitofp"
+            } else {
+                "uitofp"
+            };
             return b.op(format!("arith.{op} {x} : {} to f32", reg_ty(from)));
         }
         let w = int_to_i64(b, from, x);

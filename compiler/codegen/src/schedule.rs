@@ -150,20 +150,31 @@ fn matmul_source(f: &Function, mut v: ValueId, mut flag: bool) -> (ValueId, bool
     (v, flag)
 }
 
-/// The GEMM view of matmul node `v`, with transposed operands folded.
-fn gemm_shape(f: &Function, v: ValueId, ta: bool, tb: bool) -> Option<GemmShape> {
+/// The GEMM view of `matmul` or `qmatmul` node `v`, with transposed operands folded (a
+/// `qmatmul`'s B is its codes' shape, dequantized while packing).
+fn gemm_shape(f: &Function, v: ValueId) -> Option<GemmShape> {
     let node = f.node(v);
+    let (ta, tb, quant) = match node.op {
+        Op::MatMul { ta, tb } => (ta, tb, None),
+        Op::QuantMatMul {
+            block,
+            nested,
+            ta,
+            tb,
+            ..
+        } => (ta, tb, Some((block, nested))),
+        _ => return None,
+    };
     let (a, ta) = matmul_source(f, *node.args.first()?, ta);
-    let (b, tb) = matmul_source(f, *node.args.get(1)?, tb);
+    let (b, tb) = match quant {
+        None => matmul_source(f, *node.args.get(1)?, tb),
+        Some(_) => (*node.args.get(1)?, tb),
+    };
     let ty = &node.ty;
     let batches = ty.shape[..ty.rank().saturating_sub(2)].iter().product();
-    Some(GemmShape::new(
-        (a, &f.ty(a).shape),
-        (b, &f.ty(b).shape),
-        batches,
-        ta,
-        tb,
-    ))
+    let mut s = GemmShape::new((a, &f.ty(a).shape), (b, &f.ty(b).shape), batches, ta, tb);
+    s.quant = quant;
+    Some(s)
 }
 
 /// Schedules a verified function for `target`.
@@ -225,10 +236,13 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             Op::Reshape | Op::StopGrad if !inline[v] => {
                 node.args.iter().for_each(|&a| must[a.index()] = true)
             }
-            Op::MatMul { ta, tb } => {
-                if let Some(s) = gemm_shape(f, ValueId(v as u32), *ta, *tb) {
+            Op::MatMul { .. } | Op::QuantMatMul { .. } => {
+                if let Some(s) = gemm_shape(f, ValueId(v as u32)) {
                     must[s.a_src.index()] = true;
                     must[s.b_src.index()] = true;
+                }
+                if matches!(node.op, Op::QuantMatMul { .. }) {
+                    node.args.iter().for_each(|&a| must[a.index()] = true);
                 }
             }
             op if fusable(op) => node.args.iter().for_each(|&a| add(a, evals)),
@@ -284,8 +298,8 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             Op::Reshape | Op::StopGrad => {
                 plan.slot_of[v] = Some(slot_for(&plan, node.args.first())?);
             }
-            Op::MatMul { ta, tb } => {
-                let s = gemm_shape(f, id, *ta, *tb)
+            Op::MatMul { .. } | Op::QuantMatMul { .. } => {
+                let s = gemm_shape(f, id)
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);
@@ -391,24 +405,36 @@ mod tests {
         f.add_output("a", eb);
         f.add_output("b", u);
         let p = plan(&f, &CpuTarget::host())?;
-        assert!(!p.inline[e.index()], "exp under an expanding broadcast is stored");
+        assert!(
+            !p.inline[e.index()],
+            "exp under an expanding broadcast is stored"
+        );
         assert!(!p.inline[t.index()], "tanh read twice is stored");
         assert_eq!(p.steps.len(), 4);
         Ok(())
     }
 
     #[test]
-    fn matmuls_pack_then_gemm_and_reshapes_are_views() -> Result<(), Box<dyn std::error::Error>>
-    {
+    fn matmuls_pack_then_gemm_and_reshapes_are_views() -> Result<(), Box<dyn std::error::Error>> {
         let mut f = Function::new("t");
         let a = f.add_input("a", InputKind::Data, f32t(&[2, 3, 4]), None);
         let b = f.add_input("b", InputKind::Data, f32t(&[4, 5]), None);
-        let c = f.add(Op::MatMul { ta: false, tb: false }, &[a, b], None)?;
+        let c = f.add(
+            Op::MatMul {
+                ta: false,
+                tb: false,
+            },
+            &[a, b],
+            None,
+        )?;
         let r = f.add_typed(Op::Reshape, &[c], Some(f32t(&[6, 5])), None)?;
         f.add_output("r", r);
         let p = plan(&f, &CpuTarget::host())?;
         let kinds: Vec<_> = p.steps.iter().map(|s| &s.kind).collect();
-        assert!(matches!(kinds.as_slice(), [StepKind::Pack(_), StepKind::Gemm(_)]));
+        assert!(matches!(
+            kinds.as_slice(),
+            [StepKind::Pack(_), StepKind::Gemm(_)]
+        ));
         assert_eq!(p.slot_of[r.index()], p.slot_of[c.index()]);
         Ok(())
     }

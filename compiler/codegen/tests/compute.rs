@@ -28,7 +28,14 @@ fn matmul_fn(dt: DType, a: &[usize], b: &[usize], ta: bool, tb: bool) -> Functio
 
 #[test]
 fn matmul_every_transpose_and_tail() {
-    for (m, k, n) in [(1, 1, 1), (5, 7, 9), (6, 16, 16), (13, 3, 33), (17, 300, 40), (64, 64, 4)] {
+    for (m, k, n) in [
+        (1, 1, 1),
+        (5, 7, 9),
+        (6, 16, 16),
+        (13, 3, 33),
+        (17, 300, 40),
+        (64, 64, 4),
+    ] {
         for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
             let a = if ta { [k, m] } else { [m, k] };
             let b = if tb { [n, k] } else { [k, n] };
@@ -55,8 +62,15 @@ fn matmul_with_every_vector_shape() {
             let f = matmul_fn(DType::F32, &a, &b, ta, tb);
             let inputs = random_inputs(&f, 21, -1.0, 1.0);
             let want = graft_interp::run(&f, &inputs).unwrap();
-            let got = graft_codegen::compile_for(&f, &target).unwrap().run(&inputs).unwrap();
-            let scale = want[0].1.to_f64_vec().iter().fold(0f64, |m, x| m.max(x.abs()));
+            let got = graft_codegen::compile_for(&f, &target)
+                .unwrap()
+                .run(&inputs)
+                .unwrap();
+            let scale = want[0]
+                .1
+                .to_f64_vec()
+                .iter()
+                .fold(0f64, |m, x| m.max(x.abs()));
             let e = common::rel_err(&got[0].1, &want[0].1, scale);
             assert!(e <= 1e-4, "{target:?}: {e:e}");
         }
@@ -114,7 +128,15 @@ fn reductions_over_any_axes() {
             for (i, axes) in axes_sets.iter().enumerate() {
                 for keepdim in [false, true] {
                     let r = f
-                        .add(Op::Reduce { op, axes: axes.to_vec(), keepdim }, &[x], None)
+                        .add(
+                            Op::Reduce {
+                                op,
+                                axes: axes.to_vec(),
+                                keepdim,
+                            },
+                            &[x],
+                            None,
+                        )
                         .unwrap();
                     f.add_output(format!("{}_{i}_{keepdim}", op.name()), r);
                 }
@@ -128,7 +150,15 @@ fn reductions_over_any_axes() {
         for op in [ReduceOp::Max, ReduceOp::Min] {
             for (i, axes) in axes_sets.iter().enumerate() {
                 let r = f
-                    .add(Op::Reduce { op, axes: axes.to_vec(), keepdim: false }, &[x], None)
+                    .add(
+                        Op::Reduce {
+                            op,
+                            axes: axes.to_vec(),
+                            keepdim: false,
+                        },
+                        &[x],
+                        None,
+                    )
                     .unwrap();
                 f.add_output(format!("{}_{i}", op.name()), r);
             }
@@ -143,20 +173,44 @@ fn reductions_propagate_nan_and_fuse_their_operand() {
     let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[4, 6]), None);
     let sq = f.add(Op::Binary(BinaryOp::Mul), &[x, x], None).unwrap();
     let s = f
-        .add(Op::Reduce { op: ReduceOp::Mean, axes: vec![1], keepdim: true }, &[sq], None)
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Mean,
+                axes: vec![1],
+                keepdim: true,
+            },
+            &[sq],
+            None,
+        )
         .unwrap();
     let m = f
-        .add(Op::Reduce { op: ReduceOp::Max, axes: vec![0], keepdim: false }, &[x], None)
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Max,
+                axes: vec![0],
+                keepdim: false,
+            },
+            &[x],
+            None,
+        )
         .unwrap();
     f.add_output("ms", s);
     f.add_output("max", m);
     let compiled = graft_codegen::compile(&f).unwrap();
-    assert_eq!(compiled.kernel_count(), 2, "{:?}", compiled.kernel_summary());
+    assert_eq!(
+        compiled.kernel_count(),
+        2,
+        "{:?}",
+        compiled.kernel_summary()
+    );
     let mut inputs = random_inputs(&f, 10, -3.0, 3.0);
     let mut v = inputs["x"].as_f32().unwrap().to_vec();
     v[7] = f32::NAN;
     v[1] = f32::INFINITY;
-    inputs.insert("x".into(), graft_interp::Tensor::f32(vec![4, 6], v).unwrap());
+    inputs.insert(
+        "x".into(),
+        graft_interp::Tensor::f32(vec![4, 6], v).unwrap(),
+    );
     check(&f, &inputs, 1e-5);
 }
 
@@ -177,7 +231,10 @@ fn softmax_and_log_softmax_on_every_axis() {
             v[0] = f32::INFINITY;
             v[40] = f32::NAN;
             v[50] = f32::NEG_INFINITY;
-            inputs.insert("x".into(), graft_interp::Tensor::f32(vec![3, 5, 7], v).unwrap());
+            inputs.insert(
+                "x".into(),
+                graft_interp::Tensor::f32(vec![3, 5, 7], v).unwrap(),
+            );
         }
         check(&f, &inputs, 1e-5);
     }
@@ -189,21 +246,63 @@ fn layout_ops_materialized_and_fused() {
     let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[2, 3, 4]), None);
     let y = f.add_input("y", InputKind::Data, ty(DType::F32, &[2, 5, 4]), None);
     let v = f.add_input("v", InputKind::Data, ty(DType::F32, &[3, 1]), None);
-    let r = f.add_typed(Op::Reshape, &[x], Some(ty(DType::F32, &[6, 4])), None).unwrap();
-    let t = f.add(Op::Transpose { perm: vec![2, 0, 1] }, &[x], None).unwrap();
-    let b = f.add_typed(Op::Broadcast, &[v], Some(ty(DType::F32, &[2, 3, 4])), None).unwrap();
+    let r = f
+        .add_typed(Op::Reshape, &[x], Some(ty(DType::F32, &[6, 4])), None)
+        .unwrap();
+    let t = f
+        .add(
+            Op::Transpose {
+                perm: vec![2, 0, 1],
+            },
+            &[x],
+            None,
+        )
+        .unwrap();
+    let b = f
+        .add_typed(Op::Broadcast, &[v], Some(ty(DType::F32, &[2, 3, 4])), None)
+        .unwrap();
     let c = f.add(Op::Concat { axis: 1 }, &[x, y, x], None).unwrap();
-    let s = f.add(Op::Slice { axis: 1, start: 2, end: 7 }, &[c], None).unwrap();
+    let s = f
+        .add(
+            Op::Slice {
+                axis: 1,
+                start: 2,
+                end: 7,
+            },
+            &[c],
+            None,
+        )
+        .unwrap();
     let g = f.add(Op::StopGrad, &[s], None).unwrap();
     // Fused: exp(transpose(x)) reshaped, concat of computed values, slice of a sum.
     let e = f.add(Op::Unary(UnaryOp::Exp), &[t], None).unwrap();
-    let er = f.add_typed(Op::Reshape, &[e], Some(ty(DType::F32, &[4, 6])), None).unwrap();
+    let er = f
+        .add_typed(Op::Reshape, &[e], Some(ty(DType::F32, &[4, 6])), None)
+        .unwrap();
     let bx = f.add(Op::Binary(BinaryOp::Add), &[x, b], None).unwrap();
     let neg = f.add(Op::Unary(UnaryOp::Neg), &[y], None).unwrap();
     let cc = f.add(Op::Concat { axis: 1 }, &[bx, neg], None).unwrap();
-    let sl = f.add(Op::Slice { axis: 2, start: 1, end: 3 }, &[cc], None).unwrap();
+    let sl = f
+        .add(
+            Op::Slice {
+                axis: 2,
+                start: 1,
+                end: 3,
+            },
+            &[cc],
+            None,
+        )
+        .unwrap();
     let sq = f.add(Op::Unary(UnaryOp::Sqrt), &[sl], None).unwrap();
-    for (name, v) in [("r", r), ("t", t), ("b", b), ("c", c), ("g", g), ("er", er), ("sq", sq)] {
+    for (name, v) in [
+        ("r", r),
+        ("t", t),
+        ("b", b),
+        ("c", c),
+        ("g", g),
+        ("er", er),
+        ("sq", sq),
+    ] {
         f.add_output(name, v);
     }
     check(&f, &random_inputs(&f, 12, -2.0, 2.0), 0.0);
@@ -249,17 +348,78 @@ fn threaded_runs_are_bit_identical_to_single_threaded_ones() {
     let mut f = Function::new("threads");
     let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[96, 200]), None);
     let w = f.add_input("w", InputKind::Data, ty(DType::F32, &[300, 200]), None);
-    let h = f.add(Op::MatMul { ta: false, tb: true }, &[x, w], None).unwrap();
+    let h = f
+        .add(
+            Op::MatMul {
+                ta: false,
+                tb: true,
+            },
+            &[x, w],
+            None,
+        )
+        .unwrap();
     let a = f.add(Op::Unary(UnaryOp::Silu), &[h], None).unwrap();
     let s = f.add(Op::Softmax { axis: 1 }, &[a], None).unwrap();
     let r = f
-        .add(Op::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdim: false }, &[a], None)
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: vec![0],
+                keepdim: false,
+            },
+            &[a],
+            None,
+        )
         .unwrap();
     f.add_output("s", s);
     f.add_output("r", r);
     let inputs = random_inputs(&f, 31, -1.0, 1.0);
-    let one = graft_codegen::compile(&f).unwrap().with_threads(1).run(&inputs).unwrap();
-    let many = graft_codegen::compile(&f).unwrap().with_threads(7).run(&inputs).unwrap();
+    let one = graft_codegen::compile(&f)
+        .unwrap()
+        .with_threads(1)
+        .run(&inputs)
+        .unwrap();
+    let many = graft_codegen::compile(&f)
+        .unwrap()
+        .with_threads(7)
+        .run(&inputs)
+        .unwrap();
     assert_eq!(one, many);
     check_norm(&f, &inputs, 1e-4);
+}
+
+#[test]
+fn empty_tensors_and_empty_reductions() {
+    let mut f = Function::new("empty");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[0, 3]), None);
+    let y = f.add_input("y", InputKind::Data, ty(DType::F32, &[2, 3]), None);
+    let e = f.add(Op::Unary(UnaryOp::Exp), &[x], None).unwrap();
+    let s = f
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: vec![0],
+                keepdim: false,
+            },
+            &[x],
+            None,
+        )
+        .unwrap();
+    let m = f
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Mean,
+                axes: vec![0],
+                keepdim: true,
+            },
+            &[x],
+            None,
+        )
+        .unwrap();
+    let c = f.add(Op::Concat { axis: 0 }, &[x, y, x], None).unwrap();
+    let t = f.add(Op::Unary(UnaryOp::Tanh), &[c], None).unwrap();
+    for (name, v) in [("e", e), ("s", s), ("m", m), ("t", t)] {
+        f.add_output(name, v);
+    }
+    check(&f, &random_inputs(&f, 41, -1.0, 1.0), 0.0);
 }

@@ -82,12 +82,7 @@ fn special_tensor(dt: DType, n: usize, seed: u64) -> Tensor {
 }
 
 /// One function computing every op in `ops` of the inputs `x` (and `y`), one output each.
-fn build(
-    dt: DType,
-    shape: &[usize],
-    binary: bool,
-    ops: &[Op],
-) -> (Function, Vec<String>) {
+fn build(dt: DType, shape: &[usize], binary: bool, ops: &[Op]) -> (Function, Vec<String>) {
     let mut f = Function::new("ops");
     let x = f.add_input("x", InputKind::Data, ty(dt, shape), None);
     let y = f.add_input("y", InputKind::Data, ty(dt, shape), None);
@@ -124,7 +119,12 @@ fn unary_ops_on_floats() {
 #[test]
 fn unary_ops_on_integers_and_bools() {
     for dt in [DType::I64, DType::I32] {
-        let (f, _) = build(dt, &[24], false, &[Op::Unary(UnaryOp::Neg), Op::Unary(UnaryOp::Abs)]);
+        let (f, _) = build(
+            dt,
+            &[24],
+            false,
+            &[Op::Unary(UnaryOp::Neg), Op::Unary(UnaryOp::Abs)],
+        );
         let mut inputs = HashMap::new();
         inputs.insert("x".to_string(), special_tensor(dt, 24, 5));
         inputs.insert("y".to_string(), special_tensor(dt, 24, 6));
@@ -268,7 +268,12 @@ fn fused_chains_match_node_by_node_evaluation() {
         .add_typed(Op::Broadcast, &[g], Some(ty(DType::F32, &[6, 40])), None)
         .unwrap();
     let half = f
-        .add_typed(Op::Constant { value: 0.5 }, &[], Some(ty(DType::F32, &[6, 40])), None)
+        .add_typed(
+            Op::Constant { value: 0.5 },
+            &[],
+            Some(ty(DType::F32, &[6, 40])),
+            None,
+        )
         .unwrap();
     let t = f.add(Op::Unary(UnaryOp::Tanh), &[x], None).unwrap();
     let m = f.add(Op::Binary(BinaryOp::Mul), &[t, half], None).unwrap();

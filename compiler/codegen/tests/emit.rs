@@ -48,14 +48,35 @@ fn sample() -> Function {
     let w = f.add_input("w", InputKind::Weight, f32t(&[48, 64]), None);
     let sq = f.add(Op::Binary(BinaryOp::Mul), &[x, x], None).unwrap();
     let ms = f
-        .add(Op::Reduce { op: ReduceOp::Mean, axes: vec![1], keepdim: true }, &[sq], None)
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Mean,
+                axes: vec![1],
+                keepdim: true,
+            },
+            &[sq],
+            None,
+        )
         .unwrap();
     let r = f.add(Op::Unary(UnaryOp::Rsqrt), &[ms], None).unwrap();
-    let rb = f.add_typed(Op::Broadcast, &[r], Some(f32t(&[16, 64])), None).unwrap();
-    let gb = f.add_typed(Op::Broadcast, &[g], Some(f32t(&[16, 64])), None).unwrap();
+    let rb = f
+        .add_typed(Op::Broadcast, &[r], Some(f32t(&[16, 64])), None)
+        .unwrap();
+    let gb = f
+        .add_typed(Op::Broadcast, &[g], Some(f32t(&[16, 64])), None)
+        .unwrap();
     let xn = f.add(Op::Binary(BinaryOp::Mul), &[x, rb], None).unwrap();
     let y = f.add(Op::Binary(BinaryOp::Mul), &[xn, gb], None).unwrap();
-    let z = f.add(Op::MatMul { ta: false, tb: true }, &[y, w], None).unwrap();
+    let z = f
+        .add(
+            Op::MatMul {
+                ta: false,
+                tb: true,
+            },
+            &[y, w],
+            None,
+        )
+        .unwrap();
     let s = f.add(Op::Softmax { axis: 1 }, &[z], None).unwrap();
     let e = f.add(Op::Unary(UnaryOp::Exp), &[s], None).unwrap();
     f.add_output("p", e);
@@ -129,11 +150,20 @@ CHECK-DAG: attributes #[[NOINLINE]] = { noinline }
 #[test]
 fn lowered_mlir_is_in_the_llvm_dialect_and_pipeline_is_printable() {
     let mut f = Function::new("deq");
-    let c = f.add_input("c", InputKind::Weight, TensorType::new(DType::U4, vec![4, 32]), None);
+    let c = f.add_input(
+        "c",
+        InputKind::Weight,
+        TensorType::new(DType::U4, vec![4, 32]),
+        None,
+    );
     let a = f.add_input("a", InputKind::Weight, f32t(&[2]), None);
     let d = f
         .add_typed(
-            Op::Dequantize { format: QuantFormat::Nf4, block: 64, nested: 0 },
+            Op::Dequantize {
+                format: QuantFormat::Nf4,
+                block: 64,
+                nested: 0,
+            },
             &[c, a],
             Some(TensorType::new(DType::BF16, vec![4, 32])),
             None,
@@ -165,5 +195,7 @@ CHECK: llvm.return
 "#,
         &lowered,
     );
-    assert!(graft_codegen::PIPELINE.contains("convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}"));
+    assert!(
+        graft_codegen::PIPELINE.contains("convert-func-to-llvm{use-bare-ptr-memref-call-conv=1}")
+    );
 }

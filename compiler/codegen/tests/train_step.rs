@@ -25,7 +25,10 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.ty(), b.ty());
     let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
     let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
-    let err = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+    let err = a
+        .iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()));
     if scale == 0.0 { err } else { err / scale }
 }
 
@@ -49,7 +52,11 @@ fn lora_qv_training_steps_match_the_interpreter() {
     let want_init = graft_interp::run(init, &values).unwrap();
     let got_init = graft_codegen::compile(init).unwrap().run(&values).unwrap();
     for ((name, g), (_, w)) in got_init.iter().zip(&want_init) {
-        assert!(rel(g, w) <= 1e-6, "@init `{name}` differs by {:e}", rel(g, w));
+        assert!(
+            rel(g, w) <= 1e-6,
+            "@init `{name}` differs by {:e}",
+            rel(g, w)
+        );
     }
     for (name, t) in want_init {
         values.insert(name, t);
@@ -95,7 +102,10 @@ fn lora_qv_training_steps_match_the_interpreter() {
             }
         }
         let loss = |v: &[(String, Tensor)]| {
-            v.iter().find(|(n, _)| n == "loss").map(|(_, t)| t.to_f64_vec()[0]).unwrap()
+            v.iter()
+                .find(|(n, _)| n == "loss")
+                .map(|(_, t)| t.to_f64_vec()[0])
+                .unwrap()
         };
         eprintln!(
             "step {step}: loss {} (interpreter {}), worst `{}` {:e}; run {run_time:?}, interpreter {interp_time:?}",

@@ -29,16 +29,30 @@ pub struct Dag<'a> {
 impl<'a> Dag<'a> {
     /// Evaluates `choice`; `None` if it is cyclic or incomplete.
     pub fn new(eg: &'a Graph, target: Target, root: Id, choice: HashMap<Id, G>) -> Option<Dag<'a>> {
-        let mut d = Dag { eg, target, root: eg.find(root), choice, refs: HashMap::new(), post: HashMap::new(), total: 0.0, stats: [0; 3] };
+        let mut d = Dag {
+            eg,
+            target,
+            root: eg.find(root),
+            choice,
+            refs: HashMap::new(),
+            post: HashMap::new(),
+            total: 0.0,
+            stats: [0; 3],
+        };
         d.recompute().then_some(d)
     }
 
     fn children(&self, id: Id) -> Vec<Id> {
-        self.choice.get(&id).map(|n| n.children().iter().map(|c| self.eg.find(*c)).collect()).unwrap_or_default()
+        self.choice
+            .get(&id)
+            .map(|n| n.children().iter().map(|c| self.eg.find(*c)).collect())
+            .unwrap_or_default()
     }
 
     fn cost(&self, id: Id) -> f64 {
-        self.choice.get(&id).map_or(0.0, |n| node_seconds(self.eg, n, &self.target))
+        self.choice
+            .get(&id)
+            .map_or(0.0, |n| node_seconds(self.eg, n, &self.target))
     }
 
     /// Recomputes reference counts, post-order and total from scratch; false if cyclic.
@@ -103,11 +117,15 @@ impl<'a> Dag<'a> {
     pub fn try_switch(&mut self, class: Id, node: G) -> bool {
         self.stats[0] += 1;
         let node = node.map_children(|c| self.eg.find(c));
-        let Some(old) = self.choice.get(&class).cloned() else { return false };
+        let Some(old) = self.choice.get(&class).cloned() else {
+            return false;
+        };
         if old == node {
             return false;
         }
-        let Some(&pc) = self.post.get(&class) else { return false };
+        let Some(&pc) = self.post.get(&class) else {
+            return false;
+        };
         if self.refs.get(&class).copied().unwrap_or(0) == 0 {
             return false;
         }
@@ -121,8 +139,11 @@ impl<'a> Dag<'a> {
             }
         }
         let mut over: HashMap<Id, i64> = HashMap::new();
-        let mut delta = node_seconds(self.eg, &node, &self.target) - node_seconds(self.eg, &old, &self.target);
-        let count = |d: &Self, over: &HashMap<Id, i64>, k: Id| *d.refs.get(&k).unwrap_or(&0) as i64 + over.get(&k).copied().unwrap_or(0);
+        let mut delta =
+            node_seconds(self.eg, &node, &self.target) - node_seconds(self.eg, &old, &self.target);
+        let count = |d: &Self, over: &HashMap<Id, i64>, k: Id| {
+            *d.refs.get(&k).unwrap_or(&0) as i64 + over.get(&k).copied().unwrap_or(0)
+        };
         let mut stack = new_kids.clone();
         while let Some(k) = stack.pop() {
             let before = count(self, &over, k);
@@ -167,7 +188,11 @@ impl<'a> Dag<'a> {
     /// Gives post-order numbers below `upper` to the classes reachable from `roots` that have
     /// none, children first; false if some child already finishes at or after `upper`.
     fn number_new(&mut self, roots: &[Id], upper: f64) -> bool {
-        let mut stack: Vec<(Id, bool)> = roots.iter().filter(|r| !self.post.contains_key(r)).map(|r| (*r, false)).collect();
+        let mut stack: Vec<(Id, bool)> = roots
+            .iter()
+            .filter(|r| !self.post.contains_key(r))
+            .map(|r| (*r, false))
+            .collect();
         let mut pending = std::collections::HashSet::new();
         while let Some((id, done)) = stack.pop() {
             if self.post.contains_key(&id) {
@@ -175,11 +200,18 @@ impl<'a> Dag<'a> {
             }
             let kids = self.children(id);
             if done {
-                let below = kids.iter().filter_map(|k| self.post.get(k)).fold(f64::NEG_INFINITY, |a, b| a.max(*b));
+                let below = kids
+                    .iter()
+                    .filter_map(|k| self.post.get(k))
+                    .fold(f64::NEG_INFINITY, |a, b| a.max(*b));
                 if below >= upper {
                     return false;
                 }
-                let lo = if below.is_finite() { below } else { upper - 1.0 };
+                let lo = if below.is_finite() {
+                    below
+                } else {
+                    upper - 1.0
+                };
                 let p = (lo + upper) / 2.0;
                 if !(p > lo && p < upper) {
                     return false;
@@ -203,14 +235,22 @@ impl<'a> Dag<'a> {
     /// Applies several switches together if the result is cheaper and acyclic.
     pub fn try_switch_all(&mut self, switches: &[(Id, G)]) -> bool {
         // Only groups whose members are all computed now, and not already by these slices.
-        let relevant = switches.iter().all(|(c, _)| self.refs.get(&self.eg.find(*c)).copied().unwrap_or(0) > 0)
-            && switches.iter().any(|(c, n)| self.choice.get(&self.eg.find(*c)) != Some(&n.clone().map_children(|x| self.eg.find(x))));
+        let relevant = switches
+            .iter()
+            .all(|(c, _)| self.refs.get(&self.eg.find(*c)).copied().unwrap_or(0) > 0)
+            && switches.iter().any(|(c, n)| {
+                self.choice.get(&self.eg.find(*c))
+                    != Some(&n.clone().map_children(|x| self.eg.find(x)))
+            });
         if !relevant {
             return false;
         }
         let (before, saved) = (self.total, self.choice.clone());
         for (c, n) in switches {
-            self.choice.insert(self.eg.find(*c), n.clone().map_children(|x| self.eg.find(x)));
+            self.choice.insert(
+                self.eg.find(*c),
+                n.clone().map_children(|x| self.eg.find(x)),
+            );
         }
         if self.recompute() && self.total + 1e-12 < before {
             return true;
@@ -222,7 +262,12 @@ impl<'a> Dag<'a> {
 
     /// The classes reachable from the root.
     pub fn reachable(&self) -> Vec<Id> {
-        let mut v: Vec<(f64, Id)> = self.post.iter().filter(|(id, _)| self.refs.get(id).copied().unwrap_or(0) > 0).map(|(id, p)| (*p, *id)).collect();
+        let mut v: Vec<(f64, Id)> = self
+            .post
+            .iter()
+            .filter(|(id, _)| self.refs.get(id).copied().unwrap_or(0) > 0)
+            .map(|(id, p)| (*p, *id))
+            .collect();
         v.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
         v.into_iter().rev().map(|(_, id)| id).collect()
     }

@@ -10,8 +10,8 @@
 
 use crate::analysis::{Graph, Info};
 use crate::cost::{Target, seconds, work};
-use crate::lang::{G, op_from_leaves};
 use crate::dag::Dag;
+use crate::lang::{G, op_from_leaves};
 use crate::rules::batching::Groups;
 use egg::{CostFunction, Extractor, Id, Language, RecExpr};
 use graft_ir::TensorType;
@@ -140,9 +140,18 @@ pub struct Extracted {
 
 /// Extracts the cheapest term under `root`; `original` is the input program's term, whose
 /// choice is the starting point that guarantees no regression.
-pub fn extract(eg: &Graph, root: Id, original: &RecExpr<G>, target: Target, groups: &Groups) -> Option<Extracted> {
+pub fn extract(
+    eg: &Graph,
+    root: Id,
+    original: &RecExpr<G>,
+    target: Target,
+    groups: &Groups,
+) -> Option<Extracted> {
     let extractor = Extractor::new(eg, TreeCost { eg, target });
-    let greedy: HashMap<Id, G> = eg.classes().map(|c| (c.id, extractor.find_best_node(c.id).clone())).collect();
+    let greedy: HashMap<Id, G> = eg
+        .classes()
+        .map(|c| (c.id, extractor.find_best_node(c.id).clone()))
+        .collect();
     // The original program's choice, over canonical classes. When rules merged several of its
     // nodes into one class, the first (innermost) one is kept, which keeps the choice acyclic.
     let mut orig = greedy.clone();
@@ -199,7 +208,10 @@ pub fn extract(eg: &Graph, root: Id, original: &RecExpr<G>, target: Target, grou
         }
     }
     if std::env::var_os("GRAFT_OPT_DEBUG").is_some() {
-        eprintln!("extraction: {} switches tried, {} cycle searches, {} recomputations", dag.stats[0], dag.stats[1], dag.stats[2]);
+        eprintln!(
+            "extraction: {} switches tried, {} cycle searches, {} recomputations",
+            dag.stats[0], dag.stats[1], dag.stats[2]
+        );
     }
     let choice = dag.choice;
     build(eg, &choice, root).map(|expr| Extracted {

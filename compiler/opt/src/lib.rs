@@ -91,7 +91,8 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
         Mode::Merge => rules::merge_rules(&groups),
     };
     let (eg, run) = run::saturate(eg, &table, &opts.limits);
-    let ex = extract::extract(&eg, root, &term.expr, opts.target, &groups).ok_or(OptError::Extraction)?;
+    let ex = extract::extract(&eg, root, &term.expr, opts.target, &groups)
+        .ok_or(OptError::Extraction)?;
     let out = lang::from_term(
         &f.name,
         &lang::Term {
@@ -107,7 +108,8 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
         after: summarize(&func, &opts.target),
         func,
         run,
-        batched_groups: ex.groups_used, time: start.elapsed(),
+        batched_groups: ex.groups_used,
+        time: start.elapsed(),
     })
 }
 

@@ -80,7 +80,11 @@ pub fn saturate(mut eg: Graph, rules: &[Rule], limits: &Limits) -> (Graph, RunRe
         let left = limits.time.saturating_sub(start.elapsed());
         // The backoff scheduler would ban the multi-pattern rule for its many matches; its
         // phase is bounded by the iteration and node limits instead.
-        let scheduler = egg::BackoffScheduler::default().with_initial_match_limit(if multi { 1_000_000 } else { 2_000 });
+        let scheduler = egg::BackoffScheduler::default().with_initial_match_limit(if multi {
+            1_000_000
+        } else {
+            2_000
+        });
         let runner = Runner::default()
             .with_egraph(eg)
             .with_node_limit(limits.nodes)

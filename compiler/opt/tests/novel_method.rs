@@ -22,11 +22,25 @@ model base = llama(vocab: 64, hidden: 32, layers: 1, heads: 4, ffn: 48)
 adapt base { sandwich() at ["q_proj", "v_proj"] }
 train { batch 2 seq 8 }
 "#;
-    let (_, p) = compile("novel.graft", None, spec.to_string(), &Stdlib::Dir(common::repo().join("stdlib"))).unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let (_, p) = compile(
+        "novel.graft",
+        None,
+        spec.to_string(),
+        &Stdlib::Dir(common::repo().join("stdlib")),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render(false)));
     let step = common::train_step(&p);
     let opt = graft_opt::optimize(&step, &graft_opt::Options::default()).expect("optimize");
-    for rule in ["lowrank-reassociate", "scale-into-matmul-a", "matmul-fold-transpose-b"] {
-        assert!(opt.run.applied.get(rule).copied().unwrap_or(0) > 0, "{rule} did not fire on the inline adapter: {:?}", opt.run.applied);
+    for rule in [
+        "lowrank-reassociate",
+        "scale-into-matmul-a",
+        "matmul-fold-transpose-b",
+    ] {
+        assert!(
+            opt.run.applied.get(rule).copied().unwrap_or(0) > 0,
+            "{rule} did not fire on the inline adapter: {:?}",
+            opt.run.applied
+        );
     }
     let inputs = common::random_inputs(&step, 64, 5);
     let before = graft_interp::run(&step, &inputs).expect("before");

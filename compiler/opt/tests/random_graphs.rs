@@ -32,7 +32,9 @@ fn generate(seed: u64) -> Function {
     let mut rng = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
     let mut f = Function::new("random");
     let x = f.add_input("x", InputKind::Data, t(&[6, 8]), None);
-    let mats: Vec<ValueId> = (0..4).map(|i| f.add_input(format!("w{i}"), InputKind::Weight, t(&[8, 8]), None)).collect();
+    let mats: Vec<ValueId> = (0..4)
+        .map(|i| f.add_input(format!("w{i}"), InputKind::Weight, t(&[8, 8]), None))
+        .collect();
     let a = f.add_input("a", InputKind::Param, t(&[2, 8]), None);
     let b = f.add_input("b", InputKind::Param, t(&[8, 2]), None);
     let mut e = Emitter { f: &mut f };
@@ -94,14 +96,38 @@ fn random_graphs_keep_their_meaning() {
         let inputs = common::random_inputs(&f, 2, seed);
         let before = graft_interp::run(&f, &inputs).expect("before");
         for mode in [Mode::Train, Mode::Merge] {
-            let opt = optimize(&f, &Options { mode, ..Options::default() }).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let opt = optimize(
+                &f,
+                &Options {
+                    mode,
+                    ..Options::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             fired.extend(opt.run.applied.keys().cloned());
-            let after = graft_interp::run(&opt.func, &inputs).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            let after = graft_interp::run(&opt.func, &inputs)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
             let (err, name) = common::worst_rel_err(&after, &before);
-            assert!(err <= 1e-4, "seed {seed} ({mode:?}): `{name}` changed by {err:e}\n{}", graft_ir::print_function(&f));
+            assert!(
+                err <= 1e-4,
+                "seed {seed} ({mode:?}): `{name}` changed by {err:e}\n{}",
+                graft_ir::print_function(&f)
+            );
         }
     }
-    for rule in ["matmul-fold-transpose-b", "lowrank-reassociate", "scale-into-matmul-a", "transpose-of-transpose", "reshape-of-reshape", "matmul-distribute", "drop-stop-grad", "mul-by-one"] {
-        assert!(fired.contains(rule), "the generator never exercised {rule}: {fired:?}");
+    for rule in [
+        "matmul-fold-transpose-b",
+        "lowrank-reassociate",
+        "scale-into-matmul-a",
+        "transpose-of-transpose",
+        "reshape-of-reshape",
+        "matmul-distribute",
+        "drop-stop-grad",
+        "mul-by-one",
+    ] {
+        assert!(
+            fired.contains(rule),
+            "the generator never exercised {rule}: {fired:?}"
+        );
     }
 }

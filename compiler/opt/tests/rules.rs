@@ -14,13 +14,19 @@ fn inp(name: &str, ty: &str) -> String {
 /// they end up equal.
 fn equal_after(rule: &str, start: &str, goal: &str) -> bool {
     let groups = Groups::default();
-    let rules: Vec<_> = merge_rules(&groups).into_iter().filter(|r| r.name == rule).collect();
+    let rules: Vec<_> = merge_rules(&groups)
+        .into_iter()
+        .filter(|r| r.name == rule)
+        .collect();
     assert_eq!(rules.len(), 1, "no rule named {rule}");
     let mut eg = Graph::default();
     let s: RecExpr<G> = start.parse().unwrap_or_else(|e| panic!("{start}: {e}"));
     let g: RecExpr<G> = goal.parse().unwrap_or_else(|e| panic!("{goal}: {e}"));
     let (si, gi) = (eg.add_expr(&s), eg.add_expr(&g));
-    let runner = Runner::default().with_egraph(eg).with_iter_limit(3).run(rules.iter().map(|r| &r.rewrite));
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_iter_limit(3)
+        .run(rules.iter().map(|r| &r.rewrite));
     runner.egraph.find(si) == runner.egraph.find(gi)
 }
 
@@ -28,8 +34,19 @@ macro_rules! check_rewrite {
     ($test:ident, $rule:expr, $start:expr => $goal:expr, near miss $miss:expr => $miss_goal:expr) => {
         #[test]
         fn $test() {
-            assert!(equal_after($rule, &$start, &$goal), "{} did not rewrite\n  {}\nto\n  {}", $rule, $start, $goal);
-            assert!(!equal_after($rule, &$miss, &$miss_goal), "{} fired on the near miss\n  {}", $rule, $miss);
+            assert!(
+                equal_after($rule, &$start, &$goal),
+                "{} did not rewrite\n  {}\nto\n  {}",
+                $rule,
+                $start,
+                $goal
+            );
+            assert!(
+                !equal_after($rule, &$miss, &$miss_goal),
+                "{} fired on the near miss\n  {}",
+                $rule,
+                $miss
+            );
         }
     };
 }
@@ -111,9 +128,19 @@ check_rewrite!(matmul_distribute, "matmul-distribute",
 
 fn dq(nested: &str) -> String {
     if nested == "0" {
-        format!("(dequantize block=64 format=nf4 nested=0 ty=f32[4,64] {} {})", inp("q", "u4[4,64]"), inp("s", "f32[4]"))
+        format!(
+            "(dequantize block=64 format=nf4 nested=0 ty=f32[4,64] {} {})",
+            inp("q", "u4[4,64]"),
+            inp("s", "f32[4]")
+        )
     } else {
-        format!("(dequantize block=64 format=nf4 nested=256 ty=f32[4,64] {} {} {} {})", inp("q", "u4[4,64]"), inp("s8", "u8[4]"), inp("s2", "f32[1]"), inp("mu", "f32[]"))
+        format!(
+            "(dequantize block=64 format=nf4 nested=256 ty=f32[4,64] {} {} {} {})",
+            inp("q", "u4[4,64]"),
+            inp("s8", "u8[4]"),
+            inp("s2", "f32[1]"),
+            inp("mu", "f32[]")
+        )
     }
 }
 
@@ -133,34 +160,61 @@ check_rewrite!(select_same, "select-same",
 /// become a slice of the wide product.
 fn batched(context: &str, m1: &str, goal: &str) -> bool {
     let groups = Groups::default();
-    let rules: Vec<_> = merge_rules(&groups).into_iter().filter(|r| r.name == "batch-shared-input").collect();
+    let rules: Vec<_> = merge_rules(&groups)
+        .into_iter()
+        .filter(|r| r.name == "batch-shared-input")
+        .collect();
     let mut eg = Graph::default();
     for e in [context, m1, goal] {
         let r: RecExpr<G> = e.parse().unwrap_or_else(|err| panic!("{e}: {err}"));
         eg.add_expr(&r);
     }
-    let (m1e, ge): (RecExpr<G>, RecExpr<G>) = (m1.parse().expect("m1"), goal.parse().expect("goal"));
-    let runner = Runner::default().with_egraph(eg).with_iter_limit(2).run(rules.iter().map(|r| &r.rewrite));
+    let (m1e, ge): (RecExpr<G>, RecExpr<G>) =
+        (m1.parse().expect("m1"), goal.parse().expect("goal"));
+    let runner = Runner::default()
+        .with_egraph(eg)
+        .with_iter_limit(2)
+        .run(rules.iter().map(|r| &r.rewrite));
     let eg = runner.egraph;
-    eg.lookup_expr(&m1e).map(|i| eg.find(i)) == eg.lookup_expr(&ge).map(|i| eg.find(i)) && eg.lookup_expr(&ge).is_some()
+    eg.lookup_expr(&m1e).map(|i| eg.find(i)) == eg.lookup_expr(&ge).map(|i| eg.find(i))
+        && eg.lookup_expr(&ge).is_some()
 }
 
 #[test]
 fn batch_shared_input() {
     let (w2, x2) = (inp("w2", "f32[5,3]"), inp("x2", "f32[2,3]"));
     let m1 = format!("(matmul ta=false tb=true {} {})", x(), w());
-    let goal = format!("(slice axis=1 end=4 start=0 (matmul ta=false tb=true {} (concat axis=0 {} {})))", x(), w(), w2);
+    let goal = format!(
+        "(slice axis=1 end=4 start=0 (matmul ta=false tb=true {} (concat axis=0 {} {})))",
+        x(),
+        w(),
+        w2
+    );
     let both = format!("(results {m1} (matmul ta=false tb=true {} {w2}))", x());
-    assert!(batched(&both, &m1, &goal), "batch-shared-input did not batch x·Wᵀ and x·W₂ᵀ");
+    assert!(
+        batched(&both, &m1, &goal),
+        "batch-shared-input did not batch x·Wᵀ and x·W₂ᵀ"
+    );
     let miss = format!("(results {m1} (matmul ta=false tb=true {x2} {w2}))");
-    assert!(!batched(&miss, &m1, &goal), "batch-shared-input fired on products of different inputs");
+    assert!(
+        !batched(&miss, &m1, &goal),
+        "batch-shared-input fired on products of different inputs"
+    );
 }
 
 #[test]
 fn every_rule_has_a_test_and_a_stated_identity() {
     let src = include_str!("rules.rs");
     for r in merge_rules(&Groups::default()) {
-        assert!(src.contains(&format!("\"{}\"", r.name)), "rule {} has no check_rewrite test", r.name);
-        assert!(!r.identity.is_empty() && r.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "rule {} needs a kebab-case name and an identity", r.name);
+        assert!(
+            src.contains(&format!("\"{}\"", r.name)),
+            "rule {} has no check_rewrite test",
+            r.name
+        );
+        assert!(
+            !r.identity.is_empty() && r.name.chars().all(|c| c.is_ascii_lowercase() || c == '-'),
+            "rule {} needs a kebab-case name and an identity",
+            r.name
+        );
     }
 }

@@ -30,8 +30,16 @@ impl Rng {
                 Data::F32((0..n).map(|_| self.uniform(lo, hi) as f32).collect())
             }
             DType::F64 => Data::F64((0..n).map(|_| self.uniform(lo, hi)).collect()),
-            DType::I64 => Data::I64((0..n).map(|_| self.uniform(lo, hi).floor() as i64).collect()),
-            DType::I32 => Data::I32((0..n).map(|_| self.uniform(lo, hi).floor() as i32).collect()),
+            DType::I64 => Data::I64(
+                (0..n)
+                    .map(|_| self.uniform(lo, hi).floor() as i64)
+                    .collect(),
+            ),
+            DType::I32 => Data::I32(
+                (0..n)
+                    .map(|_| self.uniform(lo, hi).floor() as i32)
+                    .collect(),
+            ),
             DType::U8 => Data::U8((0..n).map(|_| (self.next() & 0xff) as u8).collect()),
             DType::U4 => Data::U4((0..n).map(|_| (self.next() & 0xf) as u8).collect()),
             DType::Bool => Data::Bool((0..n).map(|_| self.next() & 1 == 1).collect()),
@@ -77,13 +85,19 @@ pub fn rel_err(got: &Tensor, want: &Tensor, floor: f64) -> f64 {
 pub fn check_with(f: &Function, inputs: &HashMap<String, Tensor>, tol: f64, floor: f64) -> f64 {
     let want = graft_interp::run(f, inputs).unwrap_or_else(|e| panic!("interpreter: {e}"));
     let compiled = compile(f).unwrap_or_else(|e| panic!("compile: {e}"));
-    let got = compiled.run(inputs).unwrap_or_else(|e| panic!("run: {e}\n{}", compiled.mlir()));
+    let got = compiled
+        .run(inputs)
+        .unwrap_or_else(|e| panic!("run: {e}\n{}", compiled.mlir()));
     assert_eq!(got.len(), want.len());
     let mut worst = 0f64;
     for ((gn, g), (wn, w)) in got.iter().zip(&want) {
         assert_eq!(gn, wn);
         let e = rel_err(g, w, floor);
-        assert!(e <= tol, "output `{gn}` differs by {e:e} (tolerance {tol:e})\n{}", compiled.mlir());
+        assert!(
+            e <= tol,
+            "output `{gn}` differs by {e:e} (tolerance {tol:e})\n{}",
+            compiled.mlir()
+        );
         worst = worst.max(e);
     }
     worst
@@ -102,9 +116,16 @@ pub fn check_norm(f: &Function, inputs: &HashMap<String, Tensor>, tol: f64) -> f
     let got = compiled.run(inputs).unwrap_or_else(|e| panic!("run: {e}"));
     let mut worst = 0f64;
     for ((gn, g), (_, w)) in got.iter().zip(&want) {
-        let scale = w.to_f64_vec().iter().fold(0f64, |m, x| m.max(x.abs())).max(1e-30);
+        let scale = w
+            .to_f64_vec()
+            .iter()
+            .fold(0f64, |m, x| m.max(x.abs()))
+            .max(1e-30);
         let e = rel_err(g, w, scale);
-        assert!(e <= tol, "output `{gn}` differs by {e:e} norm-wise (tolerance {tol:e})");
+        assert!(
+            e <= tol,
+            "output `{gn}` differs by {e:e} norm-wise (tolerance {tol:e})"
+        );
         worst = worst.max(e);
     }
     worst

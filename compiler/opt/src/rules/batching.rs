@@ -46,8 +46,16 @@ fn batch(eg: &mut Graph, s: &Subst, groups: &Groups) -> Option<Vec<Id>> {
     leaves_of(eg, w2, &mut l2);
     // Only parameters are batched (weights, trainable or frozen, and their concatenations):
     // q/k/v, gate/up and adapters' A matrices, not products of activations.
-    let is_input = |eg: &Graph, id: &Id| eg[*id].nodes.iter().any(|n| crate::lang::op_name(n) == Some("input"));
-    if l1.iter().any(|a| l2.contains(a)) || l1.len() + l2.len() > 8 || !l1.iter().chain(&l2).all(|l| is_input(eg, l)) {
+    let is_input = |eg: &Graph, id: &Id| {
+        eg[*id]
+            .nodes
+            .iter()
+            .any(|n| crate::lang::op_name(n) == Some("input"))
+    };
+    if l1.iter().any(|a| l2.contains(a))
+        || l1.len() + l2.len() > 8
+        || !l1.iter().chain(&l2).all(|l| is_input(eg, l))
+    {
         return None;
     }
     let cat = add_op(eg, &Op::Concat { axis: 0 }, None, &[w1, w2]);
@@ -62,8 +70,26 @@ fn batch(eg: &mut Graph, s: &Subst, groups: &Groups) -> Option<Vec<Id>> {
     );
     let axis = tx.rank() - 1;
     let (n1, n2) = (t1.shape[0], t2.shape[0]);
-    let n1 = op_node(eg, &Op::Slice { axis, start: 0, end: n1 }, None, &[wide]);
-    let n2 = op_node(eg, &Op::Slice { axis, start: t1.shape[0], end: t1.shape[0] + n2 }, None, &[wide]);
+    let n1 = op_node(
+        eg,
+        &Op::Slice {
+            axis,
+            start: 0,
+            end: n1,
+        },
+        None,
+        &[wide],
+    );
+    let n2 = op_node(
+        eg,
+        &Op::Slice {
+            axis,
+            start: t1.shape[0],
+            end: t1.shape[0] + n2,
+        },
+        None,
+        &[wide],
+    );
     let (s1, s2) = (eg.add(n1.clone()), eg.add(n2.clone()));
     let changed = [(m1, s1), (m2, s2)]
         .iter()

@@ -56,7 +56,10 @@ pub fn leaf_value(egraph: &Graph, subst: &Subst, v: Var) -> Option<String> {
 /// The e-node for `op` (with its declared type when it needs one) over `args`, its leaves
 /// added to the e-graph.
 pub fn op_node(egraph: &mut Graph, op: &Op, declared: Option<&TensorType>, args: &[Id]) -> G {
-    let mut children: Vec<Id> = op_leaves(op).into_iter().map(|l| egraph.add(G::Leaf(Symbol::from(l)))).collect();
+    let mut children: Vec<Id> = op_leaves(op)
+        .into_iter()
+        .map(|l| egraph.add(G::Leaf(Symbol::from(l))))
+        .collect();
     if op.needs_declared_type() {
         let t = declared.map(encode_type).unwrap_or_default();
         children.push(egraph.add(G::Leaf(Symbol::from(format!("ty={t}")))));
