@@ -9,8 +9,7 @@
 
 use graft_frontend::{Stdlib, compile_file};
 use graft_interp::Tensor;
-use graft_runtime::{Interpreter, Session, SessionOptions, WeightsFile};
-use std::collections::HashMap;
+use graft_runtime::{Backend, Interpreter, Session, SessionOptions, WeightsFile};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
