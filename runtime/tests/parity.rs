@@ -51,10 +51,22 @@ fn load_case_with(name: &str, optimize: bool) -> Case {
         Err(e) => panic!("{e}"),
     };
     let base = WeightsFile::open(&fixtures().join("base.safetensors")).expect("base fixture");
-    let opts = graft_runtime::SessionOptions { optimize, backend: &graft_runtime::Interpreter };
-    let mut session = Session::with_options(program, Some(&base), 0, &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let opts = graft_runtime::SessionOptions {
+        optimize,
+        backend: &graft_runtime::Interpreter,
+    };
+    let mut session = Session::with_options(program, Some(&base), 0, &opts)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
     if optimize {
-        assert_ne!(session.step_fn, graft_autodiff::train_step(session.program.module.function("forward").expect("forward"), &graft_runtime::step_config(&session.program.train)).expect("step"), "the optimizer changed nothing");
+        assert_ne!(
+            session.step_fn,
+            graft_autodiff::train_step(
+                session.program.module.function("forward").expect("forward"),
+                &graft_runtime::step_config(&session.program.train)
+            )
+            .expect("step"),
+            "the optimizer changed nothing"
+        );
     }
     let fixture =
         WeightsFile::open(&fixtures().join(format!("{name}.safetensors"))).expect("case fixture");

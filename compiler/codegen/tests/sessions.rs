@@ -53,7 +53,7 @@ fn trains_the_same(name: &str) {
     let labels = base.read("labels").unwrap();
     let mut want = session(name, &Interpreter);
     let mut got = session(name, &Cpu);
-    assert_eq!(got.backend(), "cpu");
+    assert_eq!(got.backend(), "compiled cpu backend");
     for step in 0..3 {
         let w = want
             .step(&ids, &labels)
