@@ -21,6 +21,27 @@ fn swaps_last_two(p: &[usize]) -> bool {
         && p[..r - 2].iter().enumerate().all(|(i, &x)| i == x)
 }
 
+/// True when the declared type leaf `?t` equals the type of `?x` (a no-op layout change).
+fn same_type(eg: &super::Graph, s: &egg::Subst) -> bool {
+    leaf_value(eg, s, var("?t")).and_then(|t| crate::lang::decode_type(&t)) == ty(eg, s[var("?x")])
+}
+
+/// Folds a last-two-axes transpose of operand `a` or `b` into the matmul's flag.
+fn fold_transpose(eg: &mut super::Graph, s: &egg::Subst, operand_a: bool) -> Option<egg::Id> {
+    if !swaps_last_two(&perm(&leaf_value(eg, s, var("?p"))?)?) {
+        return None;
+    }
+    let ta = leaf_value(eg, s, var("?ta"))? == "true";
+    let tb = leaf_value(eg, s, var("?tb"))? == "true";
+    let (a, b) = (s[var("?a")], s[var("?b")]);
+    let op = if operand_a {
+        Op::MatMul { ta: !ta, tb }
+    } else {
+        Op::MatMul { ta, tb: !tb }
+    };
+    Some(add_op(eg, &op, None, &[a, b]))
+}
+
 /// The layout table.
 pub fn rules() -> Vec<Rule> {
     vec![
@@ -69,19 +90,13 @@ pub fn rules() -> Vec<Rule> {
             name: "reshape-identity",
             identity: "reshape(x, shape(x)) == x",
             multi: false,
-            rewrite: rw_if("reshape-identity", "(reshape ?t ?x)", "?x", |eg, s| {
-                leaf_value(eg, s, var("?t")).and_then(|t| crate::lang::decode_type(&t))
-                    == ty(eg, s[var("?x")])
-            }),
+            rewrite: rw_if("reshape-identity", "(reshape ?t ?x)", "?x", same_type),
         },
         Rule {
             name: "broadcast-identity",
             identity: "broadcast(x, shape(x)) == x",
             multi: false,
-            rewrite: rw_if("broadcast-identity", "(broadcast ?t ?x)", "?x", |eg, s| {
-                leaf_value(eg, s, var("?t")).and_then(|t| crate::lang::decode_type(&t))
-                    == ty(eg, s[var("?x")])
-            }),
+            rewrite: rw_if("broadcast-identity", "(broadcast ?t ?x)", "?x", same_type),
         },
         Rule {
             name: "matmul-fold-transpose-b",
@@ -90,15 +105,7 @@ pub fn rules() -> Vec<Rule> {
             rewrite: rw_build(
                 "matmul-fold-transpose-b",
                 "(matmul ?ta ?tb ?a (transpose ?p ?b))",
-                |eg, _, s| {
-                    if !swaps_last_two(&perm(&leaf_value(eg, s, var("?p"))?)?) {
-                        return None;
-                    }
-                    let ta = leaf_value(eg, s, var("?ta"))? == "true";
-                    let tb = leaf_value(eg, s, var("?tb"))? == "true";
-                    let (a, b) = (s[var("?a")], s[var("?b")]);
-                    Some(add_op(eg, &Op::MatMul { ta, tb: !tb }, None, &[a, b]))
-                },
+                |eg, _, s| fold_transpose(eg, s, false),
             ),
         },
         Rule {
@@ -108,15 +115,7 @@ pub fn rules() -> Vec<Rule> {
             rewrite: rw_build(
                 "matmul-fold-transpose-a",
                 "(matmul ?ta ?tb (transpose ?p ?a) ?b)",
-                |eg, _, s| {
-                    if !swaps_last_two(&perm(&leaf_value(eg, s, var("?p"))?)?) {
-                        return None;
-                    }
-                    let ta = leaf_value(eg, s, var("?ta"))? == "true";
-                    let tb = leaf_value(eg, s, var("?tb"))? == "true";
-                    let (a, b) = (s[var("?a")], s[var("?b")]);
-                    Some(add_op(eg, &Op::MatMul { ta: !ta, tb }, None, &[a, b]))
-                },
+                |eg, _, s| fold_transpose(eg, s, true),
             ),
         },
     ]
