@@ -586,13 +586,7 @@ impl Op {
                 format,
                 block,
                 nested,
-            } => {
-                a.push("format", AttrValue::Ident(format.name().to_string()));
-                a.push("block", AttrValue::Int(*block as i64));
-                if *nested != 0 {
-                    a.push("nested", AttrValue::Int(*nested as i64));
-                }
-            }
+            } => push_quant(&mut a, *format, *block, *nested),
             Op::QuantMatMul {
                 format,
                 block,
@@ -600,11 +594,7 @@ impl Op {
                 ta,
                 tb,
             } => {
-                a.push("format", AttrValue::Ident(format.name().to_string()));
-                a.push("block", AttrValue::Int(*block as i64));
-                if *nested != 0 {
-                    a.push("nested", AttrValue::Int(*nested as i64));
-                }
+                push_quant(&mut a, *format, *block, *nested);
                 if *ta {
                     a.push("ta", AttrValue::Bool(true));
                 }
@@ -1102,6 +1092,15 @@ impl Op {
                     .map_err(|e| err(e.message))
             }
         }
+    }
+}
+
+/// The attributes a dequantization carries (shared by `dequantize` and `qmatmul`).
+fn push_quant(a: &mut Attrs, format: QuantFormat, block: usize, nested: usize) {
+    a.push("format", AttrValue::Ident(format.name().to_string()));
+    a.push("block", AttrValue::Int(block as i64));
+    if nested != 0 {
+        a.push("nested", AttrValue::Int(nested as i64));
     }
 }
 
