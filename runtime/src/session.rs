@@ -217,6 +217,12 @@ impl Session {
         self.backend
     }
 
+    /// What the backend reports about the prepared step (compile time, kernel cache, static
+    /// memory plan); `None` for the interpreter.
+    pub fn step_info(&self) -> Option<crate::PreparedInfo> {
+        self.runner.info()
+    }
+
     /// A value the session holds (weights, params, optimizer state), by name.
     pub fn value(&self, name: &str) -> Option<&Tensor> {
         self.values.get(name)

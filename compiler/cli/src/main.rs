@@ -422,7 +422,29 @@ fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> 
     s
 }
 
-/// Trains on the interpreter, printing one line per step.
+/// Two lines on how the step was compiled and the static memory plan.
+fn describe_prepared(i: &graft_runtime::PreparedInfo) -> String {
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    let how = if i.cached_modules == i.modules && i.modules > 0 {
+        "loaded from the kernel cache"
+    } else {
+        "compiled"
+    };
+    format!(
+        "{} kernels {how} in {:.2} s ({} of {} modules cached; cache: {})\n\
+         memory plan: {:.1} MiB arena for the intermediates ({:.1} MiB without reuse), \
+         {:.1} MiB of outputs\n",
+        i.kernels,
+        i.compile_seconds,
+        i.cached_modules,
+        i.modules,
+        i.cache,
+        mib(i.arena_bytes),
+        mib(i.unshared_bytes),
+        mib(i.output_bytes)
+    )
+}
+
 /// The backend `run` and `bench` use.
 fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
     if interpret {
@@ -489,13 +511,18 @@ fn bench(
         session.step(&ids, &ids)?;
     }
     let secs = start.elapsed().as_secs_f64().max(1e-9);
+    let info = session.step_info().unwrap_or_default();
     println!(
-        "{{\"backend\": \"{}\", \"tokens_per_s\": {:.3}, \"step_seconds\": {:.6}, \"peak_rss_bytes\": {}, \"baseline_rss_bytes\": {}, \"steps\": {steps}}}",
+        "{{\"backend\": \"{}\", \"tokens_per_s\": {:.3}, \"step_seconds\": {:.6}, \"peak_rss_bytes\": {}, \"baseline_rss_bytes\": {}, \"steps\": {steps}, \"arena_bytes\": {}, \"compile_seconds\": {:.3}, \"cached_modules\": {}, \"modules\": {}}}",
         session.backend(),
         (batch * seq * steps) as f64 / secs,
         secs / steps.max(1) as f64,
         rss_bytes("VmHWM"),
-        baseline
+        baseline,
+        info.arena_bytes,
+        info.compile_seconds,
+        info.cached_modules,
+        info.modules,
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -556,6 +583,9 @@ fn train(
         session.params().len(),
         session.backend()
     );
+    if let Some(info) = session.step_info() {
+        print!("{}", describe_prepared(&info));
+    }
     while session.steps_done() < steps {
         let ids = batcher.next_batch();
         let start = std::time::Instant::now();

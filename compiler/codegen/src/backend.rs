@@ -2,7 +2,7 @@
 
 use crate::CompiledFunction;
 use graft_interp::Tensor;
-use graft_runtime::{Backend, Prepared};
+use graft_runtime::{Backend, Prepared, PreparedInfo};
 use std::collections::HashMap;
 
 /// Compiles functions to native code for this host (MLIR → LLVM, JIT).
@@ -14,6 +14,26 @@ struct Compiled(CompiledFunction);
 impl Prepared for Compiled {
     fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, String> {
         self.0.run(inputs).map_err(|e| e.to_string())
+    }
+
+    fn info(&self) -> Option<PreparedInfo> {
+        let c = self.0.compile_info();
+        let m = self.0.memory();
+        let cache = match (&c.cache_dir, &c.cache_error) {
+            (None, _) => "off".to_string(),
+            (Some(_), Some(e)) => format!("not written: {e}"),
+            (Some(d), None) => d.display().to_string(),
+        };
+        Some(PreparedInfo {
+            kernels: self.0.kernel_count(),
+            compile_seconds: c.seconds,
+            modules: c.modules,
+            cached_modules: c.cached,
+            cache,
+            arena_bytes: m.arena_bytes,
+            output_bytes: m.output_bytes,
+            unshared_bytes: m.unshared_bytes,
+        })
     }
 }
 

@@ -1,15 +1,16 @@
 //! Running compiled functions: buffers, kernel launches split across threads, host steps,
 //! and the conversion between interpreter tensors and kernel buffers.
 //!
-//! Inputs are read in place (the kernels get pointers into the caller's tensors); every
-//! other value lives in a buffer allocated when its producer runs and recycled after its last
-//! reader. A kernel whose range is large enough is split into one contiguous chunk per
+//! Inputs are read in place (the kernels get pointers into the caller's tensors); outputs
+//! get buffers of their own, handed to the caller; every other value lives in one arena at
+//! the offset the static memory plan (`memplan.rs`) gave it. A kernel whose range is large enough is split into one contiguous chunk per
 //! thread of rayon's pool; chunks write disjoint parts of the output.
 
 use crate::CodegenError;
 use crate::expr::{ERR_DIV_ZERO, ERR_GATHER};
-use crate::jit::{Jit, call_kernel};
-use crate::schedule::{Plan, Slot, Step, StepKind};
+use crate::jit::{Code, call_kernel};
+use crate::memplan::{ALIGN, MemoryPlan, storage_bytes};
+use crate::schedule::{Plan, Step, StepKind};
 use graft_interp::{Data, Tensor};
 use graft_ir::{DType, Function, InputKind};
 use rayon::prelude::*;
@@ -26,13 +27,14 @@ pub struct CompiledFunction {
     pub(crate) wrappers: Vec<usize>,
     pub(crate) mlir: String,
     pub(crate) threads: usize,
-    /// Last step reading each slot (`usize::MAX` for outputs and inputs).
-    pub(crate) last_use: Vec<usize>,
-    /// Intermediate buffers kept between runs, by (storage kind, length): a training loop
-    /// reuses the same, already faulted-in memory every step.
-    pub(crate) pool: Mutex<HashMap<(u8, usize), Vec<Buf>>>,
+    /// Where each intermediate lives in the arena.
+    pub(crate) memory: MemoryPlan,
+    /// The arena, kept between runs.
+    pub(crate) arena: Mutex<Option<Arena>>,
+    /// How it was compiled.
+    pub(crate) info: crate::CompileInfo,
     // Declared last: dropped after everything that may hold kernel addresses.
-    pub(crate) _jits: Vec<Jit>,
+    pub(crate) _code: Vec<Code>,
 }
 
 /// A function's named outputs, in order.
@@ -75,25 +77,30 @@ impl Buf {
         }
     }
 
-    /// The pool key of a buffer of `len` elements of `dtype`.
-    fn key_of(dtype: DType, len: usize) -> (u8, usize) {
-        let kind = match dtype {
-            DType::F32 | DType::BF16 | DType::F16 => 0,
-            DType::F64 => 1,
-            DType::I64 => 2,
-            DType::I32 => 3,
-            DType::U8 | DType::U4 | DType::Bool => 4,
-        };
-        (kind, len)
+    /// The buffer's elements as native-endian bytes.
+    fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Buf::F32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Buf::F64(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Buf::I64(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Buf::I32(v) => v.iter().flat_map(|x| x.to_ne_bytes()).collect(),
+            Buf::Byte(v) => v.clone(),
+        }
     }
 
-    fn key(&self) -> (u8, usize) {
-        match self {
-            Buf::F32(v) => (0, v.len()),
-            Buf::F64(v) => (1, v.len()),
-            Buf::I64(v) => (2, v.len()),
-            Buf::I32(v) => (3, v.len()),
-            Buf::Byte(v) => (4, v.len()),
+    /// A buffer of `dtype`'s storage from native-endian bytes.
+    fn from_bytes(dtype: DType, b: &[u8]) -> Buf {
+        fn words<const N: usize, T>(b: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+            b.chunks_exact(N)
+                .map(|c| f(c.try_into().unwrap_or([0; N])))
+                .collect()
+        }
+        match dtype {
+            DType::F32 | DType::BF16 | DType::F16 => Buf::F32(words(b, f32::from_ne_bytes)),
+            DType::F64 => Buf::F64(words(b, f64::from_ne_bytes)),
+            DType::I64 => Buf::I64(words(b, i64::from_ne_bytes)),
+            DType::I32 => Buf::I32(words(b, i32::from_ne_bytes)),
+            DType::U8 | DType::U4 | DType::Bool => Buf::Byte(b.to_vec()),
         }
     }
 
@@ -149,17 +156,58 @@ fn tensor_addr(t: &Tensor) -> usize {
 /// A slot's contents while a function runs.
 enum Live<'a> {
     Empty,
+    /// A function input, read in place.
     Input(&'a Tensor),
+    /// An intermediate at this byte offset in the arena.
+    Arena(usize),
+    /// An output's own buffer.
     Owned(Buf),
 }
 
 impl Live<'_> {
-    fn addr(&mut self) -> Option<usize> {
+    /// The buffer's address, for an arena starting at `base`.
+    fn addr(&mut self, base: usize) -> Option<usize> {
         match self {
             Live::Empty => None,
             Live::Input(t) => Some(tensor_addr(t)),
+            Live::Arena(off) => Some(base + *off),
             Live::Owned(b) => Some(b.addr()),
         }
+    }
+}
+
+/// The memory every intermediate of a run lives in, at offsets fixed by the
+/// [`crate::memplan::MemoryPlan`] from a 64-byte-aligned start.
+pub(crate) struct Arena {
+    bytes: Vec<u8>,
+    /// Where the aligned part starts in `bytes`.
+    start: usize,
+}
+
+impl Arena {
+    fn new(bytes: usize) -> Arena {
+        let bytes = vec![0u8; bytes + ALIGN];
+        let start = (ALIGN - bytes.as_ptr() as usize % ALIGN) % ALIGN;
+        Arena { bytes, start }
+    }
+
+    /// The address of offset 0.
+    fn base(&mut self) -> usize {
+        self.bytes.as_mut_ptr() as usize + self.start
+    }
+
+    /// Copies a host step's result to byte offset `at`.
+    fn write(&mut self, at: usize, b: &Buf) {
+        let src = b.to_bytes();
+        let at = self.start + at;
+        self.bytes[at..at + src.len()].copy_from_slice(&src);
+    }
+
+    /// A buffer holding a copy of the `len` elements of `dtype` at byte offset `at`.
+    fn read(&self, at: usize, dtype: DType, len: usize) -> Buf {
+        let at = self.start + at;
+        let bytes = &self.bytes[at..at + len * storage_bytes(dtype)];
+        Buf::from_bytes(dtype, bytes)
     }
 }
 
@@ -258,29 +306,36 @@ impl CompiledFunction {
             }
             live[*slot] = Live::Input(t);
         }
-        // Concurrent runs each take what the pool has; whatever is left over is merged back.
-        let mut pool = self
-            .pool
+        // The arena is kept between runs (a training loop reuses the same, already faulted-in
+        // memory every step); a concurrent run that finds it taken allocates its own.
+        let mut arena = self
+            .arena
             .lock()
-            .map(|mut p| std::mem::take(&mut *p))
-            .unwrap_or_default();
+            .ok()
+            .and_then(|mut a| a.take())
+            .unwrap_or_else(|| Arena::new(self.memory.arena_bytes));
+        let base = arena.base();
+        for (s, off) in self.memory.offsets.iter().enumerate() {
+            if let Some(off) = off {
+                live[s] = Live::Arena(*off);
+            }
+        }
         for (si, step) in self.plan.steps.iter().enumerate() {
             let slot = &self.plan.slots[step.out];
             if matches!(live[step.out], Live::Empty) {
-                let reused = pool
-                    .get_mut(&Buf::key_of(slot.dtype, slot.len))
-                    .and_then(Vec::pop);
-                live[step.out] =
-                    Live::Owned(reused.unwrap_or_else(|| Buf::new(slot.dtype, slot.len)));
+                live[step.out] = Live::Owned(Buf::new(slot.dtype, slot.len));
             }
             let started = std::time::Instant::now();
             if step.kind == StepKind::Host {
-                let result = self.host_step(step, &live)?;
-                live[step.out] = Live::Owned(result);
+                let result = self.host_step(step, &live, &arena)?;
+                match live[step.out] {
+                    Live::Arena(at) => arena.write(at, &result),
+                    _ => live[step.out] = Live::Owned(result),
+                }
             } else {
                 let mut addrs = Vec::with_capacity(step.args.len() + 1);
                 for &a in step.args.iter().chain(std::iter::once(&step.out)) {
-                    addrs.push(live[a].addr().ok_or_else(|| {
+                    addrs.push(live[a].addr(base).ok_or_else(|| {
                         CodegenError::Internal(format!("{}: buffer {a} is not ready", step.symbol))
                     })?);
                 }
@@ -295,13 +350,6 @@ impl CompiledFunction {
                     ty: node.ty.to_string(),
                     seconds: started.elapsed().as_secs_f64(),
                 });
-            }
-            for &a in &step.args {
-                if self.last_use.get(a) == Some(&si)
-                    && let Live::Owned(b) = std::mem::replace(&mut live[a], Live::Empty)
-                {
-                    pool.entry(b.key()).or_default().push(b);
-                }
             }
         }
         let mut uses: HashMap<usize, usize> = HashMap::new();
@@ -321,7 +369,7 @@ impl CompiledFunction {
                     }
                 }
                 Live::Owned(b) => b_clone(b, ty)?,
-                Live::Empty => {
+                Live::Arena(_) | Live::Empty => {
                     return Err(CodegenError::Internal(format!(
                         "output `{name}` was not computed"
                     )));
@@ -329,23 +377,27 @@ impl CompiledFunction {
             };
             out.push((name.clone(), t));
         }
-        for l in live {
-            if let Live::Owned(b) = l {
-                pool.entry(b.key()).or_default().push(b);
-            }
-        }
-        if let Ok(mut shared) = self.pool.lock() {
-            for (k, mut v) in pool {
-                shared.entry(k).or_default().append(&mut v);
-            }
+        if let Ok(mut kept) = self.arena.lock() {
+            *kept = Some(arena);
         }
         Ok(out)
     }
 
-    /// Drops the intermediate buffers kept between runs.
+    /// How the function was compiled: time, modules, kernel cache hits.
+    pub fn compile_info(&self) -> &crate::CompileInfo {
+        &self.info
+    }
+
+    /// The static memory plan: the arena's size (the planned peak of the intermediates),
+    /// the outputs' size, and what the intermediates would take without reuse.
+    pub fn memory(&self) -> crate::MemoryReport {
+        self.memory.report()
+    }
+
+    /// Drops the arena kept between runs (the next run allocates it again).
     pub fn release_buffers(&self) {
-        if let Ok(mut p) = self.pool.lock() {
-            p.clear();
+        if let Ok(mut a) = self.arena.lock() {
+            *a = None;
         }
     }
 
@@ -399,7 +451,12 @@ impl CompiledFunction {
     }
 
     /// Evaluates a host step (`quantize`) with the reference interpreter.
-    fn host_step(&self, step: &Step, live: &[Live<'_>]) -> Result<Buf, CodegenError> {
+    fn host_step(
+        &self,
+        step: &Step,
+        live: &[Live<'_>],
+        arena: &Arena,
+    ) -> Result<Buf, CodegenError> {
         let node = self.f.node(step.root);
         let mut g = Function::new("host");
         let mut inputs = HashMap::new();
@@ -411,6 +468,10 @@ impl CompiledFunction {
             let t = match &live[slot] {
                 Live::Input(t) => Tensor::new(ty.clone(), t.data().clone())?,
                 Live::Owned(b) => b_clone(b, &ty)?,
+                Live::Arena(at) => {
+                    let s = &self.plan.slots[slot];
+                    arena.read(*at, s.dtype, s.len).into_tensor(&ty)?
+                }
                 Live::Empty => return Err(CodegenError::Internal("host operand missing".into())),
             };
             let name = format!("x{i}");
@@ -450,24 +511,4 @@ fn b_clone(b: &Buf, ty: &graft_ir::TensorType) -> Result<Tensor, CodegenError> {
         Buf::Byte(v) => Buf::Byte(v.clone()),
     };
     copy.into_tensor(ty)
-}
-
-/// The last step reading each slot; inputs and outputs are never recycled.
-pub(crate) fn last_uses(plan: &Plan) -> Vec<usize> {
-    let mut last = vec![0usize; plan.slots.len()];
-    for (si, step) in plan.steps.iter().enumerate() {
-        for &a in &step.args {
-            last[a] = si;
-        }
-    }
-    for (i, Slot { input, .. }) in plan.slots.iter().enumerate() {
-        if input.is_some() {
-            last[i] = usize::MAX;
-        }
-    }
-    for (_, _, s) in &plan.outputs {
-        last[*s] = usize::MAX;
-    }
-    // Views share their operand's slot, so the per-slot maximum covers their readers too.
-    last
 }

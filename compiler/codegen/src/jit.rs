@@ -17,7 +17,8 @@ use melior::utility::{
 };
 use mlir_sys::{
     MlirExecutionEngine, MlirStringRef, mlirExecutionEngineCreate, mlirExecutionEngineDestroy,
-    mlirExecutionEngineLookupPacked, mlirTranslateModuleToLLVMIR,
+    mlirExecutionEngineDumpToObjectFile, mlirExecutionEngineLookupPacked,
+    mlirTranslateModuleToLLVMIR,
 };
 use std::cell::RefCell;
 use std::ffi::{CStr, c_void};
@@ -168,13 +169,14 @@ unsafe impl Send for Jit {}
 unsafe impl Sync for Jit {}
 
 impl Jit {
-    /// Lowers `text` with [`PIPELINE`] and JIT-compiles it at `-O3` for the host CPU.
-    pub fn new(text: &str) -> Result<Jit, CodegenError> {
+    /// Lowers `text` with [`PIPELINE`] and JIT-compiles it at `-O3` for the host CPU. With
+    /// `dumpable`, the code is position independent and kept for [`Jit::dump_object`].
+    pub fn new(text: &str, dumpable: bool) -> Result<Jit, CodegenError> {
         with_module(text, true, |m| {
             // SAFETY: the module is valid and in the LLVM dialect; the engine copies what it
             // needs, so the module may be dropped afterwards. A null engine is an error.
             let raw = unsafe {
-                mlirExecutionEngineCreate(m.to_raw(), 3, 0, std::ptr::null(), false, false)
+                mlirExecutionEngineCreate(m.to_raw(), 3, 0, std::ptr::null(), dumpable, dumpable)
             };
             if raw.ptr.is_null() {
                 return Err(CodegenError::Internal(
@@ -196,6 +198,34 @@ impl Jit {
         }
         Ok(p as usize)
     }
+}
+
+impl Jit {
+    /// Writes the compiled object code to `path` (the engine must have been created
+    /// `dumpable`, and its symbols looked up, which is when LLVM compiles).
+    pub fn dump_object(&self, path: &std::path::Path) -> Result<(), CodegenError> {
+        let p = path
+            .to_str()
+            .ok_or_else(|| CodegenError::Internal(format!("{} is not UTF-8", path.display())))?;
+        // SAFETY: the engine is live; the name is a valid string reference for the call.
+        unsafe { mlirExecutionEngineDumpToObjectFile(self.raw, string_ref(p)) };
+        Ok(())
+    }
+}
+
+/// Where a module's machine code lives: a JIT engine, or a shared object from the kernel
+/// cache. Kernel addresses stay valid while it is alive.
+pub(crate) enum Code {
+    /// Compiled in this process.
+    Jit {
+        /// Held for its code.
+        _engine: Jit,
+    },
+    /// Loaded from the on-disk cache.
+    Cached {
+        /// Held for its code.
+        _library: crate::cache::Library,
+    },
 }
 
 impl Drop for Jit {

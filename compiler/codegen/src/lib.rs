@@ -30,6 +30,7 @@
 //! reports the toolchain for `graft doctor`; [`Gemm`] exposes the GEMM on plain slices.
 
 mod backend;
+mod cache;
 mod exec;
 mod expr;
 mod gemm;
@@ -37,6 +38,7 @@ mod host;
 mod jit;
 mod kernels;
 mod lower;
+mod memplan;
 mod scalar;
 mod schedule;
 mod text;
@@ -45,6 +47,7 @@ pub use backend::CpuBackend;
 pub use exec::{CompiledFunction, KernelTime, Outputs};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
+pub use memplan::MemoryReport;
 
 use graft_ir::{DType, Function, InputKind, Op, TensorType, VerifyError, verify_function};
 use rayon::prelude::*;
@@ -123,7 +126,46 @@ fn lowered(
     Ok((plan, lowered))
 }
 
-/// Compiles `f` to native code for the host CPU.
+/// How [`compile_with`] compiles.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Vector shape (lanes, GEMM tile); the code always runs on the host.
+    pub target: CpuTarget,
+    /// The on-disk kernel cache directory (`None`: always compile).
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl Default for CompileOptions {
+    /// The host's vector shape and the cache directory from the environment
+    /// (`$GRAFT_CACHE_DIR`, `off` to disable; else `$XDG_CACHE_HOME/graft/kernels` or
+    /// `~/.cache/graft/kernels`).
+    fn default() -> Self {
+        CompileOptions {
+            target: CpuTarget::host(),
+            cache_dir: cache::default_dir(),
+        }
+    }
+}
+
+/// What compiling a function did, from [`CompiledFunction::compile_info`].
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CompileInfo {
+    /// Wall time of scheduling, lowering, and compiling or loading the kernels.
+    pub seconds: f64,
+    /// Modules the kernels were split into.
+    pub modules: usize,
+    /// Modules loaded from the kernel cache instead of being compiled.
+    pub cached: usize,
+    /// Modules compiled and written to the cache.
+    pub stored: usize,
+    /// The cache directory, when caching is on.
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Why writing the cache failed, if it did (the compiled code is used anyway).
+    pub cache_error: Option<String>,
+}
+
+/// Compiles `f` to native code for the host CPU, through the kernel cache of
+/// [`CompileOptions::default`].
 ///
 /// The kernels are split into one module per thread of rayon's pool (for functions with many
 /// kernels) and JIT-compiled in parallel.
@@ -133,16 +175,35 @@ fn lowered(
 /// op/dtype combination the IR does not define, [`CodegenError::Internal`] when MLIR or LLVM
 /// reject the generated code (a bug in graft).
 pub fn compile(f: &Function) -> Result<CompiledFunction, CodegenError> {
-    compile_for(f, &CpuTarget::host())
+    compile_with(f, &CompileOptions::default())
 }
 
 /// [`compile`] with an explicit vector shape (lanes, GEMM tile) instead of the host's, e.g.
-/// to test or compare the AVX2 shape on an AVX-512 machine. The code still runs on the host.
+/// to test or compare the AVX2 shape on an AVX-512 machine, and without the kernel cache.
 ///
 /// # Errors
 /// As [`compile`].
 pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction, CodegenError> {
-    let (plan, lowered) = lowered(f, target)?;
+    compile_with(
+        f,
+        &CompileOptions {
+            target: *target,
+            cache_dir: None,
+        },
+    )
+}
+
+/// [`compile`] with explicit options.
+///
+/// # Errors
+/// As [`compile`]. Failing to write the cache is not an error (see
+/// [`CompileInfo::cache_error`]).
+pub fn compile_with(
+    f: &Function,
+    opts: &CompileOptions,
+) -> Result<CompiledFunction, CodegenError> {
+    let started = std::time::Instant::now();
+    let (plan, lowered) = lowered(f, &opts.target)?;
     let threads = rayon::current_num_threads().max(1);
     let kernels = lowered.funcs.iter().filter(|k| k.ranged).count();
     let parts = (kernels / 16).clamp(1, threads);
@@ -152,16 +213,30 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
         lowered.chunks(parts)
     };
     jit::init_native()?;
+    let dir = opts.cache_dir.as_deref();
     // LLVM compiles a module when a symbol is first looked up, so look up in parallel too.
-    let compiled: Vec<(jit::Jit, Vec<usize>)> = modules
+    let compiled: Vec<(jit::Code, Vec<usize>, Cached)> = modules
         .par_iter()
         .map(|(text, names)| {
-            let j = jit::Jit::new(text)?;
+            let key = dir.map(|_| cache::key(text));
+            if let (Some(d), Some(k)) = (dir, &key)
+                && let Some((lib, addrs)) = cache::Library::load(d, k, names)
+            {
+                return Ok((jit::Code::Cached { _library: lib }, addrs, Cached::Hit));
+            }
+            let j = jit::Jit::new(text, dir.is_some())?;
             let addrs = names
                 .iter()
                 .map(|n| j.lookup(n))
                 .collect::<Result<_, _>>()?;
-            Ok((j, addrs))
+            let status = match (dir, &key) {
+                (Some(d), Some(k)) => match cache::store(d, k, &j) {
+                    Ok(_) => Cached::Stored,
+                    Err(e) => Cached::Failed(e.to_string()),
+                },
+                _ => Cached::Off,
+            };
+            Ok((jit::Code::Jit { _engine: j }, addrs, status))
         })
         .collect::<Result<_, CodegenError>>()?;
     let mut wrappers = Vec::with_capacity(plan.steps.len());
@@ -169,7 +244,7 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
         let found = modules
             .iter()
             .zip(&compiled)
-            .find_map(|((_, names), (_, addrs))| {
+            .find_map(|((_, names), (_, addrs, _))| {
                 let i = names.iter().position(|n| *n == s.symbol)?;
                 addrs.get(i).copied()
             });
@@ -184,18 +259,39 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
             }
         });
     }
-    let jits = compiled.into_iter().map(|(j, _)| j).collect();
-    let last_use = exec::last_uses(&plan);
+    let info = CompileInfo {
+        seconds: started.elapsed().as_secs_f64(),
+        modules: compiled.len(),
+        cached: compiled.iter().filter(|c| c.2 == Cached::Hit).count(),
+        stored: compiled.iter().filter(|c| c.2 == Cached::Stored).count(),
+        cache_dir: opts.cache_dir.clone(),
+        cache_error: compiled.iter().find_map(|c| match &c.2 {
+            Cached::Failed(e) => Some(e.clone()),
+            _ => None,
+        }),
+    };
+    let code = compiled.into_iter().map(|(c, _, _)| c).collect();
+    let memory = memplan::plan_memory(&plan);
     Ok(CompiledFunction {
         f: f.clone(),
         plan,
         wrappers,
         mlir: lowered.module(),
         threads,
-        last_use,
-        pool: std::sync::Mutex::default(),
-        _jits: jits,
+        memory,
+        arena: std::sync::Mutex::default(),
+        info,
+        _code: code,
     })
+}
+
+/// What happened to one module with the kernel cache.
+#[derive(Clone, Debug, PartialEq)]
+enum Cached {
+    Off,
+    Hit,
+    Stored,
+    Failed(String),
 }
 
 /// The MLIR module `compile` builds for `f`, before lowering.
