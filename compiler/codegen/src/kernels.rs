@@ -257,32 +257,79 @@ pub(crate) fn emit_softmax(
     let m = k.b.op(format!("arith.select {finite}, {m}, {qnan} : f64"));
     let z = k.b.f64c(0.0);
     let mm = m.clone();
-    let s = pass(k, &z, &|k, acc, y| {
-        let d = k.b.op(format!("arith.subf {y}, {mm} : f64"));
-        let e = k.b.op(format!("math.exp {d} : f64"));
-        k.b.op(format!("arith.addf {acc}, {e} : f64"))
-    })?;
-    let ln = if log {
-        k.b.op(format!("math.log {s} : f64"))
+    if ty.dtype == DType::F64 {
+        let s = pass(k, &z, &|k, acc, y| {
+            let d = k.b.op(format!("arith.subf {y}, {mm} : f64"));
+            let e = k.b.op(format!("math.exp {d} : f64"));
+            k.b.op(format!("arith.addf {acc}, {e} : f64"))
+        })?;
+        let ln = if log {
+            k.b.op(format!("math.log {s} : f64"))
+        } else {
+            String::new()
+        };
+        let j = count_loop(k, ext);
+        k.push_scope();
+        let idx = at(&j);
+        let raw = k.eval(x, &idx)?;
+        let y = scalar::to_f64(&mut k.b, xdt, &raw);
+        let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
+        let r = if log {
+            k.b.op(format!("arith.subf {d}, {ln} : f64"))
+        } else {
+            let e = k.b.op(format!("math.exp {d} : f64"));
+            k.b.op(format!("arith.divf {e}, {s} : f64"))
+        };
+        k.store(ty.dtype, &r, "%out", &out_ty, &idx);
+        k.pop_scope();
+        k.b.close("}", false);
     } else {
-        String::new()
-    };
-    let j = count_loop(k, ext);
-    k.push_scope();
-    let idx = at(&j);
-    let raw = k.eval(x, &idx)?;
-    let y = scalar::to_f64(&mut k.b, xdt, &raw);
-    let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
-    let r = if log {
-        k.b.op(format!("arith.subf {d}, {ln} : f64"))
-    } else {
-        let e = k.b.op(format!("math.exp {d} : f64"));
-        k.b.op(format!("arith.divf {e}, {s} : f64"))
-    };
-    let r = scalar::round_f64(&mut k.b, ty.dtype, &r);
-    k.store(ty.dtype, &r, "%out", &out_ty, &idx);
-    k.pop_scope();
-    k.b.close("}", false);
+        // An `f32`-stored result needs `exp` only to `f32` precision: `exp(x - max)` with the
+        // arithmetic `exp_f32` (the difference rounded to f32 once) is stored into the output
+        // by a loop without a loop-carried value, which LLVM vectorizes; the sum then reads
+        // it back (in f64), and a last elementwise pass writes the result.
+        let j = count_loop(k, ext);
+        k.push_scope();
+        let idx = at(&j);
+        let raw = k.eval(x, &idx)?;
+        let y = scalar::to_f64(&mut k.b, xdt, &raw);
+        let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
+        let d32 = k.b.op(format!("arith.truncf {d} : f64 to f32"));
+        let e = scalar::exp_f32(&mut k.b, &d32);
+        k.store(DType::F32, &e, "%out", &out_ty, &idx);
+        k.pop_scope();
+        k.b.close("}", false);
+        let (res, iv, acc) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
+        k.b.open(format!(
+            "{res} = scf.for {iv} = {zero} to {end} step {one} iter_args({acc} = {z}) -> (f64) {{"
+        ));
+        let ix: Vec<String> = at(&Ix::V(iv)).iter().map(|i| k.b.ix(i)).collect();
+        let e = k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
+        let e = k.b.op(format!("arith.extf {e} : f32 to f64"));
+        let next = k.b.op(format!("arith.addf {acc}, {e} : f64"));
+        k.b.line(format!("scf.yield {next} : f64"));
+        k.b.close("}", false);
+        let s = res;
+        let j = count_loop(k, ext);
+        k.push_scope();
+        let idx = at(&j);
+        let r = if log {
+            let ln = k.b.op(format!("math.log {s} : f64"));
+            let raw = k.eval(x, &idx)?;
+            let y = scalar::to_f64(&mut k.b, xdt, &raw);
+            let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
+            k.b.op(format!("arith.subf {d}, {ln} : f64"))
+        } else {
+            let ix: Vec<String> = idx.iter().map(|i| k.b.ix(i)).collect();
+            let e = k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
+            let e = k.b.op(format!("arith.extf {e} : f32 to f64"));
+            k.b.op(format!("arith.divf {e}, {s} : f64"))
+        };
+        let r = scalar::round_f64(&mut k.b, ty.dtype, &r);
+        k.store(ty.dtype, &r, "%out", &out_ty, &idx);
+        k.pop_scope();
+        k.b.close("}", false);
+    }
     k.pop_scope();
     k.b.close("}", false);
     Ok(out_ty)
