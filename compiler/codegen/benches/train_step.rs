@@ -136,6 +136,20 @@ fn main() {
             100.0 * secs / sum
         );
     }
+    // Matmul time by kernel kind (pack / GEMM) and result type.
+    let mut mm: HashMap<(String, String), (f64, usize)> = HashMap::new();
+    for k in slowest.iter().filter(|k| k.op == "matmul" || k.op == "qmatmul") {
+        let kind = if k.kernel.ends_with("_pack") { "pack" } else { "gemm" };
+        let e = mm.entry((kind.to_string(), k.ty.clone())).or_default();
+        e.0 += k.seconds;
+        e.1 += 1;
+    }
+    let mut mm: Vec<_> = mm.into_iter().collect();
+    mm.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    println!("\nmatmul time by kind and result type:");
+    for ((kind, ty), (secs, n)) in mm.iter().take(16) {
+        println!("{:>9.2} ms  {kind:<5} {ty:<22} x{n}", secs * 1e3);
+    }
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     println!("\nslowest launches:");
     for k in slowest.iter().take(

@@ -45,6 +45,9 @@ pub(crate) struct GemmShape {
     pub tb: bool,
     /// B is dequantized from NF4 codes while packing (`qmatmul`): `(block, nested)`.
     pub quant: Option<(usize, usize)>,
+    /// Epilogue: the GEMM computes `addend + A·B` (an `add` whose other operand is this
+    /// materialized value of C's shape); the first K block starts from it instead of zero.
+    pub addend: Option<ValueId>,
 }
 
 impl GemmShape {
@@ -62,6 +65,7 @@ impl GemmShape {
         let n = if tb { b[1] } else { b[2] };
         GemmShape {
             quant: None,
+            addend: None,
             a_src,
             b_src,
             batches,
@@ -251,9 +255,10 @@ fn flat_ty() -> String {
     memref_ty(&[FLAT], "f32")
 }
 
-/// The name of the shared microkernel for `rows × cols` tiles.
-fn micro_name(rows: usize, cols: usize) -> String {
-    format!("graft_gemm_micro_{rows}x{cols}")
+/// The name of the shared microkernel for `rows × cols` tiles (`_add`: with an addend).
+fn micro_name(rows: usize, cols: usize, addend: bool) -> String {
+    let add = if addend { "_add" } else { "" };
+    format!("graft_gemm_micro_{rows}x{cols}{add}")
 }
 
 /// The GEMM kernel `@{name}` (range = `batches × row tiles`), and the microkernels it calls
@@ -268,10 +273,11 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
     let row_tail = s.m % t.mr;
     let col_tail = s.n % t.nr;
     let mut funcs = Vec::new();
+    let addend = s.addend.is_some();
     let mut micro = |rows: usize, cols: usize| -> String {
-        let mname = micro_name(rows, cols);
+        let mname = micro_name(rows, cols, addend);
         if !funcs.iter().any(|f: &FuncText| f.name == mname) {
-            funcs.push(emit_micro(&mname, t, rows, cols));
+            funcs.push(emit_micro(&mname, t, rows, cols, addend));
         }
         mname
     };
@@ -293,6 +299,12 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         cast(&mut b, "%a1", &pty),
         cast(&mut b, "%out", &cty),
     );
+    // With an addend, the microkernels also take it (flat, laid out like C) after C.
+    let (df, dty) = if addend {
+        (format!("{}, ", cast(&mut b, "%a2", &cty)), format!("{fty}, "))
+    } else {
+        (String::new(), String::new())
+    };
     // A(i, k) of a batch is at a_off + i·sr + k·sk.
     let (sr, sk) = if s.ta { (1, s.a[2]) } else { (s.a[2], 1) };
     let (sr, sk) = (b.idx(sr), b.idx(sk));
@@ -326,7 +338,7 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         let offs: Vec<String> = [a_off, p_off, c_off].iter().map(|x| b.ix(x)).collect();
         let ldc = b.idx(s.n);
         b.line(format!(
-            "func.call @{f}({af}, {pf}, {cf}, {}, {sr}, {sk}, {ldc}, {k0}, {k1}, {first}) : ({fty}, {fty}, {fty}, index, index, index, index, index, index, index, index, i1) -> ()",
+            "func.call @{f}({af}, {pf}, {cf}, {df}{}, {sr}, {sk}, {ldc}, {k0}, {k1}, {first}) : ({fty}, {fty}, {fty}, {dty}index, index, index, index, index, index, index, index, i1) -> ()",
             offs.join(", ")
         ));
     };
@@ -375,11 +387,12 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         0,
         FuncText {
             name: name.to_string(),
-            params: vec![
-                format!("%a0: {aty}"),
-                format!("%a1: {pty}"),
-                format!("%out: {cty} {{llvm.noalias}}"),
-            ],
+            // Operands in step order (A, packed B, the addend), then the output.
+            params: [format!("%a0: {aty}"), format!("%a1: {pty}")]
+                .into_iter()
+                .chain(addend.then(|| format!("%a2: {cty}")))
+                .chain([format!("%out: {cty} {{llvm.noalias}}")])
+                .collect(),
             body: b.finish(),
             ranged: true,
         },
@@ -390,8 +403,9 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
 /// One microkernel: a `rows × cols` tile of C over `k0..k1`, reading A at `a_off + r·sr +
 /// k·sk`, the packed panel at `p_off + k·NR + j` and C at `c_off + r·ldc + j` (all flat).
 /// The products accumulate from zero in registers; the old C is added after the k loop
-/// (except in the first K block), its lines prefetched before the loop.
-fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
+/// (except in the first K block, which adds the addend `%d`, laid out like C, when there is
+/// one), its lines prefetched before the loop.
+fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize, addend: bool) -> FuncText {
     let fty = flat_ty();
     let vt = vty(t);
     let nv = cols.div_ceil(t.lanes);
@@ -481,26 +495,35 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
     }
     b.line(format!("scf.yield {} : {tys}", next.join(", ")));
     b.close("}", false);
-    // Add the current C unless this is the first K block, then store.
+    // Add the current C unless this is the first K block (which adds the addend, if any),
+    // then store.
+    let add_from = |b: &mut Body, mem: &str| -> Vec<String> {
+        let mut added = Vec::new();
+        for r in 0..rows {
+            for (v, mask) in masks.iter().enumerate() {
+                let at = &c_at[r * nv + v];
+                let old = match mask {
+                    None => b.op(format!("vector.load {mem}[{at}] : {fty}, {vt}")),
+                    Some(m) => b.op(format!(
+                        "vector.maskedload {mem}[{at}], {m}, {zero_v} : {fty}, vector<{}xi1>, {vt} into {vt}",
+                        t.lanes
+                    )),
+                };
+                added.push(b.op(format!("arith.addf {old}, {res}#{} : {vt}", r * nv + v)));
+            }
+        }
+        added
+    };
     let sums = b.fresh();
     b.open(format!("{sums}:{count} = scf.if %first -> ({tys}) {{"));
-    let fresh: Vec<String> = (0..count).map(|i| format!("{res}#{i}")).collect();
+    let fresh: Vec<String> = if addend {
+        add_from(&mut b, "%d")
+    } else {
+        (0..count).map(|i| format!("{res}#{i}")).collect()
+    };
     b.line(format!("scf.yield {} : {tys}", fresh.join(", ")));
     b.close("} else {", true);
-    let mut added = Vec::new();
-    for r in 0..rows {
-        for (v, mask) in masks.iter().enumerate() {
-            let at = &c_at[r * nv + v];
-            let old = match mask {
-                None => b.op(format!("vector.load %c[{at}] : {fty}, {vt}")),
-                Some(m) => b.op(format!(
-                    "vector.maskedload %c[{at}], {m}, {zero_v} : {fty}, vector<{}xi1>, {vt} into {vt}",
-                    t.lanes
-                )),
-            };
-            added.push(b.op(format!("arith.addf {old}, {res}#{} : {vt}", r * nv + v)));
-        }
-    }
+    let added = add_from(&mut b, "%c");
     b.line(format!("scf.yield {} : {tys}", added.join(", ")));
     b.close("}", false);
     for r in 0..rows {
@@ -522,6 +545,10 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
             format!("%a: {fty}"),
             format!("%bp: {fty}"),
             format!("%c: {fty}"),
+        ]
+        .into_iter()
+        .chain(addend.then(|| format!("%d: {fty}")))
+        .chain([
             "%a_off: index".into(),
             "%p_off: index".into(),
             "%c_off: index".into(),
@@ -531,8 +558,8 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize) -> FuncText {
             "%k0: index".into(),
             "%k1: index".into(),
             "%first: i1".into(),
-        ]
-        .to_vec(),
+        ])
+        .collect(),
         body: b.finish(),
         ranged: false,
     }

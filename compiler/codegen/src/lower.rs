@@ -176,6 +176,9 @@ pub(crate) fn lower(
                     .filter(|p| matches!(p.kind, StepKind::Pack(_)))
                     .ok_or_else(|| CodegenError::Internal("GEMM without its pack".into()))?;
                 args.push(pack.out);
+                if let Some(d) = s.addend {
+                    args.push(slot(plan, d)?);
+                }
                 let mut gemm = emit_gemm(&name, s, target).into_iter();
                 let main = gemm
                     .next()

@@ -21,7 +21,7 @@ use crate::CodegenError;
 use crate::gemm::GemmShape;
 use crate::host::CpuTarget;
 use crate::kernels::{fused_range, scalar_matmul};
-use graft_ir::{DType, Function, Op, TensorType, ValueId};
+use graft_ir::{BinaryOp, DType, Function, Op, TensorType, ValueId};
 
 /// What one step of a compiled function does.
 #[derive(Clone, Debug, PartialEq)]
@@ -177,6 +177,55 @@ fn gemm_shape(f: &Function, v: ValueId) -> Option<GemmShape> {
     Some(s)
 }
 
+/// GEMM epilogues: an `f32` `add` of a matmul's result and another materialized value of
+/// the same type, when the add is stored anyway (not fused into a consumer) and the matmul
+/// has no other reader, becomes that matmul's GEMM starting from the other value (saving the
+/// product's buffer and the add's pass over both). Of two matmul operands, the later one is
+/// folded. Returns, per node, the add's `(matmul, Some(addend))`, and which matmuls fold.
+#[allow(clippy::type_complexity)]
+fn gemm_epilogues(
+    f: &Function,
+    live: &[bool],
+    is_output: &[bool],
+    inline: &[bool],
+) -> (Vec<Option<(ValueId, Option<ValueId>)>>, Vec<bool>) {
+    let n = f.nodes.len();
+    let mut uses = vec![0usize; n];
+    for v in (0..n).filter(|&v| live[v]) {
+        for a in &f.nodes[v].args {
+            uses[a.index()] += 1;
+        }
+    }
+    let gemm = |m: ValueId| {
+        matches!(f.node(m).op, Op::MatMul { .. } | Op::QuantMatMul { .. })
+            && gemm_shape(f, m).is_some_and(|s| !scalar_matmul(f.ty(m).dtype, &s))
+            && uses[m.index()] == 1
+            && !is_output[m.index()]
+    };
+    let mut epilogue = vec![None; n];
+    let mut folded = vec![false; n];
+    for v in 0..n {
+        let node = &f.nodes[v];
+        let (true, false, Op::Binary(BinaryOp::Add), [a, b]) =
+            (live[v], inline[v], &node.op, node.args.as_slice())
+        else {
+            continue;
+        };
+        if node.ty.dtype != DType::F32 || f.ty(*a) != &node.ty || f.ty(*b) != &node.ty {
+            continue;
+        }
+        let (later, earlier) = if a.index() > b.index() { (*a, *b) } else { (*b, *a) };
+        for (m, o) in [(later, earlier), (earlier, later)] {
+            if m != o && gemm(m) && !inline[o.index()] && !folded[o.index()] {
+                epilogue[v] = Some((m, Some(o)));
+                folded[m.index()] = true;
+                break;
+            }
+        }
+    }
+    (epilogue, folded)
+}
+
 /// Schedules a verified function for `target`.
 pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenError> {
     let n = f.nodes.len();
@@ -250,6 +299,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
         }
     }
 
+    let (epilogue, folded) = gemm_epilogues(f, &live, &is_output, &inline);
     let mut plan = Plan {
         inline,
         slot_of: vec![None; n],
@@ -298,11 +348,19 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             Op::Reshape | Op::StopGrad => {
                 plan.slot_of[v] = Some(slot_for(&plan, node.args.first())?);
             }
-            Op::MatMul { .. } | Op::QuantMatMul { .. } => {
-                let s = gemm_shape(f, id)
+            // Computed by the GEMM of the `add` it feeds, at that add.
+            Op::MatMul { .. } | Op::QuantMatMul { .. } if folded[v] => {}
+            _ if epilogue[v].is_some() || matches!(node.op, Op::MatMul { .. } | Op::QuantMatMul { .. }) => {
+                let (mm, addend) = epilogue[v].unwrap_or((id, None));
+                let mut s = gemm_shape(f, mm)
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
+                s.addend = addend;
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);
+                let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {
+                    root: mm,
+                    ..step(kind, out, range, cost)
+                };
                 if scalar_matmul(ty.dtype, &s) {
                     let st = step(StepKind::MatMulScalar(s), out, s.batches * s.m, s.n * s.k);
                     plan.steps.push(st);
@@ -371,7 +429,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use graft_ir::{BinaryOp, InputKind, UnaryOp};
+    use graft_ir::{InputKind, UnaryOp};
 
     fn f32t(shape: &[usize]) -> TensorType {
         TensorType::new(DType::F32, shape.to_vec())

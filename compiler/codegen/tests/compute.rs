@@ -424,3 +424,55 @@ fn empty_tensors_and_empty_reductions() {
     }
     check(&f, &random_inputs(&f, 41, -1.0, 1.0), 0.0);
 }
+
+#[test]
+fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
+    // y = x·Wᵀ + x·Aᵀ·Bᵀ (a LoRA-shaped sum; x batched, every extent a tail of the register
+    // tile, K over one K block so both the addend and the running sum are exercised), then
+    // z = y·V + c: the first sum is read by a matmul (so it is stored), the second is an
+    // output. Both adds must be GEMM epilogues: no add kernel is left.
+    let t = |s: &[usize]| ty(DType::F32, s);
+    let mut f = Function::new("epilogue");
+    let x = f.add_input("x", InputKind::Data, t(&[2, 13, 300]), None);
+    let w = f.add_input("w", InputKind::Weight, t(&[45, 300]), None);
+    let a = f.add_input("a", InputKind::Param, t(&[8, 300]), None);
+    let b = f.add_input("b", InputKind::Param, t(&[45, 8]), None);
+    let v = f.add_input("v", InputKind::Weight, t(&[45, 19]), None);
+    let c = f.add_input("c", InputKind::Data, t(&[2, 13, 19]), None);
+    let tb = Op::MatMul {
+        ta: false,
+        tb: true,
+    };
+    let base = f.add(tb.clone(), &[x, w], None).unwrap();
+    let down = f.add(tb.clone(), &[x, a], None).unwrap();
+    let up = f.add(tb, &[down, b], None).unwrap();
+    let y = f.add(Op::Binary(BinaryOp::Add), &[base, up], None).unwrap();
+    let mm = Op::MatMul {
+        ta: false,
+        tb: false,
+    };
+    let yv = f.add(mm, &[y, v], None).unwrap();
+    let z = f.add(Op::Binary(BinaryOp::Add), &[c, yv], None).unwrap();
+    f.add_output("z", z);
+    let compiled = graft_codegen::compile(&f).unwrap();
+    let kernels = compiled.kernel_summary();
+    assert!(
+        kernels.iter().all(|k| !k.contains("_add ")),
+        "an add kernel is left: {kernels:?}"
+    );
+    assert_eq!(kernels.len(), 8, "four pack + GEMM pairs: {kernels:?}");
+    check_norm(&f, &random_inputs(&f, 21, -1.0, 1.0), 1e-4);
+
+    // With `up` read twice, `base` (read once) is folded instead; with both read twice, the
+    // sum keeps its add kernel.
+    let out = f.add(Op::Unary(UnaryOp::Neg), &[up], None).unwrap();
+    f.add_output("neg_up", out);
+    let kernels = graft_codegen::compile(&f).unwrap().kernel_summary();
+    assert!(kernels.iter().all(|k| !k.contains("_add ")), "{kernels:?}");
+    check_norm(&f, &random_inputs(&f, 23, -1.0, 1.0), 1e-4);
+    let out = f.add(Op::Unary(UnaryOp::Neg), &[base], None).unwrap();
+    f.add_output("neg_base", out);
+    let kernels = graft_codegen::compile(&f).unwrap().kernel_summary();
+    assert!(kernels.iter().any(|k| k.contains("_add ")), "{kernels:?}");
+    check_norm(&f, &random_inputs(&f, 22, -1.0, 1.0), 1e-4);
+}
