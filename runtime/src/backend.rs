@@ -2,7 +2,7 @@
 //! `graft-codegen` (which implements these traits, so this crate never links LLVM).
 
 use graft_interp::Tensor;
-use graft_ir::Function;
+use graft_ir::{Function, TensorType};
 use std::collections::HashMap;
 
 /// A function made ready to run.
@@ -13,6 +13,52 @@ pub trait Prepared {
     /// What preparing it did and how it will use memory (compiled backends).
     fn info(&self) -> Option<PreparedInfo> {
         None
+    }
+
+    /// True when [`Prepared::run_mapped`] reads mapped inputs in place; the default copies
+    /// them into tensors on every call, so callers should then hold tensors instead.
+    fn reads_in_place(&self) -> bool {
+        false
+    }
+
+    /// Runs it with some inputs given as bytes borrowed from memory the caller keeps alive
+    /// (a memory-mapped weights file) instead of tensors.
+    fn run_mapped(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mapped: &[MappedInput<'_>],
+    ) -> Result<Vec<(String, Tensor)>, String> {
+        if mapped.is_empty() {
+            return self.run(inputs);
+        }
+        let mut all = inputs.clone();
+        for m in mapped {
+            all.insert(m.name.to_string(), m.to_tensor()?);
+        }
+        self.run(&all)
+    }
+}
+
+/// An input read in place: `f32` elements, little-endian (the host's order), of type `ty`.
+#[derive(Clone, Copy, Debug)]
+pub struct MappedInput<'a> {
+    /// The input's name.
+    pub name: &'a str,
+    /// Its type (dtype `f32`).
+    pub ty: &'a TensorType,
+    /// Its elements' bytes, `4 · ty.numel()` of them, 4-byte aligned.
+    pub bytes: &'a [u8],
+}
+
+impl MappedInput<'_> {
+    /// A tensor holding a copy.
+    pub fn to_tensor(&self) -> Result<Tensor, String> {
+        let v: Vec<f32> = self
+            .bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        Tensor::f32(self.ty.shape.clone(), v).map_err(|e| e.to_string())
     }
 }
 

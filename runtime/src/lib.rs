@@ -10,7 +10,7 @@ pub mod peft;
 pub mod session;
 pub mod weights;
 
-pub use backend::{Backend, Interpreter, Prepared, PreparedInfo};
+pub use backend::{Backend, Interpreter, MappedInput, Prepared, PreparedInfo};
 pub use data::{Batcher, DataError, load_tokens};
 pub use peft::{PeftError, adapter_config, graft_path, load_adapter, peft_key, save_adapter};
 pub use session::{Session, SessionError, SessionOptions, StepStats, step_config};

@@ -2,7 +2,7 @@
 //! params, optimizer state), its `@init` run once, and `@train_step` run per batch. Runs on
 //! the reference interpreter.
 
-use crate::backend::{Backend, Interpreter, Prepared};
+use crate::backend::{Backend, Interpreter, MappedInput, Prepared};
 use crate::weights::{WeightsError, WeightsFile};
 use graft_autodiff::{AdError, Optimizer, Schedule, StepConfig, train_step};
 use graft_frontend::{DeclKind, LrSchedule, OptimizerConfig, Program, TrainConfig};
@@ -107,6 +107,11 @@ pub struct Session {
     runner: Box<dyn Prepared>,
     backend: &'static str,
     values: HashMap<String, Tensor>,
+    /// Frozen weights the backend reads in place from the weights file: name, type, and
+    /// byte range in `file`'s map.
+    mapped: Vec<(String, TensorType, std::ops::Range<usize>)>,
+    /// The weights file those live in (mapped again by the session, so that it owns it).
+    file: Option<WeightsFile>,
     seed: u64,
     steps_done: usize,
 }
@@ -152,8 +157,45 @@ impl Session {
         seed: u64,
         opts: &SessionOptions,
     ) -> Result<Session, SessionError> {
+        let forward = program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))?;
+        let mut step_fn = train_step(forward, &step_config(&program.train))?;
+        if opts.optimize {
+            step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default())
+                .map_err(|e| SessionError::Value(format!("the optimizer failed: {e}")))?
+                .func;
+        }
+        let runner = opts
+            .backend
+            .prepare(&step_fn)
+            .map_err(SessionError::Backend)?;
+        let init = program
+            .module
+            .function("init")
+            .ok_or(SessionError::Missing("init"))?;
+        // A backend that reads inputs in place gets the weights stored as it needs them
+        // straight from the file's map (the session maps the file again to own it); the rest,
+        // and whatever `@init` reads, become tensors.
+        let file = match weights {
+            Some(w) if runner.reads_in_place() => Some(WeightsFile::open(w.path())?),
+            _ => None,
+        };
+        let mut mapped = Vec::new();
         let mut values = HashMap::new();
         for t in program.tensors.iter().filter(|t| t.from_weights) {
+            let frozen = step_fn
+                .input(&t.path)
+                .is_some_and(|i| i.kind == InputKind::Weight);
+            if let (Some(f), None, true) = (&file, t.quant, frozen) {
+                if let Some(range) = f.in_place(&t.path, &t.ty) {
+                    mapped.push((t.path.clone(), t.ty.clone(), range));
+                    if init.input(&t.path).is_none() {
+                        continue;
+                    }
+                }
+            }
             let tensor = match weights {
                 Some(w) => {
                     let x = w.read(&t.path)?;
@@ -175,41 +217,34 @@ impl Session {
                 }
             }
         }
-        let init = program
-            .module
-            .function("init")
-            .ok_or(SessionError::Missing("init"))?;
         values.insert("seed".into(), Tensor::scalar_i64(seed as i64));
         for (name, t) in run(init, &values)? {
             values.insert(name, t);
         }
         values.remove("seed");
-        let forward = program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?;
-        let mut step_fn = train_step(forward, &step_config(&program.train))?;
-        if opts.optimize {
-            step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default())
-                .map_err(|e| SessionError::Value(format!("the optimizer failed: {e}")))?
-                .func;
+        for (name, _, _) in &mapped {
+            values.remove(name);
         }
         for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
             values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
         }
-        let runner = opts
-            .backend
-            .prepare(&step_fn)
-            .map_err(SessionError::Backend)?;
         Ok(Session {
             program,
             step_fn,
             runner,
             backend: opts.backend.name(),
             values,
+            mapped,
+            file,
             seed,
             steps_done: 0,
         })
+    }
+
+    /// Names of the frozen weights read in place from the memory-mapped weights file (not
+    /// held as tensors: [`Session::value`] does not return them).
+    pub fn mapped_weights(&self) -> Vec<&str> {
+        self.mapped.iter().map(|(n, _, _)| n.as_str()).collect()
     }
 
     /// The backend running the step.
@@ -236,7 +271,7 @@ impl Session {
     fn with_batch<T>(
         &mut self,
         batch: Vec<(&str, Tensor)>,
-        f: impl FnOnce(&HashMap<String, Tensor>) -> T,
+        f: impl FnOnce(&HashMap<String, Tensor>, &[MappedInput<'_>]) -> T,
     ) -> T {
         for (k, v) in batch {
             self.values.insert(k.to_string(), v);
@@ -244,7 +279,19 @@ impl Session {
         let seed = self.seed.wrapping_add(self.steps_done as u64) as i64;
         self.values
             .insert("dropout_seed".into(), Tensor::scalar_i64(seed));
-        let r = f(&self.values);
+        let data = self.file.as_ref().map_or(&[][..], |f| f.data());
+        let mapped: Vec<MappedInput<'_>> = self
+            .mapped
+            .iter()
+            .filter_map(|(name, ty, r)| {
+                Some(MappedInput {
+                    name,
+                    ty,
+                    bytes: data.get(r.clone())?,
+                })
+            })
+            .collect();
+        let r = f(&self.values, &mapped);
         for k in ["input_ids", "labels", "dropout_seed"] {
             self.values.remove(k);
         }
@@ -259,7 +306,9 @@ impl Session {
             .function("forward")
             .ok_or(SessionError::Missing("forward"))?
             .clone();
-        let out = self.with_batch(vec![("input_ids", input_ids.clone())], |v| run(&forward, v))?;
+        let out = self.with_batch(vec![("input_ids", input_ids.clone())], |v, m| {
+            run_with_copies(&forward, v, m)
+        })?;
         out.into_iter()
             .find(|(n, _)| n == "logits")
             .map(|(_, t)| t)
@@ -271,7 +320,7 @@ impl Session {
         let runner = std::mem::replace(&mut self.runner, Box::new(NoRunner));
         let out = self.with_batch(
             vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
-            |v| runner.run(v),
+            |v, m| runner.run_mapped(v, m),
         );
         self.runner = runner;
         let out = out.map_err(SessionError::Backend)?;
@@ -337,7 +386,7 @@ impl Session {
         }
         let out = self.with_batch(
             vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
-            |v| run(&f, v),
+            |v, m| run_with_copies(&f, v, m),
         )?;
         let mut loss = f32::NAN;
         let mut grads = Vec::new();
@@ -446,6 +495,25 @@ impl Session {
         self.values.insert(path.to_string(), value);
         Ok(())
     }
+}
+
+/// Runs `f` on the interpreter, with copies of the mapped inputs.
+fn run_with_copies(
+    f: &Function,
+    values: &HashMap<String, Tensor>,
+    mapped: &[MappedInput<'_>],
+) -> Result<Vec<(String, Tensor)>, SessionError> {
+    if mapped.is_empty() {
+        return Ok(run(f, values)?);
+    }
+    let mut all = values.clone();
+    for m in mapped {
+        all.insert(
+            m.name.to_string(),
+            m.to_tensor().map_err(SessionError::Value)?,
+        );
+    }
+    Ok(run(f, &all)?)
 }
 
 /// A seeded stand-in for a weight when the spec names no weights file: N(0, 1/fan-in) for

@@ -119,6 +119,31 @@ impl WeightsFile {
         self.mmap.get(start..start + data.len())
     }
 
+    /// Where a tensor's bytes lie in the map when a backend can read them in place as a
+    /// tensor of type `ty`: stored as `F32` with `ty`'s shape and dtype `f32`, on a
+    /// little-endian host, 4-byte aligned. `None` when it must be converted (read with
+    /// [`WeightsFile::read`]).
+    pub fn in_place(&self, name: &str, ty: &TensorType) -> Option<std::ops::Range<usize>> {
+        let entry = self.entries.get(name)?;
+        let fits = cfg!(target_endian = "little")
+            && entry.dtype_name == "F32"
+            && ty.dtype == DType::F32
+            && entry.shape == ty.shape;
+        let bytes = self
+            .bytes(name)
+            .filter(|b| fits && b.len() == 4 * ty.numel())?;
+        if (bytes.as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
+            return None;
+        }
+        let start = bytes.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        Some(start..start + bytes.len())
+    }
+
+    /// The whole mapped file.
+    pub fn data(&self) -> &[u8] {
+        &self.mmap
+    }
+
     /// Checks the file against the frozen weights a program reads; returns one message per
     /// problem (missing tensor, wrong shape, unsupported dtype).
     pub fn check(&self, expected: &[(String, TensorType)]) -> Vec<String> {

@@ -586,6 +586,10 @@ fn train(
     if let Some(info) = session.step_info() {
         print!("{}", describe_prepared(&info));
     }
+    let mapped = session.mapped_weights().len();
+    if mapped > 0 {
+        println!("{mapped} frozen weights read in place from the memory-mapped weights file");
+    }
     while session.steps_done() < steps {
         let ids = batcher.next_batch();
         let start = std::time::Instant::now();

@@ -138,8 +138,15 @@ fn main() {
     }
     // Matmul time by kernel kind (pack / GEMM) and result type.
     let mut mm: HashMap<(String, String), (f64, usize)> = HashMap::new();
-    for k in slowest.iter().filter(|k| k.op == "matmul" || k.op == "qmatmul") {
-        let kind = if k.kernel.ends_with("_pack") { "pack" } else { "gemm" };
+    for k in slowest
+        .iter()
+        .filter(|k| k.op == "matmul" || k.op == "qmatmul")
+    {
+        let kind = if k.kernel.ends_with("_pack") {
+            "pack"
+        } else {
+            "gemm"
+        };
         let e = mm.entry((kind.to_string(), k.ty.clone())).or_default();
         e.0 += k.seconds;
         e.1 += 1;

@@ -2,7 +2,7 @@
 
 use crate::CompiledFunction;
 use graft_interp::Tensor;
-use graft_runtime::{Backend, Prepared, PreparedInfo};
+use graft_runtime::{Backend, MappedInput, Prepared, PreparedInfo};
 use std::collections::HashMap;
 
 /// Compiles functions to native code for this host (MLIR → LLVM, JIT).
@@ -14,6 +14,18 @@ struct Compiled(CompiledFunction);
 impl Prepared for Compiled {
     fn run(&self, inputs: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, String> {
         self.0.run(inputs).map_err(|e| e.to_string())
+    }
+
+    fn reads_in_place(&self) -> bool {
+        true
+    }
+
+    fn run_mapped(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mapped: &[MappedInput<'_>],
+    ) -> Result<Vec<(String, Tensor)>, String> {
+        self.0.run_mapped(inputs, mapped).map_err(|e| e.to_string())
     }
 
     fn info(&self) -> Option<PreparedInfo> {

@@ -158,6 +158,8 @@ enum Live<'a> {
     Empty,
     /// A function input, read in place.
     Input(&'a Tensor),
+    /// A function input read in place from caller-owned bytes (`f32`).
+    Mapped(&'a [u8]),
     /// An intermediate at this byte offset in the arena.
     Arena(usize),
     /// An output's own buffer.
@@ -170,6 +172,7 @@ impl Live<'_> {
         match self {
             Live::Empty => None,
             Live::Input(t) => Some(tensor_addr(t)),
+            Live::Mapped(b) => Some(b.as_ptr() as usize),
             Live::Arena(off) => Some(base + *off),
             Live::Owned(b) => Some(b.addr()),
         }
@@ -271,7 +274,22 @@ impl CompiledFunction {
         &self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<Vec<(String, Tensor)>, CodegenError> {
-        self.run_inner(inputs, None)
+        self.run_inner(inputs, &[], None)
+    }
+
+    /// [`CompiledFunction::run`] with some inputs read in place from caller-owned bytes (a
+    /// memory-mapped weights file): `f32` elements in the host's byte order, 4-byte aligned.
+    /// An input found in `inputs` is taken from there.
+    ///
+    /// # Errors
+    /// As [`CompiledFunction::run`]; a mapped input of the wrong type, length or alignment is
+    /// [`CodegenError::InputTypeMismatch`].
+    pub fn run_mapped(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mapped: &[graft_runtime::MappedInput<'_>],
+    ) -> Result<Vec<(String, Tensor)>, CodegenError> {
+        self.run_inner(inputs, mapped, None)
     }
 
     /// [`CompiledFunction::run`], also timing every kernel launch (in execution order).
@@ -283,20 +301,40 @@ impl CompiledFunction {
         inputs: &HashMap<String, Tensor>,
     ) -> Result<(Outputs, Vec<KernelTime>), CodegenError> {
         let mut times = Vec::with_capacity(self.plan.steps.len());
-        let out = self.run_inner(inputs, Some(&mut times))?;
+        let out = self.run_inner(inputs, &[], Some(&mut times))?;
         Ok((out, times))
     }
 
     fn run_inner(
         &self,
         inputs: &HashMap<String, Tensor>,
+        mapped: &[graft_runtime::MappedInput<'_>],
         mut times: Option<&mut Vec<KernelTime>>,
     ) -> Result<Vec<(String, Tensor)>, CodegenError> {
         let mut live: Vec<Live<'_>> = self.plan.slots.iter().map(|_| Live::Empty).collect();
         for (name, ty, slot) in &self.plan.inputs {
-            let t = inputs
-                .get(name)
-                .ok_or_else(|| CodegenError::MissingInput { name: name.clone() })?;
+            let t = match inputs.get(name) {
+                Some(t) => t,
+                None => {
+                    let m = mapped
+                        .iter()
+                        .find(|m| m.name == name)
+                        .ok_or_else(|| CodegenError::MissingInput { name: name.clone() })?;
+                    let fits = m.ty == ty
+                        && ty.dtype == DType::F32
+                        && m.bytes.len() == 4 * ty.numel()
+                        && (m.bytes.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
+                    if !fits {
+                        return Err(CodegenError::InputTypeMismatch {
+                            name: name.clone(),
+                            expected: ty.clone(),
+                            got: m.ty.clone(),
+                        });
+                    }
+                    live[*slot] = Live::Mapped(m.bytes);
+                    continue;
+                }
+            };
             if t.ty() != ty {
                 return Err(CodegenError::InputTypeMismatch {
                     name: name.clone(),
@@ -362,6 +400,7 @@ impl CompiledFunction {
             *left -= 1;
             let t = match &mut live[*s] {
                 Live::Input(t) => Tensor::new(ty.clone(), t.data().clone())?,
+                Live::Mapped(b) => Buf::from_bytes(DType::F32, b).into_tensor(ty)?,
                 Live::Owned(_) if *left == 0 => {
                     match std::mem::replace(&mut live[*s], Live::Empty) {
                         Live::Owned(b) => b.into_tensor(ty)?,
@@ -467,6 +506,7 @@ impl CompiledFunction {
                 .ok_or_else(|| CodegenError::Internal("host operand has no buffer".into()))?;
             let t = match &live[slot] {
                 Live::Input(t) => Tensor::new(ty.clone(), t.data().clone())?,
+                Live::Mapped(b) => Buf::from_bytes(DType::F32, b).into_tensor(&ty)?,
                 Live::Owned(b) => b_clone(b, &ty)?,
                 Live::Arena(at) => {
                     let s = &self.plan.slots[slot];

@@ -301,7 +301,10 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
     );
     // With an addend, the microkernels also take it (flat, laid out like C) after C.
     let (df, dty) = if addend {
-        (format!("{}, ", cast(&mut b, "%a2", &cty)), format!("{fty}, "))
+        (
+            format!("{}, ", cast(&mut b, "%a2", &cty)),
+            format!("{fty}, "),
+        )
     } else {
         (String::new(), String::new())
     };

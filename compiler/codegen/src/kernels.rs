@@ -304,7 +304,8 @@ pub(crate) fn emit_softmax(
             "{res} = scf.for {iv} = {zero} to {end} step {one} iter_args({acc} = {z}) -> (f64) {{"
         ));
         let ix: Vec<String> = at(&Ix::V(iv)).iter().map(|i| k.b.ix(i)).collect();
-        let e = k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
+        let e =
+            k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
         let e = k.b.op(format!("arith.extf {e} : f32 to f64"));
         let next = k.b.op(format!("arith.addf {acc}, {e} : f64"));
         k.b.line(format!("scf.yield {next} : f64"));
@@ -321,7 +322,8 @@ pub(crate) fn emit_softmax(
             k.b.op(format!("arith.subf {d}, {ln} : f64"))
         } else {
             let ix: Vec<String> = idx.iter().map(|i| k.b.ix(i)).collect();
-            let e = k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
+            let e =
+                k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
             let e = k.b.op(format!("arith.extf {e} : f32 to f64"));
             k.b.op(format!("arith.divf {e}, {s} : f64"))
         };

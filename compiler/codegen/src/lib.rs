@@ -198,10 +198,7 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
 /// # Errors
 /// As [`compile`]. Failing to write the cache is not an error (see
 /// [`CompileInfo::cache_error`]).
-pub fn compile_with(
-    f: &Function,
-    opts: &CompileOptions,
-) -> Result<CompiledFunction, CodegenError> {
+pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunction, CodegenError> {
     let started = std::time::Instant::now();
     let (plan, lowered) = lowered(f, &opts.target)?;
     let threads = rayon::current_num_threads().max(1);

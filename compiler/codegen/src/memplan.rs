@@ -200,8 +200,8 @@ mod tests {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let spec = repo.join("dsl-examples/tiny_lora.graft");
         let stdlib = graft_frontend::Stdlib::Dir(repo.join("stdlib"));
-        let (_, program) = graft_frontend::compile_file(&spec, &stdlib)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (_, program) =
+            graft_frontend::compile_file(&spec, &stdlib).unwrap_or_else(|e| panic!("{e}"));
         let forward = program.module.function("forward").unwrap();
         let cfg = graft_runtime::step_config(&program.train);
         let step = graft_autodiff::train_step(forward, &cfg).unwrap();

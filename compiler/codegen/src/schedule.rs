@@ -214,7 +214,11 @@ fn gemm_epilogues(
         if node.ty.dtype != DType::F32 || f.ty(*a) != &node.ty || f.ty(*b) != &node.ty {
             continue;
         }
-        let (later, earlier) = if a.index() > b.index() { (*a, *b) } else { (*b, *a) };
+        let (later, earlier) = if a.index() > b.index() {
+            (*a, *b)
+        } else {
+            (*b, *a)
+        };
         for (m, o) in [(later, earlier), (earlier, later)] {
             if m != o && gemm(m) && !inline[o.index()] && !folded[o.index()] {
                 epilogue[v] = Some((m, Some(o)));
@@ -350,7 +354,9 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             }
             // Computed by the GEMM of the `add` it feeds, at that add.
             Op::MatMul { .. } | Op::QuantMatMul { .. } if folded[v] => {}
-            _ if epilogue[v].is_some() || matches!(node.op, Op::MatMul { .. } | Op::QuantMatMul { .. }) => {
+            _ if epilogue[v].is_some()
+                || matches!(node.op, Op::MatMul { .. } | Op::QuantMatMul { .. }) =>
+            {
                 let (mm, addend) = epilogue[v].unwrap_or((id, None));
                 let mut s = gemm_shape(f, mm)
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;

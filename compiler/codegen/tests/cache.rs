@@ -58,7 +58,11 @@ fn a_second_compile_loads_every_module_from_the_cache() {
     assert_eq!((info.cached, info.stored), (0, info.modules), "{info:?}");
     let files = so_files(dir.path());
     assert_eq!(files.len(), info.modules, "{files:?}");
-    assert!(files.iter().all(|p| p.extension().is_some_and(|e| e == "so")));
+    assert!(
+        files
+            .iter()
+            .all(|p| p.extension().is_some_and(|e| e == "so"))
+    );
     let want = first.run(&inputs).unwrap();
 
     let second = compile_with(&f, &opts(Some(dir.path()))).unwrap();
@@ -99,6 +103,9 @@ fn with_the_cache_off_nothing_is_written() {
     let f = function();
     let c = compile_with(&f, &opts(None)).unwrap();
     let info = c.compile_info();
-    assert_eq!((info.cached, info.stored, info.cache_dir.is_none()), (0, 0, true));
+    assert_eq!(
+        (info.cached, info.stored, info.cache_dir.is_none()),
+        (0, 0, true)
+    );
     assert!(so_files(dir.path()).is_empty());
 }

@@ -4,7 +4,8 @@
 //! backend built on `graft_codegen::compile`, against a session on the interpreter.
 //!
 //! Tolerance: loss, gradient norm and every param within 1e-4 relative (norm-wise per tensor)
-//! at every step.
+//! at every step. The compiled sessions read the frozen weights in place from the
+//! memory-mapped safetensors file.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};
@@ -54,6 +55,15 @@ fn trains_the_same(name: &str) {
     let mut want = session(name, &Interpreter);
     let mut got = session(name, &Cpu);
     assert_eq!(got.backend(), "compiled cpu backend");
+    // The compiled backend reads the frozen f32 weights in place from the mapped file (the
+    // fixture stores them as F32); the interpreter holds copies.
+    assert!(want.mapped_weights().is_empty());
+    let mapped = got.mapped_weights();
+    assert!(
+        mapped.contains(&"model.embed_tokens.weight") && mapped.contains(&"lm_head.weight"),
+        "{name}: {mapped:?}"
+    );
+    assert!(got.value("lm_head.weight").is_none() && want.value("lm_head.weight").is_some());
     for step in 0..3 {
         let w = want
             .step(&ids, &labels)
