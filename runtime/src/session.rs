@@ -112,6 +112,8 @@ pub struct Session {
     mapped: Vec<(String, TensorType, std::ops::Range<usize>)>,
     /// The weights file those live in (mapped again by the session, so that it owns it).
     file: Option<WeightsFile>,
+    /// Seconds optimizing the step took, and whether it came from the cache.
+    optimized: Option<(f64, bool)>,
     seed: u64,
     steps_done: usize,
 }
@@ -162,10 +164,18 @@ impl Session {
             .function("forward")
             .ok_or(SessionError::Missing("forward"))?;
         let mut step_fn = train_step(forward, &step_config(&program.train))?;
+        let mut optimized = None;
         if opts.optimize {
-            step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default())
-                .map_err(|e| SessionError::Value(format!("the optimizer failed: {e}")))?
-                .func;
+            let started = std::time::Instant::now();
+            let (f, cached) = crate::cache::optimized_step(
+                crate::cache::cache_dir().as_deref(),
+                &program.module.files,
+                &step_fn,
+                &graft_opt::Options::default(),
+            )
+            .map_err(SessionError::Value)?;
+            step_fn = f;
+            optimized = Some((started.elapsed().as_secs_f64(), cached));
         }
         let runner = opts
             .backend
@@ -236,9 +246,16 @@ impl Session {
             values,
             mapped,
             file,
+            optimized,
             seed,
             steps_done: 0,
         })
+    }
+
+    /// When the step was optimized: the seconds it took and whether the optimized step came
+    /// from the on-disk cache ([`crate::cache`]).
+    pub fn optimizer_run(&self) -> Option<(f64, bool)> {
+        self.optimized
     }
 
     /// Names of the frozen weights read in place from the memory-mapped weights file (not

@@ -14,48 +14,33 @@
 //! file that does not load or lacks a kernel symbol counts as a miss and is rebuilt. Writing
 //! the cache is best effort: a failure leaves the JIT-compiled code in use and is reported.
 //!
-//! The directory is `$GRAFT_CACHE_DIR` when set (`off` or empty disables the cache), else
-//! `$XDG_CACHE_HOME/graft/kernels`, else `$HOME/.cache/graft/kernels`.
+//! The directory is `kernels/` under graft's cache root: `$GRAFT_CACHE_DIR` when set (`off`
+//! or empty disables the cache), else `$XDG_CACHE_HOME/graft`, else `$HOME/.cache/graft`.
 #![allow(unsafe_code)]
 
 use crate::CodegenError;
 use crate::jit::{Jit, PIPELINE};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The cache directory from the environment, if caching is on.
+/// The kernel cache directory: `kernels/` under graft's cache root
+/// ([`graft_runtime::cache_dir`]), if caching is on.
 pub(crate) fn default_dir() -> Option<PathBuf> {
-    match std::env::var_os("GRAFT_CACHE_DIR") {
-        Some(d) if d.is_empty() || d == "off" => None,
-        Some(d) => Some(PathBuf::from(d)),
-        None => {
-            let base = std::env::var_os("XDG_CACHE_HOME")
-                .filter(|d| !d.is_empty())
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
-            Some(base.join("graft").join("kernels"))
-        }
-    }
+    graft_runtime::cache_dir().map(|d| d.join("kernels"))
 }
 
 /// The key of a module's machine code (hex SHA-256; see the module docs).
 pub(crate) fn key(module_text: &str) -> String {
     use inkwell::targets::TargetMachine;
     let (major, minor, patch) = inkwell::support::get_llvm_version();
-    let mut h = Sha256::new();
-    for part in [
+    graft_runtime::cache::digest(&[
         env!("CARGO_PKG_VERSION"),
         &format!("llvm {major}.{minor}.{patch}"),
         &TargetMachine::get_host_cpu_name().to_string(),
         &TargetMachine::get_host_cpu_features().to_string(),
         PIPELINE,
         module_text,
-    ] {
-        h.update((part.len() as u64).to_le_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    ])
 }
 
 /// A cached module, loaded into the process.

@@ -136,9 +136,9 @@ pub struct CompileOptions {
 }
 
 impl Default for CompileOptions {
-    /// The host's vector shape and the cache directory from the environment
-    /// (`$GRAFT_CACHE_DIR`, `off` to disable; else `$XDG_CACHE_HOME/graft/kernels` or
-    /// `~/.cache/graft/kernels`).
+    /// The host's vector shape and the kernel cache under graft's cache root
+    /// ([`graft_runtime::cache_dir`]: `$GRAFT_CACHE_DIR`, `off` to disable; else
+    /// `$XDG_CACHE_HOME/graft` or `~/.cache/graft`), in `kernels/`.
     fn default() -> Self {
         CompileOptions {
             target: CpuTarget::host(),
