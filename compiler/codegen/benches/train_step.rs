@@ -3,7 +3,9 @@
 //! time, and the kernels that take the most time, grouped by op. Weights are seeded stand-ins
 //! (the example ships none); the interpreter is not run (it would take minutes).
 //!
-//! `GRAFT_STEPS=n` sets how many steps are timed (default 5).
+//! `GRAFT_STEPS=n` sets how many steps are timed (default 5), `GRAFT_SPEC=path` another spec,
+//! `GRAFT_OPTIMIZE=1` runs the e-graph optimizer first (through the optimized-step cache),
+//! `GRAFT_TOP=n` how many of the slowest launches to list.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};
@@ -15,13 +17,27 @@ use std::time::Instant;
 
 fn main() {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let spec = repo.join("dsl-examples/small_lora.graft");
+    let spec = std::env::var_os("GRAFT_SPEC")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| repo.join("dsl-examples/small_lora.graft"));
     let (_, program) = compile_file(&spec, &Stdlib::Dir(repo.join("stdlib")))
         .unwrap_or_else(|_| panic!("{} does not compile", spec.display()));
     let forward = program.module.function("forward").unwrap();
     let init = program.module.function("init").unwrap();
-    let step_fn =
+    let mut step_fn =
         graft_autodiff::train_step(forward, &graft_runtime::step_config(&program.train)).unwrap();
+    if std::env::var_os("GRAFT_OPTIMIZE").is_some() {
+        let t = Instant::now();
+        let (f, cached) = graft_runtime::cache::optimized_step(
+            graft_runtime::cache_dir().as_deref(),
+            &program.module.files,
+            &step_fn,
+            &graft_opt::Options::default(),
+        )
+        .unwrap();
+        eprintln!("optimized (cached: {cached}) in {:?}", t.elapsed());
+        step_fn = f;
+    }
 
     let mut values: HashMap<String, Tensor> = HashMap::new();
     let mut state = 0x1234_5678u64;
@@ -57,7 +73,11 @@ fn main() {
                 values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
             }
             InputKind::Data if i.ty.dtype == DType::I64 && i.ty.rank() == 2 => {
-                let vocab = 8192u64;
+                let vocab = program
+                    .module
+                    .function("forward")
+                    .and_then(|f| f.output("logits").map(|v| f.ty(v).shape[2] as u64))
+                    .unwrap_or(2);
                 let ids: Vec<i64> = (0..i.ty.numel()).map(|_| (next() % vocab) as i64).collect();
                 values.insert(
                     i.name.to_string(),

@@ -45,6 +45,9 @@ pub(crate) struct GemmShape {
     pub tb: bool,
     /// B is dequantized from NF4 codes while packing (`qmatmul`): `(block, nested)`.
     pub quant: Option<(usize, usize)>,
+    /// B is not stored: its producer (a `concat` of weights, as the optimizer's batching
+    /// builds) is evaluated element by element while packing.
+    pub fused_b: bool,
     /// Epilogue: the GEMM computes `addend + A·B` (an `add` whose other operand is this
     /// materialized value of C's shape); the first K block starts from it instead of zero.
     pub addend: Option<ValueId>,
@@ -65,6 +68,7 @@ impl GemmShape {
         let n = if tb { b[1] } else { b[2] };
         GemmShape {
             quant: None,
+            fused_b: false,
             addend: None,
             a_src,
             b_src,
@@ -182,20 +186,22 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     }
 }
 
-/// The pack kernel of a `qmatmul`: like [`emit_pack`], but each element of B is dequantized
-/// from its NF4 code and block scale (through [`KernelCx::dequant_at`]) as it is packed, so
-/// the full-precision weight only ever exists as these panels. Returns the output type.
-pub(crate) fn emit_pack_quant(
+/// The pack kernel of a `qmatmul`, or of a matmul whose B is fused: like [`emit_pack`], but
+/// each element of B is computed as it is packed: dequantized from its NF4 code and block
+/// scale (through [`KernelCx::dequant_at`]), or evaluated from B's fused producer (a
+/// `concat` of weights reads the right part), so the full-precision or concatenated weight
+/// only ever exists as these panels. Returns the output type.
+pub(crate) fn emit_pack_computed(
     k: &mut KernelCx<'_>,
     root: ValueId,
     s: &GemmShape,
     t: &CpuTarget,
 ) -> Result<String, CodegenError> {
-    let Some((block, nested)) = s.quant else {
+    if s.quant.is_none() && !s.fused_b {
         return Err(CodegenError::Internal(
-            "qmatmul pack without quantization".into(),
+            "a computed pack of a stored B".into(),
         ));
-    };
+    }
     let args: Vec<ValueId> = k.f.node(root).args.iter().skip(1).copied().collect();
     let codes_shape = k.f.ty(s.b_src).shape.clone();
     let lead = codes_shape.len().saturating_sub(2);
@@ -227,7 +233,10 @@ pub(crate) fn emit_pack_quant(
     } else {
         idx.extend([Ix::V(kk.clone()), Ix::V(col)]);
     }
-    let w = k.dequant_at(root, &args, DType::F32, &idx, block, nested)?;
+    let w = match s.quant {
+        Some((block, nested)) => k.dequant_at(root, &args, DType::F32, &idx, block, nested)?,
+        None => k.eval(s.b_src, &idx)?,
+    };
     k.b.line(format!(
         "memref.store {w}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"
     ));

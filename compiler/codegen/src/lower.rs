@@ -8,7 +8,7 @@
 
 use crate::CodegenError;
 use crate::expr::{KernelCx, Table};
-use crate::gemm::{emit_gemm, emit_pack, emit_pack_quant};
+use crate::gemm::{emit_gemm, emit_pack, emit_pack_computed};
 use crate::host::CpuTarget;
 use crate::kernels::{emit_fused, emit_matmul_scalar, emit_reduce, emit_softmax};
 use crate::schedule::{Plan, StepKind};
@@ -164,7 +164,7 @@ pub(crate) fn lower(
         let mut args = Vec::new();
         let symbol = match &kind {
             StepKind::Host => continue,
-            StepKind::Pack(s) if s.quant.is_none() => {
+            StepKind::Pack(s) if s.quant.is_none() && !s.fused_b => {
                 args.push(slot(plan, s.b_src)?);
                 add(&mut funcs, emit_pack(&name, s, target))
             }
@@ -201,7 +201,7 @@ pub(crate) fn lower(
                         emit_softmax(&mut k, root, *axis, true)?
                     }
                     (StepKind::MatMulScalar(m), _) => emit_matmul_scalar(&mut k, root, m)?,
-                    (StepKind::Pack(s), _) => emit_pack_quant(&mut k, root, s, target)?,
+                    (StepKind::Pack(s), _) => emit_pack_computed(&mut k, root, s, target)?,
                     _ => emit_fused(&mut k, root)?,
                 };
                 let mut params: Vec<String> = k

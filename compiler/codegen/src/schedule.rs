@@ -292,7 +292,14 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             Op::MatMul { .. } | Op::QuantMatMul { .. } => {
                 if let Some(s) = gemm_shape(f, ValueId(v as u32)) {
                     must[s.a_src.index()] = true;
-                    must[s.b_src.index()] = true;
+                    // A concat as B (batched weights) is read by the pack kernel in place of
+                    // being stored: it fuses like an elementwise consumer's operand.
+                    let concat = matches!(f.node(s.b_src).op, Op::Concat { .. });
+                    if concat && s.quant.is_none() && !scalar_matmul(node.ty.dtype, &s) {
+                        add(s.b_src, numel(s.b_src.index()));
+                    } else {
+                        must[s.b_src.index()] = true;
+                    }
                 }
                 if matches!(node.op, Op::QuantMatMul { .. }) {
                     node.args.iter().for_each(|&a| must[a.index()] = true);
@@ -361,6 +368,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 let mut s = gemm_shape(f, mm)
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
                 s.addend = addend;
+                s.fused_b = plan.inline[s.b_src.index()];
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);
                 let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {

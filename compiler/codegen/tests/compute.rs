@@ -476,3 +476,35 @@ fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
     assert!(kernels.iter().any(|k| k.contains("_add ")), "{kernels:?}");
     check_norm(&f, &random_inputs(&f, 22, -1.0, 1.0), 1e-4);
 }
+
+#[test]
+fn a_concat_of_weights_is_read_while_packing() {
+    // The optimizer's batching: x·[W₁; W₂]ᵀ (forward) and d·[W₁; W₂] (backward) read a concat
+    // of weights, which is never stored: both pack kernels evaluate it per element.
+    let t = |s: &[usize]| ty(DType::F32, s);
+    let mut f = Function::new("batched");
+    let x = f.add_input("x", InputKind::Data, t(&[2, 13, 40]), None);
+    let w1 = f.add_input("w1", InputKind::Weight, t(&[24, 40]), None);
+    let w2 = f.add_input("w2", InputKind::Weight, t(&[21, 40]), None);
+    let d = f.add_input("d", InputKind::Data, t(&[2, 13, 45]), None);
+    let cat = f.add(Op::Concat { axis: 0 }, &[w1, w2], None).unwrap();
+    let fwd = Op::MatMul {
+        ta: false,
+        tb: true,
+    };
+    let y = f.add(fwd, &[x, cat], None).unwrap();
+    let bwd = Op::MatMul {
+        ta: false,
+        tb: false,
+    };
+    let dx = f.add(bwd, &[d, cat], None).unwrap();
+    f.add_output("y", y);
+    f.add_output("dx", dx);
+    let kernels = graft_codegen::compile(&f).unwrap().kernel_summary();
+    assert!(
+        kernels.iter().all(|k| !k.contains("concat")),
+        "the concat is stored: {kernels:?}"
+    );
+    assert_eq!(kernels.len(), 4, "{kernels:?}");
+    check_norm(&f, &random_inputs(&f, 31, -1.0, 1.0), 1e-4);
+}
