@@ -162,11 +162,7 @@ fn main() {
         .iter()
         .filter(|k| k.op == "matmul" || k.op == "qmatmul")
     {
-        let kind = if k.kernel.ends_with("_pack") {
-            "pack"
-        } else {
-            "gemm"
-        };
+        let kind = k.kind;
         let e = mm.entry((kind.to_string(), k.ty.clone())).or_default();
         e.0 += k.seconds;
         e.1 += 1;

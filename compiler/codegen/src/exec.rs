@@ -51,6 +51,9 @@ pub struct KernelTime {
     pub op: &'static str,
     /// That node's type.
     pub ty: String,
+    /// The kind of kernel: `fused`, `reduce`, `softmax`, `pack`, `gemm`, `matmul` (scalar) or
+    /// `host`.
+    pub kind: &'static str,
     /// Seconds.
     pub seconds: f64,
 }
@@ -386,6 +389,15 @@ impl CompiledFunction {
                     node: step.root.index(),
                     op: node.op.name(),
                     ty: node.ty.to_string(),
+                    kind: match step.kind {
+                        StepKind::Fused => "fused",
+                        StepKind::Reduce => "reduce",
+                        StepKind::Softmax => "softmax",
+                        StepKind::MatMulScalar(_) => "matmul",
+                        StepKind::Pack(_) => "pack",
+                        StepKind::Gemm(_) => "gemm",
+                        StepKind::Host => "host",
+                    },
                     seconds: started.elapsed().as_secs_f64(),
                 });
             }
