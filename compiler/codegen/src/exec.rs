@@ -51,8 +51,8 @@ pub struct KernelTime {
     pub op: &'static str,
     /// That node's type.
     pub ty: String,
-    /// The kind of kernel: `fused`, `reduce`, `softmax`, `pack`, `gemm`, `matmul` (scalar) or
-    /// `host`.
+    /// The kind of kernel: `fused`, `reduce`, `softmax`, `pack_a`, `pack` (B), `gemm`, `matmul`
+    /// (scalar) or `host`.
     pub kind: &'static str,
     /// Seconds.
     pub seconds: f64,
@@ -394,6 +394,7 @@ impl CompiledFunction {
                         StepKind::Reduce => "reduce",
                         StepKind::Softmax => "softmax",
                         StepKind::MatMulScalar(_) => "matmul",
+                        StepKind::PackA(_) => "pack_a",
                         StepKind::Pack(_) => "pack",
                         StepKind::Gemm(_) => "gemm",
                         StepKind::Host => "host",

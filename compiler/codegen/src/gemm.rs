@@ -93,6 +93,12 @@ impl GemmShape {
         self.m.div_ceil(t.mr)
     }
 
+    /// Elements of the packed-A scratch buffer: per A batch and row tile, `K × MR` values,
+    /// the tile's rows interleaved per `k` (rows past `m` are zero).
+    pub fn packed_a_len(&self, t: &CpuTarget) -> usize {
+        self.a[0] * self.tiles(t) * self.k * t.mr
+    }
+
     /// Elements of the packed-B scratch buffer.
     pub fn packed_len(&self, t: &CpuTarget) -> usize {
         self.b[0] * self.panels(t) * self.k * t.nr
@@ -179,6 +185,64 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         name: name.to_string(),
         params: vec![
             format!("%a0: {bty}"),
+            format!("%out: {pty} {{llvm.noalias}}"),
+        ],
+        body: b.finish(),
+        ranged: true,
+    }
+}
+
+/// The A pack kernel `@{name}_a`: range = `a-batches × row tiles`; tile `t` of A becomes
+/// `Ap[t][k][0..MR]` (rows past `m` zero), so a microkernel reads its `MR` values of each `k`
+/// from one contiguous run, whatever A's row stride (a power-of-two stride would map every
+/// row of the tile to the same L1 set).
+pub(crate) fn emit_pack_a(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
+    let mut b = Body::new();
+    let aty = memref_ty(&s.a, "f32");
+    let pty = memref_ty(&[s.packed_a_len(t)], "f32");
+    let tiles = s.tiles(t);
+    let (zero, one) = (b.idx(0), b.idx(1));
+    let q = b.fresh();
+    b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
+    let qx = Ix::V(q.clone());
+    let ab = b.ix_div(&qx, tiles);
+    let it = b.ix_rem(&qx, tiles);
+    let ab = b.ix(&ab);
+    let row0 = b.ix_mul(&it, t.mr);
+    let row0 = b.ix(&row0);
+    let base = b.ix_mul(&qx, s.k * t.mr);
+    let base = b.ix(&base);
+    let (kend, mrend, mc, last) = (
+        b.idx(s.k),
+        b.idx(t.mr),
+        b.idx(s.m),
+        b.idx(s.m.saturating_sub(1)),
+    );
+    let z = b.f32c(0.0);
+    let mr = b.idx(t.mr);
+    let (kk, r) = (b.fresh(), b.fresh());
+    b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+    let kbase = b.op(format!("arith.muli {kk}, {mr} : index"));
+    let kbase = b.op(format!("arith.addi {base}, {kbase} : index"));
+    b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
+    let row = b.op(format!("arith.addi {row0}, {r} : index"));
+    let inside = b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
+    let safe = b.op(format!("arith.minui {row}, {last} : index"));
+    let x = if s.ta {
+        b.op(format!("memref.load %a0[{ab}, {kk}, {safe}] : {aty}"))
+    } else {
+        b.op(format!("memref.load %a0[{ab}, {safe}, {kk}] : {aty}"))
+    };
+    let x = b.op(format!("arith.select {inside}, {x}, {z} : f32"));
+    let at = b.op(format!("arith.addi {kbase}, {r} : index"));
+    b.line(format!("memref.store {x}, %out[{at}] : {pty}"));
+    b.close("}", false);
+    b.close("}", false);
+    b.close("}", false);
+    FuncText {
+        name: format!("{name}_a"),
+        params: vec![
+            format!("%a0: {aty}"),
             format!("%out: {pty} {{llvm.noalias}}"),
         ],
         body: b.finish(),
@@ -273,7 +337,7 @@ fn micro_name(rows: usize, cols: usize, addend: bool) -> String {
 /// The GEMM kernel `@{name}` (range = `batches × row tiles`), and the microkernels it calls
 /// (shared by every GEMM of the module: callers dedupe them by name).
 pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncText> {
-    let aty = memref_ty(&s.a, "f32");
+    let aty = memref_ty(&[s.packed_a_len(t)], "f32");
     let pty = s.packed_ty(t);
     let cty = memref_ty(&[s.batches, s.m, s.n], "f32");
     let fty = flat_ty();
@@ -317,8 +381,8 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
     } else {
         (String::new(), String::new())
     };
-    // A(i, k) of a batch is at a_off + i·sr + k·sk.
-    let (sr, sk) = if s.ta { (1, s.a[2]) } else { (s.a[2], 1) };
+    // A(i, k) of a tile is at a_off + r·sr + k·sk in the packed A.
+    let (sr, sk) = (1, t.mr);
     let (sr, sk) = (b.idx(sr), b.idx(sk));
     let kblocks = s.k.div_ceil(t.kc).max(1);
     let (zero, one) = (b.idx(0), b.idx(1));
@@ -336,9 +400,9 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         let i0 = b.ix_mul(&it, t.mr);
         let abi = if s.a[0] == 1 { Ix::C(0) } else { bi.clone() };
         let pbi = if s.b[0] == 1 { Ix::C(0) } else { bi.clone() };
-        let a_base = b.ix_mul(&abi, s.a[1] * s.a[2]);
-        let a_row = b.ix_mul(&i0, if s.ta { 1 } else { s.a[2] });
-        let a_off = b.ix_add(&a_base, &a_row);
+        let a_tile = b.ix_mul(&abi, tiles);
+        let a_tile = b.ix_add(&a_tile, &it);
+        let a_off = b.ix_mul(&a_tile, s.k * t.mr);
         let p_first = b.ix_mul(&pbi, panels);
         let p_idx = b.ix_add(&p_first, panel);
         let p_off = b.ix_mul(&p_idx, s.k * t.nr);

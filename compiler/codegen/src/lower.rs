@@ -8,7 +8,7 @@
 
 use crate::CodegenError;
 use crate::expr::{KernelCx, Table};
-use crate::gemm::{emit_gemm, emit_pack, emit_pack_computed};
+use crate::gemm::{emit_gemm, emit_pack, emit_pack_a, emit_pack_computed};
 use crate::host::CpuTarget;
 use crate::kernels::{emit_fused, emit_matmul_scalar, emit_reduce, emit_softmax};
 use crate::schedule::{Plan, StepKind};
@@ -168,13 +168,23 @@ pub(crate) fn lower(
                 args.push(slot(plan, s.b_src)?);
                 add(&mut funcs, emit_pack(&name, s, target))
             }
-            StepKind::Gemm(s) => {
+            StepKind::PackA(s) => {
                 args.push(slot(plan, s.a_src)?);
-                let pack = i
-                    .checked_sub(1)
-                    .and_then(|p| plan.steps.get(p))
-                    .filter(|p| matches!(p.kind, StepKind::Pack(_)))
-                    .ok_or_else(|| CodegenError::Internal("GEMM without its pack".into()))?;
+                let f = emit_pack_a(&name, s, target);
+                add(&mut funcs, f)
+            }
+            StepKind::Gemm(s) => {
+                let before = |back: usize| i.checked_sub(back).and_then(|p| plan.steps.get(p));
+                let (Some(pack_a), Some(pack)) = (before(2), before(1)) else {
+                    return Err(CodegenError::Internal("GEMM without its packs".into()));
+                };
+                if !matches!(
+                    (&pack_a.kind, &pack.kind),
+                    (StepKind::PackA(_), StepKind::Pack(_))
+                ) {
+                    return Err(CodegenError::Internal("GEMM without its packs".into()));
+                }
+                args.push(pack_a.out);
                 args.push(pack.out);
                 if let Some(d) = s.addend {
                     args.push(slot(plan, d)?);

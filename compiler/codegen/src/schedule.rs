@@ -34,6 +34,8 @@ pub(crate) enum StepKind {
     Softmax,
     /// A scalar `f64`-accumulating matmul (non-`f32` dtypes).
     MatMulScalar(GemmShape),
+    /// Packing A of an `f32` matmul into row tiles (into a scratch slot).
+    PackA(GemmShape),
     /// Packing B of an `f32` matmul into panels (into a scratch slot).
     Pack(GemmShape),
     /// The tiled vector GEMM reading the packed panels.
@@ -386,12 +388,20 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                         s.b[0] * s.panels(target),
                         s.k * target.nr,
                     );
+                    let packed_a = new_slot(&mut plan, DType::F32, s.packed_a_len(target));
+                    let pack_a = step(
+                        StepKind::PackA(s),
+                        packed_a,
+                        s.a[0] * s.tiles(target),
+                        s.k * target.mr,
+                    );
                     let gemm = step(
                         StepKind::Gemm(s),
                         out,
                         s.batches * s.tiles(target),
                         2 * target.mr * s.n * s.k,
                     );
+                    plan.steps.push(pack_a);
                     plan.steps.push(pack);
                     plan.steps.push(gemm);
                 }
@@ -505,7 +515,7 @@ mod tests {
         let kinds: Vec<_> = p.steps.iter().map(|s| &s.kind).collect();
         assert!(matches!(
             kinds.as_slice(),
-            [StepKind::Pack(_), StepKind::Gemm(_)]
+            [StepKind::PackA(_), StepKind::Pack(_), StepKind::Gemm(_)]
         ));
         assert_eq!(p.slot_of[r.index()], p.slot_of[c.index()]);
         Ok(())

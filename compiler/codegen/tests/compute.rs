@@ -460,7 +460,11 @@ fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
         kernels.iter().all(|k| !k.contains("_add ")),
         "an add kernel is left: {kernels:?}"
     );
-    assert_eq!(kernels.len(), 8, "four pack + GEMM pairs: {kernels:?}");
+    assert_eq!(
+        kernels.len(),
+        12,
+        "four pack A, pack B, GEMM triples: {kernels:?}"
+    );
     check_norm(&f, &random_inputs(&f, 21, -1.0, 1.0), 1e-4);
 
     // With `up` read twice, `base` (read once) is folded instead; with both read twice, the
@@ -505,6 +509,10 @@ fn a_concat_of_weights_is_read_while_packing() {
         kernels.iter().all(|k| !k.contains("concat")),
         "the concat is stored: {kernels:?}"
     );
-    assert_eq!(kernels.len(), 4, "{kernels:?}");
+    assert_eq!(
+        kernels.len(),
+        6,
+        "two pack A, pack B, GEMM triples: {kernels:?}"
+    );
     check_norm(&f, &random_inputs(&f, 31, -1.0, 1.0), 1e-4);
 }
