@@ -48,6 +48,8 @@ pub(crate) struct GemmShape {
     /// B is not stored: its producer (a `concat` of weights, as the optimizer's batching
     /// builds) is evaluated element by element while packing.
     pub fused_b: bool,
+    /// A is not stored: its (elementwise or layout) producer is evaluated while packing A.
+    pub fused_a: bool,
     /// Epilogue: the GEMM computes `addend + A·B` (an `add` whose other operand is this
     /// materialized value of C's shape); the first K block starts from it instead of zero.
     pub addend: Option<ValueId>,
@@ -69,6 +71,7 @@ impl GemmShape {
         GemmShape {
             quant: None,
             fused_b: false,
+            fused_a: false,
             addend: None,
             a_src,
             b_src,
@@ -192,62 +195,69 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     }
 }
 
-/// The A pack kernel `@{name}_a`: range = `a-batches × row tiles`; tile `t` of A becomes
+/// The A pack kernel: range = `a-batches × row tiles`; tile `t` of A becomes
 /// `Ap[t][k][0..MR]` (rows past `m` zero), so a microkernel reads its `MR` values of each `k`
 /// from one contiguous run, whatever A's row stride (a power-of-two stride would map every
-/// row of the tile to the same L1 set).
-pub(crate) fn emit_pack_a(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
-    let mut b = Body::new();
-    let aty = memref_ty(&s.a, "f32");
+/// row of the tile to the same L1 set). A's elements come through [`KernelCx::eval`]: loads
+/// of a stored A, or A's producer computed in place when the scheduler fused it (a scaled
+/// or normalized activation, a concat, ...). Returns the output type.
+pub(crate) fn emit_pack_a(
+    k: &mut KernelCx<'_>,
+    s: &GemmShape,
+    t: &CpuTarget,
+) -> Result<String, CodegenError> {
+    let a_shape = k.f.ty(s.a_src).shape.clone();
+    let lead = a_shape.len().saturating_sub(2);
     let pty = memref_ty(&[s.packed_a_len(t)], "f32");
     let tiles = s.tiles(t);
-    let (zero, one) = (b.idx(0), b.idx(1));
-    let q = b.fresh();
-    b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
-    let qx = Ix::V(q.clone());
-    let ab = b.ix_div(&qx, tiles);
-    let it = b.ix_rem(&qx, tiles);
-    let ab = b.ix(&ab);
-    let row0 = b.ix_mul(&it, t.mr);
-    let row0 = b.ix(&row0);
-    let base = b.ix_mul(&qx, s.k * t.mr);
-    let base = b.ix(&base);
-    let (kend, mrend, mc, last) = (
-        b.idx(s.k),
-        b.idx(t.mr),
-        b.idx(s.m),
-        b.idx(s.m.saturating_sub(1)),
+    let (zero, one) = (k.b.idx(0), k.b.idx(1));
+    let q = k.b.fresh();
+    k.b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
+    k.push_scope();
+    let qx = Ix::V(q);
+    let ab = k.b.ix_div(&qx, tiles);
+    let it = k.b.ix_rem(&qx, tiles);
+    let batch = k.b.delinearize(&ab, &a_shape[..lead]);
+    let row0 = k.b.ix_mul(&it, t.mr);
+    let row0 = k.b.ix(&row0);
+    let base = k.b.ix_mul(&qx, s.k * t.mr);
+    let base = k.b.ix(&base);
+    let (kend, mrend, mc, last, mr) = (
+        k.b.idx(s.k),
+        k.b.idx(t.mr),
+        k.b.idx(s.m),
+        k.b.idx(s.m.saturating_sub(1)),
+        k.b.idx(t.mr),
     );
-    let z = b.f32c(0.0);
-    let mr = b.idx(t.mr);
-    let (kk, r) = (b.fresh(), b.fresh());
-    b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
-    let kbase = b.op(format!("arith.muli {kk}, {mr} : index"));
-    let kbase = b.op(format!("arith.addi {base}, {kbase} : index"));
-    b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
-    let row = b.op(format!("arith.addi {row0}, {r} : index"));
-    let inside = b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
-    let safe = b.op(format!("arith.minui {row}, {last} : index"));
-    let x = if s.ta {
-        b.op(format!("memref.load %a0[{ab}, {kk}, {safe}] : {aty}"))
+    let (kk, r) = (k.b.fresh(), k.b.fresh());
+    k.b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+    k.push_scope();
+    let kbase = k.b.op(format!("arith.muli {kk}, {mr} : index"));
+    let kbase = k.b.op(format!("arith.addi {base}, {kbase} : index"));
+    k.b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
+    k.push_scope();
+    let row = k.b.op(format!("arith.addi {row0}, {r} : index"));
+    let inside = k.b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
+    // Rows past `m` read row m-1 (a valid index) and store zero.
+    let safe = k.b.op(format!("arith.minui {row}, {last} : index"));
+    let mut idx = batch.clone();
+    if s.ta {
+        idx.extend([Ix::V(kk.clone()), Ix::V(safe)]);
     } else {
-        b.op(format!("memref.load %a0[{ab}, {safe}, {kk}] : {aty}"))
-    };
-    let x = b.op(format!("arith.select {inside}, {x}, {z} : f32"));
-    let at = b.op(format!("arith.addi {kbase}, {r} : index"));
-    b.line(format!("memref.store {x}, %out[{at}] : {pty}"));
-    b.close("}", false);
-    b.close("}", false);
-    b.close("}", false);
-    FuncText {
-        name: format!("{name}_a"),
-        params: vec![
-            format!("%a0: {aty}"),
-            format!("%out: {pty} {{llvm.noalias}}"),
-        ],
-        body: b.finish(),
-        ranged: true,
+        idx.extend([Ix::V(safe), Ix::V(kk.clone())]);
     }
+    let x = k.eval(s.a_src, &idx)?;
+    let z = k.b.f32c(0.0);
+    let x = k.b.op(format!("arith.select {inside}, {x}, {z} : f32"));
+    let at = k.b.op(format!("arith.addi {kbase}, {r} : index"));
+    k.b.line(format!("memref.store {x}, %out[{at}] : {pty}"));
+    k.pop_scope();
+    k.b.close("}", false);
+    k.pop_scope();
+    k.b.close("}", false);
+    k.pop_scope();
+    k.b.close("}", false);
+    Ok(pty)
 }
 
 /// The pack kernel of a `qmatmul`, or of a matmul whose B is fused: like [`emit_pack`], but

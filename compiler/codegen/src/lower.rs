@@ -168,11 +168,6 @@ pub(crate) fn lower(
                 args.push(slot(plan, s.b_src)?);
                 add(&mut funcs, emit_pack(&name, s, target))
             }
-            StepKind::PackA(s) => {
-                args.push(slot(plan, s.a_src)?);
-                let f = emit_pack_a(&name, s, target);
-                add(&mut funcs, f)
-            }
             StepKind::Gemm(s) => {
                 let before = |back: usize| i.checked_sub(back).and_then(|p| plan.steps.get(p));
                 let (Some(pack_a), Some(pack)) = (before(2), before(1)) else {
@@ -212,6 +207,7 @@ pub(crate) fn lower(
                     }
                     (StepKind::MatMulScalar(m), _) => emit_matmul_scalar(&mut k, root, m)?,
                     (StepKind::Pack(s), _) => emit_pack_computed(&mut k, root, s, target)?,
+                    (StepKind::PackA(s), _) => emit_pack_a(&mut k, s, target)?,
                     _ => emit_fused(&mut k, root)?,
                 };
                 let mut params: Vec<String> = k

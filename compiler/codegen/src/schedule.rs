@@ -293,7 +293,14 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             }
             Op::MatMul { .. } | Op::QuantMatMul { .. } => {
                 if let Some(s) = gemm_shape(f, ValueId(v as u32)) {
-                    must[s.a_src.index()] = true;
+                    // The A pack evaluates A like an elementwise consumer: a fusable producer
+                    // is computed while packing when that is cheap enough (read once, or a
+                    // layout op), else it is stored.
+                    if scalar_matmul(node.ty.dtype, &s) {
+                        must[s.a_src.index()] = true;
+                    } else {
+                        add(s.a_src, numel(s.a_src.index()));
+                    }
                     // A concat as B (batched weights) is read by the pack kernel in place of
                     // being stored: it fuses like an elementwise consumer's operand.
                     let concat = matches!(f.node(s.b_src).op, Op::Concat { .. });
@@ -371,6 +378,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
                 s.addend = addend;
                 s.fused_b = plan.inline[s.b_src.index()];
+                s.fused_a = plan.inline[s.a_src.index()];
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);
                 let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {
