@@ -1,10 +1,11 @@
 //! Running compiled functions: buffers, kernel launches split across threads, host steps,
 //! and the conversion between interpreter tensors and kernel buffers.
 //!
-//! Inputs are read in place (the kernels get pointers into the caller's tensors); outputs
-//! get buffers of their own, handed to the caller; every other value lives in one arena at
-//! the offset the static memory plan (`memplan.rs`) gave it. A kernel whose range is large enough is split into one contiguous chunk per
-//! thread of rayon's pool; chunks write disjoint parts of the output.
+//! Inputs are read in place (the kernels get pointers into the caller's tensors or into a
+//! memory-mapped weights file); outputs get buffers of their own, handed to the caller; every
+//! other value lives in one arena at the offset the static memory plan (`memplan.rs`) gave
+//! it. A kernel whose range is large enough is split into one contiguous chunk per thread of
+//! rayon's pool; chunks write disjoint parts of the output.
 
 use crate::CodegenError;
 use crate::expr::{ERR_DIV_ZERO, ERR_GATHER};

@@ -48,8 +48,6 @@ pub(crate) struct GemmShape {
     /// B is not stored: its producer (a `concat` of weights, as the optimizer's batching
     /// builds) is evaluated element by element while packing.
     pub fused_b: bool,
-    /// A is not stored: its (elementwise or layout) producer is evaluated while packing A.
-    pub fused_a: bool,
     /// Epilogue: the GEMM computes `addend + A·B` (an `add` whose other operand is this
     /// materialized value of C's shape); the first K block starts from it instead of zero.
     pub addend: Option<ValueId>,
@@ -71,7 +69,6 @@ impl GemmShape {
         GemmShape {
             quant: None,
             fused_b: false,
-            fused_a: false,
             addend: None,
             a_src,
             b_src,

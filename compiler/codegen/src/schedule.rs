@@ -378,7 +378,6 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
                 s.addend = addend;
                 s.fused_b = plan.inline[s.b_src.index()];
-                s.fused_a = plan.inline[s.a_src.index()];
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);
                 let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {
