@@ -93,6 +93,13 @@ impl GemmShape {
         self.m.div_ceil(t.mr)
     }
 
+    /// Whether A is packed: when more than two panels of B pass over it (a power-of-two row
+    /// stride maps a tile's rows to one L1 set, and packing pays when the A block is reused;
+    /// a LoRA down-projection, `N = r`, reads A once and does not pack it).
+    pub fn packs_a(&self, t: &CpuTarget) -> bool {
+        self.panels(t) > 2
+    }
+
     /// Elements of the packed-A scratch buffer: per A batch and row tile, `K × MR` values,
     /// the tile's rows interleaved per `k` (rows past `m` are zero).
     pub fn packed_a_len(&self, t: &CpuTarget) -> usize {
@@ -344,7 +351,12 @@ fn micro_name(rows: usize, cols: usize, addend: bool) -> String {
 /// The GEMM kernel `@{name}` (range = `batches × row tiles`), and the microkernels it calls
 /// (shared by every GEMM of the module: callers dedupe them by name).
 pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncText> {
-    let aty = memref_ty(&[s.packed_a_len(t)], "f32");
+    let packed_a = s.packs_a(t);
+    let aty = if packed_a {
+        memref_ty(&[s.packed_a_len(t)], "f32")
+    } else {
+        memref_ty(&s.a, "f32")
+    };
     let pty = s.packed_ty(t);
     let cty = memref_ty(&[s.batches, s.m, s.n], "f32");
     let fty = flat_ty();
@@ -388,8 +400,12 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
     } else {
         (String::new(), String::new())
     };
-    // A(i, k) of a tile is at a_off + r·sr + k·sk in the packed A.
-    let (sr, sk) = (1, t.mr);
+    // A(i, k) of a tile is at a_off + r·sr + k·sk: in the packed A, or in A itself.
+    let (sr, sk) = match (packed_a, s.ta) {
+        (true, _) => (1, t.mr),
+        (false, true) => (1, s.a[2]),
+        (false, false) => (s.a[2], 1),
+    };
     let (sr, sk) = (b.idx(sr), b.idx(sk));
     let kblocks = s.k.div_ceil(t.kc).max(1);
     let (zero, one) = (b.idx(0), b.idx(1));
@@ -407,9 +423,15 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         let i0 = b.ix_mul(&it, t.mr);
         let abi = if s.a[0] == 1 { Ix::C(0) } else { bi.clone() };
         let pbi = if s.b[0] == 1 { Ix::C(0) } else { bi.clone() };
-        let a_tile = b.ix_mul(&abi, tiles);
-        let a_tile = b.ix_add(&a_tile, &it);
-        let a_off = b.ix_mul(&a_tile, s.k * t.mr);
+        let a_off = if packed_a {
+            let a_tile = b.ix_mul(&abi, tiles);
+            let a_tile = b.ix_add(&a_tile, &it);
+            b.ix_mul(&a_tile, s.k * t.mr)
+        } else {
+            let a_base = b.ix_mul(&abi, s.a[1] * s.a[2]);
+            let a_row = b.ix_mul(&i0, if s.ta { 1 } else { s.a[2] });
+            b.ix_add(&a_base, &a_row)
+        };
         let p_first = b.ix_mul(&pbi, panels);
         let p_idx = b.ix_add(&p_first, panel);
         let p_off = b.ix_mul(&p_idx, s.k * t.nr);

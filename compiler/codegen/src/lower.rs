@@ -170,16 +170,15 @@ pub(crate) fn lower(
             }
             StepKind::Gemm(s) => {
                 let before = |back: usize| i.checked_sub(back).and_then(|p| plan.steps.get(p));
-                let (Some(pack_a), Some(pack)) = (before(2), before(1)) else {
+                let pack = before(1).filter(|p| matches!(p.kind, StepKind::Pack(_)));
+                let pack_a = before(2).filter(|p| matches!(p.kind, StepKind::PackA(_)));
+                let (Some(pack), true) = (pack, pack_a.is_some() == s.packs_a(target)) else {
                     return Err(CodegenError::Internal("GEMM without its packs".into()));
                 };
-                if !matches!(
-                    (&pack_a.kind, &pack.kind),
-                    (StepKind::PackA(_), StepKind::Pack(_))
-                ) {
-                    return Err(CodegenError::Internal("GEMM without its packs".into()));
+                match pack_a {
+                    Some(p) => args.push(p.out),
+                    None => args.push(slot(plan, s.a_src)?),
                 }
-                args.push(pack_a.out);
                 args.push(pack.out);
                 if let Some(d) = s.addend {
                     args.push(slot(plan, d)?);

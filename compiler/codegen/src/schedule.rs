@@ -296,7 +296,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     // The A pack evaluates A like an elementwise consumer: a fusable producer
                     // is computed while packing when that is cheap enough (read once, or a
                     // layout op), else it is stored.
-                    if scalar_matmul(node.ty.dtype, &s) {
+                    if scalar_matmul(node.ty.dtype, &s) || !s.packs_a(target) {
                         must[s.a_src.index()] = true;
                     } else {
                         add(s.a_src, numel(s.a_src.index()));
@@ -395,20 +395,22 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                         s.b[0] * s.panels(target),
                         s.k * target.nr,
                     );
-                    let packed_a = new_slot(&mut plan, DType::F32, s.packed_a_len(target));
-                    let pack_a = step(
-                        StepKind::PackA(s),
-                        packed_a,
-                        s.a[0] * s.tiles(target),
-                        s.k * target.mr,
-                    );
+                    let pack_a = s.packs_a(target).then(|| {
+                        let packed_a = new_slot(&mut plan, DType::F32, s.packed_a_len(target));
+                        step(
+                            StepKind::PackA(s),
+                            packed_a,
+                            s.a[0] * s.tiles(target),
+                            s.k * target.mr,
+                        )
+                    });
                     let gemm = step(
                         StepKind::Gemm(s),
                         out,
                         s.batches * s.tiles(target),
                         2 * target.mr * s.n * s.k,
                     );
-                    plan.steps.push(pack_a);
+                    plan.steps.extend(pack_a);
                     plan.steps.push(pack);
                     plan.steps.push(gemm);
                 }
@@ -505,26 +507,37 @@ mod tests {
 
     #[test]
     fn matmuls_pack_then_gemm_and_reshapes_are_views() -> Result<(), Box<dyn std::error::Error>> {
-        let mut f = Function::new("t");
-        let a = f.add_input("a", InputKind::Data, f32t(&[2, 3, 4]), None);
-        let b = f.add_input("b", InputKind::Data, f32t(&[4, 5]), None);
-        let c = f.add(
-            Op::MatMul {
-                ta: false,
-                tb: false,
-            },
-            &[a, b],
-            None,
-        )?;
-        let r = f.add_typed(Op::Reshape, &[c], Some(f32t(&[6, 5])), None)?;
-        f.add_output("r", r);
-        let p = plan(&f, &CpuTarget::host())?;
-        let kinds: Vec<_> = p.steps.iter().map(|s| &s.kind).collect();
-        assert!(matches!(
-            kinds.as_slice(),
-            [StepKind::PackA(_), StepKind::Pack(_), StepKind::Gemm(_)]
-        ));
-        assert_eq!(p.slot_of[r.index()], p.slot_of[c.index()]);
+        // Five columns: one panel of B, A read in place; 3·NR + 1: four panels, A packed.
+        let target = CpuTarget::host();
+        for (n, packs_a) in [(5, false), (3 * target.nr + 1, true)] {
+            let mut f = Function::new("t");
+            let a = f.add_input("a", InputKind::Data, f32t(&[2, 3, 4]), None);
+            let b = f.add_input("b", InputKind::Data, f32t(&[4, n]), None);
+            let c = f.add(
+                Op::MatMul {
+                    ta: false,
+                    tb: false,
+                },
+                &[a, b],
+                None,
+            )?;
+            let r = f.add_typed(Op::Reshape, &[c], Some(f32t(&[6, n])), None)?;
+            f.add_output("r", r);
+            let p = plan(&f, &target)?;
+            let kinds: Vec<_> = p.steps.iter().map(|s| &s.kind).collect();
+            if packs_a {
+                assert!(matches!(
+                    kinds.as_slice(),
+                    [StepKind::PackA(_), StepKind::Pack(_), StepKind::Gemm(_)]
+                ));
+            } else {
+                assert!(matches!(
+                    kinds.as_slice(),
+                    [StepKind::Pack(_), StepKind::Gemm(_)]
+                ));
+            }
+            assert_eq!(p.slot_of[r.index()], p.slot_of[c.index()]);
+        }
         Ok(())
     }
 }

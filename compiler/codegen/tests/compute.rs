@@ -55,9 +55,13 @@ fn matmul_with_every_vector_shape() {
         graft_codegen::CpuTarget::from_features(|f| f == "avx512f"),
     ];
     for target in shapes {
+        // 45 columns read A in place with 32-wide panels and pack it with narrower ones;
+        // 140 columns pack A for every shape.
         for (a, b, ta, tb) in [
             (vec![37, 300], vec![300, 45], false, false),
             (vec![2, 300, 13], vec![2, 45, 300], true, true),
+            (vec![37, 300], vec![140, 300], false, true),
+            (vec![2, 300, 13], vec![2, 300, 140], true, false),
         ] {
             let f = matmul_fn(DType::F32, &a, &b, ta, tb);
             let inputs = random_inputs(&f, 21, -1.0, 1.0);
@@ -425,6 +429,12 @@ fn empty_tensors_and_empty_reductions() {
     check(&f, &random_inputs(&f, 41, -1.0, 1.0), 0.0);
 }
 
+/// Kernels of an `f32` matmul with `n` result columns on this host: pack B and the GEMM, and
+/// pack A when more than two `NR`-wide panels of B pass over A.
+fn kernels_per_matmul(n: usize) -> usize {
+    2 + usize::from(n.div_ceil(graft_codegen::CpuTarget::host().nr) > 2)
+}
+
 #[test]
 fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
     // y = x·Wᵀ + x·Aᵀ·Bᵀ (a LoRA-shaped sum; x batched, every extent a tail of the register
@@ -437,8 +447,9 @@ fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
     let w = f.add_input("w", InputKind::Weight, t(&[45, 300]), None);
     let a = f.add_input("a", InputKind::Param, t(&[8, 300]), None);
     let b = f.add_input("b", InputKind::Param, t(&[45, 8]), None);
-    let v = f.add_input("v", InputKind::Weight, t(&[45, 19]), None);
-    let c = f.add_input("c", InputKind::Data, t(&[2, 13, 19]), None);
+    // 100 columns: more than two panels of B on any host, so y·V packs its A.
+    let v = f.add_input("v", InputKind::Weight, t(&[45, 100]), None);
+    let c = f.add_input("c", InputKind::Data, t(&[2, 13, 100]), None);
     let tb = Op::MatMul {
         ta: false,
         tb: true,
@@ -460,10 +471,14 @@ fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
         kernels.iter().all(|k| !k.contains("_add ")),
         "an add kernel is left: {kernels:?}"
     );
+    // Per matmul: pack B and the GEMM, plus pack A when over two panels of B pass over it.
     assert_eq!(
         kernels.len(),
-        12,
-        "four pack A, pack B, GEMM triples: {kernels:?}"
+        [45, 8, 45, 100]
+            .map(kernels_per_matmul)
+            .iter()
+            .sum::<usize>(),
+        "{kernels:?}"
     );
     check_norm(&f, &random_inputs(&f, 21, -1.0, 1.0), 1e-4);
 
@@ -517,8 +532,8 @@ fn a_concat_of_weights_is_read_while_packing() {
     );
     assert_eq!(
         kernels.len(),
-        6,
-        "two pack A, pack B, GEMM triples: {kernels:?}"
+        [45, 40].map(kernels_per_matmul).iter().sum::<usize>(),
+        "{kernels:?}"
     );
     check_norm(&f, &random_inputs(&f, 31, -1.0, 1.0), 1e-4);
 }

@@ -45,7 +45,8 @@ fn sample() -> Function {
     let mut f = Function::new("sample");
     let x = f.add_input("x", InputKind::Data, f32t(&[16, 64]), None);
     let g = f.add_input("g", InputKind::Weight, f32t(&[64]), None);
-    let w = f.add_input("w", InputKind::Weight, f32t(&[48, 64]), None);
+    // 160 columns: five panels of B with AVX-512, ten with AVX2, so A is packed either way.
+    let w = f.add_input("w", InputKind::Weight, f32t(&[160, 64]), None);
     let sq = f.add(Op::Binary(BinaryOp::Mul), &[x, x], None).unwrap();
     let ms = f
         .add(
@@ -98,7 +99,7 @@ CHECK: arith.mulf {{.*}} : f32
 CHECK: arith.addf {{.*}} : f64
 CHECK: arith.divf {{.*}} : f64
 // rsqrt is stored (its broadcast reads it 64 times); both products and both broadcasts
-// are computed while the GEMM packs A into row tiles (1536 = 2 tiles x 64 x 12 on AVX-512,
+// are computed while the GEMM packs A into row tiles (2 tiles x 64 x 12 on AVX-512,
 // 3 x 64 x 6 with AVX2): the normalized x is never stored.
 CHECK-LABEL: func.func @k1_rsqrt(%lo: index, %hi: index, %a0: memref<16x1xf32>, %out: memref<16x1xf32> {llvm.noalias})
 CHECK: math.sqrt
@@ -108,8 +109,8 @@ CHECK: arith.mulf
 CHECK: memref.store
 // The GEMM: B (read transposed) packed into panels, then tiles of vector FMAs in shared,
 // out-of-line microkernels.
-CHECK-LABEL: func.func @k3_matmul(%lo: index, %hi: index, %a0: memref<1x48x64xf32>
-CHECK: memref.load %a0[{{.*}}] : memref<1x48x64xf32>
+CHECK-LABEL: func.func @k3_matmul(%lo: index, %hi: index, %a0: memref<1x160x64xf32>
+CHECK: memref.load %a0[{{.*}}] : memref<1x160x64xf32>
 CHECK-LABEL: func.func private @graft_gemm_micro_{{[0-9]+}}x{{[0-9]+}}
 CHECK-SAME: attributes {passthrough = ["noinline"]}
 CHECK: scf.for {{.*}} iter_args(
