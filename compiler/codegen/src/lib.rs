@@ -269,6 +269,24 @@ pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunct
     };
     let code = compiled.into_iter().map(|(c, _, _)| c).collect();
     let memory = memplan::plan_memory(&plan);
+    if std::env::var_os("GRAFT_MEMPLAN_DEBUG").is_some() {
+        let (peak, live) = memplan::live_at_peak(&plan, &memory);
+        eprintln!(
+            "memory plan: arena {} bytes; {} buffers live at step {peak} of {}:",
+            memory.arena_bytes,
+            live.len(),
+            plan.steps.len()
+        );
+        for (slot, bytes, first, last) in live.iter().take(40) {
+            let what = plan
+                .slot_of
+                .iter()
+                .position(|s| *s == Some(*slot))
+                .map(|v| format!("%{v} {} {}", f.nodes[v].op.name(), f.nodes[v].ty))
+                .unwrap_or_else(|| "scratch".into());
+            eprintln!("  {:>10} bytes  steps {first}..{last}  {what}", bytes);
+        }
+    }
     Ok(CompiledFunction {
         f: f.clone(),
         plan,

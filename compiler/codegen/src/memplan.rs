@@ -130,6 +130,36 @@ pub(crate) fn plan_memory(plan: &Plan) -> MemoryPlan {
     }
 }
 
+/// The buffers live at the step where the most bytes are live, largest first: `(slot, bytes,
+/// first step, last step)`, and that step. For `GRAFT_MEMPLAN_DEBUG` reports.
+pub(crate) fn live_at_peak(
+    plan: &Plan,
+    mem: &MemoryPlan,
+) -> (usize, Vec<(usize, usize, usize, usize)>) {
+    let (first, last) = live_ranges(plan);
+    let size = |s: usize| plan.slots[s].len * storage_bytes(plan.slots[s].dtype);
+    let placed: Vec<usize> = (0..plan.slots.len())
+        .filter(|&s| mem.offsets[s].is_some())
+        .collect();
+    let live_bytes = |step: usize| -> usize {
+        placed
+            .iter()
+            .filter(|&&s| first[s] <= step && step <= last[s])
+            .map(|&s| size(s))
+            .sum()
+    };
+    let peak = (0..plan.steps.len())
+        .max_by_key(|&i| live_bytes(i))
+        .unwrap_or(0);
+    let mut live: Vec<_> = placed
+        .into_iter()
+        .filter(|&s| first[s] <= peak && peak <= last[s])
+        .map(|s| (s, size(s), first[s], last[s]))
+        .collect();
+    live.sort_by_key(|l| std::cmp::Reverse(l.1));
+    (peak, live)
+}
+
 /// Checks a plan's invariant: no two buffers that are live at the same step overlap.
 /// Used by the tests.
 #[cfg(test)]
