@@ -51,6 +51,13 @@ pub(crate) struct GemmShape {
     /// Epilogue: the GEMM computes `addend + A·B` (an `add` whose other operand is this
     /// materialized value of C's shape); the first K block starts from it instead of zero.
     pub addend: Option<ValueId>,
+    /// The part of the contraction this GEMM covers, `k0..k1`: all of it, unless the
+    /// scheduler split a GEMM whose packed operands would be large (see [`GemmShape::chunks`]).
+    pub k_range: (usize, usize),
+    /// The panels of B (blocks of `NR` columns of C) it covers; `None`: all.
+    pub panel_range: Option<(usize, usize)>,
+    /// C already holds the partial sum of earlier K chunks: every K block adds to it.
+    pub accumulate: bool,
 }
 
 impl GemmShape {
@@ -70,6 +77,9 @@ impl GemmShape {
             quant: None,
             fused_b: false,
             addend: None,
+            k_range: (0, k),
+            panel_range: None,
+            accumulate: false,
             a_src,
             b_src,
             batches,
@@ -93,27 +103,84 @@ impl GemmShape {
         self.m.div_ceil(t.mr)
     }
 
+    /// The panels this GEMM covers, `p0..p1`.
+    pub fn panel_span(&self, t: &CpuTarget) -> (usize, usize) {
+        self.panel_range.unwrap_or((0, self.panels(t)))
+    }
+
+    /// Contraction length of this GEMM's chunk.
+    fn k_len(&self) -> usize {
+        self.k_range.1 - self.k_range.0
+    }
+
     /// Whether A is packed: when more than two panels of B pass over it (a power-of-two row
     /// stride maps a tile's rows to one L1 set, and packing pays when the A block is reused;
-    /// a LoRA down-projection, `N = r`, reads A once and does not pack it).
+    /// a LoRA down-projection, `N = r`, reads A once and does not pack it). Decided on the
+    /// whole GEMM, so that every chunk of it agrees.
     pub fn packs_a(&self, t: &CpuTarget) -> bool {
         self.panels(t) > 2
     }
 
-    /// Elements of the packed-A scratch buffer: per A batch and row tile, `K × MR` values,
-    /// the tile's rows interleaved per `k` (rows past `m` are zero).
+    /// Elements of the packed-A scratch buffer: per A batch and row tile, `K × MR` values
+    /// (of the chunk's K range), the tile's rows interleaved per `k` (rows past `m` zero).
     pub fn packed_a_len(&self, t: &CpuTarget) -> usize {
-        self.a[0] * self.tiles(t) * self.k * t.mr
+        self.a[0] * self.tiles(t) * self.k_len() * t.mr
     }
 
-    /// Elements of the packed-B scratch buffer.
+    /// Elements of the packed-B scratch buffer (the chunk's panels and K range).
     pub fn packed_len(&self, t: &CpuTarget) -> usize {
-        self.b[0] * self.panels(t) * self.k * t.nr
+        let (p0, p1) = self.panel_span(t);
+        self.b[0] * (p1 - p0) * self.k_len() * t.nr
     }
 
     /// The packed-B buffer's memref type.
     fn packed_ty(&self, t: &CpuTarget) -> String {
-        memref_ty(&[self.b[0], self.panels(t), self.k, t.nr], "f32")
+        let (p0, p1) = self.panel_span(t);
+        memref_ty(&[self.b[0], p1 - p0, self.k_len(), t.nr], "f32")
+    }
+
+    /// The GEMM as a sequence of chunks whose packed operands together stay within
+    /// `budget` bytes (the arena holds one chunk's at a time): unchanged when they fit;
+    /// else split along the panels of B when C is larger than A (each chunk packs its part
+    /// of B and repacks A, which is the smaller), or along K in multiples of `KC` (each
+    /// later chunk adds to C, re-read once per chunk). In order; later K chunks accumulate.
+    pub fn chunks(&self, t: &CpuTarget, budget: usize) -> Vec<GemmShape> {
+        let f = std::mem::size_of::<f32>();
+        let packed_a = if self.packs_a(t) {
+            self.packed_a_len(t)
+        } else {
+            0
+        };
+        if (packed_a + self.packed_len(t)) * f <= budget {
+            return vec![*self];
+        }
+        let panels = self.panels(t);
+        let c_bytes = self.batches * self.m * self.n * f;
+        let a_bytes = self.a[0] * self.m * self.k * f;
+        if c_bytes > a_bytes {
+            let per_panel = self.b[0] * self.k * t.nr * f;
+            let a_share = self.a[0] * self.tiles(t) * self.k * t.mr * f;
+            let step = (budget.saturating_sub(a_share) / per_panel.max(1)).max(3);
+            (0..panels)
+                .step_by(step)
+                .map(|p0| GemmShape {
+                    panel_range: Some((p0, (p0 + step).min(panels))),
+                    ..*self
+                })
+                .collect()
+        } else {
+            let per_k = (self.a[0] * self.tiles(t) * t.mr + self.b[0] * panels * t.nr) * f;
+            let len = ((budget / per_k.max(1)) / t.kc * t.kc).max(t.kc);
+            (0..self.k)
+                .step_by(len)
+                .map(|k0| GemmShape {
+                    k_range: (k0, (k0 + len).min(self.k)),
+                    accumulate: k0 > 0,
+                    addend: if k0 > 0 { None } else { self.addend },
+                    ..*self
+                })
+                .collect()
+        }
     }
 }
 
@@ -128,19 +195,22 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     let mut b = Body::new();
     let bty = memref_ty(&s.b, "f32");
     let pty = s.packed_ty(t);
-    let p_count = s.panels(t);
+    let (p0, p1) = s.panel_span(t);
+    let p_count = p1 - p0;
     let vt = vty(t);
     let one = b.idx(1);
-    let zero = b.idx(0);
     let q = b.fresh();
     b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
     let qx = Ix::V(q);
     let bi = b.ix_div(&qx, p_count);
     let p = b.ix_rem(&qx, p_count);
     let (bi, p) = (b.ix(&bi), b.ix(&p));
-    let j0 = b.ix_mul(&Ix::V(p.clone()), t.nr);
+    // Panel p of the chunk is panel p0 + p of B; row k of B is row k - k0 of the panel.
+    let j0 = b.ix_add(&Ix::V(p.clone()), &Ix::C(p0));
+    let j0 = b.ix_mul(&j0, t.nr);
     let j0 = b.ix(&j0);
-    let kend = b.idx(s.k);
+    let (zero, kend) = (b.idx(s.k_range.0), b.idx(s.k_range.1));
+    let k0 = zero.clone();
     let kk = b.fresh();
     if !s.tb {
         // Valid columns of this panel: NR, or fewer in the last one.
@@ -157,8 +227,9 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
                 "vector.maskedload %a0[{bi}, {kk}, {col}], {mask}, {zero_v} : {bty}, vector<{}xi1>, {vt} into {vt}",
                 t.lanes
             ));
+            let kl = b.op(format!("arith.subi {kk}, {k0} : index"));
             b.line(format!(
-                "vector.store {x}, %out[{bi}, {p}, {kk}, {off}] : {pty}, {vt}"
+                "vector.store {x}, %out[{bi}, {p}, {kl}, {off}] : {pty}, {vt}"
             ));
         }
         b.close("}", false);
@@ -166,23 +237,23 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         // Row k of the panel gathers column k of NR rows of B: walking k outermost keeps
         // those NR rows' current cache lines in L1 and writes the panel contiguously.
         let jj = b.fresh();
-        let nrend = b.idx(t.nr);
-        let nc = b.idx(s.n);
+        let (nrend, nc, j_zero) = (b.idx(t.nr), b.idx(s.n), b.idx(0));
         let left = b.op(format!("arith.subi {nc}, {j0} : index"));
         let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
         b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
-        b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
+        let kl = b.op(format!("arith.subi {kk}, {k0} : index"));
+        b.open(format!("scf.for {jj} = {j_zero} to {valid} step {one} {{"));
         let col = b.op(format!("arith.addi {j0}, {jj} : index"));
         let x = b.op(format!("memref.load %a0[{bi}, {col}, {kk}] : {bty}"));
         b.line(format!(
-            "memref.store {x}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"
+            "memref.store {x}, %out[{bi}, {p}, {kl}, {jj}] : {pty}"
         ));
         b.close("}", false);
         let jz = b.fresh();
         let z = b.f32c(0.0);
         b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
         b.line(format!(
-            "memref.store {z}, %out[{bi}, {p}, {kk}, {jz}] : {pty}"
+            "memref.store {z}, %out[{bi}, {p}, {kl}, {jz}] : {pty}"
         ));
         b.close("}", false);
         b.close("}", false);
@@ -224,19 +295,21 @@ pub(crate) fn emit_pack_a(
     let batch = k.b.delinearize(&ab, &a_shape[..lead]);
     let row0 = k.b.ix_mul(&it, t.mr);
     let row0 = k.b.ix(&row0);
-    let base = k.b.ix_mul(&qx, s.k * t.mr);
+    let base = k.b.ix_mul(&qx, s.k_len() * t.mr);
     let base = k.b.ix(&base);
-    let (kend, mrend, mc, last, mr) = (
-        k.b.idx(s.k),
+    let (k0, kend, mrend, mc, last, mr) = (
+        k.b.idx(s.k_range.0),
+        k.b.idx(s.k_range.1),
         k.b.idx(t.mr),
         k.b.idx(s.m),
         k.b.idx(s.m.saturating_sub(1)),
         k.b.idx(t.mr),
     );
     let (kk, r) = (k.b.fresh(), k.b.fresh());
-    k.b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+    k.b.open(format!("scf.for {kk} = {k0} to {kend} step {one} {{"));
     k.push_scope();
-    let kbase = k.b.op(format!("arith.muli {kk}, {mr} : index"));
+    let kl = k.b.op(format!("arith.subi {kk}, {k0} : index"));
+    let kbase = k.b.op(format!("arith.muli {kl}, {mr} : index"));
     let kbase = k.b.op(format!("arith.addi {base}, {kbase} : index"));
     k.b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
     k.push_scope();
@@ -284,7 +357,8 @@ pub(crate) fn emit_pack_computed(
     let codes_shape = k.f.ty(s.b_src).shape.clone();
     let lead = codes_shape.len().saturating_sub(2);
     let pty = s.packed_ty(t);
-    let p_count = s.panels(t);
+    let (p0, p1) = s.panel_span(t);
+    let p_count = p1 - p0;
     let (zero, one) = (k.b.idx(0), k.b.idx(1));
     let q = k.b.fresh();
     k.b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
@@ -294,14 +368,22 @@ pub(crate) fn emit_pack_computed(
     let p = k.b.ix_rem(&qx, p_count);
     let batch = k.b.delinearize(&bi, &codes_shape[..lead]);
     let (bi, p) = (k.b.ix(&bi), k.b.ix(&p));
-    let j0 = k.b.ix_mul(&Ix::V(p.clone()), t.nr);
+    // Panel p of the chunk is panel p0 + p of B; row k of B is row k - k0 of the panel.
+    let j0 = k.b.ix_add(&Ix::V(p.clone()), &Ix::C(p0));
+    let j0 = k.b.ix_mul(&j0, t.nr);
     let j0 = k.b.ix(&j0);
-    let (kend, nrend, nc) = (k.b.idx(s.k), k.b.idx(t.nr), k.b.idx(s.n));
+    let (k0, kend, nrend, nc) = (
+        k.b.idx(s.k_range.0),
+        k.b.idx(s.k_range.1),
+        k.b.idx(t.nr),
+        k.b.idx(s.n),
+    );
     let left = k.b.op(format!("arith.subi {nc}, {j0} : index"));
     let valid = k.b.op(format!("arith.minui {left}, {nrend} : index"));
     let (kk, jj, jz) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
-    k.b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+    k.b.open(format!("scf.for {kk} = {k0} to {kend} step {one} {{"));
     k.push_scope();
+    let kl = k.b.op(format!("arith.subi {kk}, {k0} : index"));
     k.b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
     k.push_scope();
     let col = k.b.op(format!("arith.addi {j0}, {jj} : index"));
@@ -316,14 +398,14 @@ pub(crate) fn emit_pack_computed(
         None => k.eval(s.b_src, &idx)?,
     };
     k.b.line(format!(
-        "memref.store {w}, %out[{bi}, {p}, {kk}, {jj}] : {pty}"
+        "memref.store {w}, %out[{bi}, {p}, {kl}, {jj}] : {pty}"
     ));
     k.pop_scope();
     k.b.close("}", false);
     let z = k.b.f32c(0.0);
     k.b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
     k.b.line(format!(
-        "memref.store {z}, %out[{bi}, {p}, {kk}, {jz}] : {pty}"
+        "memref.store {z}, %out[{bi}, {p}, {kl}, {jz}] : {pty}"
     ));
     k.b.close("}", false);
     k.pop_scope();
@@ -373,12 +455,16 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         }
         mname
     };
-    let full_panels = if col_tail == 0 { panels } else { panels - 1 };
+    // This GEMM's panels (a chunk's, or all); the partial last panel of B is the tail.
+    let (p0, p1) = s.panel_span(t);
+    let tail_here = col_tail != 0 && p1 == panels;
+    let full_end = if tail_here { p1 - 1 } else { p1 };
+    let has_full = full_end > p0;
     let full_tiles = s.m / t.mr;
-    let full = (full_panels > 0 && full_tiles > 0).then(|| micro(t.mr, t.nr));
-    let rtail = (row_tail != 0 && full_panels > 0).then(|| micro(row_tail, t.nr));
-    let ctail = (col_tail != 0 && full_tiles > 0).then(|| micro(t.mr, col_tail));
-    let rctail = (row_tail != 0 && col_tail != 0).then(|| micro(row_tail, col_tail));
+    let full = (has_full && full_tiles > 0).then(|| micro(t.mr, t.nr));
+    let rtail = (row_tail != 0 && has_full).then(|| micro(row_tail, t.nr));
+    let ctail = (tail_here && full_tiles > 0).then(|| micro(t.mr, col_tail));
+    let rctail = (row_tail != 0 && tail_here).then(|| micro(row_tail, col_tail));
 
     let mut b = Body::new();
     let cast = |b: &mut Body, v: &str, ty: &str| {
@@ -407,15 +493,23 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         (false, false) => (s.a[2], 1),
     };
     let (sr, sk) = (b.idx(sr), b.idx(sk));
-    let kblocks = s.k.div_ceil(t.kc).max(1);
+    // K blocks of this GEMM's K range; the first one starts C afresh (from the addend, if
+    // any) unless C holds earlier K chunks' partial sum.
+    let (k_start, k_end) = s.k_range;
+    let kblocks = s.k_len().div_ceil(t.kc).max(1);
     let (zero, one) = (b.idx(0), b.idx(1));
-    let (kb_end, kc, kend) = (b.idx(kblocks), b.idx(t.kc), b.idx(s.k));
+    let (kb_end, kc, kbase, kend) = (b.idx(kblocks), b.idx(t.kc), b.idx(k_start), b.idx(k_end));
     let kb = b.fresh();
     b.open(format!("scf.for {kb} = {zero} to {kb_end} step {one} {{"));
     let k0 = b.op(format!("arith.muli {kb}, {kc} : index"));
+    let k0 = b.op(format!("arith.addi {k0}, {kbase} : index"));
     let k0c = b.op(format!("arith.addi {k0}, {kc} : index"));
     let k1 = b.op(format!("arith.minui {k0c}, {kend} : index"));
-    let first = b.op(format!("arith.cmpi eq, {kb}, {zero} : index"));
+    let first = if s.accumulate {
+        b.int(0, "i1")
+    } else {
+        b.op(format!("arith.cmpi eq, {kb}, {zero} : index"))
+    };
     let call = |b: &mut Body, f: &str, panel: &Ix, t_iv: &str| {
         let tx = Ix::V(t_iv.to_string());
         let bi = b.ix_div(&tx, tiles);
@@ -423,18 +517,30 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         let i0 = b.ix_mul(&it, t.mr);
         let abi = if s.a[0] == 1 { Ix::C(0) } else { bi.clone() };
         let pbi = if s.b[0] == 1 { Ix::C(0) } else { bi.clone() };
+        // Packed operands hold only this GEMM's K range and panels; microkernels index them
+        // with absolute k, so their offsets are taken back by k_start (the sum is never
+        // negative where it is used).
         let a_off = if packed_a {
             let a_tile = b.ix_mul(&abi, tiles);
             let a_tile = b.ix_add(&a_tile, &it);
-            b.ix_mul(&a_tile, s.k * t.mr)
+            let a_off = b.ix_mul(&a_tile, s.k_len() * t.mr);
+            let a_off = b.ix(&a_off);
+            let back = b.idx(k_start * t.mr);
+            Ix::V(b.op(format!("arith.subi {a_off}, {back} : index")))
         } else {
             let a_base = b.ix_mul(&abi, s.a[1] * s.a[2]);
             let a_row = b.ix_mul(&i0, if s.ta { 1 } else { s.a[2] });
             b.ix_add(&a_base, &a_row)
         };
-        let p_first = b.ix_mul(&pbi, panels);
+        let p_first = b.ix_mul(&pbi, p1 - p0);
         let p_idx = b.ix_add(&p_first, panel);
-        let p_off = b.ix_mul(&p_idx, s.k * t.nr);
+        let p_idx = b.ix(&p_idx);
+        let first_panel = b.idx(p0);
+        let p_local = Ix::V(b.op(format!("arith.subi {p_idx}, {first_panel} : index")));
+        let p_off = b.ix_mul(&p_local, s.k_len() * t.nr);
+        let p_off = b.ix(&p_off);
+        let back = b.idx(k_start * t.nr);
+        let p_off = Ix::V(b.op(format!("arith.subi {p_off}, {back} : index")));
         let c_base = b.ix_mul(&bi, s.m * s.n);
         let c_row = b.ix_mul(&i0, s.n);
         let c_col = b.ix_mul(panel, t.nr);
@@ -476,14 +582,14 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         }
         b.close("}", false);
     };
-    if full_panels > 0 {
-        let pend = b.idx(full_panels);
+    if has_full {
+        let (pstart, pend) = (b.idx(p0), b.idx(full_end));
         let p = b.fresh();
-        b.open(format!("scf.for {p} = {zero} to {pend} step {one} {{"));
+        b.open(format!("scf.for {p} = {pstart} to {pend} step {one} {{"));
         sweep(&mut b, &Ix::V(p), &full, &rtail);
         b.close("}", false);
     }
-    if col_tail != 0 {
+    if tail_here {
         sweep(&mut b, &Ix::C(panels - 1), &ctail, &rctail);
     }
     b.close("}", false);

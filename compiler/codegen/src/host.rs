@@ -80,6 +80,9 @@ pub struct CpuTarget {
     pub kc: usize,
     /// GEMM row block: an `MC × KC` block of A stays in L2 while every panel passes.
     pub mc: usize,
+    /// Bytes of packed operands (A and B) one GEMM step may use: larger GEMMs run as chunks
+    /// of B's panels or of K (see the scheduler), so the arena holds one chunk's at a time.
+    pub pack_budget: usize,
 }
 
 impl CpuTarget {
@@ -101,6 +104,7 @@ impl CpuTarget {
             nr: 2 * lanes,
             kc: 256,
             mc: 480,
+            pack_budget: 16 << 20,
         }
     }
 

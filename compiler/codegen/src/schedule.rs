@@ -388,31 +388,34 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     let st = step(StepKind::MatMulScalar(s), out, s.batches * s.m, s.n * s.k);
                     plan.steps.push(st);
                 } else {
-                    let packed = new_slot(&mut plan, DType::F32, s.packed_len(target));
-                    let pack = step(
-                        StepKind::Pack(s),
-                        packed,
-                        s.b[0] * s.panels(target),
-                        s.k * target.nr,
-                    );
-                    let pack_a = s.packs_a(target).then(|| {
-                        let packed_a = new_slot(&mut plan, DType::F32, s.packed_a_len(target));
-                        step(
-                            StepKind::PackA(s),
-                            packed_a,
-                            s.a[0] * s.tiles(target),
-                            s.k * target.mr,
-                        )
-                    });
-                    let gemm = step(
-                        StepKind::Gemm(s),
-                        out,
-                        s.batches * s.tiles(target),
-                        2 * target.mr * s.n * s.k,
-                    );
-                    plan.steps.extend(pack_a);
-                    plan.steps.push(pack);
-                    plan.steps.push(gemm);
+                    // A GEMM whose packed operands would be large runs as chunks (of B's
+                    // panels or of K), each packing only its part: the arena then holds one
+                    // chunk's packed operands at a time.
+                    for c in s.chunks(target, target.pack_budget) {
+                        let (p0, p1) = c.panel_span(target);
+                        if c.packs_a(target) {
+                            let packed_a = new_slot(&mut plan, DType::F32, c.packed_a_len(target));
+                            plan.steps.push(step(
+                                StepKind::PackA(c),
+                                packed_a,
+                                c.a[0] * c.tiles(target),
+                                (c.k_range.1 - c.k_range.0) * target.mr,
+                            ));
+                        }
+                        let packed = new_slot(&mut plan, DType::F32, c.packed_len(target));
+                        plan.steps.push(step(
+                            StepKind::Pack(c),
+                            packed,
+                            c.b[0] * (p1 - p0),
+                            (c.k_range.1 - c.k_range.0) * target.nr,
+                        ));
+                        plan.steps.push(step(
+                            StepKind::Gemm(c),
+                            out,
+                            c.batches * c.tiles(target),
+                            2 * target.mr * (p1 - p0) * target.nr * (c.k_range.1 - c.k_range.0),
+                        ));
+                    }
                 }
             }
             op => {

@@ -537,3 +537,60 @@ fn a_concat_of_weights_is_read_while_packing() {
     );
     check_norm(&f, &random_inputs(&f, 31, -1.0, 1.0), 1e-4);
 }
+
+#[test]
+fn large_gemms_run_as_chunks_of_panels_or_of_k() {
+    // A tiny packing budget forces chunking on small shapes: along B's panels when C is
+    // larger than A, along K (later chunks adding to C, the addend taken once) otherwise;
+    // batched and shared operands, tails, every transpose flag.
+    let host = graft_codegen::CpuTarget::host();
+    let target = graft_codegen::CpuTarget {
+        pack_budget: 32 << 10,
+        ..host
+    };
+    let t = |s: &[usize]| ty(DType::F32, s);
+    let cases: [(&[usize], &[usize], bool, bool, bool); 5] = [
+        (&[37, 64], &[64, 700], false, false, false),
+        (&[2, 13, 300], &[200, 300], false, true, false),
+        (&[37, 1000], &[1000, 40], false, false, true),
+        (&[1000, 37], &[40, 1000], true, true, true),
+        (&[2, 1000, 13], &[2, 1000, 70], true, false, false),
+    ];
+    for (a, b, ta, tb, with_addend) in cases {
+        let mut f = Function::new("chunked");
+        let x = f.add_input("a", InputKind::Data, t(a), None);
+        let w = f.add_input("b", InputKind::Weight, t(b), None);
+        let c = f.add(Op::MatMul { ta, tb }, &[x, w], None).unwrap();
+        if with_addend {
+            let d = f.add_input("d", InputKind::Data, f.ty(c).clone(), None);
+            let y = f.add(Op::Binary(BinaryOp::Add), &[c, d], None).unwrap();
+            f.add_output("y", y);
+        } else {
+            f.add_output("c", c);
+        }
+        let inputs = random_inputs(&f, 41, -1.0, 1.0);
+        let want = graft_interp::run(&f, &inputs).unwrap();
+        let whole = graft_codegen::compile_for(&f, &host).unwrap();
+        let chunked = graft_codegen::compile_for(&f, &target).unwrap();
+        assert!(
+            chunked.kernel_count() > whole.kernel_count() + 2,
+            "{a:?}·{b:?} is not chunked: {:?}",
+            chunked.kernel_summary()
+        );
+        assert!(
+            chunked
+                .kernel_summary()
+                .iter()
+                .all(|k| !k.contains("_add ")),
+            "the addend stays an epilogue"
+        );
+        let got = chunked.run(&inputs).unwrap();
+        let scale = want[0]
+            .1
+            .to_f64_vec()
+            .iter()
+            .fold(0f64, |m, v| m.max(v.abs()));
+        let e = common::rel_err(&got[0].1, &want[0].1, scale);
+        assert!(e <= 1e-4, "{a:?}·{b:?} (ta {ta}, tb {tb}): {e:e}");
+    }
+}
