@@ -39,6 +39,7 @@ mod jit;
 mod kernels;
 mod lower;
 mod memplan;
+mod reorder;
 mod scalar;
 mod schedule;
 mod text;
@@ -119,11 +120,12 @@ pub enum CodegenError {
 fn lowered(
     f: &Function,
     target: &CpuTarget,
-) -> Result<(schedule::Plan, lower::Lowered), CodegenError> {
+) -> Result<(Function, schedule::Plan, lower::Lowered), CodegenError> {
     verify_function(f, usize::MAX)?;
-    let mut plan = schedule::plan(f, target)?;
-    let lowered = lower::lower(f, &mut plan, target)?;
-    Ok((plan, lowered))
+    let f = reorder::hoist_reductions(f);
+    let mut plan = schedule::plan(&f, target)?;
+    let lowered = lower::lower(&f, &mut plan, target)?;
+    Ok((f, plan, lowered))
 }
 
 /// How [`compile_with`] compiles.
@@ -200,7 +202,8 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
 /// [`CompileInfo::cache_error`]).
 pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunction, CodegenError> {
     let started = std::time::Instant::now();
-    let (plan, lowered) = lowered(f, &opts.target)?;
+    let (f, plan, lowered) = lowered(f, &opts.target)?;
+    let f = &f;
     let threads = rayon::current_num_threads().max(1);
     let kernels = lowered.funcs.iter().filter(|k| k.ranged).count();
     let parts = (kernels / 16).clamp(1, threads);
@@ -314,7 +317,7 @@ enum Cached {
 /// # Errors
 /// As [`compile`], except for the JIT.
 pub fn emit_mlir(f: &Function) -> Result<String, CodegenError> {
-    Ok(lowered(f, &CpuTarget::host())?.1.module())
+    Ok(lowered(f, &CpuTarget::host())?.2.module())
 }
 
 /// The LLVM IR of `f`'s kernels after lowering.

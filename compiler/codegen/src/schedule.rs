@@ -116,7 +116,9 @@ fn fusable(op: &Op) -> bool {
     )
 }
 
-/// True for ops cheap enough to recompute in every consumer (a constant or an index remap).
+/// True for ops cheap enough to recompute in every consumer: a constant, an index remap, or
+/// a `select` (a compare and a choice; storing a large masked value, as the loss's, costs
+/// more than choosing again in each pass of its consumer).
 fn cheap(op: &Op) -> bool {
     matches!(
         op,
@@ -129,6 +131,7 @@ fn cheap(op: &Op) -> bool {
             | Op::Gather { .. }
             | Op::Reshape
             | Op::StopGrad
+            | Op::Select
     )
 }
 
