@@ -1,6 +1,7 @@
 //! A training session: the values a program's functions read (frozen weights, trainable
-//! params, optimizer state), its `@init` run once, and `@train_step` run per batch. Runs on
-//! the reference interpreter.
+//! params, optimizer state), its `@init` run once, and `@train_step` run per batch, on a
+//! [`Backend`]: the reference interpreter, or compiled code (which reads the frozen weights in
+//! place from the memory-mapped weights file).
 
 use crate::backend::{Backend, Interpreter, MappedInput, Prepared};
 use crate::weights::{WeightsError, WeightsFile};
