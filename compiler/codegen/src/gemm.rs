@@ -270,6 +270,23 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     }
 }
 
+/// Opens a pack kernel's range loop over `batches × per` items, where the batches are the
+/// leading axes of the packed operand's `shape` (all but the last two), and splits the item:
+/// returns it, its batch's flat index, that index over the leading axes, and its position
+/// within the batch. The caller closes the loop and pops the scope.
+fn range_items(k: &mut KernelCx<'_>, shape: &[usize], per: usize) -> (Ix, Ix, Vec<Ix>, Ix) {
+    let lead = shape.len().saturating_sub(2);
+    let one = k.b.idx(1);
+    let q = k.b.fresh();
+    k.b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
+    k.push_scope();
+    let qx = Ix::V(q);
+    let bi = k.b.ix_div(&qx, per);
+    let within = k.b.ix_rem(&qx, per);
+    let batch = k.b.delinearize(&bi, &shape[..lead]);
+    (qx, bi, batch, within)
+}
+
 /// The A pack kernel: range = `a-batches × row tiles`; tile `t` of A becomes
 /// `Ap[t][k][0..MR]` (rows past `m` zero), so a microkernel reads its `MR` values of each `k`
 /// from one contiguous run, whatever A's row stride (a power-of-two stride would map every
@@ -282,17 +299,10 @@ pub(crate) fn emit_pack_a(
     t: &CpuTarget,
 ) -> Result<String, CodegenError> {
     let a_shape = k.f.ty(s.a_src).shape.clone();
-    let lead = a_shape.len().saturating_sub(2);
     let pty = memref_ty(&[s.packed_a_len(t)], "f32");
     let tiles = s.tiles(t);
     let (zero, one) = (k.b.idx(0), k.b.idx(1));
-    let q = k.b.fresh();
-    k.b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
-    k.push_scope();
-    let qx = Ix::V(q);
-    let ab = k.b.ix_div(&qx, tiles);
-    let it = k.b.ix_rem(&qx, tiles);
-    let batch = k.b.delinearize(&ab, &a_shape[..lead]);
+    let (qx, _, batch, it) = range_items(k, &a_shape, tiles);
     let row0 = k.b.ix_mul(&it, t.mr);
     let row0 = k.b.ix(&row0);
     let base = k.b.ix_mul(&qx, s.k_len() * t.mr);
@@ -355,18 +365,10 @@ pub(crate) fn emit_pack_computed(
     }
     let args: Vec<ValueId> = k.f.node(root).args.iter().skip(1).copied().collect();
     let codes_shape = k.f.ty(s.b_src).shape.clone();
-    let lead = codes_shape.len().saturating_sub(2);
     let pty = s.packed_ty(t);
     let (p0, p1) = s.panel_span(t);
-    let p_count = p1 - p0;
     let (zero, one) = (k.b.idx(0), k.b.idx(1));
-    let q = k.b.fresh();
-    k.b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
-    k.push_scope();
-    let qx = Ix::V(q);
-    let bi = k.b.ix_div(&qx, p_count);
-    let p = k.b.ix_rem(&qx, p_count);
-    let batch = k.b.delinearize(&bi, &codes_shape[..lead]);
+    let (_, bi, batch, p) = range_items(k, &codes_shape, p1 - p0);
     let (bi, p) = (k.b.ix(&bi), k.b.ix(&p));
     // Panel p of the chunk is panel p0 + p of B; row k of B is row k - k0 of the panel.
     let j0 = k.b.ix_add(&Ix::V(p.clone()), &Ix::C(p0));
