@@ -266,10 +266,18 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             continue;
         }
         let node = &f.nodes[v];
+        // A unary op is recomputed by up to four readers rather than stored: its operand is
+        // usually kept anyway (a SwiGLU gate is needed for silu's derivative), so this saves
+        // a buffer that would live from the forward to the backward.
+        let recompute = if matches!(node.op, Op::Unary(_)) {
+            4
+        } else {
+            1
+        };
         inline[v] = fusable(&node.op)
             && !is_output[v]
             && !must[v]
-            && (cheap(&node.op) || reads[v] <= numel(v));
+            && (cheap(&node.op) || reads[v] <= numel(v).saturating_mul(recompute));
         let evals = if inline[v] { reads[v] } else { numel(v) };
         let mut add = |a: ValueId, r: usize| {
             if let Some(x) = reads.get_mut(a.index()) {
