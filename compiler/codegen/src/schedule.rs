@@ -501,21 +501,27 @@ mod tests {
 
     #[test]
     fn shared_and_expanded_producers_are_materialized() -> Result<(), Box<dyn std::error::Error>> {
+        // exp under a 5× broadcast and a product read twice are stored; tanh read twice is
+        // recomputed by both readers (a unary op may be, up to four times).
         let mut f = Function::new("t");
         let x = f.add_input("x", InputKind::Data, f32t(&[8]), None);
         let e = f.add(Op::Unary(UnaryOp::Exp), &[x], None)?;
-        let eb = f.add_typed(Op::Broadcast, &[e], Some(f32t(&[4, 8])), None)?;
+        let eb = f.add_typed(Op::Broadcast, &[e], Some(f32t(&[5, 8])), None)?;
+        let m = f.add(Op::Binary(BinaryOp::Mul), &[x, x], None)?;
+        let u = f.add(Op::Binary(BinaryOp::Add), &[m, m], None)?;
         let t = f.add(Op::Unary(UnaryOp::Tanh), &[x], None)?;
-        let u = f.add(Op::Binary(BinaryOp::Add), &[t, t], None)?;
+        let v = f.add(Op::Binary(BinaryOp::Add), &[t, t], None)?;
         f.add_output("a", eb);
         f.add_output("b", u);
+        f.add_output("c", v);
         let p = plan(&f, &CpuTarget::host())?;
         assert!(
             !p.inline[e.index()],
-            "exp under an expanding broadcast is stored"
+            "exp under a 5x expanding broadcast is stored"
         );
-        assert!(!p.inline[t.index()], "tanh read twice is stored");
-        assert_eq!(p.steps.len(), 4);
+        assert!(!p.inline[m.index()], "a product read twice is stored");
+        assert!(p.inline[t.index()], "tanh read twice is recomputed");
+        assert_eq!(p.steps.len(), 5, "{:?}", p.steps);
         Ok(())
     }
 
