@@ -2,18 +2,20 @@
 //! storage slot.
 //!
 //! Rules, decided from the outputs backwards (a node's consumers are decided before it):
-//! - **Materialized** (a buffer): inputs, outputs, operands of GEMMs, of host ops and of
-//!   `reshape`/`stop_grad` views, and every non-elementwise node (matmul, reductions,
-//!   softmax, quantize).
-//! - **Inlined** (recomputed inside each consumer's loop, never stored): elementwise ops,
-//!   casts, random draws, dropout and dequantization, when the consumers together read each
-//!   element at most once; layout ops that only remap indices (`broadcast`, `transpose`,
-//!   `slice`, `concat`, `gather`, `reshape`, `stop_grad`) and `constant`/`iota` always, since
-//!   they cost a load. A producer read more than once per element (two consumers, or an
-//!   expanding broadcast, or softmax's three passes) is materialized instead.
+//! - **Materialized** (a buffer): inputs, outputs, operands of scalar matmuls, of host ops
+//!   and of `reshape`/`stop_grad` views, B of a GEMM (unless a `concat`), A of a GEMM that
+//!   does not pack A, and every non-elementwise node (matmul, reductions, softmax, quantize).
+//! - **Inlined** (recomputed inside each consumer's loop, or in a GEMM's pack kernel, never
+//!   stored): elementwise ops, casts, random draws, dropout and dequantization, when the
+//!   consumers together read each element at most once (a unary op: at most four times);
+//!   layout ops that only remap indices (`broadcast`, `transpose`, `slice`, `concat`,
+//!   `gather`, `reshape`, `stop_grad`), `select`, and `constant`/`iota` always, since they
+//!   cost a load or a choice. A producer read more often (several consumers, an expanding
+//!   broadcast, softmax's passes) is materialized instead.
 //! - **Kernels**: each materialized elementwise node is the root of one fused loop nest over
 //!   its shape; reductions and softmax are kernels whose operand expression is fused in; an
-//!   `f32` matmul is a pack kernel plus a tiled GEMM; other matmuls a scalar loop; `quantize`
+//!   `f32` matmul is pack kernels plus a tiled GEMM (chunked when its packed operands would
+//!   be large; an `add` of it may be its epilogue); other matmuls a scalar loop; `quantize`
 //!   runs on the host through the interpreter. A materialized `reshape`/`stop_grad` is a view
 //!   of its operand's slot (no copy).
 
