@@ -31,12 +31,21 @@ pub trait Prepared {
         if mapped.is_empty() {
             return self.run(inputs);
         }
-        let mut all = inputs.clone();
-        for m in mapped {
-            all.insert(m.name.to_string(), m.to_tensor()?);
-        }
-        self.run(&all)
+        self.run(&with_copies(inputs, mapped)?)
     }
+}
+
+/// `inputs` plus tensors holding copies of the `mapped` inputs, for runners that need
+/// tensors.
+pub fn with_copies(
+    inputs: &HashMap<String, Tensor>,
+    mapped: &[MappedInput<'_>],
+) -> Result<HashMap<String, Tensor>, String> {
+    let mut all = inputs.clone();
+    for m in mapped {
+        all.insert(m.name.to_string(), m.to_tensor()?);
+    }
+    Ok(all)
 }
 
 /// An input read in place: `f32` elements, little-endian (the host's order), of type `ty`.

@@ -524,13 +524,7 @@ fn run_with_copies(
     if mapped.is_empty() {
         return Ok(run(f, values)?);
     }
-    let mut all = values.clone();
-    for m in mapped {
-        all.insert(
-            m.name.to_string(),
-            m.to_tensor().map_err(SessionError::Value)?,
-        );
-    }
+    let all = crate::backend::with_copies(values, mapped).map_err(SessionError::Value)?;
     Ok(run(f, &all)?)
 }
 

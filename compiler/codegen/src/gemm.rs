@@ -109,7 +109,7 @@ impl GemmShape {
     }
 
     /// Contraction length of this GEMM's chunk.
-    fn k_len(&self) -> usize {
+    pub fn k_len(&self) -> usize {
         self.k_range.1 - self.k_range.0
     }
 

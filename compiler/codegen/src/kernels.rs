@@ -61,6 +61,15 @@ pub(crate) fn emit_fused(k: &mut KernelCx<'_>, root: ValueId) -> Result<String, 
     Ok(out_ty)
 }
 
+/// The single operand of node `root` (an `op` node; verified IR has one).
+fn operand(f: &graft_ir::Function, root: ValueId, op: &str) -> Result<ValueId, CodegenError> {
+    f.node(root)
+        .args
+        .first()
+        .copied()
+        .ok_or_else(|| CodegenError::Internal(format!("{op} without an operand")))
+}
+
 /// A reduction kernel: one output element per range item, the reduced axes as nested loops
 /// carrying the accumulator. `sum`/`mean` accumulate in `f64`; `max`/`min` propagate NaN and
 /// keep the first of equal values.
@@ -71,11 +80,7 @@ pub(crate) fn emit_reduce(
     axes: &[usize],
 ) -> Result<String, CodegenError> {
     let f = k.f;
-    let x = *f
-        .node(root)
-        .args
-        .first()
-        .ok_or(CodegenError::Internal("reduce without an operand".into()))?;
+    let x = operand(f, root, "reduce")?;
     let xs = f.ty(x).shape.clone();
     let dt = f.ty(x).dtype;
     let out = f.ty(root).clone();
@@ -191,8 +196,9 @@ fn combine(k: &mut KernelCx<'_>, op: ReduceOp, dt: DType, acc: &str, v: &str) ->
     }
 }
 
-/// `softmax` / `log_softmax` along `axis`, entirely in `f64` per slice like the interpreter:
-/// max (NaN wins; a non-finite max gives NaN), the sum of `exp(x - max)`, then the outputs.
+/// `softmax` / `log_softmax` along `axis`, per slice in `f64` like the interpreter: max (NaN
+/// wins; a non-finite max gives NaN), the sum of `exp(x - max)`, then the outputs (for an
+/// `f32`-stored result, `exp` is the arithmetic `exp_f32`; see below).
 pub(crate) fn emit_softmax(
     k: &mut KernelCx<'_>,
     root: ValueId,
@@ -200,11 +206,7 @@ pub(crate) fn emit_softmax(
     log: bool,
 ) -> Result<String, CodegenError> {
     let f = k.f;
-    let x = *f
-        .node(root)
-        .args
-        .first()
-        .ok_or(CodegenError::Internal("softmax without an operand".into()))?;
+    let x = operand(f, root, "softmax")?;
     let ty = f.ty(root).clone();
     let xdt = f.ty(x).dtype;
     let xs = f.ty(x).shape.clone();
@@ -257,37 +259,24 @@ pub(crate) fn emit_softmax(
     let m = k.b.op(format!("arith.select {finite}, {m}, {qnan} : f64"));
     let z = k.b.f64c(0.0);
     let mm = m.clone();
-    if ty.dtype == DType::F64 {
-        let s = pass(k, &z, &|k, acc, y| {
+    // An `f64` result: the sum of `exp(x - max)` in one pass (libm's exp). An `f32`-stored
+    // result needs `exp` only to `f32` precision: `exp(x - max)` with the arithmetic
+    // `exp_f32` (the difference rounded to f32 once) is stored into the output by a loop
+    // without a loop-carried value, which LLVM vectorizes, and the sum reads it back in f64.
+    let wide = ty.dtype == DType::F64;
+    let load_out = |k: &mut KernelCx<'_>, idx: &[Ix]| -> String {
+        let ix: Vec<String> = idx.iter().map(|i| k.b.ix(i)).collect();
+        let e =
+            k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
+        k.b.op(format!("arith.extf {e} : f32 to f64"))
+    };
+    let s = if wide {
+        pass(k, &z, &|k, acc, y| {
             let d = k.b.op(format!("arith.subf {y}, {mm} : f64"));
             let e = k.b.op(format!("math.exp {d} : f64"));
             k.b.op(format!("arith.addf {acc}, {e} : f64"))
-        })?;
-        let ln = if log {
-            k.b.op(format!("math.log {s} : f64"))
-        } else {
-            String::new()
-        };
-        let j = count_loop(k, ext);
-        k.push_scope();
-        let idx = at(&j);
-        let raw = k.eval(x, &idx)?;
-        let y = scalar::to_f64(&mut k.b, xdt, &raw);
-        let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
-        let r = if log {
-            k.b.op(format!("arith.subf {d}, {ln} : f64"))
-        } else {
-            let e = k.b.op(format!("math.exp {d} : f64"));
-            k.b.op(format!("arith.divf {e}, {s} : f64"))
-        };
-        k.store(ty.dtype, &r, "%out", &out_ty, &idx);
-        k.pop_scope();
-        k.b.close("}", false);
+        })?
     } else {
-        // An `f32`-stored result needs `exp` only to `f32` precision: `exp(x - max)` with the
-        // arithmetic `exp_f32` (the difference rounded to f32 once) is stored into the output
-        // by a loop without a loop-carried value, which LLVM vectorizes; the sum then reads
-        // it back (in f64), and a last elementwise pass writes the result.
         let j = count_loop(k, ext);
         k.push_scope();
         let idx = at(&j);
@@ -303,35 +292,40 @@ pub(crate) fn emit_softmax(
         k.b.open(format!(
             "{res} = scf.for {iv} = {zero} to {end} step {one} iter_args({acc} = {z}) -> (f64) {{"
         ));
-        let ix: Vec<String> = at(&Ix::V(iv)).iter().map(|i| k.b.ix(i)).collect();
-        let e =
-            k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
-        let e = k.b.op(format!("arith.extf {e} : f32 to f64"));
+        let e = load_out(k, &at(&Ix::V(iv)));
         let next = k.b.op(format!("arith.addf {acc}, {e} : f64"));
         k.b.line(format!("scf.yield {next} : f64"));
         k.b.close("}", false);
-        let s = res;
-        let j = count_loop(k, ext);
-        k.push_scope();
-        let idx = at(&j);
-        let r = if log {
-            let ln = k.b.op(format!("math.log {s} : f64"));
+        res
+    };
+    let ln = log.then(|| k.b.op(format!("math.log {s} : f64")));
+    // The outputs: x - max - ln(sum), or exp(x - max) / sum (the stored exp when narrow).
+    let j = count_loop(k, ext);
+    k.push_scope();
+    let idx = at(&j);
+    let r = match &ln {
+        Some(ln) => {
             let raw = k.eval(x, &idx)?;
             let y = scalar::to_f64(&mut k.b, xdt, &raw);
             let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
             k.b.op(format!("arith.subf {d}, {ln} : f64"))
-        } else {
-            let ix: Vec<String> = idx.iter().map(|i| k.b.ix(i)).collect();
-            let e =
-                k.b.op(format!("memref.load %out[{}] : {out_ty}", ix.join(", ")));
-            let e = k.b.op(format!("arith.extf {e} : f32 to f64"));
+        }
+        None => {
+            let e = if wide {
+                let raw = k.eval(x, &idx)?;
+                let y = scalar::to_f64(&mut k.b, xdt, &raw);
+                let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
+                k.b.op(format!("math.exp {d} : f64"))
+            } else {
+                load_out(k, &idx)
+            };
             k.b.op(format!("arith.divf {e}, {s} : f64"))
-        };
-        let r = scalar::round_f64(&mut k.b, ty.dtype, &r);
-        k.store(ty.dtype, &r, "%out", &out_ty, &idx);
-        k.pop_scope();
-        k.b.close("}", false);
-    }
+        }
+    };
+    let r = scalar::round_f64(&mut k.b, ty.dtype, &r);
+    k.store(ty.dtype, &r, "%out", &out_ty, &idx);
+    k.pop_scope();
+    k.b.close("}", false);
     k.pop_scope();
     k.b.close("}", false);
     Ok(out_ty)

@@ -273,22 +273,7 @@ pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunct
     let code = compiled.into_iter().map(|(c, _, _)| c).collect();
     let memory = memplan::plan_memory(&plan);
     if std::env::var_os("GRAFT_MEMPLAN_DEBUG").is_some() {
-        let (peak, live) = memplan::live_at_peak(&plan, &memory);
-        eprintln!(
-            "memory plan: arena {} bytes; {} buffers live at step {peak} of {}:",
-            memory.arena_bytes,
-            live.len(),
-            plan.steps.len()
-        );
-        for (slot, bytes, first, last) in live.iter().take(40) {
-            let what = plan
-                .slot_of
-                .iter()
-                .position(|s| *s == Some(*slot))
-                .map(|v| format!("%{v} {} {}", f.nodes[v].op.name(), f.nodes[v].ty))
-                .unwrap_or_else(|| "scratch".into());
-            eprintln!("  {:>10} bytes  steps {first}..{last}  {what}", bytes);
-        }
+        eprint!("{}", memplan::peak_report(f, &plan, &memory));
     }
     Ok(CompiledFunction {
         f: f.clone(),
@@ -374,14 +359,9 @@ impl Gemm {
             .map_err(|e| CodegenError::Internal(e.to_string()))?;
         f.add_output("c", c);
         let compiled = compile_for(&f, target)?;
-        let scratch_len = compiled
-            .plan
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(i, s)| s.input.is_none() && !compiled.plan.outputs.iter().any(|o| o.2 == *i))
-            .map(|(_, s)| s.len)
-            .sum();
+        // The packed operands live in the memory plan's arena (64-byte aligned offsets; the
+        // extra line lets `run` align the start).
+        let scratch_len = (compiled.memory.arena_bytes + memplan::ALIGN) / 4;
         Ok(Gemm {
             compiled,
             shape: (m, k, n),
@@ -415,18 +395,14 @@ impl Gemm {
             }
         }
         let plan = &self.compiled.plan;
+        let base = (self.scratch.as_mut_ptr() as usize).next_multiple_of(memplan::ALIGN);
         let mut addrs = vec![0usize; plan.slots.len()];
-        let mut scratch_at = self.scratch.as_mut_ptr() as usize;
         for (i, s) in plan.slots.iter().enumerate() {
-            addrs[i] = match s.input.as_deref() {
-                Some("a") => a.as_ptr() as usize,
-                Some("b") => b.as_ptr() as usize,
-                _ if plan.outputs.iter().any(|o| o.2 == i) => c.as_mut_ptr() as usize,
-                _ => {
-                    let at = scratch_at;
-                    scratch_at += s.len * std::mem::size_of::<f32>();
-                    at
-                }
+            addrs[i] = match (s.input.as_deref(), self.compiled.memory.offsets[i]) {
+                (Some("a"), _) => a.as_ptr() as usize,
+                (Some("b"), _) => b.as_ptr() as usize,
+                (_, Some(off)) => base + off,
+                _ => c.as_mut_ptr() as usize,
             };
         }
         self.compiled.run_raw(&addrs)

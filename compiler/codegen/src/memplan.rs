@@ -130,34 +130,49 @@ pub(crate) fn plan_memory(plan: &Plan) -> MemoryPlan {
     }
 }
 
-/// The buffers live at the step where the most bytes are live, largest first: `(slot, bytes,
-/// first step, last step)`, and that step. For `GRAFT_MEMPLAN_DEBUG` reports.
-pub(crate) fn live_at_peak(
-    plan: &Plan,
-    mem: &MemoryPlan,
-) -> (usize, Vec<(usize, usize, usize, usize)>) {
+/// The buffers live at the step where the most bytes are live, largest first (40 at most),
+/// one line each with their live range and the node they hold: `GRAFT_MEMPLAN_DEBUG`'s report.
+pub(crate) fn peak_report(f: &graft_ir::Function, plan: &Plan, mem: &MemoryPlan) -> String {
+    use std::fmt::Write;
     let (first, last) = live_ranges(plan);
     let size = |s: usize| plan.slots[s].len * storage_bytes(plan.slots[s].dtype);
     let placed: Vec<usize> = (0..plan.slots.len())
         .filter(|&s| mem.offsets[s].is_some())
         .collect();
-    let live_bytes = |step: usize| -> usize {
+    let live_at = |step: usize| -> Vec<usize> {
         placed
             .iter()
-            .filter(|&&s| first[s] <= step && step <= last[s])
-            .map(|&s| size(s))
-            .sum()
+            .copied()
+            .filter(|&s| first[s] <= step && step <= last[s])
+            .collect()
     };
     let peak = (0..plan.steps.len())
-        .max_by_key(|&i| live_bytes(i))
+        .max_by_key(|&i| live_at(i).into_iter().map(size).sum::<usize>())
         .unwrap_or(0);
-    let mut live: Vec<_> = placed
-        .into_iter()
-        .filter(|&s| first[s] <= peak && peak <= last[s])
-        .map(|s| (s, size(s), first[s], last[s]))
-        .collect();
-    live.sort_by_key(|l| std::cmp::Reverse(l.1));
-    (peak, live)
+    let mut live = live_at(peak);
+    live.sort_by_key(|&s| std::cmp::Reverse(size(s)));
+    let mut out = format!(
+        "memory plan: arena {} bytes; {} buffers live at step {peak} of {}:\n",
+        mem.arena_bytes,
+        live.len(),
+        plan.steps.len()
+    );
+    for s in live.into_iter().take(40) {
+        let what = plan
+            .slot_of
+            .iter()
+            .position(|x| *x == Some(s))
+            .map(|v| format!("%{v} {} {}", f.nodes[v].op.name(), f.nodes[v].ty))
+            .unwrap_or_else(|| "scratch".into());
+        let _ = writeln!(
+            out,
+            "  {:>10} bytes  steps {}..{}  {what}",
+            size(s),
+            first[s],
+            last[s]
+        );
+    }
+    out
 }
 
 /// Checks a plan's invariant: no two buffers that are live at the same step overlap.

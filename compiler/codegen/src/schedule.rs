@@ -412,7 +412,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                                 StepKind::PackA(c),
                                 packed_a,
                                 c.a[0] * c.tiles(target),
-                                (c.k_range.1 - c.k_range.0) * target.mr,
+                                c.k_len() * target.mr,
                             ));
                         }
                         let packed = new_slot(&mut plan, DType::F32, c.packed_len(target));
@@ -420,13 +420,13 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                             StepKind::Pack(c),
                             packed,
                             c.b[0] * (p1 - p0),
-                            (c.k_range.1 - c.k_range.0) * target.nr,
+                            c.k_len() * target.nr,
                         ));
                         plan.steps.push(step(
                             StepKind::Gemm(c),
                             out,
                             c.batches * c.tiles(target),
-                            2 * target.mr * (p1 - p0) * target.nr * (c.k_range.1 - c.k_range.0),
+                            2 * target.mr * (p1 - p0) * target.nr * c.k_len(),
                         ));
                     }
                 }

@@ -594,3 +594,39 @@ fn large_gemms_run_as_chunks_of_panels_or_of_k() {
         assert!(e <= 1e-4, "{a:?}·{b:?} (ta {ta}, tb {tb}): {e:e}");
     }
 }
+
+#[test]
+fn the_standalone_gemm_matches_the_interpreter() {
+    // `Gemm` (the benchmarks' entry point) puts its packed operands in the memory plan's
+    // arena; 37 × 300 · 300 × 140 packs both A and B on every vector shape. Tolerance 1e-4
+    // norm-wise, as for every f32 matmul.
+    let (m, k, n) = (37, 300, 140);
+    let f = matmul_fn(DType::F32, &[m, k], &[k, n], false, false);
+    let inputs = random_inputs(&f, 51, -1.0, 1.0);
+    let want = graft_interp::run(&f, &inputs).unwrap();
+    let slice = |name: &str| {
+        inputs[name]
+            .to_f64_vec()
+            .iter()
+            .map(|&x| x as f32)
+            .collect::<Vec<_>>()
+    };
+    let (a, b) = (slice("a"), slice("b"));
+    let mut c = vec![0f32; m * n];
+    let mut gemm = graft_codegen::Gemm::new(m, k, n).unwrap();
+    for _ in 0..2 {
+        gemm.run(&a, &b, &mut c).unwrap();
+        let got = graft_interp::Tensor::f32(vec![m, n], c.clone()).unwrap();
+        let scale = want[0]
+            .1
+            .to_f64_vec()
+            .iter()
+            .fold(0f64, |s, x| s.max(x.abs()));
+        let e = common::rel_err(&got, &want[0].1, scale);
+        assert!(e <= 1e-4, "{e:e}");
+    }
+    assert!(
+        gemm.run(&a[1..], &b, &mut c).is_err(),
+        "a wrong length is an error"
+    );
+}
