@@ -109,8 +109,40 @@ fn main() {
     if host.lanes != 8 {
         targets.push(("avx2", CpuTarget::from_features(|f| f == "avx2")));
     }
+    // `GRAFT_BENCH_VARIANTS="kc=128,mc=240;mr=8"`: host shapes with these blocking
+    // parameters changed, raced alongside (for tuning `CpuTarget`).
+    if let Ok(v) = std::env::var("GRAFT_BENCH_VARIANTS") {
+        for spec in v.split(';').filter(|s| !s.is_empty()) {
+            let mut tg = host;
+            for kv in spec.split(',') {
+                let (key, val) = kv.split_once('=').expect("key=value");
+                let val: usize = val.parse().expect("a number");
+                match key {
+                    "kc" => tg.kc = val,
+                    "mc" => tg.mc = val,
+                    "mr" => tg.mr = val,
+                    other => panic!("unknown blocking parameter {other}"),
+                }
+            }
+            targets.push((Box::leak(spec.to_string().into_boxed_str()), tg));
+        }
+    }
+    // `GRAFT_BENCH_SHAPES="512x1536x512,..."` (m×k×n) replaces the default shapes.
+    let shapes: Vec<(usize, usize, usize)> = match std::env::var("GRAFT_BENCH_SHAPES") {
+        Ok(v) => v
+            .split(',')
+            .map(|s| {
+                let d: Vec<usize> = s
+                    .split('x')
+                    .map(|x| x.parse().expect("m x k x n"))
+                    .collect();
+                (d[0], d[1], d[2])
+            })
+            .collect(),
+        Err(_) => SHAPES.to_vec(),
+    };
     let mut rows = Vec::new();
-    for (m, k, n) in SHAPES {
+    for (m, k, n) in shapes {
         let (a, b) = (data(m * k, 1), data(k * n, 2));
         let mut out = vec![0f32; m * n];
         let mut want = vec![0f32; m * n];
@@ -146,16 +178,19 @@ fn main() {
                     });
                 }
             }
-            let mut out2 = vec![0f32; m * n];
+            let mut outs = vec![vec![0f32; m * n]; gemms.len()];
             let mut reference_run = || reference(m, k, n, &a, &b, &mut want, t);
-            let (g0, rest) = gemms.split_at_mut(1);
-            let mut run0 = || g0[0].run(&a, &b, &mut out).expect("run");
-            let mut run1 = || {
-                if let Some(g) = rest.first_mut() {
-                    g.run(&a, &b, &mut out2).expect("run");
-                }
-            };
-            let best = race(&mut [&mut reference_run, &mut run0, &mut run1], budget);
+            let mut runs: Vec<Box<dyn FnMut() + '_>> = gemms
+                .iter_mut()
+                .zip(outs.iter_mut())
+                .map(|(g, out)| {
+                    let (a, b) = (&a, &b);
+                    Box::new(move || g.run(a, b, out).expect("run")) as Box<dyn FnMut() + '_>
+                })
+                .collect();
+            let mut all: Vec<&mut dyn FnMut()> = vec![&mut reference_run];
+            all.extend(runs.iter_mut().map(|r| &mut **r as &mut dyn FnMut()));
+            let best = race(&mut all, budget);
             for (i, (label, target)) in targets.iter().enumerate() {
                 rows.push((
                     m,

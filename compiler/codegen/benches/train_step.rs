@@ -5,7 +5,8 @@
 //!
 //! `GRAFT_STEPS=n` sets how many steps are timed (default 5), `GRAFT_SPEC=path` another spec,
 //! `GRAFT_OPTIMIZE=1` runs the e-graph optimizer first (through the optimized-step cache),
-//! `GRAFT_TOP=n` how many of the slowest launches to list.
+//! `GRAFT_TOP=n` how many of the slowest launches to list, `GRAFT_DUMP_IR=path` writes the
+//! compiled graph (whose `%n` the profile names).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};
@@ -105,6 +106,10 @@ fn main() {
         compiled.kernel_count(),
         t.elapsed()
     );
+    // `GRAFT_DUMP_IR=path`: the compiled graph as text (what the profile's `%n` index).
+    if let Some(path) = std::env::var_os("GRAFT_DUMP_IR") {
+        std::fs::write(path, graft_ir::text::print_function(compiled.function())).unwrap();
+    }
     let steps: usize = std::env::var("GRAFT_STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -181,12 +186,20 @@ fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(12),
     ) {
+        // The operands' types and the op's flags (a matmul's transposes), for telling
+        // launches of the same result type apart.
+        let f = compiled.function();
+        let node = &f.nodes[k.node];
+        let args: Vec<String> = node.args.iter().map(|&a| format!("{}", f.ty(a))).collect();
         println!(
-            "{:>9.2} ms  %{:<5} {:<14} {}",
+            "{:>9.2} ms  %{:<5} {:<14} {:<7} {} <- {:?} ({})",
             k.seconds * 1e3,
             k.node,
             k.op,
-            k.ty
+            k.kind,
+            k.ty,
+            node.op,
+            args.join(", ")
         );
     }
 }

@@ -14,7 +14,6 @@ use crate::memplan::{ALIGN, MemoryPlan, storage_bytes};
 use crate::schedule::{Plan, Step, StepKind};
 use graft_interp::{Data, Tensor};
 use graft_ir::{DType, Function, InputKind};
-use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -233,6 +232,12 @@ fn kernel_error(err: &[i64; 4]) -> CodegenError {
 }
 
 impl CompiledFunction {
+    /// The function as compiled (after the scheduler's reordering): the graph that
+    /// [`KernelTime::node`] indexes.
+    pub fn function(&self) -> &Function {
+        &self.f
+    }
+
     /// The MLIR module this function was compiled from (before lowering).
     pub fn mlir(&self) -> &str {
         &self.mlir
@@ -495,7 +500,19 @@ impl CompiledFunction {
         let errs: Vec<[i64; 4]> = if chunks == 1 {
             vec![run(0)]
         } else {
-            (0..chunks).into_par_iter().map(run).collect()
+            // Chunk c always runs on pool thread c (mod the pool's size): a GEMM's row
+            // tiles are then computed on the thread that packed them, and every kernel
+            // splits its range the same way, so a thread mostly reads what it wrote.
+            rayon::broadcast(|ctx| {
+                let mut first = [0i64; 4];
+                for c in (ctx.index()..chunks).step_by(ctx.num_threads()) {
+                    let e = run(c);
+                    if first[0] == 0 {
+                        first = e;
+                    }
+                }
+                first
+            })
         };
         match errs.iter().find(|e| e[0] != 0) {
             Some(e) => Err(kernel_error(e)),

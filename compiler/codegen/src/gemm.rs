@@ -316,13 +316,27 @@ pub(crate) fn emit_pack_a(
         k.b.idx(t.mr),
     );
     let (kk, r) = (k.b.fresh(), k.b.fresh());
-    k.b.open(format!("scf.for {kk} = {k0} to {kend} step {one} {{"));
-    k.push_scope();
+    // The inner loop walks A's contiguous axis: `k` when A is row-major, so that A's
+    // producer (an exp, a select, ...) is computed on vectors and only the stores are
+    // strided (by MR); the tile's rows when A is read transposed.
+    let open_k = |k: &mut KernelCx<'_>| {
+        k.b.open(format!("scf.for {kk} = {k0} to {kend} step {one} {{"));
+        k.push_scope();
+    };
+    let open_r = |k: &mut KernelCx<'_>| {
+        k.b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
+        k.push_scope();
+    };
+    if s.ta {
+        open_k(k);
+        open_r(k);
+    } else {
+        open_r(k);
+        open_k(k);
+    }
     let kl = k.b.op(format!("arith.subi {kk}, {k0} : index"));
     let kbase = k.b.op(format!("arith.muli {kl}, {mr} : index"));
     let kbase = k.b.op(format!("arith.addi {base}, {kbase} : index"));
-    k.b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
-    k.push_scope();
     let row = k.b.op(format!("arith.addi {row0}, {r} : index"));
     let inside = k.b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
     // Rows past `m` read row m-1 (a valid index) and store zero.

@@ -162,13 +162,20 @@ pub(crate) fn emit_reduce(
     Ok(out_ty)
 }
 
+/// Fast-math flags of an `f64` accumulation: reassociation lets LLVM vectorize the loop
+/// (partial sums per lane, added at the end). The terms are `f32` (or narrower) values summed
+/// in `f64`, so the order changes the sum by a few `f64` ulps, far below the result's
+/// precision; an `f64` input's sum can differ from the interpreter's sequential one by
+/// about `n · 2⁻⁵³` relative.
+const SUM_FLAGS: &str = "fastmath<reassoc>";
+
 /// One accumulation step of a reduction.
 fn combine(k: &mut KernelCx<'_>, op: ReduceOp, dt: DType, acc: &str, v: &str) -> String {
     let t = reg_ty(dt);
     match op {
         ReduceOp::Sum | ReduceOp::Mean => {
             let w = scalar::to_f64(&mut k.b, dt, v);
-            k.b.op(format!("arith.addf {acc}, {w} : f64"))
+            k.b.op(format!("arith.addf {acc}, {w} {SUM_FLAGS} : f64"))
         }
         ReduceOp::Max | ReduceOp::Min => {
             let max = op == ReduceOp::Max;
@@ -196,9 +203,11 @@ fn combine(k: &mut KernelCx<'_>, op: ReduceOp, dt: DType, acc: &str, v: &str) ->
     }
 }
 
-/// `softmax` / `log_softmax` along `axis`, per slice in `f64` like the interpreter: max (NaN
-/// wins; a non-finite max gives NaN), the sum of `exp(x - max)`, then the outputs (for an
-/// `f32`-stored result, `exp` is the arithmetic `exp_f32`; see below).
+/// `softmax` / `log_softmax` along `axis`, per slice, with the interpreter's results: the
+/// max (a non-finite max gives NaN; a NaN input makes the whole slice NaN), the sum of
+/// `exp(x - max)` in `f64`, then the outputs (for an `f32`-stored result, `exp` is the
+/// arithmetic `exp_f32` and the quotient a product with `1 / sum`; see below). Every pass is
+/// written so that LLVM vectorizes it.
 pub(crate) fn emit_softmax(
     k: &mut KernelCx<'_>,
     root: ValueId,
@@ -246,12 +255,57 @@ pub(crate) fn emit_softmax(
         k.b.close("}", false);
         Ok(res)
     };
-    let m = pass(k, &ninf, &|k, acc, y| {
-        let gt = k.b.op(format!("arith.cmpf ogt, {y}, {acc} : f64"));
-        let nan = k.b.op(format!("arith.cmpf uno, {y}, {y} : f64"));
-        let take = k.b.op(format!("arith.ori {gt}, {nan} : i1"));
-        k.b.op(format!("arith.select {take}, {y}, {acc} : f64"))
-    })?;
+    // The max, with `maxnumf` (a reduction LLVM vectorizes; it skips NaN) on the operand's
+    // own type (exact in either): a NaN input still makes every output NaN, as in the
+    // interpreter (whose max takes NaN), because its `exp(x - max)` is NaN and so is the
+    // sum every output is divided by (or whose log is subtracted).
+    let m = {
+        let narrow = xdt == DType::F32;
+        let t = if narrow { "f32" } else { "f64" };
+        let init = if narrow {
+            k.b.fc(f64::NEG_INFINITY, "f32")
+        } else {
+            ninf.clone()
+        };
+        // LLVM does not vectorize a `maxnum` reduction without fast-math flags, so the loop
+        // keeps `lanes` independent maxima (when the extent is a multiple of it), which run
+        // in parallel instead of one serial chain of compares.
+        let lanes = if ext % 8 == 0 { 8 } else { 1 };
+        let (res, iv) = (k.b.fresh(), k.b.fresh());
+        let accs: Vec<String> = (0..lanes).map(|_| k.b.fresh()).collect();
+        let step = k.b.idx(lanes);
+        let iter: Vec<String> = accs.iter().map(|a| format!("{a} = {init}")).collect();
+        let tys = vec![t; lanes].join(", ");
+        k.b.open(format!(
+            "{res}:{lanes} = scf.for {iv} = {zero} to {end} step {step} iter_args({}) -> ({tys}) {{",
+            iter.join(", ")
+        ));
+        k.push_scope();
+        let mut next = Vec::new();
+        for (u, a) in accs.iter().enumerate() {
+            let j = k.b.ix_add(&Ix::V(iv.clone()), &Ix::C(u));
+            let raw = k.eval(x, &at(&j))?;
+            let y = if narrow {
+                raw
+            } else {
+                scalar::to_f64(&mut k.b, xdt, &raw)
+            };
+            next.push(k.b.op(format!("arith.maxnumf {a}, {y} : {t}")));
+        }
+        k.b.line(format!("scf.yield {} : {tys}", next.join(", ")));
+        k.pop_scope();
+        k.b.close("}", false);
+        let mut m = format!("{res}#0");
+        for u in 1..lanes {
+            m = k.b.op(format!("arith.maxnumf {m}, {res}#{u} : {t}"));
+        }
+        let res = m;
+        if narrow {
+            k.b.op(format!("arith.extf {res} : f32 to f64"))
+        } else {
+            res
+        }
+    };
     let inf = k.b.f64c(f64::INFINITY);
     let qnan = k.b.f64c(f64::NAN);
     let am = k.b.op(format!("math.absf {m} : f64"));
@@ -259,6 +313,7 @@ pub(crate) fn emit_softmax(
     let m = k.b.op(format!("arith.select {finite}, {m}, {qnan} : f64"));
     let z = k.b.f64c(0.0);
     let mm = m.clone();
+    let m32 = (xdt == DType::F32).then(|| k.b.op(format!("arith.truncf {m} : f64 to f32")));
     // An `f64` result: the sum of `exp(x - max)` in one pass (libm's exp). An `f32`-stored
     // result needs `exp` only to `f32` precision: `exp(x - max)` with the arithmetic
     // `exp_f32` (the difference rounded to f32 once) is stored into the output by a loop
@@ -281,9 +336,16 @@ pub(crate) fn emit_softmax(
         k.push_scope();
         let idx = at(&j);
         let raw = k.eval(x, &idx)?;
-        let y = scalar::to_f64(&mut k.b, xdt, &raw);
-        let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
-        let d32 = k.b.op(format!("arith.truncf {d} : f64 to f32"));
+        // An f32 operand: `x - max` in f32 (the max is one of the operand's values, so
+        // both are f32 and the subtraction rounds once, as the f64 one rounded to f32).
+        let d32 = match &m32 {
+            Some(m32) => k.b.op(format!("arith.subf {raw}, {m32} : f32")),
+            None => {
+                let y = scalar::to_f64(&mut k.b, xdt, &raw);
+                let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
+                k.b.op(format!("arith.truncf {d} : f64 to f32"))
+            }
+        };
         let e = scalar::exp_f32(&mut k.b, &d32);
         k.store(DType::F32, &e, "%out", &out_ty, &idx);
         k.pop_scope();
@@ -293,12 +355,16 @@ pub(crate) fn emit_softmax(
             "{res} = scf.for {iv} = {zero} to {end} step {one} iter_args({acc} = {z}) -> (f64) {{"
         ));
         let e = load_out(k, &at(&Ix::V(iv)));
-        let next = k.b.op(format!("arith.addf {acc}, {e} : f64"));
+        let next = k.b.op(format!("arith.addf {acc}, {e} {SUM_FLAGS} : f64"));
         k.b.line(format!("scf.yield {next} : f64"));
         k.b.close("}", false);
         res
     };
     let ln = log.then(|| k.b.op(format!("math.log {s} : f64")));
+    let inv = {
+        let one = k.b.f64c(1.0);
+        k.b.op(format!("arith.divf {one}, {s} : f64"))
+    };
     // The outputs: x - max - ln(sum), or exp(x - max) / sum (the stored exp when narrow).
     let j = count_loop(k, ext);
     k.push_scope();
@@ -311,15 +377,17 @@ pub(crate) fn emit_softmax(
             k.b.op(format!("arith.subf {d}, {ln} : f64"))
         }
         None => {
-            let e = if wide {
+            if wide {
                 let raw = k.eval(x, &idx)?;
                 let y = scalar::to_f64(&mut k.b, xdt, &raw);
                 let d = k.b.op(format!("arith.subf {y}, {m} : f64"));
-                k.b.op(format!("math.exp {d} : f64"))
+                let e = k.b.op(format!("math.exp {d} : f64"));
+                k.b.op(format!("arith.divf {e}, {s} : f64"))
             } else {
-                load_out(k, &idx)
-            };
-            k.b.op(format!("arith.divf {e}, {s} : f64"))
+                // Times 1/sum in f64, rounded to f32 once: within an ulp of the quotient.
+                let e = load_out(k, &idx);
+                k.b.op(format!("arith.mulf {e}, {inv} : f64"))
+            }
         }
     };
     let r = scalar::round_f64(&mut k.b, ty.dtype, &r);
