@@ -346,7 +346,7 @@ pub(crate) fn emit_softmax(
                 k.b.op(format!("arith.truncf {d} : f64 to f32"))
             }
         };
-        let e = scalar::exp_f32(&mut k.b, &d32);
+        let e = scalar::exp_f32_flushed(&mut k.b, &d32);
         k.store(DType::F32, &e, "%out", &out_ty, &idx);
         k.pop_scope();
         k.b.close("}", false);

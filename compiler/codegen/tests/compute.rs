@@ -10,8 +10,10 @@
 
 mod common;
 
-use common::{check, check_norm, random_inputs};
+use common::{check, check_norm, check_with, random_inputs};
+use graft_codegen::compile;
 use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp};
+use std::collections::HashMap;
 
 fn ty(dt: DType, shape: &[usize]) -> TensorType {
     TensorType::new(dt, shape.to_vec())
@@ -243,6 +245,41 @@ fn softmax_and_log_softmax_on_every_axis() {
         }
         check(&f, &inputs, 1e-5);
     }
+}
+
+/// Attention's causal mask (`-1e30`) and differences near the bottom of `f32`'s normal range:
+/// the kernel flushes `exp(x - max)` below `2⁻¹²⁵` to zero (no subnormal arithmetic), which
+/// moves no output by more than that (checked against the interpreter with a 1e-30 floor:
+/// relative 1e-5 above it, absolute 1e-35 below). Masked entries are exactly zero.
+#[test]
+fn softmax_of_masked_and_tiny_terms() {
+    let mut f = Function::new("sm");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[3, 16]), None);
+    let s = f.add(Op::Softmax { axis: 1 }, &[x], None).unwrap();
+    let l = f.add(Op::LogSoftmax { axis: 1 }, &[x], None).unwrap();
+    f.add_output("s", s);
+    f.add_output("l", l);
+    let row = [
+        0.0, -1e30, -86.0, -86.4, -86.6, -87.0, -87.4, -90.0, -100.0, -103.0, -104.5, -1e30, 1.5,
+        -1e30, -0.25, -1e30,
+    ];
+    let v: Vec<f32> = (0..3).flat_map(|r| row.map(|x| x + r as f32)).collect();
+    let mut inputs = HashMap::new();
+    inputs.insert(
+        "x".into(),
+        graft_interp::Tensor::f32(vec![3, 16], v).unwrap(),
+    );
+    check_with(&f, &inputs, 1e-5, 1e-30);
+    let got = compile(&f).unwrap().run(&inputs).unwrap();
+    let probs = got[0].1.as_f32().unwrap();
+    assert!(
+        probs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| row[i % 16] < -1e29)
+            .all(|(_, &p)| p == 0.0),
+        "masked entries are not exactly zero: {probs:?}"
+    );
 }
 
 #[test]
