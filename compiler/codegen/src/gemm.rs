@@ -5,9 +5,12 @@
 //! - **Pack** (`@kN_pack`, one range item per panel): `Bp[b][p][k][0..NR] = B[b][k][p·NR..]`
 //!   (read transposed when `tb`), zero-padded past column `n`. A panel slice of `KC` rows is
 //!   `KC · NR · 4` bytes (16 KiB for AVX2), which stays in L1 while it is reused.
-//! - **GEMM** (`@kN`, one range item per `MR`-row tile of one batch): for each `KC` block of
-//!   the contraction, for each panel, for each tile of the thread's range: one microkernel
-//!   call. The first block starts from zero, later blocks load and accumulate `C`.
+//! - **GEMM** (`@kN`, one range item per `MR`-row tile of one batch, or per panel when B
+//!   outweighs A: [`GemmShape::splits_n`]): for each `KC` block of the contraction, for each
+//!   `MC` block of the thread's tiles, for each of its panels, for each tile of the block: one
+//!   microkernel call. The first block starts from zero, later blocks load and accumulate `C`.
+//!   A range item always runs on the same thread, so each thread computes with the A tiles
+//!   or B panels it packed itself.
 //! - **Microkernels** (`@kN_mR_C`): `R ≤ MR` rows, `C ≤ NR` columns; `MR · NR / lanes`
 //!   accumulators live in `iter_args` of the `k` loop; partial vectors use masked loads and
 //!   stores. `MR`, `NR` and the lane count come from the host CPU ([`crate::host::CpuTarget`]).
@@ -58,6 +61,9 @@ pub(crate) struct GemmShape {
     pub panel_range: Option<(usize, usize)>,
     /// C already holds the partial sum of earlier K chunks: every K block adds to it.
     pub accumulate: bool,
+    /// Threads split the GEMM's panels instead of its row tiles (see
+    /// [`GemmShape::splits_n`]): each computes the panels it packed itself.
+    pub split_n: bool,
 }
 
 impl GemmShape {
@@ -80,6 +86,7 @@ impl GemmShape {
             k_range: (0, k),
             panel_range: None,
             accumulate: false,
+            split_n: false,
             a_src,
             b_src,
             batches,
@@ -90,6 +97,29 @@ impl GemmShape {
             n,
             ta,
             tb,
+        }
+    }
+
+    /// Whether threads should split B's panels rather than A's row tiles: when B is shared
+    /// by every batch and its (chunk's) packed panels outweigh A. Every thread reads all of
+    /// the operand that is split the other way, and a kernel's range item `i` always runs on
+    /// the same thread (see the executor), so with panels split each thread streams only the
+    /// panels it packed itself, from its own cache, and reads the smaller A from the other's.
+    pub fn splits_n(&self, t: &CpuTarget) -> bool {
+        let (p0, p1) = self.panel_span(t);
+        let b_elems = (p1 - p0) * t.nr * self.k_len();
+        let a_elems = self.a[0] * self.m * self.k_len();
+        self.b[0] == 1 && p1 - p0 >= 2 && b_elems > a_elems
+    }
+
+    /// The GEMM kernel's range: its panels when they are split across threads, else
+    /// `batches × row tiles`.
+    pub fn range(&self, t: &CpuTarget) -> usize {
+        let (p0, p1) = self.panel_span(t);
+        if self.split_n {
+            p1 - p0
+        } else {
+            self.batches * self.tiles(t)
         }
     }
 
@@ -441,9 +471,10 @@ fn flat_ty() -> String {
 }
 
 /// The name of the shared microkernel for `rows × cols` tiles (`_add`: with an addend).
-fn micro_name(rows: usize, cols: usize, addend: bool) -> String {
+fn micro_name(rows: usize, cols: usize, addend: bool, packed_a: bool) -> String {
     let add = if addend { "_add" } else { "" };
-    format!("graft_gemm_micro_{rows}x{cols}{add}")
+    let pa = if packed_a { "_pa" } else { "" };
+    format!("graft_gemm_micro_{rows}x{cols}{add}{pa}")
 }
 
 /// The GEMM kernel `@{name}` (range = `batches × row tiles`), and the microkernels it calls
@@ -465,9 +496,9 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
     let mut funcs = Vec::new();
     let addend = s.addend.is_some();
     let mut micro = |rows: usize, cols: usize| -> String {
-        let mname = micro_name(rows, cols, addend);
+        let mname = micro_name(rows, cols, addend, packed_a);
         if !funcs.iter().any(|f: &FuncText| f.name == mname) {
-            funcs.push(emit_micro(&mname, t, rows, cols, addend));
+            funcs.push(emit_micro(&mname, t, rows, cols, addend, packed_a));
         }
         mname
     };
@@ -569,14 +600,20 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
             offs.join(", ")
         ));
     };
-    // Blocks of MC rows of the thread's range: the A block stays in L2 while every panel of
-    // B passes over it.
+    // The thread's row tiles and panels: its range of one, all of the other.
+    let (t_lo, t_hi) = if s.split_n {
+        (b.idx(0), b.idx(s.batches * tiles))
+    } else {
+        ("%lo".to_string(), "%hi".to_string())
+    };
+    // Blocks of MC rows of the thread's tiles: the A block stays in L2 while every panel of
+    // the thread passes over it.
     let tb_len = (t.mc / t.mr).max(1);
     let tbs = b.idx(tb_len);
     let blk = b.fresh();
-    b.open(format!("scf.for {blk} = %lo to %hi step {tbs} {{"));
+    b.open(format!("scf.for {blk} = {t_lo} to {t_hi} step {tbs} {{"));
     let blk_end0 = b.op(format!("arith.addi {blk}, {tbs} : index"));
-    let blk_end = b.op(format!("arith.minui {blk_end0}, %hi : index"));
+    let blk_end = b.op(format!("arith.minui {blk_end0}, {t_hi} : index"));
     // Tiles of the block for one panel, dispatching the row tail.
     let sweep = |b: &mut Body, panel: &Ix, main: &Option<String>, tail: &Option<String>| {
         let tv = b.fresh();
@@ -599,13 +636,28 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         b.close("}", false);
     };
     if has_full {
-        let (pstart, pend) = (b.idx(p0), b.idx(full_end));
+        let (pstart, pend) = if s.split_n {
+            let first = b.idx(p0);
+            let full_end = b.idx(full_end);
+            let lo = b.op(format!("arith.addi %lo, {first} : index"));
+            let hi = b.op(format!("arith.addi %hi, {first} : index"));
+            (lo, b.op(format!("arith.minui {hi}, {full_end} : index")))
+        } else {
+            (b.idx(p0), b.idx(full_end))
+        };
         let p = b.fresh();
         b.open(format!("scf.for {p} = {pstart} to {pend} step {one} {{"));
         sweep(&mut b, &Ix::V(p), &full, &rtail);
         b.close("}", false);
     }
-    if tail_here {
+    if tail_here && s.split_n {
+        // The partial last panel belongs to the thread whose range ends the GEMM's.
+        let last = b.idx(p1 - p0);
+        let mine = b.op(format!("arith.cmpi eq, %hi, {last} : index"));
+        b.open(format!("scf.if {mine} {{"));
+        sweep(&mut b, &Ix::C(panels - 1), &ctail, &rctail);
+        b.close("}", false);
+    } else if tail_here {
         sweep(&mut b, &Ix::C(panels - 1), &ctail, &rctail);
     }
     b.close("}", false);
@@ -632,7 +684,14 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
 /// The products accumulate from zero in registers; the old C is added after the k loop
 /// (except in the first K block, which adds the addend `%d`, laid out like C, when there is
 /// one), its lines prefetched before the loop.
-fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize, addend: bool) -> FuncText {
+fn emit_micro(
+    name: &str,
+    t: &CpuTarget,
+    rows: usize,
+    cols: usize,
+    addend: bool,
+    packed_a: bool,
+) -> FuncText {
     let fty = flat_ty();
     let vt = vty(t);
     let nv = cols.div_ceil(t.lanes);
@@ -702,7 +761,14 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize, addend: bool)
             b.op(format!("vector.load %bp[{at}] : {fty}, {vt}"))
         })
         .collect();
-    let ks = b.op(format!("arith.muli {kv}, %sk : index"));
+    // A packed tile's strides are constants (row 1, k MR): its loads then take immediate
+    // offsets from one pointer, leaving the loop's integer ports to the FMAs.
+    let (sr, sk) = if packed_a {
+        (b.idx(1), b.idx(t.mr))
+    } else {
+        ("%sr".to_string(), "%sk".to_string())
+    };
+    let ks = b.op(format!("arith.muli {kv}, {sk} : index"));
     let ak = b.op(format!("arith.addi %a_off, {ks} : index"));
     let mut next = Vec::new();
     for r in 0..rows {
@@ -710,7 +776,7 @@ fn emit_micro(name: &str, t: &CpuTarget, rows: usize, cols: usize, addend: bool)
             ak.clone()
         } else {
             let rc = b.idx(r);
-            let m = b.op(format!("arith.muli %sr, {rc} : index"));
+            let m = b.op(format!("arith.muli {sr}, {rc} : index"));
             b.op(format!("arith.addi {ak}, {m} : index"))
         };
         let a = b.op(format!("memref.load %a[{at}] : {fty}"));

@@ -404,7 +404,8 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     // A GEMM whose packed operands would be large runs as chunks (of B's
                     // panels or of K), each packing only its part: the arena then holds one
                     // chunk's packed operands at a time.
-                    for c in s.chunks(target, target.pack_budget) {
+                    for mut c in s.chunks(target, target.pack_budget) {
+                        c.split_n = c.splits_n(target);
                         let (p0, p1) = c.panel_span(target);
                         if c.packs_a(target) {
                             let packed_a = new_slot(&mut plan, DType::F32, c.packed_a_len(target));
@@ -422,11 +423,12 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                             c.b[0] * (p1 - p0),
                             c.k_len() * target.nr,
                         ));
+                        let flops = 2 * c.batches * c.m * (p1 - p0) * target.nr * c.k_len();
                         plan.steps.push(step(
                             StepKind::Gemm(c),
                             out,
-                            c.batches * c.tiles(target),
-                            2 * target.mr * (p1 - p0) * target.nr * c.k_len(),
+                            c.range(target),
+                            flops / c.range(target).max(1),
                         ));
                     }
                 }

@@ -108,6 +108,35 @@ fn matmul_large_enough_to_thread_and_block_k() {
 }
 
 #[test]
+fn gemms_with_more_weight_than_activation_split_panels_across_threads() {
+    // B (shared by both batches) outweighs A, so threads split B's panels: 8 panels, the
+    // last one partial (230 = 7·32 + 6), over 1, 2 and 3 threads (the thread whose range
+    // ends the GEMM takes the partial panel); rows 25 per batch (a row tail), K = 300 (two
+    // KC blocks), B read as stored and transposed. Against the interpreter, 1e-4 norm-wise.
+    for tb in [false, true] {
+        let b = if tb { [230, 300] } else { [300, 230] };
+        let f = matmul_fn(DType::F32, &[2, 25, 300], &b, false, tb);
+        let inputs = random_inputs(&f, 13, -1.0, 1.0);
+        let want = graft_interp::run(&f, &inputs).unwrap();
+        for threads in [1, 2, 3] {
+            let c = compile(&f).unwrap().with_threads(threads);
+            assert!(
+                c.mlir().contains("arith.addi %lo"),
+                "the GEMM does not split its panels"
+            );
+            let got = c.run(&inputs).unwrap();
+            let (g, w) = (got[0].1.to_f64_vec(), want[0].1.to_f64_vec());
+            let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+            let err = g
+                .iter()
+                .zip(&w)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-4 * scale, "{threads} threads: error {err:e}");
+        }
+    }
+}
+
+#[test]
 fn matmul_in_other_float_types_accumulates_in_f64() {
     for dt in [DType::F64, DType::BF16, DType::F16] {
         let f = matmul_fn(dt, &[2, 5, 7], &[7, 3], false, false);

@@ -149,7 +149,7 @@ fn llvm_ir_has_vector_fmas_and_an_arithmetic_exp() {
         r#"
 CHECK-LABEL: define void @k0_reduce_mean(i64 %0, i64 %1, ptr %2, ptr noalias %3)
 CHECK: fadd reassoc double
-CHECK: define void @graft_gemm_micro_{{[0-9]+}}x{{[0-9]+}}({{.*}}) #[[NOINLINE:[0-9]+]]
+CHECK: define void @graft_gemm_micro_{{[0-9]+}}x{{[0-9]+(_[a-z]+)*}}({{.*}}) #[[NOINLINE:[0-9]+]]
 CHECK: call <[[L:[0-9]+]] x float> @llvm.fmuladd.v[[L]]f32(
 CHECK-LABEL: define void @k6_exp(
 CHECK-NOT: @llvm.exp.f32
