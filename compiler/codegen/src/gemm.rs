@@ -264,13 +264,49 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         }
         b.close("}", false);
     } else {
-        // Row k of the panel gathers column k of NR rows of B: walking k outermost keeps
-        // those NR rows' current cache lines in L1 and writes the panel contiguously.
+        // Row k of the panel is column k of NR rows of B. Blocks of `lanes` k: each group
+        // of `lanes` rows is loaded as vectors (rows past `n` as zeros), transposed in
+        // registers ([`transpose_block`]) and stored as `lanes` contiguous runs; the k
+        // left over go through the scalar loop below.
+        let lanes = t.lanes;
+        let (nc, last_row, zero_v) = (
+            b.idx(s.n),
+            b.idx(s.n.saturating_sub(1)),
+            b.konst("dense<0.000000e+00>", &vt),
+        );
+        let k_vec_end = s.k_range.0 + (s.k_len() / lanes) * lanes;
+        let (kvend, lstep) = (b.idx(k_vec_end), b.idx(lanes));
+        if k_vec_end > s.k_range.0 {
+            let kb = b.fresh();
+            b.open(format!("scf.for {kb} = {zero} to {kvend} step {lstep} {{"));
+            let kl = b.op(format!("arith.subi {kb}, {k0} : index"));
+            for v in 0..t.nr / lanes {
+                let mut rows = Vec::with_capacity(lanes);
+                for i in 0..lanes {
+                    let off = b.idx(v * lanes + i);
+                    let row = b.op(format!("arith.addi {j0}, {off} : index"));
+                    let inside = b.op(format!("arith.cmpi ult, {row}, {nc} : index"));
+                    let safe = b.op(format!("arith.minui {row}, {last_row} : index"));
+                    let x = b.op(format!("vector.load %a0[{bi}, {safe}, {kb}] : {bty}, {vt}"));
+                    rows.push(b.op(format!("arith.select {inside}, {x}, {zero_v} : {vt}")));
+                }
+                let cols = transpose_block(&mut b, rows, &vt);
+                let col0 = b.idx(v * lanes);
+                for (c, x) in cols.iter().enumerate() {
+                    let cc = b.idx(c);
+                    let at = b.op(format!("arith.addi {kl}, {cc} : index"));
+                    b.line(format!(
+                        "vector.store {x}, %out[{bi}, {p}, {at}, {col0}] : {pty}, {vt}"
+                    ));
+                }
+            }
+            b.close("}", false);
+        }
         let jj = b.fresh();
         let (nrend, nc, j_zero) = (b.idx(t.nr), b.idx(s.n), b.idx(0));
         let left = b.op(format!("arith.subi {nc}, {j0} : index"));
         let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
-        b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+        b.open(format!("scf.for {kk} = {kvend} to {kend} step {one} {{"));
         let kl = b.op(format!("arith.subi {kk}, {k0} : index"));
         b.open(format!("scf.for {jj} = {j_zero} to {valid} step {one} {{"));
         let col = b.op(format!("arith.addi {j0}, {jj} : index"));
@@ -298,6 +334,37 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         body: b.finish(),
         ranged: true,
     }
+}
+
+/// Transposes an `L × L` block held as `L` row vectors (`L` a power of two): returns the
+/// column vectors. `log₂ L` stages of two-source shuffles; the stage of width `w` exchanges
+/// bit `w` of the row index with bit `w` of the column index (off-diagonal `w × w` blocks
+/// of each `2w × 2w` block swap), so after every stage the block is transposed. `L · log₂ L`
+/// shuffles in all (64 for AVX-512's 16 lanes), which LLVM lowers to permute instructions.
+fn transpose_block(b: &mut Body, mut rows: Vec<String>, vt: &str) -> Vec<String> {
+    let l = rows.len();
+    let mut w = 1;
+    while w < l {
+        for i in (0..l).filter(|i| i & w == 0) {
+            let lo: Vec<String> = (0..l)
+                .map(|c| if c & w == 0 { c } else { l + c - w }.to_string())
+                .collect();
+            let hi: Vec<String> = (0..l)
+                .map(|c| if c & w == 0 { c + w } else { l + c }.to_string())
+                .collect();
+            let (a, c) = (rows[i].clone(), rows[i + w].clone());
+            rows[i] = b.op(format!(
+                "vector.shuffle {a}, {c} [{}] : {vt}, {vt}",
+                lo.join(", ")
+            ));
+            rows[i + w] = b.op(format!(
+                "vector.shuffle {a}, {c} [{}] : {vt}, {vt}",
+                hi.join(", ")
+            ));
+        }
+        w *= 2;
+    }
+    rows
 }
 
 /// Opens a pack kernel's range loop over `batches × per` items, where the batches are the
