@@ -6,7 +6,9 @@
 //! `GRAFT_STEPS=n` sets how many steps are timed (default 5), `GRAFT_SPEC=path` another spec,
 //! `GRAFT_OPTIMIZE=1` runs the e-graph optimizer first (through the optimized-step cache),
 //! `GRAFT_TOP=n` how many of the slowest launches to list, `GRAFT_DUMP_IR=path` writes the
-//! compiled graph (whose `%n` the profile names).
+//! compiled graph (whose `%n` the profile names), `GRAFT_VARIANT="kc=512"` times the step
+//! alternately with the host's blocking and with these parameters (`kc`, `mc`, `budget` in
+//! MiB).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};
@@ -106,6 +108,47 @@ fn main() {
         compiled.kernel_count(),
         t.elapsed()
     );
+    // `GRAFT_VARIANT="kc=512,mc=240"`: also compile the step with these blocking parameters
+    // and time both alternately (robust to the machine's drift), then exit.
+    if let Ok(spec) = std::env::var("GRAFT_VARIANT") {
+        let mut target = graft_codegen::CpuTarget::host();
+        for kv in spec.split(',') {
+            let (key, val) = kv.split_once('=').expect("key=value");
+            let val: usize = val.parse().expect("a number");
+            match key {
+                "kc" => target.kc = val,
+                "mc" => target.mc = val,
+                "budget" => target.pack_budget = val << 20,
+                other => panic!("unknown parameter {other}"),
+            }
+        }
+        let opts = graft_codegen::CompileOptions {
+            target,
+            ..Default::default()
+        };
+        let variant = graft_codegen::compile_with(&step_fn, &opts).unwrap();
+        let rounds: usize = std::env::var("GRAFT_STEPS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(5);
+        let mut times = [Vec::new(), Vec::new()];
+        for _ in 0..rounds {
+            for (i, c) in [&compiled, &variant].into_iter().enumerate() {
+                let t = Instant::now();
+                c.run(&values).unwrap();
+                times[i].push(t.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        for (name, mut t) in ["host", spec.as_str()].into_iter().zip(times) {
+            t.sort_by(f64::total_cmp);
+            println!(
+                "{name:>16}: min {:.1} ms, median {:.1} ms over {rounds} steps",
+                t[0],
+                t[t.len() / 2]
+            );
+        }
+        return;
+    }
     // `GRAFT_DUMP_IR=path`: the compiled graph as text (what the profile's `%n` index).
     if let Some(path) = std::env::var_os("GRAFT_DUMP_IR") {
         std::fs::write(path, graft_ir::text::print_function(compiled.function())).unwrap();
