@@ -31,6 +31,7 @@
 
 mod backend;
 mod cache;
+mod decompose;
 mod exec;
 mod expr;
 mod gemm;
@@ -122,7 +123,8 @@ fn lowered(
     target: &CpuTarget,
 ) -> Result<(Function, schedule::Plan, lower::Lowered), CodegenError> {
     verify_function(f, usize::MAX)?;
-    let f = reorder::hoist_reductions(f);
+    let f = decompose::log_softmax(f, decompose::LOG_SOFTMAX_MIN);
+    let f = reorder::hoist_reductions(&f);
     let mut plan = schedule::plan(&f, target)?;
     let lowered = lower::lower(&f, &mut plan, target)?;
     Ok((f, plan, lowered))

@@ -137,6 +137,23 @@ fn cheap(op: &Op) -> bool {
     )
 }
 
+/// Whether `node` costs one operand load and one operation per element: a unary op, a cast,
+/// or a binary op or comparison at most one of whose operands is not a broadcast, an `iota`
+/// or a constant.
+fn unary_like(f: &Function, node: &graft_ir::Node) -> bool {
+    let free = |a: &ValueId| {
+        matches!(
+            f.node(*a).op,
+            Op::Broadcast | Op::Iota { .. } | Op::Constant { .. }
+        )
+    };
+    match node.op {
+        Op::Unary(_) | Op::Cast => true,
+        Op::Binary(_) => node.args.iter().filter(|a| !free(a)).count() <= 1,
+        _ => false,
+    }
+}
+
 /// The buffer a matmul operand is read from and its transpose flag: a `transpose` that only
 /// swaps the last two axes is folded into the flag (the GEMM reads its operand directly).
 fn matmul_source(f: &Function, mut v: ValueId, mut flag: bool) -> (ValueId, bool) {
@@ -268,14 +285,13 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             continue;
         }
         let node = &f.nodes[v];
-        // A unary op is recomputed by up to four readers rather than stored: its operand is
-        // usually kept anyway (a SwiGLU gate is needed for silu's derivative), so this saves
-        // a buffer that would live from the forward to the backward.
-        let recompute = if matches!(node.op, Op::Unary(_)) {
-            4
-        } else {
-            1
-        };
+        // A unary op (or a cast, or a binary op whose other operand is a broadcast, an
+        // iota or a constant: one load and one operation per element all the same) is
+        // recomputed by up to four readers rather than stored: its operand is usually kept
+        // anyway (a SwiGLU gate is needed for silu's derivative; the logits for the loss's
+        // gradient), so this saves a buffer that would live from the forward to the
+        // backward.
+        let recompute = if unary_like(f, node) { 4 } else { 1 };
         inline[v] = fusable(&node.op)
             && !is_output[v]
             && !must[v]

@@ -311,6 +311,61 @@ fn softmax_of_masked_and_tiny_terms() {
     );
 }
 
+/// A large `log_softmax` (≥ 2¹² elements) is decomposed into `x − lse(x)`, recomputed by
+/// each consumer (here two: a masked sum, as the loss's, and an `exp`, as its gradient's),
+/// with `lse` stored: against the interpreter at 1e-5 (floor 1e-6), including slices with
+/// NaN, +inf and all -inf, which are NaN throughout. Not stored: the memory plan holds no
+/// buffer of the log-probabilities' size besides the input and the `exp` output.
+#[test]
+fn large_log_softmax_is_recomputed_from_its_input() {
+    let (rows, cols) = (64, 1100);
+    let mut f = Function::new("ls");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[rows, cols]), None);
+    let l = f.add(Op::LogSoftmax { axis: 1 }, &[x], None).unwrap();
+    let zero = f
+        .add_typed(
+            Op::Constant { value: 0.0 },
+            &[],
+            Some(ty(DType::F32, &[rows, cols])),
+            None,
+        )
+        .unwrap();
+    let neg = f.add(Op::Binary(BinaryOp::Lt), &[l, zero], None).unwrap();
+    let picked = f.add(Op::Select, &[neg, l, zero], None).unwrap();
+    let loss = f
+        .add(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: vec![1],
+                keepdim: false,
+            },
+            &[picked],
+            None,
+        )
+        .unwrap();
+    let p = f.add(Op::Unary(UnaryOp::Exp), &[l], None).unwrap();
+    f.add_output("loss", loss);
+    f.add_output("p", p);
+    let mut inputs = random_inputs(&f, 17, -30.0, 30.0);
+    let mut v = inputs["x"].as_f32().unwrap().to_vec();
+    v[3 * cols + 5] = f32::NAN;
+    v[7 * cols + 9] = f32::INFINITY;
+    v[9 * cols..10 * cols].fill(f32::NEG_INFINITY);
+    inputs.insert(
+        "x".into(),
+        graft_interp::Tensor::f32(vec![rows, cols], v).unwrap(),
+    );
+    check(&f, &inputs, 1e-5);
+    let c = compile(&f).unwrap();
+    let report = c.memory();
+    let slice = 4 * rows * cols;
+    assert!(
+        report.arena_bytes < slice / 2,
+        "the log-probabilities were stored: arena {} bytes for {slice}-byte values",
+        report.arena_bytes
+    );
+}
+
 #[test]
 fn layout_ops_materialized_and_fused() {
     let mut f = Function::new("layout");
