@@ -40,6 +40,7 @@ mod jit;
 mod kernels;
 mod lower;
 mod memplan;
+mod remat;
 mod reorder;
 mod scalar;
 mod schedule;
@@ -125,6 +126,7 @@ fn lowered(
     verify_function(f, usize::MAX)?;
     let f = decompose::log_softmax(f, decompose::LOG_SOFTMAX_MIN);
     let f = reorder::hoist_reductions(&f);
+    let f = remat::rematerialize(&f);
     let mut plan = schedule::plan(&f, target)?;
     let lowered = lower::lower(&f, &mut plan, target)?;
     Ok((f, plan, lowered))

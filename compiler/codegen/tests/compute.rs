@@ -366,6 +366,88 @@ fn large_log_softmax_is_recomputed_from_its_input() {
     );
 }
 
+/// Attention-shaped: `p = softmax(q·kᵀ + mask)` is read right away (`p·v`) and again, by a
+/// matmul, after 40 unrelated nodes (as a backward pass reads it; `q` and `k` are inputs):
+/// `p` is recomputed for its late reader instead of kept (the compiled graph has a second
+/// softmax, which the late product reads), with the interpreter's results
+/// (1e-4 norm-wise, as every matmul here).
+#[test]
+fn long_lived_attention_probabilities_are_recomputed() {
+    let (b, h, s, d) = (2, 8, 64, 32);
+    let mut f = Function::new("attn");
+    let q = f.add_input("q", InputKind::Data, ty(DType::F32, &[b, h, s, d]), None);
+    let k = f.add_input("k", InputKind::Data, ty(DType::F32, &[b, h, d, s]), None);
+    let v = f.add_input("v", InputKind::Data, ty(DType::F32, &[b, h, s, d]), None);
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[s, s]), None);
+    let mask = f
+        .add_typed(
+            Op::Broadcast,
+            &[x],
+            Some(ty(DType::F32, &[b, h, s, s])),
+            None,
+        )
+        .unwrap();
+    let mm = Op::MatMul {
+        ta: false,
+        tb: false,
+    };
+    let scores = f.add(mm.clone(), &[q, k], None).unwrap();
+    let scores = f
+        .add(Op::Binary(BinaryOp::Add), &[scores, mask], None)
+        .unwrap();
+    let p = f.add(Op::Softmax { axis: 3 }, &[scores], None).unwrap();
+    let o = f.add(mm, &[p, v], None).unwrap();
+    let mut t = v;
+    for _ in 0..40 {
+        t = f.add(Op::Unary(UnaryOp::Tanh), &[t], None).unwrap();
+    }
+    let late = f
+        .add(
+            Op::MatMul {
+                ta: false,
+                tb: false,
+            },
+            &[p, t],
+            None,
+        )
+        .unwrap();
+    let qt = f.add(Op::Binary(BinaryOp::Mul), &[q, t], None).unwrap();
+    let sum = |f: &mut Function, x| {
+        f.add(
+            Op::Reduce {
+                op: ReduceOp::Sum,
+                axes: vec![3],
+                keepdim: false,
+            },
+            &[x],
+            None,
+        )
+        .unwrap()
+    };
+    let qt = sum(&mut f, qt);
+    let kk = sum(&mut f, k);
+    f.add_output("o", o);
+    f.add_output("late", late);
+    f.add_output("qt", qt);
+    f.add_output("k", kk);
+    let inputs = random_inputs(&f, 23, -1.0, 1.0);
+    check_norm(&f, &inputs, 1e-4);
+    let c = compile(&f).unwrap();
+    let g = c.function();
+    let softmaxes: Vec<usize> = (0..g.nodes.len())
+        .filter(|&i| matches!(g.nodes[i].op, Op::Softmax { .. }))
+        .collect();
+    assert_eq!(softmaxes.len(), 2, "the probabilities are not recomputed");
+    // The early product reads the first softmax, the late one the second.
+    let readers = |sm: usize| {
+        (0..g.nodes.len())
+            .filter(|&i| matches!(g.nodes[i].op, Op::MatMul { .. }))
+            .filter(|&i| g.nodes[i].args.first().map(|a| a.index()) == Some(sm))
+            .count()
+    };
+    assert_eq!((readers(softmaxes[0]), readers(softmaxes[1])), (1, 1));
+}
+
 #[test]
 fn layout_ops_materialized_and_fused() {
     let mut f = Function::new("layout");
