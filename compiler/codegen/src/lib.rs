@@ -127,6 +127,9 @@ fn lowered(
     let f = decompose::log_softmax(f, decompose::LOG_SOFTMAX_MIN);
     let f = reorder::hoist_reductions(&f);
     let f = remat::rematerialize(&f);
+    // The rewrites keep the graph well typed and in order; checked in debug builds (tests).
+    #[cfg(debug_assertions)]
+    verify_function(&f, usize::MAX)?;
     let mut plan = schedule::plan(&f, target)?;
     let lowered = lower::lower(&f, &mut plan, target)?;
     Ok((f, plan, lowered))
