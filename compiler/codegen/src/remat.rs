@@ -17,8 +17,11 @@ const MIN_ELEMS: usize = 1 << 12;
 const MIN_GAP: usize = 32;
 /// At most this many nodes are cloned for one value.
 const MAX_CLONES: usize = 24;
-/// A cloned matmul's contraction may be at most this long (attention's head size).
-const MAX_CONTRACTION: usize = 256;
+/// A cloned matmul's contraction may be at most this long: attention's head size (64 or
+/// 128 in Llamas), i.e. at most 256 FLOPs per recomputed element, against the 8 bytes the
+/// value costs to store and read back. A projection's contraction is the hidden size
+/// (≥ 256 in every model graft targets), whose recomputation would cost a GEMM per layer.
+const MAX_CONTRACTION: usize = 128;
 
 /// Ops a recomputation may repeat.
 fn repeatable(op: &Op) -> bool {
