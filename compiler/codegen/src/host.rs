@@ -82,6 +82,9 @@ pub struct CpuTarget {
     pub mc: usize,
     /// Bytes of packed operands (A and B) one GEMM step may use: larger GEMMs run as chunks
     /// of B's panels or of K (see the scheduler), so the arena holds one chunk's at a time.
+    /// 8 MiB: the language-model head's backward GEMM runs at the memory peak (next to the
+    /// logits and everything the backward keeps), and its chunks' packing is then 8 MiB
+    /// (mid-size Llama: 7.6 MiB less at the peak than with 16 MiB, no slower).
     pub pack_budget: usize,
 }
 
@@ -104,7 +107,7 @@ impl CpuTarget {
             nr: 2 * lanes,
             kc: 256,
             mc: 480,
-            pack_budget: 16 << 20,
+            pack_budget: 8 << 20,
         }
     }
 

@@ -39,6 +39,8 @@ fn repeatable(op: &Op) -> bool {
             | Op::Concat { .. }
             | Op::Reshape
             | Op::StopGrad
+            | Op::Gather { .. }
+            | Op::Reduce { .. }
             | Op::Softmax { .. }
             | Op::MatMul { .. }
     )
