@@ -1,11 +1,11 @@
 //! Rematerialization: a large value read early (in the forward) and again much later (in
 //! the backward) is computed a second time just before its late readers, from values that
 //! are kept for the backward anyway, instead of being kept itself. Only cheap recomputations
-//! qualify: elementwise and layout ops, the value's own `softmax`, and at most one matmul
-//! with a short contraction. In a Llama training step this recomputes attention's
+//! qualify: elementwise and layout ops, gathers and reductions, the value's own `softmax`,
+//! and at most one matmul with a short contraction. In a Llama training step this recomputes attention's
 //! probabilities from the saved queries and keys (one `[S, d]·[d, S]` product per layer and
 //! head, `d` = the head size) and the normalized inputs of LoRA-adapted projections from the
-//! saved residual stream, which are the largest values kept from the forward to the
+//! saved residual stream (layer 0's from the embedding table and the token ids), which are the largest values kept from the forward to the
 //! backward besides the MLP's gate and up projections (whose recomputation would cost a
 //! full GEMM and is not done).
 
