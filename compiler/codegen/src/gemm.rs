@@ -339,7 +339,7 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
 /// Transposes an `L × L` block held as `L` row vectors (`L` a power of two): returns the
 /// column vectors. `log₂ L` stages of two-source shuffles; the stage of width `w` exchanges
 /// bit `w` of the row index with bit `w` of the column index (off-diagonal `w × w` blocks
-/// of each `2w × 2w` block swap), so after every stage the block is transposed. `L · log₂ L`
+/// of each `2w × 2w` block swap); after the last stage the block is transposed. `L · log₂ L`
 /// shuffles in all (64 for AVX-512's 16 lanes), which LLVM lowers to permute instructions.
 fn transpose_block(b: &mut Body, mut rows: Vec<String>, vt: &str) -> Vec<String> {
     let l = rows.len();
