@@ -398,6 +398,13 @@ pub(crate) fn emit_pack_a(
     let a_shape = k.f.ty(s.a_src).shape.clone();
     let pty = memref_ty(&[s.packed_a_len(t)], "f32");
     let tiles = s.tiles(t);
+    let lanes = t.lanes;
+    // A row-major A is packed `lanes` k at a time through a `lanes × lanes` scratch block
+    // (see below) when a tile's rows fit in a vector; the scratch is allocated once, on the
+    // kernel's stack, before its loops.
+    let blocked = !s.ta && t.mr <= lanes && lanes.is_power_of_two() && s.k_len() >= lanes;
+    let tmp_ty = memref_ty(&[lanes, lanes], "f32");
+    let tmp = blocked.then(|| k.b.op(format!("memref.alloca() : {tmp_ty}")));
     let (zero, one) = (k.b.idx(0), k.b.idx(1));
     let (qx, _, batch, it) = range_items(k, &a_shape, tiles);
     let row0 = k.b.ix_mul(&it, t.mr);
@@ -412,12 +419,75 @@ pub(crate) fn emit_pack_a(
         k.b.idx(s.m.saturating_sub(1)),
         k.b.idx(t.mr),
     );
+    // Blocks of `lanes` k (row-major A): each of the tile's rows evaluates `lanes`
+    // consecutive elements into a scratch row (a contiguous loop, which LLVM vectorizes,
+    // A's producer included), the scratch block is transposed in registers and each
+    // column, one k's MR values, is stored with one masked vector store. The k left over
+    // go through the element loop below.
+    let k_vec_end = match tmp {
+        Some(_) => s.k_range.0 + (s.k_len() / lanes) * lanes,
+        None => s.k_range.0,
+    };
+    if let Some(tmp) = &tmp {
+        let vt = vty(t);
+        let (kvend, lstep, lanes_c) = (k.b.idx(k_vec_end), k.b.idx(lanes), k.b.idx(lanes));
+        let (kb, r, j) = (k.b.fresh(), k.b.fresh(), k.b.fresh());
+        k.b.open(format!("scf.for {kb} = {k0} to {kvend} step {lstep} {{"));
+        k.push_scope();
+        k.b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
+        k.push_scope();
+        let row = k.b.op(format!("arith.addi {row0}, {r} : index"));
+        let inside = k.b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
+        let safe = k.b.op(format!("arith.minui {row}, {last} : index"));
+        k.b.open(format!("scf.for {j} = {zero} to {lanes_c} step {one} {{"));
+        k.push_scope();
+        let kk = k.b.op(format!("arith.addi {kb}, {j} : index"));
+        let mut idx = batch.clone();
+        idx.extend([Ix::V(safe), Ix::V(kk)]);
+        let x = k.eval(s.a_src, &idx)?;
+        let z = k.b.f32c(0.0);
+        let x = k.b.op(format!("arith.select {inside}, {x}, {z} : f32"));
+        k.b.line(format!("memref.store {x}, {tmp}[{r}, {j}] : {tmp_ty}"));
+        k.pop_scope();
+        k.b.close("}", false);
+        k.pop_scope();
+        k.b.close("}", false);
+        let zero_v = k.b.konst("dense<0.000000e+00>", &vt);
+        let rows: Vec<String> = (0..lanes)
+            .map(|i| {
+                if i < t.mr {
+                    let ri = k.b.idx(i);
+                    k.b.op(format!("vector.load {tmp}[{ri}, {zero}] : {tmp_ty}, {vt}"))
+                } else {
+                    zero_v.clone()
+                }
+            })
+            .collect();
+        let cols = transpose_block(&mut k.b, rows, &vt);
+        let mask = k.b.op(format!(
+            "vector.constant_mask [{}] : vector<{lanes}xi1>",
+            t.mr
+        ));
+        let kl = k.b.op(format!("arith.subi {kb}, {k0} : index"));
+        let kbase = k.b.op(format!("arith.muli {kl}, {mr} : index"));
+        let kbase = k.b.op(format!("arith.addi {base}, {kbase} : index"));
+        for (c, x) in cols.iter().enumerate() {
+            let off = k.b.idx(c * t.mr);
+            let at = k.b.op(format!("arith.addi {kbase}, {off} : index"));
+            k.b.line(format!(
+                "vector.maskedstore %out[{at}], {mask}, {x} : {pty}, vector<{lanes}xi1>, {vt}"
+            ));
+        }
+        k.pop_scope();
+        k.b.close("}", false);
+    }
+    let kstart = k.b.idx(k_vec_end);
     let (kk, r) = (k.b.fresh(), k.b.fresh());
     // The inner loop walks A's contiguous axis: `k` when A is row-major, so that A's
     // producer (an exp, a select, ...) is computed on vectors and only the stores are
     // strided (by MR); the tile's rows when A is read transposed.
     let open_k = |k: &mut KernelCx<'_>| {
-        k.b.open(format!("scf.for {kk} = {k0} to {kend} step {one} {{"));
+        k.b.open(format!("scf.for {kk} = {kstart} to {kend} step {one} {{"));
         k.push_scope();
     };
     let open_r = |k: &mut KernelCx<'_>| {
