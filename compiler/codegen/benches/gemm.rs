@@ -113,17 +113,7 @@ fn main() {
     // parameters changed, raced alongside (for tuning `CpuTarget`).
     if let Ok(v) = std::env::var("GRAFT_BENCH_VARIANTS") {
         for spec in v.split(';').filter(|s| !s.is_empty()) {
-            let mut tg = host;
-            for kv in spec.split(',') {
-                let (key, val) = kv.split_once('=').expect("key=value");
-                let val: usize = val.parse().expect("a number");
-                match key {
-                    "kc" => tg.kc = val,
-                    "mc" => tg.mc = val,
-                    "mr" => tg.mr = val,
-                    other => panic!("unknown blocking parameter {other}"),
-                }
-            }
+            let tg = host.with_blocking(spec).unwrap_or_else(|e| panic!("{e}"));
             targets.push((Box::leak(spec.to_string().into_boxed_str()), tg));
         }
     }

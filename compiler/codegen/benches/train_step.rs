@@ -111,17 +111,9 @@ fn main() {
     // `GRAFT_VARIANT="kc=512,mc=240"`: also compile the step with these blocking parameters
     // and time both alternately (robust to the machine's drift), then exit.
     if let Ok(spec) = std::env::var("GRAFT_VARIANT") {
-        let mut target = graft_codegen::CpuTarget::host();
-        for kv in spec.split(',') {
-            let (key, val) = kv.split_once('=').expect("key=value");
-            let val: usize = val.parse().expect("a number");
-            match key {
-                "kc" => target.kc = val,
-                "mc" => target.mc = val,
-                "budget" => target.pack_budget = val << 20,
-                other => panic!("unknown parameter {other}"),
-            }
-        }
+        let target = graft_codegen::CpuTarget::host()
+            .with_blocking(&spec)
+            .unwrap_or_else(|e| panic!("{e}"));
         let opts = graft_codegen::CompileOptions {
             target,
             ..Default::default()

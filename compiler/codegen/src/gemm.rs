@@ -419,6 +419,19 @@ pub(crate) fn emit_pack_a(
         k.b.idx(s.m.saturating_sub(1)),
         k.b.idx(t.mr),
     );
+    // Element (row `r` of the tile, `kk`) of A, zero past row `m` (which reads row m-1, a
+    // valid index).
+    let elem = |k: &mut KernelCx<'_>, r: &str, kk: &str| -> Result<String, CodegenError> {
+        let row = k.b.op(format!("arith.addi {row0}, {r} : index"));
+        let inside = k.b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
+        let safe = Ix::V(k.b.op(format!("arith.minui {row}, {last} : index")));
+        let kk = Ix::V(kk.to_string());
+        let mut idx = batch.clone();
+        idx.extend(if s.ta { [kk, safe] } else { [safe, kk] });
+        let x = k.eval(s.a_src, &idx)?;
+        let z = k.b.f32c(0.0);
+        Ok(k.b.op(format!("arith.select {inside}, {x}, {z} : f32")))
+    };
     // Blocks of `lanes` k (row-major A): each of the tile's rows evaluates `lanes`
     // consecutive elements into a scratch row (a contiguous loop, which LLVM vectorizes,
     // A's producer included), the scratch block is transposed in registers and each
@@ -436,17 +449,10 @@ pub(crate) fn emit_pack_a(
         k.push_scope();
         k.b.open(format!("scf.for {r} = {zero} to {mrend} step {one} {{"));
         k.push_scope();
-        let row = k.b.op(format!("arith.addi {row0}, {r} : index"));
-        let inside = k.b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
-        let safe = k.b.op(format!("arith.minui {row}, {last} : index"));
         k.b.open(format!("scf.for {j} = {zero} to {lanes_c} step {one} {{"));
         k.push_scope();
         let kk = k.b.op(format!("arith.addi {kb}, {j} : index"));
-        let mut idx = batch.clone();
-        idx.extend([Ix::V(safe), Ix::V(kk)]);
-        let x = k.eval(s.a_src, &idx)?;
-        let z = k.b.f32c(0.0);
-        let x = k.b.op(format!("arith.select {inside}, {x}, {z} : f32"));
+        let x = elem(k, &r, &kk)?;
         k.b.line(format!("memref.store {x}, {tmp}[{r}, {j}] : {tmp_ty}"));
         k.pop_scope();
         k.b.close("}", false);
@@ -504,19 +510,7 @@ pub(crate) fn emit_pack_a(
     let kl = k.b.op(format!("arith.subi {kk}, {k0} : index"));
     let kbase = k.b.op(format!("arith.muli {kl}, {mr} : index"));
     let kbase = k.b.op(format!("arith.addi {base}, {kbase} : index"));
-    let row = k.b.op(format!("arith.addi {row0}, {r} : index"));
-    let inside = k.b.op(format!("arith.cmpi ult, {row}, {mc} : index"));
-    // Rows past `m` read row m-1 (a valid index) and store zero.
-    let safe = k.b.op(format!("arith.minui {row}, {last} : index"));
-    let mut idx = batch.clone();
-    if s.ta {
-        idx.extend([Ix::V(kk.clone()), Ix::V(safe)]);
-    } else {
-        idx.extend([Ix::V(safe), Ix::V(kk.clone())]);
-    }
-    let x = k.eval(s.a_src, &idx)?;
-    let z = k.b.f32c(0.0);
-    let x = k.b.op(format!("arith.select {inside}, {x}, {z} : f32"));
+    let x = elem(k, &r, &kk)?;
     let at = k.b.op(format!("arith.addi {kbase}, {r} : index"));
     k.b.line(format!("memref.store {x}, %out[{at}] : {pty}"));
     k.pop_scope();

@@ -111,6 +111,30 @@ impl CpuTarget {
         }
     }
 
+    /// This shape with blocking parameters changed by a spec like `"kc=512,mc=240"` (keys
+    /// `kc`, `mc`, `mr`, and `budget` in MiB), for tuning experiments (the benchmarks).
+    ///
+    /// # Errors
+    /// An item that is not `key=number`, or an unknown key.
+    pub fn with_blocking(mut self, spec: &str) -> Result<Self, String> {
+        for item in spec.split(',').filter(|i| !i.is_empty()) {
+            let (key, val) = item
+                .split_once('=')
+                .ok_or_else(|| format!("`{item}` is not key=value"))?;
+            let val: usize = val
+                .parse()
+                .map_err(|_| format!("`{val}` is not a number"))?;
+            match key {
+                "kc" => self.kc = val,
+                "mc" => self.mc = val,
+                "mr" => self.mr = val,
+                "budget" => self.pack_budget = val << 20,
+                other => return Err(format!("unknown blocking parameter `{other}`")),
+            }
+        }
+        Ok(self)
+    }
+
     /// The shape for the host CPU, from the features LLVM detects at run time.
     pub fn host() -> Self {
         let features = TargetMachine::get_host_cpu_features().to_string();
@@ -160,6 +184,20 @@ mod tests {
         assert!(info.has_feature("avx2"));
         assert!(!info.has_feature("avx512f"));
         assert!(!info.has_feature("avx"));
+    }
+
+    #[test]
+    fn blocking_parameters_parse_or_explain() {
+        let t = CpuTarget::from_features(|f| f == "avx2");
+        let u = t.with_blocking("kc=128,mc=240,budget=4").unwrap();
+        assert_eq!((u.kc, u.mc, u.pack_budget, u.mr), (128, 240, 4 << 20, t.mr));
+        assert!(t.with_blocking("kc").unwrap_err().contains("key=value"));
+        assert!(
+            t.with_blocking("kc=x")
+                .unwrap_err()
+                .contains("not a number")
+        );
+        assert!(t.with_blocking("nr=8").unwrap_err().contains("unknown"));
     }
 
     #[test]

@@ -23,27 +23,15 @@ const MAX_CLONES: usize = 24;
 /// (≥ 256 in every model graft targets), whose recomputation would cost a GEMM per layer.
 const MAX_CONTRACTION: usize = 128;
 
-/// Ops a recomputation may repeat.
+/// Ops a recomputation may repeat: whatever the scheduler fuses (elementwise, layout,
+/// gathers, random draws, which are functions of their seed), reductions, softmax, matmuls
+/// (further limited in [`closure`]).
 fn repeatable(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Constant { .. }
-            | Op::Iota { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Select
-            | Op::Cast
-            | Op::Broadcast
-            | Op::Transpose { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Reshape
-            | Op::StopGrad
-            | Op::Gather { .. }
-            | Op::Reduce { .. }
-            | Op::Softmax { .. }
-            | Op::MatMul { .. }
-    )
+    crate::schedule::fusable(op)
+        || matches!(
+            op,
+            Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }
+        )
 }
 
 /// `f` with its long-lived recomputable values recomputed for their late readers (same
@@ -101,22 +89,8 @@ pub(crate) fn rematerialize(f: &Function) -> Function {
         for (v, clones, first_late) in plans.iter().filter(|p| p.2 == u) {
             let mut local: Vec<(usize, ValueId)> = Vec::new();
             for &c in clones {
-                let src = &f.nodes[c];
-                let args = src
-                    .args
-                    .iter()
-                    .map(|a| {
-                        local
-                            .iter()
-                            .find(|(o, _)| *o == a.index())
-                            .map_or(new_id[a.index()], |&(_, id)| id)
-                    })
-                    .collect();
-                g.nodes.push(Node {
-                    args,
-                    ..src.clone()
-                });
-                local.push((c, ValueId((g.nodes.len() - 1) as u32)));
+                let id = copy_node(&mut g, &f.nodes[c], &new_id, &local);
+                local.push((c, id));
             }
             let clone_of_v = local.iter().find(|(o, _)| o == v).map(|&(_, id)| id);
             if let Some(id) = clone_of_v {
@@ -125,27 +99,38 @@ pub(crate) fn rematerialize(f: &Function) -> Function {
                 }
             }
         }
-        let src = &f.nodes[u];
-        let args = src
-            .args
-            .iter()
-            .map(|a| {
-                redirect[u]
-                    .iter()
-                    .find(|(o, _)| *o == a.index())
-                    .map_or(new_id[a.index()], |&(_, id)| id)
-            })
-            .collect();
-        g.nodes.push(Node {
-            args,
-            ..src.clone()
-        });
-        new_id.push(ValueId((g.nodes.len() - 1) as u32));
+        let id = copy_node(&mut g, &f.nodes[u], &new_id, &redirect[u]);
+        new_id.push(id);
     }
     for o in &mut g.outputs {
         o.value = new_id[o.value.index()];
     }
     g
+}
+
+/// Appends a copy of `src` to `g`, its operands renamed: those listed in `instead` (original
+/// value, replacement) to their replacement, the others to their copy in `new_id`.
+fn copy_node(
+    g: &mut Function,
+    src: &Node,
+    new_id: &[ValueId],
+    instead: &[(usize, ValueId)],
+) -> ValueId {
+    let args = src
+        .args
+        .iter()
+        .map(|a| {
+            instead
+                .iter()
+                .find(|(o, _)| *o == a.index())
+                .map_or(new_id[a.index()], |&(_, id)| id)
+        })
+        .collect();
+    g.nodes.push(Node {
+        args,
+        ..src.clone()
+    });
+    ValueId((g.nodes.len() - 1) as u32)
 }
 
 /// The first reader of the late phase: the reader after the widest gap between consecutive

@@ -96,7 +96,7 @@ pub(crate) struct Plan {
 }
 
 /// True for ops that can be computed inside a consumer's loop.
-fn fusable(op: &Op) -> bool {
+pub(crate) fn fusable(op: &Op) -> bool {
     matches!(
         op,
         Op::Constant { .. }
