@@ -38,6 +38,7 @@ mod gemm;
 mod host;
 mod jit;
 mod kernels;
+mod linear_ce;
 mod lower;
 mod memplan;
 mod remat;
@@ -124,7 +125,8 @@ fn lowered(
     target: &CpuTarget,
 ) -> Result<(Function, schedule::Plan, lower::Lowered), CodegenError> {
     verify_function(f, usize::MAX)?;
-    let f = decompose::log_softmax(f, decompose::LOG_SOFTMAX_MIN);
+    let f = linear_ce::chunk_vocabulary(f, linear_ce::MIN_ELEMS, linear_ce::CHUNK_BYTES);
+    let f = decompose::log_softmax(&f, decompose::LOG_SOFTMAX_MIN);
     let f = reorder::hoist_reductions(&f);
     let f = remat::rematerialize(&f);
     // The rewrites keep the graph well typed and in order; checked in debug builds (tests).

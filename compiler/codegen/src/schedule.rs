@@ -3,7 +3,7 @@
 //!
 //! Rules, decided from the outputs backwards (a node's consumers are decided before it):
 //! - **Materialized** (a buffer): inputs, outputs, operands of scalar matmuls, of host ops
-//!   and of `reshape`/`stop_grad` views, B of a GEMM (unless a `concat`), A of a GEMM that
+//!   and of `reshape`/`stop_grad` views, B of a GEMM (unless a `concat` or `slice`), A of a GEMM that
 //!   does not pack A, and every non-elementwise node (matmul, reductions, softmax, quantize).
 //! - **Inlined** (recomputed inside each consumer's loop, or in a GEMM's pack kernel, never
 //!   stored): elementwise ops, casts, random draws, dropout and dequantization, when the
@@ -330,9 +330,10 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     } else {
                         add(s.a_src, numel(s.a_src.index()));
                     }
-                    // A concat as B (batched weights) is read by the pack kernel in place of
-                    // being stored: it fuses like an elementwise consumer's operand.
-                    let concat = matches!(f.node(s.b_src).op, Op::Concat { .. });
+                    // A concat as B (batched weights) or a slice (a chunk of a weight's
+                    // rows) is read by the pack kernel in place of being stored: it fuses
+                    // like an elementwise consumer's operand.
+                    let concat = matches!(f.node(s.b_src).op, Op::Concat { .. } | Op::Slice { .. });
                     if concat && s.quant.is_none() && !scalar_matmul(node.ty.dtype, &s) {
                         add(s.b_src, numel(s.b_src.index()));
                     } else {

@@ -1,6 +1,8 @@
 //! End to end: the `lora_qv` parity spec's `@init` and `@train_step` (forward, causal-LM loss,
 //! backward, AdamW) compiled to native code, run for three steps on the fixture weights and
-//! batch, against the reference interpreter run side by side.
+//! batch, against the reference interpreter run side by side; and the same for
+//! `dsl-examples/tiny_lora.graft` on a batch with ignored labels, whose loss the compiler
+//! chunks over the vocabulary.
 //!
 //! Tolerance: 1e-4 relative (norm-wise per tensor, `max |got - want| / max |want|`) for the
 //! loss, the gradient norm and every updated param and optimizer state, at every step. Each
@@ -34,13 +36,86 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
 
 #[test]
 fn lora_qv_training_steps_match_the_interpreter() {
-    let spec = repo().join("tests/parity/lora_qv.graft");
-    let (_, program) = match compile_file(&spec, &Stdlib::Dir(repo().join("stdlib"))) {
+    let weights = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
+    let batch = [
+        ("input_ids", weights.read("input_ids").unwrap()),
+        ("labels", weights.read("labels").unwrap()),
+    ];
+    steps_match(
+        &repo().join("tests/parity/lora_qv.graft"),
+        &weights,
+        batch,
+        false,
+    );
+}
+
+/// `dsl-examples/tiny_lora.graft` (batch 4 × 16, vocabulary 256) on random tokens, a quarter
+/// of the labels ignored (`-100`): its logits (`[4, 15, 256]`) are chunked over the vocabulary
+/// (see `linear_ce.rs`), so the loss, the label's logit, the `lse` and the gradient of the
+/// final hidden state come from the chunked computation; the compiled graph must have no
+/// `log_softmax` and no matmul producing whole logits.
+#[test]
+fn vocabulary_chunked_loss_matches_the_interpreter() {
+    let weights = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let ids: Vec<i64> = (0..64).map(|_| (next() % 256) as i64).collect();
+    let labels: Vec<i64> = ids
+        .iter()
+        .map(|&t| if next() % 4 == 0 { -100 } else { t })
+        .collect();
+    assert!(labels.contains(&-100) && labels.iter().any(|&l| l >= 0));
+    for optimize in [false, true] {
+        let batch = [
+            ("input_ids", Tensor::i64(vec![4, 16], ids.clone()).unwrap()),
+            ("labels", Tensor::i64(vec![4, 16], labels.clone()).unwrap()),
+        ];
+        let spec = repo().join("dsl-examples/tiny_lora.graft");
+        let compiled = steps_match(&spec, &weights, batch, optimize);
+        let f = compiled.function();
+        assert!(
+            !f.nodes
+                .iter()
+                .any(|n| matches!(n.op, graft_ir::Op::LogSoftmax { .. })),
+            "optimized: {optimize}: the loss's log_softmax is still there"
+        );
+        // No product with the whole LM head (`[256, 64]`, or its transpose) as B.
+        let lm_head = |v: graft_ir::ValueId| {
+            let n = f.node(v);
+            let weight = |n: &graft_ir::Node| matches!(&n.op, graft_ir::Op::Input { name, .. } if name == "lm_head.weight");
+            weight(n) || matches!(n.op, graft_ir::Op::Transpose { .. }) && weight(f.node(n.args[0]))
+        };
+        let whole_logits = f
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, graft_ir::Op::MatMul { .. }) && lm_head(n.args[1]));
+        assert!(
+            !whole_logits,
+            "optimized: {optimize}: a matmul still produces whole logits"
+        );
+    }
+}
+
+/// Runs `spec`'s compiled `@init` and three compiled `@train_step`s against the interpreter
+/// (frozen weights from `weights`, the data inputs from `batch`; the step optimized by
+/// graft-opt first if `optimize`), checking every output (tolerances in the module doc);
+/// returns the compiled step.
+fn steps_match(
+    spec: &Path,
+    weights: &WeightsFile,
+    batch: [(&str, Tensor); 2],
+    optimize: bool,
+) -> graft_codegen::CompiledFunction {
+    let (_, program) = match compile_file(spec, &Stdlib::Dir(repo().join("stdlib"))) {
         Ok(r) => r,
         Err(graft_frontend::CompileFileError::Compile(e)) => panic!("{}", e.render(false)),
         Err(e) => panic!("{e}"),
     };
-    let weights = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
     let mut values: HashMap<String, Tensor> = HashMap::new();
     for t in program.tensors.iter().filter(|t| t.from_weights) {
         values.insert(t.path.clone(), weights.read(&t.path).unwrap());
@@ -64,12 +139,18 @@ fn lora_qv_training_steps_match_the_interpreter() {
     values.remove("seed");
 
     let forward = program.module.function("forward").unwrap();
-    let step_fn = graft_autodiff::train_step(forward, &step_config(&program.train)).unwrap();
+    let mut step_fn = graft_autodiff::train_step(forward, &step_config(&program.train)).unwrap();
+    if optimize {
+        step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default())
+            .unwrap()
+            .func;
+    }
     for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
         values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
     }
-    values.insert("input_ids".into(), weights.read("input_ids").unwrap());
-    values.insert("labels".into(), weights.read("labels").unwrap());
+    for (name, t) in batch {
+        values.insert(name.into(), t);
+    }
     if step_fn.input("dropout_seed").is_some() {
         values.insert("dropout_seed".into(), Tensor::scalar_i64(0));
     }
@@ -121,4 +202,5 @@ fn lora_qv_training_steps_match_the_interpreter() {
             got_vals.insert(name, t);
         }
     }
+    compiled
 }
