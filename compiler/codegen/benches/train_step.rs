@@ -7,8 +7,8 @@
 //! `GRAFT_OPTIMIZE=1` runs the e-graph optimizer first (through the optimized-step cache),
 //! `GRAFT_TOP=n` how many of the slowest launches to list, `GRAFT_DUMP_IR=path` writes the
 //! compiled graph (whose `%n` the profile names), `GRAFT_VARIANT="kc=512"` times the step
-//! alternately with the host's blocking and with these parameters (`kc`, `mc`, `budget` in
-//! MiB).
+//! alternately with the host's blocking and with these parameters (`kc`, `mc`, and in MiB `budget`
+//! and `vocab`, the logits chunk of the vocabulary-chunked loss, 0 for whole logits).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};

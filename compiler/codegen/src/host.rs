@@ -86,6 +86,12 @@ pub struct CpuTarget {
     /// logits and everything the backward keeps), and its chunks' packing is then 8 MiB
     /// (mid-size Llama: 7.6 MiB less at the peak than with 16 MiB, no slower).
     pub pack_budget: usize,
+    /// Target bytes of one chunk of logits when the language-model head and its loss run
+    /// over vocabulary chunks (`linear_ce.rs`); 0 keeps the logits whole. 8 MiB: four
+    /// chunks at the mid-size Llama (vocabulary 16384), whose memory plan peaks lowest
+    /// there (2, 4, 6 and 16 MiB peak 2–4 MB higher; fewer chunks keep larger logits, more
+    /// keep more `[rows, hidden]` products until the chunks are combined).
+    pub vocab_chunk: usize,
 }
 
 impl CpuTarget {
@@ -108,11 +114,13 @@ impl CpuTarget {
             kc: 256,
             mc: 480,
             pack_budget: 8 << 20,
+            vocab_chunk: 8 << 20,
         }
     }
 
     /// This shape with blocking parameters changed by a spec like `"kc=512,mc=240"` (keys
-    /// `kc`, `mc`, `mr`, and `budget` in MiB), for tuning experiments (the benchmarks).
+    /// `kc`, `mc`, `mr`, and in MiB `budget` and `vocab` for [`CpuTarget::vocab_chunk`]), for
+    /// tuning experiments (the benchmarks).
     ///
     /// # Errors
     /// An item that is not `key=number`, or an unknown key.
@@ -129,6 +137,7 @@ impl CpuTarget {
                 "mc" => self.mc = val,
                 "mr" => self.mr = val,
                 "budget" => self.pack_budget = val << 20,
+                "vocab" => self.vocab_chunk = val << 20,
                 other => return Err(format!("unknown blocking parameter `{other}`")),
             }
         }
@@ -189,8 +198,9 @@ mod tests {
     #[test]
     fn blocking_parameters_parse_or_explain() {
         let t = CpuTarget::from_features(|f| f == "avx2");
-        let u = t.with_blocking("kc=128,mc=240,budget=4").unwrap();
+        let u = t.with_blocking("kc=128,mc=240,budget=4,vocab=0").unwrap();
         assert_eq!((u.kc, u.mc, u.pack_budget, u.mr), (128, 240, 4 << 20, t.mr));
+        assert_eq!((t.vocab_chunk, u.vocab_chunk), (8 << 20, 0));
         assert!(t.with_blocking("kc").unwrap_err().contains("key=value"));
         assert!(
             t.with_blocking("kc=x")

@@ -125,7 +125,10 @@ fn lowered(
     target: &CpuTarget,
 ) -> Result<(Function, schedule::Plan, lower::Lowered), CodegenError> {
     verify_function(f, usize::MAX)?;
-    let f = linear_ce::chunk_vocabulary(f, linear_ce::MIN_ELEMS, linear_ce::CHUNK_BYTES);
+    let f = match target.vocab_chunk {
+        0 => f.clone(),
+        bytes => linear_ce::chunk_vocabulary(f, linear_ce::MIN_ELEMS, bytes),
+    };
     let f = decompose::log_softmax(&f, decompose::LOG_SOFTMAX_MIN);
     let f = reorder::hoist_reductions(&f);
     let f = remat::rematerialize(&f);

@@ -24,6 +24,12 @@
 //! products are the same FLOPs as before (the forward and the backward GEMM, split over `K`),
 //! and the backward's GEMM moves into the forward.
 //!
+//! The chunks' size is [`crate::CpuTarget::vocab_chunk`] (8 MiB of logits: four chunks at a
+//! vocabulary of 16384 and 508 rows; 0 turns the rewrite off). The accumulator's update is
+//! elementwise and the scheduler fuses the chain into the final gradient's loop, so every
+//! chunk's `aᵢ` (`[rows, hidden]`) stays live until the end of the loop: fewer, larger chunks
+//! keep more logits, more chunks keep more products; the plan's peak is lowest at a few.
+//!
 //! The pattern is matched exactly (what autodiff makes of `log_softmax` followed by the
 //! label's pick and a masked mean, with or without the causal shift); any other use of the
 //! logits or the log-probabilities leaves the graph as it is.
@@ -34,9 +40,6 @@ use graft_ir::{BinaryOp, DType, Function, Loc, Node, Op, ReduceOp, TensorType, U
 /// enough that the tiny parity specs' training steps (`[2, 7, 256]` logits), checked against
 /// the interpreter and PyTorch for every PEFT method, go through the rewrite.
 pub(crate) const MIN_ELEMS: usize = 1 << 11;
-/// Target size of one chunk of logits: a few MiB, small next to the activations the
-/// backward keeps, large enough for efficient GEMMs.
-pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 /// At most this many chunks (each costs a handful of launches and an update of the
 /// `[rows, hidden]` accumulator).
 const MAX_CHUNKS: usize = 16;
@@ -848,7 +851,7 @@ mod tests {
         let (_, step, values) = tiny_lora();
         let want = graft_interp::run(&step, &values).unwrap_or_else(|e| panic!("{e}"));
         let logits_bytes = 4 * 15 * 256 * 4;
-        for (chunk_bytes, chunks) in [(CHUNK_BYTES, 2), (logits_bytes / 3, 3), (1, 16)] {
+        for (chunk_bytes, chunks) in [(4 << 20, 2), (logits_bytes / 3, 3), (1, 16)] {
             let g = chunk_vocabulary(&step, MIN_ELEMS, chunk_bytes);
             graft_ir::verify_function(&g, usize::MAX).unwrap_or_else(|e| panic!("{e}"));
             assert!(

@@ -152,9 +152,10 @@ pub(crate) fn peak_report(f: &graft_ir::Function, plan: &Plan, mem: &MemoryPlan)
     let mut live = live_at(peak);
     live.sort_by_key(|&s| std::cmp::Reverse(size(s)));
     let mut out = format!(
-        "memory plan: arena {} bytes; {} buffers live at step {peak} of {}:\n",
+        "memory plan: arena {} bytes; {} buffers of {} bytes live at step {peak} of {}:\n",
         mem.arena_bytes,
         live.len(),
+        live.iter().map(|&s| size(s)).sum::<usize>(),
         plan.steps.len()
     );
     for s in live.into_iter().take(40) {
