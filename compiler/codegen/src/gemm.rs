@@ -229,6 +229,17 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     let p_count = p1 - p0;
     let vt = vty(t);
     let one = b.idx(1);
+    let (zero, kend) = (b.idx(s.k_range.0), b.idx(s.k_range.1));
+    let k0 = zero.clone();
+    let kk = b.fresh();
+    // A row-major B whose rows are a page or more apart is packed row by row (each thread
+    // reading its panels' part of row k as one contiguous run) rather than panel by panel
+    // (a strip down every row: a new page, i.e. a TLB miss, per 128-byte read); see
+    // `CpuTarget::pack_rows`.
+    let row_major = !s.tb && t.pack_rows && s.n * 4 >= 4096;
+    if row_major {
+        b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+    }
     let q = b.fresh();
     b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
     let qx = Ix::V(q);
@@ -239,15 +250,14 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
     let j0 = b.ix_add(&Ix::V(p.clone()), &Ix::C(p0));
     let j0 = b.ix_mul(&j0, t.nr);
     let j0 = b.ix(&j0);
-    let (zero, kend) = (b.idx(s.k_range.0), b.idx(s.k_range.1));
-    let k0 = zero.clone();
-    let kk = b.fresh();
     if !s.tb {
         // Valid columns of this panel: NR, or fewer in the last one.
         let nc = b.idx(s.n);
         let left = b.op(format!("arith.subi {nc}, {j0} : index"));
         let zero_v = b.konst("dense<0.000000e+00>", &vt);
-        b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+        if !row_major {
+            b.open(format!("scf.for {kk} = {zero} to {kend} step {one} {{"));
+        }
         for v in 0..t.nr / t.lanes {
             let off = b.idx(v * t.lanes);
             let col = b.op(format!("arith.addi {j0}, {off} : index"));

@@ -92,6 +92,11 @@ pub struct CpuTarget {
     /// there (2, 4, 6 and 16 MiB peak 2–4 MB higher; fewer chunks keep larger logits, more
     /// keep more `[rows, hidden]` products until the chunks are combined).
     pub vocab_chunk: usize,
+    /// Pack a row-major B whose rows are at least a page long (a frozen weight in the
+    /// backward's `dy · W`) row by row, each thread reading its panels' part of each row as
+    /// one run, instead of panel by panel (a strip down every row: a page, so a TLB miss,
+    /// per 128 bytes). 1–5 % faster on the mid-size Llama's backward shapes (gemm bench).
+    pub pack_rows: bool,
 }
 
 impl CpuTarget {
@@ -115,11 +120,13 @@ impl CpuTarget {
             mc: 480,
             pack_budget: 8 << 20,
             vocab_chunk: 8 << 20,
+            pack_rows: true,
         }
     }
 
     /// This shape with blocking parameters changed by a spec like `"kc=512,mc=240"` (keys
-    /// `kc`, `mc`, `mr`, and in MiB `budget` and `vocab` for [`CpuTarget::vocab_chunk`]), for
+    /// `kc`, `mc`, `mr`, `rows` (0 or 1, [`CpuTarget::pack_rows`]), and in MiB `budget` and
+    /// `vocab` ([`CpuTarget::vocab_chunk`])), for
     /// tuning experiments (the benchmarks).
     ///
     /// # Errors
@@ -138,6 +145,7 @@ impl CpuTarget {
                 "mr" => self.mr = val,
                 "budget" => self.pack_budget = val << 20,
                 "vocab" => self.vocab_chunk = val << 20,
+                "rows" => self.pack_rows = val != 0,
                 other => return Err(format!("unknown blocking parameter `{other}`")),
             }
         }
@@ -198,9 +206,12 @@ mod tests {
     #[test]
     fn blocking_parameters_parse_or_explain() {
         let t = CpuTarget::from_features(|f| f == "avx2");
-        let u = t.with_blocking("kc=128,mc=240,budget=4,vocab=0").unwrap();
+        let u = t
+            .with_blocking("kc=128,mc=240,budget=4,vocab=0,rows=0")
+            .unwrap();
         assert_eq!((u.kc, u.mc, u.pack_budget, u.mr), (128, 240, 4 << 20, t.mr));
         assert_eq!((t.vocab_chunk, u.vocab_chunk), (8 << 20, 0));
+        assert!(t.pack_rows && !u.pack_rows);
         assert!(t.with_blocking("kc").unwrap_err().contains("key=value"));
         assert!(
             t.with_blocking("kc=x")
