@@ -908,4 +908,71 @@ mod tests {
         assert_eq!(g.nodes.len(), step.nodes.len());
         assert!(g.nodes.iter().zip(&step.nodes).all(|(a, b)| a.op == b.op));
     }
+
+    /// The training step of the spec at `spec`, optimized by graft-opt.
+    fn optimized_step(spec: &Path) -> Function {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let stdlib = graft_frontend::Stdlib::Dir(repo.join("stdlib"));
+        let (_, program) =
+            graft_frontend::compile_file(spec, &stdlib).unwrap_or_else(|e| panic!("{e}"));
+        let forward = program
+            .module
+            .function("forward")
+            .unwrap_or_else(|| panic!("no forward"));
+        let cfg = graft_runtime::step_config(&program.train);
+        let step = graft_autodiff::train_step(forward, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        graft_opt::optimize(&step, &graft_opt::Options::default())
+            .unwrap_or_else(|e| panic!("{e}"))
+            .func
+    }
+
+    fn log_softmaxes(f: &Function) -> usize {
+        f.nodes
+            .iter()
+            .filter(|n| matches!(n.op, Op::LogSoftmax { .. }))
+            .count()
+    }
+
+    /// Every parity spec's optimized training step (the graphs the sessions tests check
+    /// against the interpreter and PyTorch, for LoRA, QLoRA, DoRA, IA³, prompt tuning and
+    /// full fine-tuning of one projection) is chunked; a trained LM head is not (its weight
+    /// gradient reads the logits' gradient whole).
+    #[test]
+    fn parity_specs_are_chunked_unless_the_lm_head_is_trained() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for name in [
+            "lora_qv",
+            "lora_all",
+            "qlora",
+            "dora",
+            "ia3",
+            "prompt_tuning",
+            "full_ft",
+        ] {
+            let step = optimized_step(&repo.join(format!("tests/parity/{name}.graft")));
+            assert_eq!(log_softmaxes(&step), 1, "{name}");
+            let g = chunk_vocabulary(&step, MIN_ELEMS, 1);
+            assert_eq!(log_softmaxes(&g), 0, "{name}");
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let spec = dir.path().join("lm_head_ft.graft");
+        let weights = repo.join("tests/fixtures/base.safetensors");
+        let text = format!(
+            "use models.llama\nuse peft.full_ft\n\
+             model base = llama(vocab: 256, hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 128)\n\
+             \x20   weights \"{}\"\n\
+             adapt base {{\n    full_ft() at [\"lm_head\"]\n}}\n\
+             train {{\n    optimizer adamw(lr: 1e-2)\n    batch 2  seq 8  steps 3\n}}\n",
+            weights.display()
+        );
+        std::fs::write(&spec, text).unwrap_or_else(|e| panic!("{e}"));
+        let step = optimized_step(&spec);
+        assert_eq!(log_softmaxes(&step), 1);
+        let g = chunk_vocabulary(&step, MIN_ELEMS, 1);
+        assert_eq!(
+            g.nodes.len(),
+            step.nodes.len(),
+            "a trained LM head was chunked"
+        );
+    }
 }
