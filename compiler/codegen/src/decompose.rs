@@ -54,7 +54,7 @@ fn push(g: &mut Function, op: Op, args: Vec<ValueId>, ty: TensorType, like: &Nod
         op,
         args,
         ty,
-        loc: like.loc.clone(),
+        loc: like.loc,
     });
     ValueId((g.nodes.len() - 1) as u32)
 }

@@ -165,6 +165,7 @@ impl CpuTarget {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

@@ -405,9 +405,9 @@ fn one_hot_gradient(f: &Function, g: ValueId) -> Option<(ValueId, ValueId)> {
     }
     let last = full.rank() - 1;
     let is_iota = |v: ValueId| matches!(f.node(v).op, Op::Iota { axis } if axis == last);
-    let label = match cn.args.as_slice() {
-        &[a, b] if is_iota(a) => per_row(b, DType::I64)?,
-        &[a, b] if is_iota(b) => per_row(a, DType::I64)?,
+    let label = match *cn.args.as_slice() {
+        [a, b] if is_iota(a) => per_row(b, DType::I64)?,
+        [a, b] if is_iota(b) => per_row(a, DType::I64)?,
         _ => return None,
     };
     Some((label, tr))
@@ -430,10 +430,10 @@ struct Builder {
 
 impl Builder {
     fn add(&mut self, op: Op, args: &[ValueId]) -> Option<ValueId> {
-        self.g.add(op, args, self.loc.clone()).ok()
+        self.g.add(op, args, self.loc).ok()
     }
     fn typed(&mut self, op: Op, args: &[ValueId], ty: TensorType) -> Option<ValueId> {
-        self.g.add_typed(op, args, Some(ty), self.loc.clone()).ok()
+        self.g.add_typed(op, args, Some(ty), self.loc).ok()
     }
     fn constant(&mut self, value: f64, ty: TensorType) -> Option<ValueId> {
         self.typed(Op::Constant { value }, &[], ty)
@@ -502,10 +502,10 @@ fn rewrite(f: &Function, sites: &[Site]) -> Option<Function> {
     let mut new_id: Vec<Option<ValueId>> = vec![None; f.nodes.len()];
     let mut chunked: Vec<Option<Chunked>> = sites.iter().map(|_| None).collect();
     for (v, node) in f.nodes.iter().enumerate() {
-        b.loc = node.loc.clone();
+        b.loc = node.loc;
         copy(&mut b, sites, &skip, v, node, &mut new_id, &chunked)?;
         if let Some(k) = sites.iter().position(|s| s.at == v) {
-            b.loc = f.nodes[sites[k].matmul].loc.clone();
+            b.loc = f.nodes[sites[k].matmul].loc;
             chunked[k] = Some(chunk_loop(&mut b, &sites[k], &new_id)?);
         }
     }
@@ -556,7 +556,7 @@ fn copy(
         op: node.op.clone(),
         args,
         ty: node.ty.clone(),
-        loc: node.loc.clone(),
+        loc: node.loc,
     });
     new_id[v] = Some(ValueId((b.g.nodes.len() - 1) as u32));
     Some(())
@@ -768,7 +768,7 @@ fn prune(g: &Function) -> Function {
             op: node.op.clone(),
             args: node.args.iter().map(|a| new_id[a.index()]).collect(),
             ty: node.ty.clone(),
-            loc: node.loc.clone(),
+            loc: node.loc,
         });
         new_id[v] = ValueId((out.nodes.len() - 1) as u32);
     }
@@ -780,6 +780,7 @@ fn prune(g: &Function) -> Function {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
     use graft_interp::Tensor;
     use std::collections::HashMap;
