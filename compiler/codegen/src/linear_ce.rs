@@ -786,15 +786,28 @@ mod tests {
     use std::collections::HashMap;
     use std::path::Path;
 
+    /// The spec at `spec`: its program, `@forward` and training step.
+    fn compile(spec: &Path) -> (graft_frontend::Program, Function, Function) {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let stdlib = graft_frontend::Stdlib::Dir(repo.join("stdlib"));
+        let (_, program) =
+            graft_frontend::compile_file(spec, &stdlib).unwrap_or_else(|e| panic!("{e}"));
+        let forward = program
+            .module
+            .function("forward")
+            .unwrap_or_else(|| panic!("no forward"))
+            .clone();
+        let cfg = graft_runtime::step_config(&program.train);
+        let step = graft_autodiff::train_step(&forward, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        (program, forward, step)
+    }
+
     /// `dsl-examples/tiny_lora.graft`'s forward and training step, and the step's inputs:
     /// fixture weights, `@init`'s params, zero optimizer state, random tokens with a quarter
     /// of the labels ignored.
     fn tiny_lora() -> (Function, Function, HashMap<String, Tensor>) {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let stdlib = graft_frontend::Stdlib::Dir(repo.join("stdlib"));
-        let (_, program) =
-            graft_frontend::compile_file(&repo.join("dsl-examples/tiny_lora.graft"), &stdlib)
-                .unwrap_or_else(|e| panic!("{e}"));
+        let (program, forward, step) = compile(&repo.join("dsl-examples/tiny_lora.graft"));
         let weights =
             graft_runtime::WeightsFile::open(&repo.join("tests/fixtures/base.safetensors"))
                 .unwrap_or_else(|e| panic!("{e}"));
@@ -813,12 +826,6 @@ mod tests {
         for (name, t) in graft_interp::run(init, &values).unwrap_or_else(|e| panic!("{e}")) {
             values.insert(name, t);
         }
-        let forward = program
-            .module
-            .function("forward")
-            .unwrap_or_else(|| panic!("no forward"));
-        let cfg = graft_runtime::step_config(&program.train);
-        let step = graft_autodiff::train_step(forward, &cfg).unwrap_or_else(|e| panic!("{e}"));
         for i in step
             .inputs()
             .filter(|i| i.kind == graft_ir::InputKind::State)
@@ -840,7 +847,7 @@ mod tests {
         let tensor = |v| Tensor::i64(vec![4, 16], v).unwrap_or_else(|e| panic!("{e}"));
         values.insert("input_ids".to_string(), tensor(ids));
         values.insert("labels".to_string(), tensor(labels));
-        (forward.clone(), step, values)
+        (forward, step, values)
     }
 
     /// The rewritten step against the original, both run by the interpreter, with 2, 3
@@ -912,16 +919,7 @@ mod tests {
 
     /// The training step of the spec at `spec`, optimized by graft-opt.
     fn optimized_step(spec: &Path) -> Function {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let stdlib = graft_frontend::Stdlib::Dir(repo.join("stdlib"));
-        let (_, program) =
-            graft_frontend::compile_file(spec, &stdlib).unwrap_or_else(|e| panic!("{e}"));
-        let forward = program
-            .module
-            .function("forward")
-            .unwrap_or_else(|| panic!("no forward"));
-        let cfg = graft_runtime::step_config(&program.train);
-        let step = graft_autodiff::train_step(forward, &cfg).unwrap_or_else(|e| panic!("{e}"));
+        let (_, _, step) = compile(spec);
         graft_opt::optimize(&step, &graft_opt::Options::default())
             .unwrap_or_else(|e| panic!("{e}"))
             .func
