@@ -3,8 +3,9 @@
 //!
 //! Rules, decided from the outputs backwards (a node's consumers are decided before it):
 //! - **Materialized** (a buffer): inputs, outputs, operands of scalar matmuls, of host ops
-//!   and of `reshape`/`stop_grad` views, B of a GEMM (unless a `concat` or `slice`), A of a GEMM that
-//!   does not pack A, and every non-elementwise node (matmul, reductions, softmax, quantize).
+//!   and of `reshape`/`stop_grad` views, B of a GEMM (unless a `concat` or `slice`), A of a
+//!   GEMM that does not pack A, and every non-elementwise node (matmul, reductions, softmax,
+//!   quantize).
 //! - **Inlined** (recomputed inside each consumer's loop, or in a GEMM's pack kernel, never
 //!   stored): elementwise ops, casts, random draws, dropout and dequantization, when the
 //!   consumers together read each element at most once (a unary op: at most four times);
@@ -333,8 +334,8 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                     // A concat as B (batched weights) or a slice (a chunk of a weight's
                     // rows) is read by the pack kernel in place of being stored: it fuses
                     // like an elementwise consumer's operand.
-                    let concat = matches!(f.node(s.b_src).op, Op::Concat { .. } | Op::Slice { .. });
-                    if concat && s.quant.is_none() && !scalar_matmul(node.ty.dtype, &s) {
+                    let fused = matches!(f.node(s.b_src).op, Op::Concat { .. } | Op::Slice { .. });
+                    if fused && s.quant.is_none() && !scalar_matmul(node.ty.dtype, &s) {
                         add(s.b_src, numel(s.b_src.index()));
                     } else {
                         must[s.b_src.index()] = true;
