@@ -87,10 +87,11 @@ pub struct CpuTarget {
     /// (mid-size Llama: 7.6 MiB less at the peak than with 16 MiB, no slower).
     pub pack_budget: usize,
     /// Target bytes of one chunk of logits when the language-model head and its loss run
-    /// over vocabulary chunks (`linear_ce.rs`); 0 keeps the logits whole. 8 MiB: four
-    /// chunks at the mid-size Llama (vocabulary 16384), whose memory plan peaks lowest
-    /// there (2, 4, 6 and 16 MiB peak 2–4 MB higher; fewer chunks keep larger logits, more
-    /// keep more `[rows, hidden]` products until the chunks are combined).
+    /// over vocabulary chunks (`linear_ce.rs`); 0 keeps the logits whole. 4 MiB: eight
+    /// chunks at the mid-size Llama (vocabulary 16384). Its memory plan peaks at 195, 199,
+    /// 200 and 206 MB with 2, 4, 8 and 16 MiB chunks (221 MB with whole logits); below
+    /// 4 MiB each chunk saves little and adds a pass over the `[rows, hidden]` accumulator
+    /// and ten launches.
     pub vocab_chunk: usize,
     /// Pack a row-major B whose rows are at least a page long (a frozen weight in the
     /// backward's `dy · W`) row by row, each thread reading its panels' part of each row as
@@ -119,7 +120,7 @@ impl CpuTarget {
             kc: 256,
             mc: 480,
             pack_budget: 8 << 20,
-            vocab_chunk: 8 << 20,
+            vocab_chunk: 4 << 20,
             pack_rows: true,
         }
     }
@@ -211,7 +212,7 @@ mod tests {
             .with_blocking("kc=128,mc=240,budget=4,vocab=0,rows=0")
             .unwrap();
         assert_eq!((u.kc, u.mc, u.pack_budget, u.mr), (128, 240, 4 << 20, t.mr));
-        assert_eq!((t.vocab_chunk, u.vocab_chunk), (8 << 20, 0));
+        assert_eq!((t.vocab_chunk, u.vocab_chunk), (4 << 20, 0));
         assert!(t.pack_rows && !u.pack_rows);
         assert!(t.with_blocking("kc").unwrap_err().contains("key=value"));
         assert!(

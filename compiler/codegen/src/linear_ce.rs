@@ -24,11 +24,10 @@
 //! products are the same FLOPs as before (the forward and the backward GEMM, split over `K`),
 //! and the backward's GEMM moves into the forward.
 //!
-//! The chunks' size is [`crate::CpuTarget::vocab_chunk`] (8 MiB of logits: four chunks at a
-//! vocabulary of 16384 and 508 rows; 0 turns the rewrite off). The accumulator's update is
-//! elementwise and the scheduler fuses the chain into the final gradient's loop, so every
-//! chunk's `aᵢ` (`[rows, hidden]`) stays live until the end of the loop: fewer, larger chunks
-//! keep more logits, more chunks keep more products; the plan's peak is lowest at a few.
+//! The chunks' size is [`crate::CpuTarget::vocab_chunk`] (4 MiB of logits: eight chunks at
+//! a vocabulary of 16384 and 508 rows; 0 turns the rewrite off). Each update of the
+//! accumulator is stored (a two-term reduction, see `Builder::stored_sum`), so at most two
+//! accumulators and one chunk's product are live at a time.
 //!
 //! The pattern is matched exactly (what autodiff makes of `log_softmax` followed by the
 //! label's pick and a masked mean, with or without the causal shift); any other use of the
@@ -469,6 +468,17 @@ impl Builder {
     fn slice(&mut self, a: ValueId, axis: usize, start: usize, end: usize) -> Option<ValueId> {
         self.add(Op::Slice { axis, start, end }, &[a])
     }
+    /// `a + b` written as a reduction over the two stacked terms, so that the scheduler
+    /// stores it where it stands: an elementwise `add` would be fused into its consumer, and
+    /// the accumulator's chain of updates into one loop at the end, which would keep every
+    /// chunk's product live until then. Same result: a two-term sum rounded once.
+    fn stored_sum(&mut self, a: ValueId, b: ValueId) -> Option<ValueId> {
+        let mut shape = vec![1];
+        shape.extend(self.g.ty(a).shape.iter());
+        let (a, b) = (self.reshape(a, &shape)?, self.reshape(b, &shape)?);
+        let both = self.add(Op::Concat { axis: 0 }, &[a, b])?;
+        self.reduce(ReduceOp::Sum, both, 0, false)
+    }
 }
 
 /// What the chunk loop leaves for the loss and gradient uses.
@@ -639,7 +649,7 @@ fn chunk_loop(b: &mut Builder, s: &Site, new_id: &[Option<ValueId>]) -> Option<C
                         let (eab, ebb) = (b.broadcast(ea, &hs)?, b.broadcast(eb, &hs)?);
                         let l = b.bin(BinaryOp::Mul, acc, eab)?;
                         let r = b.bin(BinaryOp::Mul, ai, ebb)?;
-                        Some(b.bin(BinaryOp::Add, l, r)?)
+                        Some(b.stored_sum(l, r)?)
                     }
                     _ => None,
                 };
@@ -874,6 +884,14 @@ mod tests {
                 .filter(|n| f_arg_is_slice(&g, n))
                 .count();
             assert_eq!(forward_chunks, chunks, "chunk_bytes {chunk_bytes}");
+            // Each update of the accumulator after the first chunk is a stored sum.
+            let stored_sums = g
+                .nodes
+                .iter()
+                .filter(|n| matches!(&n.op, Op::Reduce { axes, .. } if axes == &[0]))
+                .filter(|n| matches!(g.node(n.args[0]).op, Op::Concat { axis: 0 }))
+                .count();
+            assert_eq!(stored_sums, chunks - 1, "chunk_bytes {chunk_bytes}");
             let got = graft_interp::run(&g, &values).unwrap_or_else(|e| panic!("{e}"));
             assert_eq!(got.len(), want.len());
             for ((name, a), (_, b)) in got.iter().zip(&want) {
