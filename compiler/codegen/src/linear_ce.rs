@@ -93,7 +93,7 @@ struct Site {
 /// outputs, same input order); `f` itself when there is none. `chunk_bytes` sets the
 /// chunks' size (at least two chunks, at most [`MAX_CHUNKS`]).
 pub(crate) fn chunk_vocabulary(f: &Function, min_elems: usize, chunk_bytes: usize) -> Function {
-    let users = users(f);
+    let users = crate::remat::users(f);
     let mut output = vec![false; f.nodes.len()];
     for o in &f.outputs {
         output[o.value.index()] = true;
@@ -105,19 +105,6 @@ pub(crate) fn chunk_vocabulary(f: &Function, min_elems: usize, chunk_bytes: usiz
         return f.clone();
     }
     rewrite(f, &sites).map_or_else(|| f.clone(), |g| prune(&g))
-}
-
-/// Each node's users (deduplicated, ascending).
-fn users(f: &Function) -> Vec<Vec<usize>> {
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); f.nodes.len()];
-    for (u, node) in f.nodes.iter().enumerate() {
-        for a in &node.args {
-            if users[a.index()].last() != Some(&u) {
-                users[a.index()].push(u);
-            }
-        }
-    }
-    users
 }
 
 /// Whether `v` is all zeros: a zero constant, or a broadcast or reshape of one.
@@ -842,17 +829,16 @@ mod tests {
         {
             values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
         }
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        let ids: Vec<i64> = (0..64).map(|_| (next() % 256) as i64).collect();
-        let labels = ids
-            .iter()
-            .map(|&t| if next() % 4 == 0 { -100 } else { t })
+        let draw = |i: u64| graft_interp::splitmix64(0x2545_f491_4f6c_dd1d ^ i);
+        let ids: Vec<i64> = (0..64).map(|i| (draw(i) % 256) as i64).collect();
+        let labels = (0..64)
+            .map(|i| {
+                if draw(64 + i) % 4 == 0 {
+                    -100
+                } else {
+                    ids[i as usize]
+                }
+            })
             .collect();
         let tensor = |v| Tensor::i64(vec![4, 16], v).unwrap_or_else(|e| panic!("{e}"));
         values.insert("input_ids".to_string(), tensor(ids));

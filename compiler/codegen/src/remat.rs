@@ -34,12 +34,9 @@ fn repeatable(op: &Op) -> bool {
         )
 }
 
-/// `f` with its long-lived recomputable values recomputed for their late readers (same
-/// outputs; the clones are inserted before the first late reader). `f` itself when nothing
-/// qualifies.
-pub(crate) fn rematerialize(f: &Function) -> Function {
-    let n = f.nodes.len();
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+/// Each node's users (deduplicated, ascending).
+pub(crate) fn users(f: &Function) -> Vec<Vec<usize>> {
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); f.nodes.len()];
     for (u, node) in f.nodes.iter().enumerate() {
         for a in &node.args {
             if users[a.index()].last() != Some(&u) {
@@ -47,6 +44,15 @@ pub(crate) fn rematerialize(f: &Function) -> Function {
             }
         }
     }
+    users
+}
+
+/// `f` with its long-lived recomputable values recomputed for their late readers (same
+/// outputs; the clones are inserted before the first late reader). `f` itself when nothing
+/// qualifies.
+pub(crate) fn rematerialize(f: &Function) -> Function {
+    let n = f.nodes.len();
+    let users = users(f);
     let mut output = vec![false; n];
     for o in &f.outputs {
         output[o.value.index()] = true;

@@ -57,17 +57,16 @@ fn lora_qv_training_steps_match_the_interpreter() {
 #[test]
 fn vocabulary_chunked_loss_matches_the_interpreter() {
     let weights = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let ids: Vec<i64> = (0..64).map(|_| (next() % 256) as i64).collect();
-    let labels: Vec<i64> = ids
-        .iter()
-        .map(|&t| if next() % 4 == 0 { -100 } else { t })
+    let draw = |i: u64| graft_interp::splitmix64(0x9e37_79b9_7f4a_7c15 ^ i);
+    let ids: Vec<i64> = (0..64).map(|i| (draw(i) % 256) as i64).collect();
+    let labels: Vec<i64> = (0..64)
+        .map(|i| {
+            if draw(64 + i) % 4 == 0 {
+                -100
+            } else {
+                ids[i as usize]
+            }
+        })
         .collect();
     assert!(labels.contains(&-100) && labels.iter().any(|&l| l >= 0));
     for optimize in [false, true] {
