@@ -8,7 +8,8 @@
 //! `GRAFT_TOP=n` how many of the slowest launches to list, `GRAFT_DUMP_IR=path` writes the
 //! compiled graph (whose `%n` the profile names), `GRAFT_VARIANT="kc=512"` times the step
 //! alternately with the host's blocking and with these parameters (`kc`, `mc`, and in MiB `budget`
-//! and `vocab`, the logits chunk of the vocabulary-chunked loss, 0 for whole logits).
+//! and `vocab`, the logits chunk of the vocabulary-chunked loss, 0 for whole logits; `team=0`
+//! launches the variant on rayon's pool instead of graft's team of threads).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};
@@ -111,14 +112,18 @@ fn main() {
     // `GRAFT_VARIANT="kc=512,mc=240"`: also compile the step with these blocking parameters
     // and time both alternately (robust to the machine's drift), then exit.
     if let Ok(spec) = std::env::var("GRAFT_VARIANT") {
+        // `team=0`: the variant launches on rayon's pool instead of graft's team.
+        let blocking: Vec<&str> = spec.split(',').filter(|i| *i != "team=0").collect();
         let target = graft_codegen::CpuTarget::host()
-            .with_blocking(&spec)
+            .with_blocking(&blocking.join(","))
             .unwrap_or_else(|e| panic!("{e}"));
         let opts = graft_codegen::CompileOptions {
             target,
             ..Default::default()
         };
-        let variant = graft_codegen::compile_with(&step_fn, &opts).unwrap();
+        let variant = graft_codegen::compile_with(&step_fn, &opts)
+            .unwrap()
+            .with_team(!spec.split(',').any(|i| i == "team=0"));
         let rounds: usize = std::env::var("GRAFT_STEPS")
             .ok()
             .and_then(|s| s.parse().ok())

@@ -4,14 +4,16 @@
 //! Inputs are read in place (the kernels get pointers into the caller's tensors or into a
 //! memory-mapped weights file); outputs get buffers of their own, handed to the caller; every
 //! other value lives in one arena at the offset the static memory plan (`memplan.rs`) gave
-//! it. A kernel whose range is large enough is split into one contiguous chunk per thread of
-//! rayon's pool; chunks write disjoint parts of the output.
+//! it. A kernel whose range is large enough is split into one contiguous part per thread of
+//! the team (`team.rs`; rayon's pool when another run holds the team); calls write disjoint
+//! parts of the output.
 
 use crate::CodegenError;
 use crate::expr::{ERR_DIV_ZERO, ERR_GATHER};
 use crate::jit::{Code, call_kernel};
 use crate::memplan::{ALIGN, MemoryPlan, storage_bytes};
 use crate::schedule::{Plan, Step, StepKind};
+use crate::team::{Held, Team};
 use graft_interp::{Data, Tensor};
 use graft_ir::{DType, Function, InputKind};
 use std::collections::HashMap;
@@ -27,6 +29,8 @@ pub struct CompiledFunction {
     pub(crate) wrappers: Vec<usize>,
     pub(crate) mlir: String,
     pub(crate) threads: usize,
+    /// Split launches run on the team (`team.rs`) when it is free, else on rayon's pool.
+    pub(crate) team: bool,
     /// Where each intermediate lives in the arena.
     pub(crate) memory: MemoryPlan,
     /// The arena, kept between runs.
@@ -296,6 +300,14 @@ impl CompiledFunction {
         self
     }
 
+    /// Whether split launches run on graft's own team of threads (the default: parts with
+    /// stealing, helpers that spin between launches; see `team.rs`) or on rayon's pool
+    /// (one static chunk per thread), for comparisons.
+    pub fn with_team(mut self, team: bool) -> Self {
+        self.team = team;
+        self
+    }
+
     /// Runs the function on `inputs` (by input name; extra entries are ignored) and returns
     /// its outputs in order: the contract of `graft_interp::run`.
     ///
@@ -343,13 +355,19 @@ impl CompiledFunction {
         mapped: &[graft_runtime::MappedInput<'_>],
         times: Option<&mut Vec<KernelTime>>,
     ) -> Result<Vec<(String, Tensor)>, CodegenError> {
-        // Split kernels are launched from a thread of rayon's pool: a launch from outside
-        // the pool costs ~10 µs (the job is injected and the caller sleeps until it is
-        // done), from inside ~2 µs, and a step has hundreds of launches.
-        if self.threads > 1 && rayon::current_thread_index().is_none() {
-            rayon::scope(|_| self.run_steps(inputs, mapped, times))
+        // Split kernels run on the team (see `team.rs`), held for the whole run. When
+        // another run holds it, they are launched from a thread of rayon's pool: a launch
+        // from outside the pool costs ~10 µs (the job is injected and the caller sleeps until
+        // it is done), from inside ~2 µs, and a step has hundreds of launches.
+        let team = if self.threads > 1 && self.team {
+            Team::get()
         } else {
-            self.run_steps(inputs, mapped, times)
+            None
+        };
+        if self.threads > 1 && team.is_none() && rayon::current_thread_index().is_none() {
+            rayon::scope(|_| self.run_steps(inputs, mapped, times, None))
+        } else {
+            self.run_steps(inputs, mapped, times, team.as_ref())
         }
     }
 
@@ -358,6 +376,7 @@ impl CompiledFunction {
         inputs: &HashMap<String, Tensor>,
         mapped: &[graft_runtime::MappedInput<'_>],
         mut times: Option<&mut Vec<KernelTime>>,
+        team: Option<&Held<'_>>,
     ) -> Result<Vec<(String, Tensor)>, CodegenError> {
         let mut live: Vec<Live<'_>> = self.plan.slots.iter().map(|_| Live::Empty).collect();
         for (name, ty, slot) in &self.plan.inputs {
@@ -425,7 +444,7 @@ impl CompiledFunction {
                         CodegenError::Internal(format!("{}: buffer {a} is not ready", step.symbol))
                     })?);
                 }
-                self.launch(si, step, &addrs)?;
+                self.launch(si, step, &addrs, team)?;
             }
             if let Some(t) = times.as_deref_mut() {
                 let node = self.f.node(step.root);
@@ -501,17 +520,29 @@ impl CompiledFunction {
     /// Runs every step with caller-provided buffer addresses, one per slot (used by
     /// [`crate::Gemm`], whose buffers are plain slices).
     pub(crate) fn run_raw(&self, addrs: &[usize]) -> Result<(), CodegenError> {
+        let team = if self.threads > 1 && self.team {
+            Team::get()
+        } else {
+            None
+        };
         for (si, step) in self.plan.steps.iter().enumerate() {
             let mut a: Vec<usize> = step.args.iter().map(|&s| addrs[s]).collect();
             a.push(addrs[step.out]);
-            self.launch(si, step, &a)?;
+            self.launch(si, step, &a, team.as_ref())?;
         }
         Ok(())
     }
 
-    /// Launches step `si`, split into per-thread chunks when it is big enough.
+    /// Launches step `si`, split into per-thread chunks when it is big enough: on `team`
+    /// when the run holds it (parts with stealing, see `team.rs`), else on rayon's pool.
     #[allow(unsafe_code)]
-    fn launch(&self, si: usize, step: &Step, addrs: &[usize]) -> Result<(), CodegenError> {
+    fn launch(
+        &self,
+        si: usize,
+        step: &Step,
+        addrs: &[usize],
+        team: Option<&Held<'_>>,
+    ) -> Result<(), CodegenError> {
         let n = step.range;
         let wrapper = self.wrappers.get(si).copied().unwrap_or(0);
         if n == 0 || wrapper == 0 {
@@ -522,36 +553,51 @@ impl CompiledFunction {
         } else {
             1
         };
-        let run = |c: usize| -> [i64; 4] {
-            let (lo, hi) = (n * c / chunks, n * (c + 1) / chunks);
+        let run = |lo: usize, hi: usize| -> [i64; 4] {
             let mut err = [0i64; 4];
             let e = step.may_fail.then_some(&mut err);
             // SAFETY: `wrapper` is the packed wrapper of this step's kernel, looked up in
             // `self._jit`, which outlives the call. `addrs` are the step's argument slots then
             // its output slot, in the kernel's parameter order (set by lowering); each is a
             // live buffer of the slot's dtype and length, which the schedule sized to the
-            // value's type, i.e. to the kernel's memref type. Inputs are only read. Chunks
+            // value's type, i.e. to the kernel's memref type. Inputs are only read. Calls
             // cover disjoint `[lo, hi)` ranges, and a kernel writes only the output elements
             // of its range.
             unsafe { call_kernel(wrapper, lo, hi, addrs, e) };
             err
         };
-        let errs: Vec<[i64; 4]> = if chunks == 1 {
-            vec![run(0)]
-        } else {
-            // Chunk c always runs on pool thread c (mod the pool's size): a GEMM's row
-            // tiles are then computed on the thread that packed them, and every kernel
-            // splits its range the same way, so a thread mostly reads what it wrote.
-            rayon::broadcast(|ctx| {
-                let mut first = [0i64; 4];
-                for c in (ctx.index()..chunks).step_by(ctx.num_threads()) {
-                    let e = run(c);
-                    if first[0] == 0 {
-                        first = e;
+        let errs: Vec<[i64; 4]> = match team {
+            _ if chunks == 1 => vec![run(0, n)],
+            Some(team) => {
+                let first: Mutex<[i64; 4]> = Mutex::new([0; 4]);
+                let record = |lo: usize, hi: usize| {
+                    let e = run(lo, hi);
+                    if e[0] != 0
+                        && let Ok(mut f) = first.lock()
+                        && f[0] == 0
+                    {
+                        *f = e;
                     }
-                }
-                first
-            })
+                };
+                let min_grain = (PARALLEL_WORK / 4).div_ceil(step.cost.max(1));
+                team.launch(n, chunks.min(team.size()), min_grain, &record);
+                vec![first.into_inner().unwrap_or([0; 4])]
+            }
+            None => {
+                // Chunk c always runs on pool thread c (mod the pool's size): a GEMM's row
+                // tiles are then computed on the thread that packed them, and every kernel
+                // splits its range the same way, so a thread mostly reads what it wrote.
+                rayon::broadcast(|ctx| {
+                    let mut first = [0i64; 4];
+                    for c in (ctx.index()..chunks).step_by(ctx.num_threads()) {
+                        let e = run(n * c / chunks, n * (c + 1) / chunks);
+                        if first[0] == 0 {
+                            first = e;
+                        }
+                    }
+                    first
+                })
+            }
         };
         match errs.iter().find(|e| e[0] != 0) {
             Some(e) => Err(kernel_error(e)),

@@ -45,6 +45,7 @@ mod remat;
 mod reorder;
 mod scalar;
 mod schedule;
+mod team;
 mod text;
 
 pub use backend::CpuBackend;
@@ -293,6 +294,7 @@ pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunct
         wrappers,
         mlir: lowered.module(),
         threads,
+        team: true,
         memory,
         arena: std::sync::Mutex::default(),
         info,

@@ -4,6 +4,9 @@
 //! `dsl-examples/tiny_lora.graft` on a batch with ignored labels, whose loss the compiler
 //! chunks over the vocabulary.
 //!
+//! The compiled step is also run at its first step on rayon's pool and on one thread, whose
+//! outputs must equal the team's bit for bit.
+//!
 //! Tolerance: 1e-4 relative (norm-wise per tensor, `max |got - want| / max |want|`) for the
 //! loss, the gradient norm and every updated param and optimizer state, at every step. Each
 //! side feeds its own outputs into its next step, so errors would compound if they grew.
@@ -154,8 +157,9 @@ fn steps_match(
         values.insert("dropout_seed".into(), Tensor::scalar_i64(0));
     }
 
+    let compile = |f| graft_codegen::compile(f).unwrap();
     let t0 = Instant::now();
-    let compiled = graft_codegen::compile(&step_fn).unwrap();
+    let compiled = compile(&step_fn);
     let compile_time = t0.elapsed();
     eprintln!(
         "train_step: {} nodes, {} kernels, compiled in {compile_time:?}",
@@ -171,6 +175,21 @@ fn steps_match(
         let t = Instant::now();
         let got = compiled.run(&got_vals).unwrap();
         let run_time = t.elapsed();
+        if step == 0 {
+            // Every kernel computes each output element the same way whatever part of its
+            // range a call covers, so how launches are split cannot change a bit: graft's
+            // team (parts with stealing), rayon's pool (static chunks) and one thread agree
+            // exactly.
+            for (how, other) in [
+                ("rayon's pool", compile(&step_fn).with_team(false)),
+                ("one thread", compile(&step_fn).with_threads(1)),
+            ] {
+                assert!(
+                    other.run(&got_vals).unwrap() == got,
+                    "the step on {how} differs from the step on the team"
+                );
+            }
+        }
         assert_eq!(got.len(), want.len());
         let mut worst = (0f64, String::new());
         for ((gn, g), (wn, w)) in got.iter().zip(&want) {
