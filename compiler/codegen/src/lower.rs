@@ -31,8 +31,9 @@ pub(crate) struct FuncText {
 }
 
 impl FuncText {
-    /// The function's MLIR text.
-    fn render(&self, out: &mut String) {
+    /// The function's MLIR text; `vector_bits`: the vector width LLVM's own vectorizers
+    /// should prefer in it (see [`CpuTarget::auto_vector_bits`]).
+    fn render(&self, out: &mut String, vector_bits: Option<usize>) {
         let mut params = Vec::new();
         if self.ranged {
             params.push("%lo: index".to_string());
@@ -40,10 +41,18 @@ impl FuncText {
         }
         params.extend(self.params.iter().cloned());
         // Helpers stay out of line so that one copy serves every caller.
-        let (vis, attrs) = if self.ranged {
-            ("", "")
+        let mut passthrough = Vec::new();
+        if !self.ranged {
+            passthrough.push("\"noinline\"".to_string());
+        }
+        if let Some(bits) = vector_bits {
+            passthrough.push(format!("[\"prefer-vector-width\", \"{bits}\"]"));
+        }
+        let vis = if self.ranged { "" } else { "private " };
+        let attrs = if passthrough.is_empty() {
+            String::new()
         } else {
-            ("private ", " attributes {passthrough = [\"noinline\"]}")
+            format!(" attributes {{passthrough = [{}]}}", passthrough.join(", "))
         };
         let _ = writeln!(
             out,
@@ -62,6 +71,8 @@ pub(crate) struct Lowered {
     pub funcs: Vec<FuncText>,
     /// Constant tables.
     pub tables: Vec<Table>,
+    /// The vector width LLVM should prefer when it vectorizes loops itself.
+    pub vector_bits: Option<usize>,
 }
 
 impl Lowered {
@@ -118,7 +129,7 @@ impl Lowered {
             );
         }
         for func in funcs {
-            func.render(&mut out);
+            func.render(&mut out, self.vector_bits);
         }
         out.push_str("}\n");
         out
@@ -242,5 +253,9 @@ pub(crate) fn lower(
         plan.steps[i].symbol = symbol;
         plan.steps[i].args = args;
     }
-    Ok(Lowered { funcs, tables })
+    Ok(Lowered {
+        funcs,
+        tables,
+        vector_bits: (target.auto_vector_bits > 0).then_some(target.auto_vector_bits),
+    })
 }

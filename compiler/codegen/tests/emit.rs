@@ -3,6 +3,7 @@
 //! LLVM packages by `scripts/setup.sh`; a missing binary fails the test, it is not skipped).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use graft_codegen::CpuTarget;
 use graft_ir::{
     BinaryOp, DType, Function, InputKind, Op, QuantFormat, ReduceOp, TensorType, UnaryOp,
 };
@@ -112,7 +113,7 @@ CHECK: memref.store
 CHECK-LABEL: func.func @k3_matmul(%lo: index, %hi: index, %a0: memref<1x160x64xf32>
 CHECK: memref.load %a0[{{.*}}] : memref<1x160x64xf32>
 CHECK-LABEL: func.func private @graft_gemm_micro_{{[0-9]+}}x{{[0-9]+}}
-CHECK-SAME: attributes {passthrough = ["noinline"]}
+CHECK-SAME: attributes {passthrough = ["noinline"{{.*}}]}
 CHECK: scf.for {{.*}} iter_args(
 CHECK: vector.broadcast {{.*}} : f32 to vector<[[L:[0-9]+]]xf32>
 CHECK: vector.fma {{.*}} : vector<[[L]]xf32>
@@ -155,10 +156,34 @@ CHECK-LABEL: define void @k6_exp(
 CHECK-NOT: @llvm.exp.f32
 CHECK: call float @llvm.roundeven.f32(
 CHECK: call float @llvm.fma.f32(
-CHECK-DAG: attributes #[[NOINLINE]] = { noinline }
+CHECK-DAG: attributes #[[NOINLINE]] = { noinline{{.*}} }
 "#,
         &text,
     );
+}
+
+/// With AVX-512, every kernel asks LLVM to vectorize its loops 512 bits wide (LLVM's default
+/// for those CPUs is 256); with AVX2 the default stands.
+#[test]
+fn kernels_prefer_the_full_vector_width_with_avx512() {
+    let f = sample();
+    for (target, want) in [
+        (CpuTarget::from_features(|x| x == "avx512f"), true),
+        (CpuTarget::from_features(|x| x == "avx2"), false),
+    ] {
+        let mlir = graft_codegen::compile_for(&f, &target)
+            .unwrap()
+            .mlir()
+            .to_string();
+        let kernels = mlir.matches("func.func @k").count();
+        let wide = mlir
+            .lines()
+            .filter(|l| l.contains("func.func @k"))
+            .filter(|l| l.contains(r#"["prefer-vector-width", "512"]"#))
+            .count();
+        assert!(kernels > 3);
+        assert_eq!(wide, if want { kernels } else { 0 }, "{target:?}");
+    }
 }
 
 #[test]
