@@ -4,8 +4,10 @@
 //!
 //! The root is `$GRAFT_CACHE_DIR` when set (`off` or empty disables caching), else
 //! `$XDG_CACHE_HOME/graft`, else `$HOME/.cache/graft`. Entries are named by the SHA-256 of
-//! everything they depend on, written to a temporary name and renamed into place (atomic on
-//! one file system), and checked when read: a damaged entry counts as a miss and is rebuilt.
+//! everything they depend on (for the optimized step: graft's version, the options, the
+//! unoptimized step's text and the optimizer's own source, `graft_opt::SOURCE`), written to
+//! a temporary name and renamed into place (atomic on one file system), and checked when
+//! read: a damaged entry counts as a miss and is rebuilt.
 
 use graft_ir::{Function, Module, parse_module, print_module, verify_function};
 use sha2::{Digest, Sha256};
@@ -51,12 +53,12 @@ pub fn optimized_step(
         files: files.to_vec(),
         functions: vec![step.clone()],
     });
-    let key = digest(&[
-        env!("CARGO_PKG_VERSION"),
-        "optimized step",
-        &format!("{opts:?}"),
-        &text,
-    ]);
+    // The optimizer's source is part of the key: an optimized step from a build with other
+    // rules or another cost model is stale even at the same version.
+    let options = format!("{opts:?}");
+    let mut parts = vec![env!("CARGO_PKG_VERSION"), "optimized step", &options, &text];
+    parts.extend_from_slice(graft_opt::SOURCE);
+    let key = digest(&parts);
     let path = dir.map(|d| d.join("opt").join(format!("{key}.graft-ir")));
     if let Some(f) = path.as_deref().and_then(|p| load(p, step)) {
         return Ok((f, true));

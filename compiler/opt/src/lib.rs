@@ -16,6 +16,28 @@ pub mod rules;
 pub mod run;
 
 pub use cost::{Summary, Target, summarize};
+
+/// The optimizer's own source text (every module of this crate), for caches of its
+/// results: an optimized step stored by one build is not served to a build whose rules, cost
+/// model or extraction differ (see `graft_runtime::cache`). A new source file must be
+/// listed here (the test `source_lists_every_module` checks).
+pub const SOURCE: &[&str] = &[
+    include_str!("analysis.rs"),
+    include_str!("cost.rs"),
+    include_str!("dag.rs"),
+    include_str!("extract.rs"),
+    include_str!("lang.rs"),
+    include_str!("lib.rs"),
+    include_str!("run.rs"),
+    include_str!("rules/batching.rs"),
+    include_str!("rules/layout.rs"),
+    include_str!("rules/lowrank.rs"),
+    include_str!("rules/mod.rs"),
+    include_str!("rules/quant.rs"),
+    include_str!("rules/scale.rs"),
+    include_str!("rules/training.rs"),
+];
+
 pub use run::{Limits, RunReport};
 
 use graft_ir::{Function, Op, ValueId};
@@ -145,4 +167,35 @@ fn inputs_first(original: &Function, out: Function) -> Function {
         f.add_output(o.name.clone(), remap[o.value.index()]);
     }
     f
+}
+
+#[cfg(test)]
+mod source_tests {
+    /// Every `.rs` file under `src/` is in [`super::SOURCE`], so that any change to the
+    /// optimizer changes the optimized-step cache's key.
+    #[test]
+    fn source_lists_every_module() {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        count(&p)
+                    } else {
+                        usize::from(p.extension().is_some_and(|x| x == "rs"))
+                    }
+                })
+                .sum()
+        }
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        assert_eq!(count(&src), super::SOURCE.len());
+        assert!(
+            super::SOURCE
+                .iter()
+                .any(|s| s.contains("fn source_lists_every_module"))
+        );
+    }
 }
