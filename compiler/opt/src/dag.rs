@@ -260,6 +260,15 @@ impl<'a> Dag<'a> {
         false
     }
 
+    /// The reachable classes whose chosen node reads `class`.
+    pub fn readers(&self, class: Id) -> Vec<Id> {
+        let class = self.eg.find(class);
+        self.reachable()
+            .into_iter()
+            .filter(|&p| self.children(p).contains(&class))
+            .collect()
+    }
+
     /// The classes reachable from the root.
     pub fn reachable(&self) -> Vec<Id> {
         let mut v: Vec<(f64, Id)> = self

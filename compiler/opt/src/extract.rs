@@ -5,8 +5,8 @@
 //! (one wide product feeding several slices). So extraction works on the DAG, counting every
 //! class once: it starts from the better of the original program and the greedy tree
 //! extraction, then hill-climbs — switching one class's node, or a whole batching group's
-//! slices at once — keeping a change only when the DAG gets cheaper and stays acyclic. The
-//! result is never costlier than the input program.
+//! slices at once, or every reader of a scaled value at once — keeping a change only when the
+//! DAG gets cheaper and stays acyclic. The result is never costlier than the input program.
 
 use crate::analysis::{Graph, Info};
 use crate::cost::{Target, seconds, work};
@@ -178,6 +178,48 @@ pub fn extract(
                     improved = true;
                     break;
                 }
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
+    // A scaled value (`x · splat`) read by several classes stays as long as one reader
+    // does, so switching readers one at a time never removes it. Switch all its readers at
+    // once to their cheapest nodes that do not read it (the scale moved onto each product:
+    // autodiff's LoRA backward scales a `[tokens, features]` gradient once for two rank-r
+    // products, whose results are far smaller).
+    for _ in 0..2 {
+        let mut improved = false;
+        for x in dag.reachable() {
+            let scaled = dag.choice.get(&x).is_some_and(|n| {
+                crate::lang::op_name(n) == Some("mul")
+                    && n.children().iter().any(|c| eg[*c].data.splat().is_some())
+            });
+            if !scaled {
+                continue;
+            }
+            let readers = dag.readers(x);
+            if readers.len() < 2 {
+                continue;
+            }
+            let switches: Option<Vec<(Id, G)>> = readers
+                .iter()
+                .map(|&p| {
+                    eg[p]
+                        .nodes
+                        .iter()
+                        .filter(|n| n.children().iter().all(|c| ![x, p].contains(&eg.find(*c))))
+                        .min_by(|a, b| {
+                            node_seconds(eg, a, &target).total_cmp(&node_seconds(eg, b, &target))
+                        })
+                        .map(|n| (p, n.clone()))
+                })
+                .collect();
+            if let Some(switches) = switches
+                && dag.try_switch_all(&switches)
+            {
+                improved = true;
             }
         }
         if !improved {

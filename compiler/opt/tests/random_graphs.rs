@@ -119,6 +119,8 @@ fn random_graphs_keep_their_meaning() {
         "matmul-fold-transpose-b",
         "lowrank-reassociate",
         "scale-into-matmul-a",
+        "scale-out-of-matmul-a",
+        "scale-out-of-matmul-b",
         "transpose-of-transpose",
         "reshape-of-reshape",
         "matmul-distribute",

@@ -24,6 +24,27 @@ fn scale_operand(eg: &mut super::Graph, s: &egg::Subst, which: &str) -> Option<e
     Some(add_op(eg, &Op::MatMul { ta, tb }, None, &[a, b]))
 }
 
+/// `A·(s·B)` (or `(s·A)·B`) as `s·(A·B)`: the scale moves onto the product, which is
+/// smaller when the scaled operand is the large one (autodiff's LoRA backward scales the
+/// `[tokens, features]` output gradient once and feeds it to two rank-`r` products).
+fn scale_out(eg: &mut super::Graph, id: egg::Id, s: &egg::Subst, which: &str) -> Option<egg::Id> {
+    let k = eg[s[var("?k")]].data.splat()?;
+    let ta = super::leaf_value(eg, s, var("?ta"))? == "true";
+    let tb = super::leaf_value(eg, s, var("?tb"))? == "true";
+    let t = ty(eg, id)?;
+    if !t.dtype.is_float() {
+        return None;
+    }
+    let (a, b) = if which == "a" {
+        (s[var("?x")], s[var("?b")])
+    } else {
+        (s[var("?a")], s[var("?x")])
+    };
+    let product = add_op(eg, &Op::MatMul { ta, tb }, None, &[a, b]);
+    let c = splat(eg, k, &t);
+    Some(add_op(eg, &Op::Binary(BinaryOp::Mul), None, &[product, c]))
+}
+
 fn fold(name: &'static str, op: &'static str, identity: &'static str) -> Rule {
     Rule {
         name,
@@ -65,6 +86,26 @@ pub fn rules() -> Vec<Rule> {
                 "scale-into-matmul-b",
                 "(mul (matmul ?ta ?tb ?a ?b) ?k)",
                 |eg, _, s| scale_operand(eg, s, "b"),
+            ),
+        },
+        Rule {
+            name: "scale-out-of-matmul-a",
+            identity: "(s·A)·B == (A·B)·s",
+            multi: false,
+            rewrite: rw_build(
+                "scale-out-of-matmul-a",
+                "(matmul ?ta ?tb (mul ?x ?k) ?b)",
+                |eg, id, s| scale_out(eg, id, s, "a"),
+            ),
+        },
+        Rule {
+            name: "scale-out-of-matmul-b",
+            identity: "A·(s·B) == (A·B)·s",
+            multi: false,
+            rewrite: rw_build(
+                "scale-out-of-matmul-b",
+                "(matmul ?ta ?tb ?a (mul ?x ?k))",
+                |eg, id, s| scale_out(eg, id, s, "b"),
             ),
         },
         Rule {
