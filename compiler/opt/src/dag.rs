@@ -260,13 +260,23 @@ impl<'a> Dag<'a> {
         false
     }
 
-    /// The reachable classes whose chosen node reads `class`.
-    pub fn readers(&self, class: Id) -> Vec<Id> {
-        let class = self.eg.find(class);
-        self.reachable()
-            .into_iter()
-            .filter(|&p| self.children(p).contains(&class))
-            .collect()
+    /// For every reachable class, the reachable classes whose chosen node reads it.
+    pub fn readers(&self) -> HashMap<Id, Vec<Id>> {
+        let mut map: HashMap<Id, Vec<Id>> = HashMap::new();
+        for p in self.reachable() {
+            for c in self.children(p) {
+                let v = map.entry(c).or_default();
+                if !v.contains(&p) {
+                    v.push(p);
+                }
+            }
+        }
+        map
+    }
+
+    /// Whether `reader`'s chosen node reads `class`.
+    pub fn reads(&self, reader: Id, class: Id) -> bool {
+        self.children(reader).contains(&class)
     }
 
     /// The classes reachable from the root.

@@ -191,6 +191,7 @@ pub fn extract(
     // products, whose results are far smaller).
     for _ in 0..2 {
         let mut improved = false;
+        let readers_of = dag.readers();
         for x in dag.reachable() {
             let scaled = dag.choice.get(&x).is_some_and(|n| {
                 crate::lang::op_name(n) == Some("mul")
@@ -199,7 +200,14 @@ pub fn extract(
             if !scaled {
                 continue;
             }
-            let readers = dag.readers(x);
+            // (Readers as of the pass's start, less those a switch since moved off `x`.)
+            let readers: Vec<Id> = readers_of
+                .get(&x)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&p| dag.reads(p, x))
+                .collect();
             if readers.len() < 2 {
                 continue;
             }

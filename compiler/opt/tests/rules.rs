@@ -89,8 +89,9 @@ check_rewrite!(scale_into_matmul_b, "scale-into-matmul-b",
     format!("(mul (matmul ta=false tb=true {} {}) {})", x(), w(), c("0.5", "f32[2,4]")) => format!("(matmul ta=false tb=true {} (mul {} {}))", x(), w(), c("0.5", "f32[4,3]")),
     near miss format!("(mul (neg {}) {})", x(), c("0.5", "f32[2,3]")) => format!("(neg (mul {} {}))", x(), c("0.5", "f32[2,3]")));
 check_rewrite!(scale_out_of_matmul_a, "scale-out-of-matmul-a",
-    format!("(matmul ta=false tb=true (mul {} {}) {})", x(), c("2.0", "f32[2,3]"), w()) => format!("(mul (matmul ta=false tb=true {} {}) {})", x(), w(), c("2.0", "f32[2,4]")),
-    near miss format!("(matmul ta=false tb=true (mul {} {}) {})", x(), inp("k", "f32[2,3]"), w()) => format!("(mul (matmul ta=false tb=true {} {}) {})", x(), w(), c("2.0", "f32[2,4]")));
+    format!("(matmul ta=false tb=true (mul {} {}) {})", x(), c("2.0", "f32[2,3]"), inp("v", "f32[1,3]")) => format!("(mul (matmul ta=false tb=true {} {}) {})", x(), inp("v", "f32[1,3]"), c("2.0", "f32[2,1]")),
+    // The product ([2, 4]) is larger than the scaled operand ([2, 3]): the scale stays.
+    near miss format!("(matmul ta=false tb=true (mul {} {}) {})", x(), c("2.0", "f32[2,3]"), w()) => format!("(mul (matmul ta=false tb=true {} {}) {})", x(), w(), c("2.0", "f32[2,4]")));
 check_rewrite!(scale_out_of_matmul_b, "scale-out-of-matmul-b",
     format!("(matmul ta=false tb=true {} (mul {} {}))", x(), w(), c("0.5", "f32[4,3]")) => format!("(mul (matmul ta=false tb=true {} {}) {})", x(), w(), c("0.5", "f32[2,4]")),
     near miss format!("(matmul ta=false tb=true {} (neg {}))", x(), w()) => format!("(neg (matmul ta=false tb=true {} {}))", x(), w()));

@@ -24,15 +24,17 @@ fn scale_operand(eg: &mut super::Graph, s: &egg::Subst, which: &str) -> Option<e
     Some(add_op(eg, &Op::MatMul { ta, tb }, None, &[a, b]))
 }
 
-/// `A·(s·B)` (or `(s·A)·B`) as `s·(A·B)`: the scale moves onto the product, which is
-/// smaller when the scaled operand is the large one (autodiff's LoRA backward scales the
+/// `A·(s·B)` (or `(s·A)·B`) as `s·(A·B)` when the product is smaller than the scaled
+/// operand: the scale moves onto the product (autodiff's LoRA backward scales the
 /// `[tokens, features]` output gradient once and feeds it to two rank-`r` products).
 fn scale_out(eg: &mut super::Graph, id: egg::Id, s: &egg::Subst, which: &str) -> Option<egg::Id> {
     let k = eg[s[var("?k")]].data.splat()?;
     let ta = super::leaf_value(eg, s, var("?ta"))? == "true";
     let tb = super::leaf_value(eg, s, var("?tb"))? == "true";
     let t = ty(eg, id)?;
-    if !t.dtype.is_float() {
+    // Only toward the smaller tensor: a product larger than its scaled operand keeps the
+    // scale where it is (which also keeps the e-graph from growing every scale both ways).
+    if !t.dtype.is_float() || t.numel() >= ty(eg, s[var("?x")])?.numel() {
         return None;
     }
     let (a, b) = if which == "a" {
