@@ -122,8 +122,11 @@ pub(crate) fn emit_reduce(
     // 1.0. The result is the same value; only the sign of a zero extremum can differ (`-0`
     // and `+0` tie, and the first one seen stays).
     const SPLIT: usize = 16;
-    let split =
-        !sum && dt.is_float() && axes == [xs.len() - 1] && count >= SPLIT && count % SPLIT == 0;
+    let split = !sum
+        && dt.is_float()
+        && axes == [xs.len() - 1]
+        && count >= SPLIT
+        && count.is_multiple_of(SPLIT);
     if split {
         let (zero, step, end) = (k.b.idx(0), k.b.idx(SPLIT), k.b.idx(count));
         let (res, iv) = (k.b.fresh(), k.b.fresh());

@@ -239,7 +239,7 @@ fn helper(s: &Shared, i: usize) {
         if e == seen {
             // The clock is read every 256 spins (a read costs as much as ~20 of them).
             spins = spins.wrapping_add(1);
-            if spins % 256 != 0 || idle.elapsed() < SPIN {
+            if !spins.is_multiple_of(256) || idle.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
