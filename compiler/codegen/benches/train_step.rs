@@ -9,7 +9,9 @@
 //! compiled graph (whose `%n` the profile names), `GRAFT_VARIANT="kc=512"` times the step
 //! alternately with the host's blocking and with these parameters (`kc`, `mc`, and in MiB `budget`
 //! and `vocab`, the logits chunk of the vocabulary-chunked loss, 0 for whole logits; `team=0`
-//! launches the variant on rayon's pool instead of graft's team of threads).
+//! launches the variant on rayon's pool instead of graft's team of threads;
+//! `GRAFT_VARIANT_IR=path` times the step printed in that file, from `graft ir --emit opt`,
+//! as the variant).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_frontend::{Stdlib, compile_file};
@@ -121,7 +123,17 @@ fn main() {
             target,
             ..Default::default()
         };
-        let variant = graft_codegen::compile_with(&step_fn, &opts)
+        // `GRAFT_VARIANT_IR=path`: the variant is that step instead (`graft ir --emit opt`,
+        // e.g. from another build of the optimizer), with the blocking parameters above.
+        let variant_fn = match std::env::var_os("GRAFT_VARIANT_IR") {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let module = graft_ir::parse_module(&text).unwrap();
+                module.functions.into_iter().next().unwrap()
+            }
+            None => step_fn.clone(),
+        };
+        let variant = graft_codegen::compile_with(&variant_fn, &opts)
             .unwrap()
             .with_team(!spec.split(',').any(|i| i == "team=0"));
         let rounds: usize = std::env::var("GRAFT_STEPS")
