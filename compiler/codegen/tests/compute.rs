@@ -893,3 +893,39 @@ fn the_standalone_gemm_matches_the_interpreter() {
         "a wrong length is an error"
     );
 }
+
+/// Several threads run compiled functions at once: one holds graft's team of threads, the
+/// others launch on rayon's pool (see `team.rs`). Every run, on either, gives the one-thread
+/// result exactly, and none deadlocks (the test would hang).
+#[test]
+fn concurrent_runs_share_the_team_or_use_rayon() {
+    let mut f = Function::new("mix");
+    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[3, 40, 300]), None);
+    let w = f.add_input("w", InputKind::Data, ty(DType::F32, &[300, 140]), None);
+    let e = f.add(Op::Unary(UnaryOp::Silu), &[x], None).unwrap();
+    let c = f
+        .add(
+            Op::MatMul {
+                ta: false,
+                tb: false,
+            },
+            &[e, w],
+            None,
+        )
+        .unwrap();
+    let s = f.add(Op::Softmax { axis: 2 }, &[c], None).unwrap();
+    f.add_output("s", s);
+    let inputs = random_inputs(&f, 61, -1.0, 1.0);
+    let want = compile(&f).unwrap().with_threads(1).run(&inputs).unwrap();
+    let compiled = compile(&f).unwrap();
+    std::thread::scope(|scope| {
+        for _ in 0..4 {
+            scope.spawn(|| {
+                for _ in 0..25 {
+                    assert!(compiled.run(&inputs).unwrap() == want);
+                }
+            });
+        }
+    });
+    check_norm(&f, &inputs, 1e-4);
+}
