@@ -128,32 +128,18 @@ pub(crate) fn emit_reduce(
         && count >= SPLIT
         && count.is_multiple_of(SPLIT);
     if split {
-        let (zero, step, end) = (k.b.idx(0), k.b.idx(SPLIT), k.b.idx(count));
-        let (res, iv) = (k.b.fresh(), k.b.fresh());
-        let accs: Vec<String> = (0..SPLIT).map(|_| k.b.fresh()).collect();
-        let iter: Vec<String> = accs.iter().map(|a| format!("{a} = {init}")).collect();
-        let tys = vec![acc_t; SPLIT].join(", ");
-        k.b.open(format!(
-            "{res}:{SPLIT} = scf.for {iv} = {zero} to {end} step {step} iter_args({}) -> ({tys}) {{",
-            iter.join(", ")
-        ));
-        k.push_scope();
-        let mut next = Vec::with_capacity(SPLIT);
-        for (u, a) in accs.iter().enumerate() {
+        let parts = interleaved(k, SPLIT, count, &init, acc_t, |k, j, acc| {
             let mut full = vec![Ix::C(0); xs.len()];
             for (slot, &ax) in kept.iter().enumerate() {
                 full[ax] = kept_idx.get(slot).cloned().unwrap_or(Ix::C(0));
             }
-            full[xs.len() - 1] = k.b.ix_add(&Ix::V(iv.clone()), &Ix::C(u));
+            full[xs.len() - 1] = j;
             let val = k.eval(x, &full)?;
-            next.push(combine(k, op, dt, a, &val));
-        }
-        k.b.line(format!("scf.yield {} : {tys}", next.join(", ")));
-        k.pop_scope();
-        k.b.close("}", false);
-        let mut r = format!("{res}#0");
-        for u in 1..SPLIT {
-            r = combine(k, op, dt, &r, &format!("{res}#{u}"));
+            Ok(combine(k, op, dt, acc, &val))
+        })?;
+        let mut r = parts[0].clone();
+        for p in &parts[1..] {
+            r = combine(k, op, dt, &r, p);
         }
         k.store(out.dtype, &r, "%out", &out_ty, &[o]);
         k.pop_scope();
@@ -206,6 +192,40 @@ pub(crate) fn emit_reduce(
     k.pop_scope();
     k.b.close("}", false);
     Ok(out_ty)
+}
+
+/// A loop over `0..end` (a multiple of `n`) in steps of `n` that carries `n` accumulators of
+/// type `ty`, each starting at `init`: accumulator `u` takes elements `u, n + u, ...`, its
+/// next value being `step(k, index, acc)`. Returns the `n` results. Independent chains run in
+/// parallel and LLVM vectorizes them (SLP), where one chain of compares or NaN-aware choices
+/// it does not.
+fn interleaved(
+    k: &mut KernelCx<'_>,
+    n: usize,
+    end: usize,
+    init: &str,
+    ty: &str,
+    mut step: impl FnMut(&mut KernelCx<'_>, Ix, &str) -> Result<String, CodegenError>,
+) -> Result<Vec<String>, CodegenError> {
+    let (zero, stride, end) = (k.b.idx(0), k.b.idx(n), k.b.idx(end));
+    let (res, iv) = (k.b.fresh(), k.b.fresh());
+    let accs: Vec<String> = (0..n).map(|_| k.b.fresh()).collect();
+    let iter: Vec<String> = accs.iter().map(|a| format!("{a} = {init}")).collect();
+    let tys = vec![ty; n].join(", ");
+    k.b.open(format!(
+        "{res}:{n} = scf.for {iv} = {zero} to {end} step {stride} iter_args({}) -> ({tys}) {{",
+        iter.join(", ")
+    ));
+    k.push_scope();
+    let mut next = Vec::with_capacity(n);
+    for (u, a) in accs.iter().enumerate() {
+        let j = k.b.ix_add(&Ix::V(iv.clone()), &Ix::C(u));
+        next.push(step(k, j, a)?);
+    }
+    k.b.line(format!("scf.yield {} : {tys}", next.join(", ")));
+    k.pop_scope();
+    k.b.close("}", false);
+    Ok((0..n).map(|u| format!("{res}#{u}")).collect())
 }
 
 /// Fast-math flags of an `f64` accumulation: reassociation lets LLVM vectorize the loop
@@ -317,33 +337,18 @@ pub(crate) fn emit_softmax(
         // keeps `lanes` independent maxima (when the extent is a multiple of it), which run
         // in parallel instead of one serial chain of compares.
         let lanes = if ext % 8 == 0 { 8 } else { 1 };
-        let (res, iv) = (k.b.fresh(), k.b.fresh());
-        let accs: Vec<String> = (0..lanes).map(|_| k.b.fresh()).collect();
-        let step = k.b.idx(lanes);
-        let iter: Vec<String> = accs.iter().map(|a| format!("{a} = {init}")).collect();
-        let tys = vec![t; lanes].join(", ");
-        k.b.open(format!(
-            "{res}:{lanes} = scf.for {iv} = {zero} to {end} step {step} iter_args({}) -> ({tys}) {{",
-            iter.join(", ")
-        ));
-        k.push_scope();
-        let mut next = Vec::new();
-        for (u, a) in accs.iter().enumerate() {
-            let j = k.b.ix_add(&Ix::V(iv.clone()), &Ix::C(u));
+        let parts = interleaved(k, lanes, ext, &init, t, |k, j, acc| {
             let raw = k.eval(x, &at(&j))?;
             let y = if narrow {
                 raw
             } else {
                 scalar::to_f64(&mut k.b, xdt, &raw)
             };
-            next.push(k.b.op(format!("arith.maxnumf {a}, {y} : {t}")));
-        }
-        k.b.line(format!("scf.yield {} : {tys}", next.join(", ")));
-        k.pop_scope();
-        k.b.close("}", false);
-        let mut m = format!("{res}#0");
-        for u in 1..lanes {
-            m = k.b.op(format!("arith.maxnumf {m}, {res}#{u} : {t}"));
+            Ok(k.b.op(format!("arith.maxnumf {acc}, {y} : {t}")))
+        })?;
+        let mut m = parts[0].clone();
+        for p in &parts[1..] {
+            m = k.b.op(format!("arith.maxnumf {m}, {p} : {t}"));
         }
         let res = m;
         if narrow {
