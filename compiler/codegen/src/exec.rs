@@ -359,11 +359,7 @@ impl CompiledFunction {
         // another run holds it, they are launched from a thread of rayon's pool: a launch
         // from outside the pool costs ~10 µs (the job is injected and the caller sleeps until
         // it is done), from inside ~2 µs, and a step has hundreds of launches.
-        let team = if self.threads > 1 && self.team {
-            Team::get()
-        } else {
-            None
-        };
+        let team = self.team();
         if self.threads > 1 && team.is_none() && rayon::current_thread_index().is_none() {
             rayon::scope(|_| self.run_steps(inputs, mapped, times, None))
         } else {
@@ -520,17 +516,19 @@ impl CompiledFunction {
     /// Runs every step with caller-provided buffer addresses, one per slot (used by
     /// [`crate::Gemm`], whose buffers are plain slices).
     pub(crate) fn run_raw(&self, addrs: &[usize]) -> Result<(), CodegenError> {
-        let team = if self.threads > 1 && self.team {
-            Team::get()
-        } else {
-            None
-        };
+        let team = self.team();
         for (si, step) in self.plan.steps.iter().enumerate() {
             let mut a: Vec<usize> = step.args.iter().map(|&s| addrs[s]).collect();
             a.push(addrs[step.out]);
             self.launch(si, step, &a, team.as_ref())?;
         }
         Ok(())
+    }
+
+    /// The team for one run, when this function splits launches, uses the team, and the team
+    /// is free.
+    fn team(&self) -> Option<Held<'static>> {
+        (self.threads > 1 && self.team).then(Team::get).flatten()
     }
 
     /// Launches step `si`, split into per-thread chunks when it is big enough: on `team`
