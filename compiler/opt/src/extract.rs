@@ -184,56 +184,7 @@ pub fn extract(
             break;
         }
     }
-    // A scaled value (`x · splat`) read by several classes stays as long as one reader
-    // does, so switching readers one at a time never removes it. Switch all its readers at
-    // once to their cheapest nodes that do not read it (the scale moved onto each product:
-    // autodiff's LoRA backward scales a `[tokens, features]` gradient once for two rank-r
-    // products, whose results are far smaller).
-    for _ in 0..2 {
-        let mut improved = false;
-        let readers_of = dag.readers();
-        for x in dag.reachable() {
-            let scaled = dag.choice.get(&x).is_some_and(|n| {
-                crate::lang::op_name(n) == Some("mul")
-                    && n.children().iter().any(|c| eg[*c].data.splat().is_some())
-            });
-            if !scaled {
-                continue;
-            }
-            // (Readers as of the pass's start, less those a switch since moved off `x`.)
-            let readers: Vec<Id> = readers_of
-                .get(&x)
-                .into_iter()
-                .flatten()
-                .copied()
-                .filter(|&p| dag.reads(p, x))
-                .collect();
-            if readers.len() < 2 {
-                continue;
-            }
-            let switches: Option<Vec<(Id, G)>> = readers
-                .iter()
-                .map(|&p| {
-                    eg[p]
-                        .nodes
-                        .iter()
-                        .filter(|n| n.children().iter().all(|c| ![x, p].contains(&eg.find(*c))))
-                        .min_by(|a, b| {
-                            node_seconds(eg, a, &target).total_cmp(&node_seconds(eg, b, &target))
-                        })
-                        .map(|n| (p, n.clone()))
-                })
-                .collect();
-            if let Some(switches) = switches
-                && dag.try_switch_all(&switches)
-            {
-                improved = true;
-            }
-        }
-        if !improved {
-            break;
-        }
-    }
+    unscale_shared(eg, &mut dag, &target);
     // Batching groups switch together.
     let mut used = 0;
     let mut groups: Vec<Vec<(Id, G)>> = groups.0.lock().map(|g| g.clone()).unwrap_or_default();
@@ -268,4 +219,57 @@ pub fn extract(
         expr,
         groups_used: used,
     })
+}
+
+/// A scaled value (`x · splat`) read by several classes stays as long as one reader does, so
+/// switching readers one at a time never removes it. This switches all its readers at once
+/// to their cheapest nodes that do not read it (the scale moved onto each product: autodiff's
+/// LoRA backward scales a `[tokens, features]` gradient once for two rank-r products, whose
+/// results are far smaller), when the DAG gets cheaper.
+fn unscale_shared(eg: &Graph, dag: &mut Dag<'_>, target: &Target) {
+    for _ in 0..2 {
+        let mut improved = false;
+        let readers_of = dag.readers();
+        for x in dag.reachable() {
+            let scaled = dag.choice.get(&x).is_some_and(|n| {
+                crate::lang::op_name(n) == Some("mul")
+                    && n.children().iter().any(|c| eg[*c].data.splat().is_some())
+            });
+            if !scaled {
+                continue;
+            }
+            // (Readers as of the pass's start, less those a switch since moved off `x`.)
+            let readers: Vec<Id> = readers_of
+                .get(&x)
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|&p| dag.reads(p, x))
+                .collect();
+            if readers.len() < 2 {
+                continue;
+            }
+            let switches: Option<Vec<(Id, G)>> = readers
+                .iter()
+                .map(|&p| {
+                    eg[p]
+                        .nodes
+                        .iter()
+                        .filter(|n| n.children().iter().all(|c| ![x, p].contains(&eg.find(*c))))
+                        .min_by(|a, b| {
+                            node_seconds(eg, a, target).total_cmp(&node_seconds(eg, b, target))
+                        })
+                        .map(|n| (p, n.clone()))
+                })
+                .collect();
+            if let Some(switches) = switches
+                && dag.try_switch_all(&switches)
+            {
+                improved = true;
+            }
+        }
+        if !improved {
+            break;
+        }
+    }
 }
