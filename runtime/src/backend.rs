@@ -21,6 +21,21 @@ pub trait Prepared {
         false
     }
 
+    /// Binds the frozen weights (a compiled backend packs them once, for every later run,
+    /// which then ignore those inputs' values). Each input later runs no longer read is let
+    /// go as soon as binding is done with it: removed from `inputs` if there, and
+    /// `release(name)` is called. Returns the bytes the bound copies take. The default binds
+    /// nothing.
+    fn bind(
+        &self,
+        inputs: &mut HashMap<String, Tensor>,
+        mapped: &[MappedInput<'_>],
+        release: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<usize, String> {
+        let _ = (inputs, mapped, release);
+        Ok(0)
+    }
+
     /// Runs it with some inputs given as bytes borrowed from memory the caller keeps alive
     /// (a memory-mapped weights file) instead of tensors.
     fn run_mapped(
@@ -90,6 +105,8 @@ pub struct PreparedInfo {
     pub output_bytes: usize,
     /// Bytes the intermediates would take without buffer reuse.
     pub unshared_bytes: usize,
+    /// Bytes of the bound (packed) frozen weights, once bound.
+    pub bound_bytes: usize,
 }
 
 /// Something that can prepare and run IR functions.

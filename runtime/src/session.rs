@@ -117,6 +117,10 @@ pub struct Session {
     optimized: Option<(f64, bool)>,
     seed: u64,
     steps_done: usize,
+    /// Weights the backend bound and let go of: made again (from the seed, or read from the
+    /// weights file) when the interpreter needs them ([`Session::forward`], [`Session::gradients`]).
+    /// Whether each was a stand-in (else it is read from the weights file again).
+    dropped: Vec<(String, TensorType, bool)>,
 }
 
 fn scalar_f32(t: &Tensor) -> f32 {
@@ -195,6 +199,7 @@ impl Session {
         };
         let mut mapped = Vec::new();
         let mut values = HashMap::new();
+        let mut stand_ins = Vec::new();
         for t in program.tensors.iter().filter(|t| t.from_weights) {
             let frozen = step_fn
                 .input(&t.path)
@@ -219,7 +224,10 @@ impl Session {
                     }
                     x
                 }
-                None => stand_in(&t.ty, seed, &t.path)?,
+                None => {
+                    stand_ins.push((t.path.clone(), t.ty.clone()));
+                    stand_in(&t.ty, seed, &t.path)?
+                }
             };
             match t.quant {
                 Some(q) => quantize_into(&mut values, &t.path, &tensor, q.block, q.nested)?,
@@ -239,7 +247,7 @@ impl Session {
         for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
             values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
         }
-        Ok(Session {
+        let mut session = Session {
             program,
             step_fn,
             runner,
@@ -250,7 +258,69 @@ impl Session {
             optimized,
             seed,
             steps_done: 0,
-        })
+            dropped: Vec::new(),
+        };
+        session.bind_weights(stand_ins)?;
+        Ok(session)
+    }
+
+    /// Lets the backend bind the frozen weights ([`Prepared::bind`]: a compiled step packs
+    /// them once) and drops what its runs no longer read: a mapped weight's pages of the
+    /// weights file (read again from the file if something touches them), or a seeded
+    /// stand-in tensor (`stand_ins`, made again from the seed if the interpreter needs it).
+    /// The memory the weights take then stays about the same, in the backend's layout.
+    fn bind_weights(&mut self, stand_ins: Vec<(String, TensorType)>) -> Result<(), SessionError> {
+        let data = self.file.as_ref().map_or(&[][..], |f| f.data());
+        let inputs: Vec<MappedInput<'_>> = self
+            .mapped
+            .iter()
+            .filter_map(|(name, ty, r)| {
+                Some(MappedInput {
+                    name,
+                    ty,
+                    bytes: data.get(r.clone())?,
+                })
+            })
+            .collect();
+        let (file, mapped) = (self.file.as_ref(), &self.mapped);
+        let mut released = Vec::new();
+        self.runner
+            .bind(&mut self.values, &inputs, &mut |name: &str| {
+                if let (Some(f), Some((_, _, r))) = (file, mapped.iter().find(|m| m.0 == name)) {
+                    f.release(r.clone());
+                }
+                released.push(name.to_string());
+            })
+            .map_err(SessionError::Backend)?;
+        // What the backend took out of `values`: stand-ins, or weights read from the file
+        // into tensors (a dtype the backend does not read in place).
+        for name in released {
+            if self.values.contains_key(&name) || mapped.iter().any(|m| m.0 == name) {
+                continue;
+            }
+            let stand_in = stand_ins.iter().find(|s| s.0 == name);
+            let ty = match (stand_in, self.step_fn.input(&name)) {
+                (Some((_, ty)), _) => ty.clone(),
+                (None, Some(i)) => i.ty.clone(),
+                (None, None) => continue,
+            };
+            self.dropped.push((name, ty, stand_in.is_some()));
+        }
+        Ok(())
+    }
+
+    /// Makes the weights the backend let go of again (the interpreter reads them): a
+    /// stand-in from the seed, a file's weight from the file.
+    fn restore_dropped(&mut self) -> Result<(), SessionError> {
+        for (name, ty, seeded) in std::mem::take(&mut self.dropped) {
+            let t = match (&self.file, seeded) {
+                (_, true) => stand_in(&ty, self.seed, &name)?,
+                (Some(f), false) => f.read(&name)?,
+                (None, false) => return Err(SessionError::Missing("weights file")),
+            };
+            self.values.insert(name, t);
+        }
+        Ok(())
     }
 
     /// When the step was optimized: the seconds it took and whether the optimized step came
@@ -318,6 +388,7 @@ impl Session {
 
     /// Runs `@forward` on a batch and returns the logits.
     pub fn forward(&mut self, input_ids: &Tensor) -> Result<Tensor, SessionError> {
+        self.restore_dropped()?;
         let forward = self
             .program
             .module
@@ -369,6 +440,7 @@ impl Session {
         input_ids: &Tensor,
         labels: &Tensor,
     ) -> Result<(f32, Vec<(String, Tensor)>), SessionError> {
+        self.restore_dropped()?;
         let forward = self
             .program
             .module

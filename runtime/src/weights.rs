@@ -144,6 +144,28 @@ impl WeightsFile {
         &self.mmap
     }
 
+    /// Drops the pages holding bytes `range` of the file from this process's memory (those
+    /// partly in the range too): a reader that no longer needs a tensor (a backend that
+    /// bound a packed copy) releases its share of the resident set. The bytes stay readable:
+    /// a later access reads them from the file again.
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if range.end > self.mmap.len() || range.is_empty() {
+            return;
+        }
+        #[cfg(unix)]
+        #[allow(unsafe_code)]
+        // SAFETY: the map is a read-only shared mapping of a file graft does not write:
+        // MADV_DONTNEED only unmaps the process's pages, and any later access reads the same
+        // bytes from the file again, so no slice into the map observes a change.
+        let _ = unsafe {
+            self.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                range.len(),
+            )
+        };
+    }
+
     /// Checks the file against the frozen weights a program reads; returns one message per
     /// problem (missing tensor, wrong shape, unsupported dtype).
     pub fn check(&self, expected: &[(String, TensorType)]) -> Vec<String> {

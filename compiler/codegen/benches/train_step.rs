@@ -4,7 +4,8 @@
 //! (the example ships none); the interpreter is not run (it would take minutes).
 //!
 //! `GRAFT_STEPS=n` sets how many steps are timed (default 5), `GRAFT_SPEC=path` another spec,
-//! `GRAFT_OPTIMIZE=1` runs the e-graph optimizer first (through the optimized-step cache),
+//! `GRAFT_TARGET="bind=0"` compiles the step with these blocking parameters (see
+//! `GRAFT_VARIANT`), `GRAFT_OPTIMIZE=1` runs the e-graph optimizer first (through the optimized-step cache),
 //! `GRAFT_TOP=n` how many of the slowest launches to list, `GRAFT_DUMP_IR=path` writes the
 //! compiled graph (whose `%n` the profile names), `GRAFT_VARIANT="kc=512"` times the step
 //! alternately with the host's blocking and with these parameters (`kc`, `mc`, and in MiB `budget`
@@ -104,11 +105,27 @@ fn main() {
     }
 
     let t = Instant::now();
-    let compiled = graft_codegen::compile(&step_fn).unwrap();
+    // `GRAFT_TARGET="bind=0"`: the profiled step with these blocking parameters.
+    let target = graft_codegen::CpuTarget::host()
+        .with_blocking(&std::env::var("GRAFT_TARGET").unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let compiled = graft_codegen::compile_with(
+        &step_fn,
+        &graft_codegen::CompileOptions {
+            target,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // The frozen weights are packed once, as a training session does.
+    let bound = compiled
+        .bind(&mut values.clone(), &[], &mut |_| {})
+        .unwrap();
     eprintln!(
-        "@train_step: {} nodes, {} kernel launches, compiled in {:?}",
+        "@train_step: {} nodes, {} kernel launches, compiled and bound ({:.1} MB) in {:?}",
         step_fn.nodes.len(),
         compiled.kernel_count(),
+        bound as f64 / 1e6,
         t.elapsed()
     );
     // `GRAFT_VARIANT="kc=512,mc=240"`: also compile the step with these blocking parameters
@@ -136,6 +153,7 @@ fn main() {
         let variant = graft_codegen::compile_with(&variant_fn, &opts)
             .unwrap()
             .with_team(!spec.split(',').any(|i| i == "team=0"));
+        variant.bind(&mut values.clone(), &[], &mut |_| {}).unwrap();
         let rounds: usize = std::env::var("GRAFT_STEPS")
             .ok()
             .and_then(|s| s.parse().ok())
@@ -214,7 +232,7 @@ fn main() {
         );
     }
     // Matmul time by kernel kind (pack / GEMM) and result type.
-    let mut mm: HashMap<(String, String), (f64, usize)> = HashMap::new();
+    let mut mm: HashMap<(String, String), (f64, usize, f64)> = HashMap::new();
     for k in slowest
         .iter()
         .filter(|k| k.op == "matmul" || k.op == "qmatmul")
@@ -223,12 +241,31 @@ fn main() {
         let e = mm.entry((kind.to_string(), k.ty.clone())).or_default();
         e.0 += k.seconds;
         e.1 += 1;
+        e.2 += k.flops;
     }
+    let gemm_flops: f64 = slowest.iter().map(|k| k.flops).sum();
+    let gemm_secs: f64 = slowest
+        .iter()
+        .filter(|k| k.flops > 0.0)
+        .map(|k| k.seconds)
+        .sum();
+    println!(
+        "GEMM launches: {:.1} GFLOP in {:.1} ms ({:.1} GFLOP/s); the last step took {:.1} ms",
+        gemm_flops / 1e9,
+        gemm_secs * 1e3,
+        gemm_flops / gemm_secs.max(1e-9) / 1e9,
+        slowest.iter().map(|k| k.seconds).sum::<f64>() * 1e3
+    );
     let mut mm: Vec<_> = mm.into_iter().collect();
     mm.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
     println!("\nmatmul time by kind and result type:");
-    for ((kind, ty), (secs, n)) in mm.iter().take(16) {
-        println!("{:>9.2} ms  {kind:<5} {ty:<22} x{n}", secs * 1e3);
+    for ((kind, ty), (secs, n, flops)) in mm.iter().take(16) {
+        let rate = if *flops > 0.0 {
+            format!("{:>7.1} GFLOP/s", flops / secs / 1e9)
+        } else {
+            String::new()
+        };
+        println!("{:>9.2} ms  {kind:<6} {ty:<22} x{n:<4} {rate}", secs * 1e3);
     }
     slowest.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
     println!("\nslowest launches:");

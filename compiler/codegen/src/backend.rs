@@ -28,6 +28,17 @@ impl Prepared for Compiled {
         self.0.run_mapped(inputs, mapped).map_err(|e| e.to_string())
     }
 
+    fn bind(
+        &self,
+        inputs: &mut HashMap<String, Tensor>,
+        mapped: &[MappedInput<'_>],
+        release: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<usize, String> {
+        self.0
+            .bind(inputs, mapped, release)
+            .map_err(|e| e.to_string())
+    }
+
     fn info(&self) -> Option<PreparedInfo> {
         let c = self.0.compile_info();
         let m = self.0.memory();
@@ -45,6 +56,7 @@ impl Prepared for Compiled {
             arena_bytes: m.arena_bytes,
             output_bytes: m.output_bytes,
             unshared_bytes: m.unshared_bytes,
+            bound_bytes: self.0.bound_bytes(),
         })
     }
 }

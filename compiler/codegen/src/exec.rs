@@ -17,7 +17,7 @@ use crate::team::{Held, Team};
 use graft_interp::{Data, Tensor};
 use graft_ir::{DType, Function, InputKind};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, RwLock};
 
 /// Work (range × cost) below which a kernel runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 15;
@@ -35,6 +35,9 @@ pub struct CompiledFunction {
     pub(crate) memory: MemoryPlan,
     /// The arena, kept between runs.
     pub(crate) arena: Mutex<Option<Arena>>,
+    /// The packed frozen weights, once bound ([`CompiledFunction::bind`]): each binding
+    /// step's output slot and buffer. Runs hold the read lock throughout.
+    pub(crate) bound: RwLock<Option<Vec<(usize, Buf)>>>,
     /// How it was compiled.
     pub(crate) info: crate::CompileInfo,
     // Declared last: dropped after everything that may hold kernel addresses.
@@ -60,6 +63,9 @@ pub struct KernelTime {
     pub kind: &'static str,
     /// Seconds.
     pub seconds: f64,
+    /// Floating-point operations a GEMM or matmul launch performs (2 per multiply-add, over
+    /// the padded panels it covers); 0 for other kernels.
+    pub flops: f64,
 }
 
 /// A kernel buffer, typed by storage.
@@ -108,6 +114,28 @@ impl Buf {
             DType::I64 => Buf::I64(words(b, i64::from_ne_bytes)),
             DType::I32 => Buf::I32(words(b, i32::from_ne_bytes)),
             DType::U8 | DType::U4 | DType::Bool => Buf::Byte(b.to_vec()),
+        }
+    }
+
+    /// The address of the first element, for kernels that only read the buffer.
+    fn addr_const(&self) -> usize {
+        match self {
+            Buf::F32(v) => v.as_ptr() as usize,
+            Buf::F64(v) => v.as_ptr() as usize,
+            Buf::I64(v) => v.as_ptr() as usize,
+            Buf::I32(v) => v.as_ptr() as usize,
+            Buf::Byte(v) => v.as_ptr() as usize,
+        }
+    }
+
+    /// Bytes held.
+    fn bytes(&self) -> usize {
+        match self {
+            Buf::F32(v) => 4 * v.len(),
+            Buf::F64(v) => 8 * v.len(),
+            Buf::I64(v) => 8 * v.len(),
+            Buf::I32(v) => 4 * v.len(),
+            Buf::Byte(v) => v.len(),
         }
     }
 
@@ -171,6 +199,8 @@ enum Live<'a> {
     Arena(usize),
     /// An output's own buffer.
     Owned(Buf),
+    /// A bound buffer at this address, held by the function while the run holds its lock.
+    Bound(usize),
 }
 
 impl Live<'_> {
@@ -182,6 +212,7 @@ impl Live<'_> {
             Live::Mapped(b) => Some(b.as_ptr() as usize),
             Live::Arena(off) => Some(base + *off),
             Live::Owned(b) => Some(b.addr()),
+            Live::Bound(a) => Some(*a),
         }
     }
 }
@@ -374,39 +405,17 @@ impl CompiledFunction {
         mut times: Option<&mut Vec<KernelTime>>,
         team: Option<&Held<'_>>,
     ) -> Result<Vec<(String, Tensor)>, CodegenError> {
+        let bound = self.bound.read().ok();
+        let bound = bound.as_ref().and_then(|b| b.as_ref());
         let mut live: Vec<Live<'_>> = self.plan.slots.iter().map(|_| Live::Empty).collect();
-        for (name, ty, slot) in &self.plan.inputs {
-            let t = match inputs.get(name) {
-                Some(t) => t,
-                None => {
-                    let m = mapped
-                        .iter()
-                        .find(|m| m.name == name)
-                        .ok_or_else(|| CodegenError::MissingInput { name: name.clone() })?;
-                    let fits = m.ty == ty
-                        && ty.dtype == DType::F32
-                        && m.bytes.len() == 4 * ty.numel()
-                        && (m.bytes.as_ptr() as usize) % std::mem::align_of::<f32>() == 0;
-                    if !fits {
-                        return Err(CodegenError::InputTypeMismatch {
-                            name: name.clone(),
-                            expected: ty.clone(),
-                            got: m.ty.clone(),
-                        });
-                    }
-                    live[*slot] = Live::Mapped(m.bytes);
-                    continue;
-                }
-            };
-            if t.ty() != ty {
-                return Err(CodegenError::InputTypeMismatch {
-                    name: name.clone(),
-                    expected: ty.clone(),
-                    got: t.ty().clone(),
-                });
+        if let Some(bufs) = bound {
+            for (slot, buf) in bufs {
+                live[*slot] = Live::Bound(buf.addr_const());
             }
-            live[*slot] = Live::Input(t);
         }
+        // Once bound, the weights only binding read are not needed.
+        let needed = |name: &str| bound.is_none() || !self.plan.bind_only.iter().any(|b| b == name);
+        self.bind_inputs(inputs, mapped, &mut live, needed)?;
         // The arena is kept between runs (a training loop reuses the same, already faulted-in
         // memory every step); a concurrent run that finds it taken allocates its own.
         let mut arena = self
@@ -422,6 +431,9 @@ impl CompiledFunction {
             }
         }
         for (si, step) in self.plan.steps.iter().enumerate() {
+            if step.bind && bound.is_some() {
+                continue;
+            }
             let slot = &self.plan.slots[step.out];
             if matches!(live[step.out], Live::Empty) {
                 live[step.out] = Live::Owned(Buf::new(slot.dtype, slot.len));
@@ -455,11 +467,18 @@ impl CompiledFunction {
                         StepKind::Softmax => "softmax",
                         StepKind::MatMulScalar(_) => "matmul",
                         StepKind::PackA(_) => "pack_a",
-                        StepKind::Pack(_) => "pack",
+                        StepKind::Pack(_) | StepKind::PackBound(..) => "pack",
                         StepKind::Gemm(_) => "gemm",
                         StepKind::Host => "host",
                     },
                     seconds: started.elapsed().as_secs_f64(),
+                    flops: match &step.kind {
+                        // A GEMM's cost is its FLOPs per range item; a scalar matmul's, the
+                        // multiply-adds per row.
+                        StepKind::Gemm(_) => (step.range * step.cost) as f64,
+                        StepKind::MatMulScalar(_) => 2.0 * (step.range * step.cost) as f64,
+                        _ => 0.0,
+                    },
                 });
             }
         }
@@ -481,7 +500,7 @@ impl CompiledFunction {
                     }
                 }
                 Live::Owned(b) => b_clone(b, ty)?,
-                Live::Arena(_) | Live::Empty => {
+                Live::Arena(_) | Live::Empty | Live::Bound(_) => {
                     return Err(CodegenError::Internal(format!(
                         "output `{name}` was not computed"
                     )));
@@ -493,6 +512,184 @@ impl CompiledFunction {
             *kept = Some(arena);
         }
         Ok(out)
+    }
+
+    /// Points the input slots at `inputs` (or at `mapped` bytes), checking types; an input
+    /// found in neither is an error when `needed(name)`, else left unset.
+    fn bind_inputs<'a>(
+        &self,
+        inputs: &'a HashMap<String, Tensor>,
+        mapped: &[graft_runtime::MappedInput<'a>],
+        live: &mut [Live<'a>],
+        needed: impl Fn(&str) -> bool,
+    ) -> Result<(), CodegenError> {
+        for (name, ty, slot) in &self.plan.inputs {
+            let t = match inputs.get(name) {
+                Some(t) => t,
+                None => {
+                    let Some(m) = mapped.iter().find(|m| m.name == name) else {
+                        if needed(name) {
+                            return Err(CodegenError::MissingInput { name: name.clone() });
+                        }
+                        continue;
+                    };
+                    let fits = m.ty == ty
+                        && ty.dtype == DType::F32
+                        && m.bytes.len() == 4 * ty.numel()
+                        && (m.bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<f32>());
+                    if !fits {
+                        return Err(CodegenError::InputTypeMismatch {
+                            name: name.clone(),
+                            expected: ty.clone(),
+                            got: m.ty.clone(),
+                        });
+                    }
+                    live[*slot] = Live::Mapped(m.bytes);
+                    continue;
+                }
+            };
+            if t.ty() != ty {
+                return Err(CodegenError::InputTypeMismatch {
+                    name: name.clone(),
+                    expected: ty.clone(),
+                    got: t.ty().clone(),
+                });
+            }
+            live[*slot] = Live::Input(t);
+        }
+        Ok(())
+    }
+
+    /// Binds the frozen weights: runs, once, the steps that pack them (B of every `x · Wᵀ`
+    /// on a `weight` input, or on a batched `concat` of them) into buffers this function
+    /// keeps, so that later runs skip that packing and read the packed panels instead
+    /// (the other orientation, `dy · W`, is then packed from those panels, not from `W`).
+    /// Later runs ignore the bound inputs' values: binding freezes them until
+    /// [`CompiledFunction::unbind`] (binding again replaces them).
+    ///
+    /// The inputs later runs no longer read ([`CompiledFunction::bind_only_inputs`]) are let
+    /// go as soon as binding is done with each: a tensor in `inputs` is removed from the map
+    /// and dropped, and `release(name)` is called (for a mapped input too, whose caller may
+    /// drop its pages then), so the weights are not held twice at any point. Returns the
+    /// bound bytes.
+    ///
+    /// # Errors
+    /// An input binding reads missing from both `inputs` and `mapped`, or mistyped; nothing
+    /// is removed or bound then.
+    pub fn bind(
+        &self,
+        inputs: &mut HashMap<String, Tensor>,
+        mapped: &[graft_runtime::MappedInput<'_>],
+        release: &mut (dyn FnMut(&str) + Send),
+    ) -> Result<usize, CodegenError> {
+        let mut owned: HashMap<String, Tensor> = HashMap::new();
+        for name in &self.plan.bind_only {
+            if let Some(t) = inputs.remove(name) {
+                owned.insert(name.clone(), t);
+            }
+        }
+        let checked = self.bind_checked(inputs, &owned, mapped);
+        let live = match checked {
+            Ok(live) => live,
+            Err(e) => {
+                inputs.extend(owned);
+                return Err(e);
+            }
+        };
+        // The last binding step that reads each slot.
+        let mut last = vec![None; self.plan.slots.len()];
+        for (si, st) in self.plan.steps.iter().enumerate().filter(|(_, st)| st.bind) {
+            for &a in &st.args {
+                last[a] = Some(si);
+            }
+        }
+        let team = self.team();
+        let mut bufs = Vec::new();
+        let mut run = |team: Option<&Held<'_>>| -> Result<(), CodegenError> {
+            for (si, step) in self.plan.steps.iter().enumerate().filter(|(_, st)| st.bind) {
+                let slot = &self.plan.slots[step.out];
+                let mut buf = Buf::new(slot.dtype, slot.len);
+                let mut addrs: Vec<usize> = step.args.iter().map(|&a| live[a]).collect();
+                addrs.push(buf.addr());
+                self.launch(si, step, &addrs, team)?;
+                bufs.push((step.out, buf));
+                for (name, _, s) in &self.plan.inputs {
+                    if last[*s] == Some(si) && self.plan.bind_only.contains(name) {
+                        owned.remove(name);
+                        release(name);
+                    }
+                }
+            }
+            Ok(())
+        };
+        if self.threads > 1 && team.is_none() && rayon::current_thread_index().is_none() {
+            rayon::scope(|_| run(None))?;
+        } else {
+            run(team.as_ref())?;
+        }
+        let bytes = bufs.iter().map(|(_, b)| b.bytes()).sum();
+        if let Ok(mut b) = self.bound.write() {
+            *b = Some(bufs);
+        }
+        Ok(bytes)
+    }
+
+    /// The address of every slot binding reads (0 for others), after checking that each is
+    /// present with its declared type: in `inputs`, `owned` (the bind-only tensors taken
+    /// out of the caller's map) or `mapped`.
+    fn bind_checked(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        owned: &HashMap<String, Tensor>,
+        mapped: &[graft_runtime::MappedInput<'_>],
+    ) -> Result<Vec<usize>, CodegenError> {
+        let mut live: Vec<Live<'_>> = self.plan.slots.iter().map(|_| Live::Empty).collect();
+        self.bind_inputs(inputs, mapped, &mut live, |_| false)?;
+        for (name, ty, slot) in &self.plan.inputs {
+            if let Some(t) = owned.get(name) {
+                if t.ty() != ty {
+                    return Err(CodegenError::InputTypeMismatch {
+                        name: name.clone(),
+                        expected: ty.clone(),
+                        got: t.ty().clone(),
+                    });
+                }
+                live[*slot] = Live::Bound(tensor_addr(t));
+            }
+        }
+        let mut addrs = vec![0; live.len()];
+        for st in self.plan.steps.iter().filter(|st| st.bind) {
+            for &a in &st.args {
+                addrs[a] = live[a].addr(0).ok_or_else(|| CodegenError::MissingInput {
+                    name: self.plan.slots[a].input.clone().unwrap_or_default(),
+                })?;
+            }
+        }
+        Ok(addrs)
+    }
+
+    /// Bytes of the bound weights (0 before [`CompiledFunction::bind`]).
+    pub fn bound_bytes(&self) -> usize {
+        self.bound
+            .read()
+            .ok()
+            .and_then(|b| {
+                b.as_ref()
+                    .map(|bufs| bufs.iter().map(|(_, b)| b.bytes()).sum())
+            })
+            .unwrap_or(0)
+    }
+
+    /// Drops the bound weights: later runs pack every weight again, from their inputs.
+    pub fn unbind(&self) {
+        if let Ok(mut b) = self.bound.write() {
+            *b = None;
+        }
+    }
+
+    /// The inputs that runs after [`CompiledFunction::bind`] no longer read.
+    pub fn bind_only_inputs(&self) -> &[String] {
+        &self.plan.bind_only
     }
 
     /// How the function was compiled: time, modules, kernel cache hits.
@@ -626,7 +823,9 @@ impl CompiledFunction {
                     let s = &self.plan.slots[slot];
                     arena.read(*at, s.dtype, s.len).into_tensor(&ty)?
                 }
-                Live::Empty => return Err(CodegenError::Internal("host operand missing".into())),
+                Live::Empty | Live::Bound(_) => {
+                    return Err(CodegenError::Internal("host operand missing".into()));
+                }
             };
             let name = format!("x{i}");
             args.push(g.add_input(name.clone(), InputKind::Data, ty, None));

@@ -109,7 +109,7 @@ impl GemmShape {
         let (p0, p1) = self.panel_span(t);
         let b_elems = (p1 - p0) * t.nr * self.k_len();
         let a_elems = self.a[0] * self.m * self.k_len();
-        self.b[0] == 1 && p1 - p0 >= 2 && b_elems > a_elems
+        t.split_n && self.b[0] == 1 && p1 - p0 >= 2 && b_elems > a_elems
     }
 
     /// The GEMM kernel's range: its panels when they are split across threads, else
@@ -339,6 +339,123 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
         name: name.to_string(),
         params: vec![
             format!("%a0: {bty}"),
+            format!("%out: {pty} {{llvm.noalias}}"),
+        ],
+        body: b.finish(),
+        ranged: true,
+    }
+}
+
+/// The pack kernel `@{name}` of a row-major B (`[k, n]`, no batches) whose rows are rows
+/// `row_off..` of a frozen value V already packed, once, as B of `x · Vᵀ` (the bound panels
+/// [`crate::schedule::Bound`] names, read flat): element `(r, c)` of V is at
+/// `(r / NR) · k_v · NR + c · NR + r mod NR`. So `lanes` consecutive rows of one column are
+/// contiguous; blocks of `lanes` k are loaded one column per vector (`lanes` columns),
+/// transposed in registers ([`transpose_block`]) and stored as `lanes` runs of the panel,
+/// when B's first row falls on a multiple of `lanes` in V; other k go through a scalar loop.
+pub(crate) fn emit_pack_bound(
+    name: &str,
+    s: &GemmShape,
+    t: &CpuTarget,
+    bound: &crate::schedule::Bound,
+) -> FuncText {
+    let mut b = Body::new();
+    let src_ty = memref_ty(&[bound.len], "f32");
+    let pty = s.packed_ty(t);
+    let (p0, _) = s.panel_span(t);
+    let (nr, lanes, k_v) = (t.nr, t.lanes, bound.k_v);
+    let vt = vty(t);
+    let one = b.idx(1);
+    let (k0, kend) = (s.k_range.0, s.k_range.1);
+    let q = b.fresh();
+    b.open(format!("scf.for {q} = %lo to %hi step {one} {{"));
+    // One batch: the range item is the chunk's panel.
+    let p = q.clone();
+    let j0 = b.ix_add(&Ix::V(p.clone()), &Ix::C(p0));
+    let j0 = b.ix_mul(&j0, nr);
+    let j0 = b.ix(&j0);
+    let (zero, nc, last_col) = (b.idx(0), b.idx(s.n), b.idx(s.n.saturating_sub(1)));
+    // Flat offset of V's row `row_off + kk` (column 0): its panel's start plus its place
+    // in the panel.
+    let row_base = |b: &mut Body, kk: &str| -> String {
+        let r = b.ix_add(&Ix::V(kk.to_string()), &Ix::C(bound.row_off));
+        let panel = b.ix_div(&r, nr);
+        let panel = b.ix_mul(&panel, k_v * nr);
+        let within = b.ix_rem(&r, nr);
+        let at = b.ix_add(&panel, &within);
+        b.ix(&at)
+    };
+    let vector = [bound.row_off, k0, nr]
+        .iter()
+        .all(|x| x.is_multiple_of(lanes));
+    let k_vec_end = if vector {
+        k0 + (kend - k0) / lanes * lanes
+    } else {
+        k0
+    };
+    if k_vec_end > k0 {
+        let zero_v = b.konst("dense<0.000000e+00>", &vt);
+        let (kb, kstart, kvend, lstep) = (b.fresh(), b.idx(k0), b.idx(k_vec_end), b.idx(lanes));
+        b.open(format!(
+            "scf.for {kb} = {kstart} to {kvend} step {lstep} {{"
+        ));
+        let base = row_base(&mut b, &kb);
+        let kl = b.op(format!("arith.subi {kb}, {kstart} : index"));
+        for v in 0..nr / lanes {
+            let mut rows = Vec::with_capacity(lanes);
+            for i in 0..lanes {
+                let off = b.idx(v * lanes + i);
+                let col = b.op(format!("arith.addi {j0}, {off} : index"));
+                let inside = b.op(format!("arith.cmpi ult, {col}, {nc} : index"));
+                let safe = b.op(format!("arith.minui {col}, {last_col} : index"));
+                let at = b.ix_mul(&Ix::V(safe), nr);
+                let at = b.ix_add(&at, &Ix::V(base.clone()));
+                let at = b.ix(&at);
+                let x = b.op(format!("vector.load %a0[{at}] : {src_ty}, {vt}"));
+                rows.push(b.op(format!("arith.select {inside}, {x}, {zero_v} : {vt}")));
+            }
+            let cols = transpose_block(&mut b, rows, &vt);
+            let col0 = b.idx(v * lanes);
+            for (c, x) in cols.iter().enumerate() {
+                let cc = b.idx(c);
+                let at = b.op(format!("arith.addi {kl}, {cc} : index"));
+                b.line(format!(
+                    "vector.store {x}, %out[{zero}, {p}, {at}, {col0}] : {pty}, {vt}"
+                ));
+            }
+        }
+        b.close("}", false);
+    }
+    // The k left over (or all of them), element by element; columns past `n` are zeros.
+    let (kk, jj, jz) = (b.fresh(), b.fresh(), b.fresh());
+    let (kfrom, kto, kstart, nrend) = (b.idx(k_vec_end), b.idx(kend), b.idx(k0), b.idx(nr));
+    let left = b.op(format!("arith.subi {nc}, {j0} : index"));
+    let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
+    b.open(format!("scf.for {kk} = {kfrom} to {kto} step {one} {{"));
+    let base = row_base(&mut b, &kk);
+    let kl = b.op(format!("arith.subi {kk}, {kstart} : index"));
+    b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
+    let col = b.op(format!("arith.addi {j0}, {jj} : index"));
+    let at = b.ix_mul(&Ix::V(col), nr);
+    let at = b.ix_add(&at, &Ix::V(base));
+    let at = b.ix(&at);
+    let x = b.op(format!("memref.load %a0[{at}] : {src_ty}"));
+    b.line(format!(
+        "memref.store {x}, %out[{zero}, {p}, {kl}, {jj}] : {pty}"
+    ));
+    b.close("}", false);
+    let z = b.f32c(0.0);
+    b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
+    b.line(format!(
+        "memref.store {z}, %out[{zero}, {p}, {kl}, {jz}] : {pty}"
+    ));
+    b.close("}", false);
+    b.close("}", false);
+    b.close("}", false);
+    FuncText {
+        name: name.to_string(),
+        params: vec![
+            format!("%a0: {src_ty}"),
             format!("%out: {pty} {{llvm.noalias}}"),
         ],
         body: b.finish(),

@@ -106,6 +106,12 @@ pub struct CpuTarget {
     /// a fused SiLU backward packed as a GEMM's A (0.32–0.42 ms with 256, 0.24 ms with 512 for
     /// `[512, 688]`).
     pub auto_vector_bits: usize,
+    /// Let a GEMM whose shared B outweighs A split B's panels across threads instead of A's
+    /// row tiles ([`crate::gemm::GemmShape::splits_n`]).
+    pub split_n: bool,
+    /// Pack frozen weights once, when they are bound ([`crate::CompiledFunction::bind`]),
+    /// instead of in every run.
+    pub bind_weights: bool,
 }
 
 impl CpuTarget {
@@ -131,6 +137,8 @@ impl CpuTarget {
             vocab_chunk: 4 << 20,
             pack_rows: true,
             auto_vector_bits: if lanes == 16 { 512 } else { 0 },
+            split_n: true,
+            bind_weights: true,
         }
     }
 
@@ -158,6 +166,8 @@ impl CpuTarget {
                 "vocab" => self.vocab_chunk = val << 20,
                 "rows" => self.pack_rows = val != 0,
                 "autovec" => self.auto_vector_bits = val,
+                "splitn" => self.split_n = val != 0,
+                "bind" => self.bind_weights = val != 0,
                 other => return Err(format!("unknown blocking parameter `{other}`")),
             }
         }

@@ -297,6 +297,7 @@ pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunct
         team: true,
         memory,
         arena: std::sync::Mutex::default(),
+        bound: std::sync::RwLock::default(),
         info,
         _code: code,
     })

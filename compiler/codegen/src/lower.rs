@@ -8,7 +8,7 @@
 
 use crate::CodegenError;
 use crate::expr::{KernelCx, Table};
-use crate::gemm::{emit_gemm, emit_pack, emit_pack_a, emit_pack_computed};
+use crate::gemm::{emit_gemm, emit_pack, emit_pack_a, emit_pack_bound, emit_pack_computed};
 use crate::host::CpuTarget;
 use crate::kernels::{emit_fused, emit_matmul_scalar, emit_reduce, emit_softmax};
 use crate::schedule::{Plan, StepKind};
@@ -179,9 +179,14 @@ pub(crate) fn lower(
                 args.push(slot(plan, s.b_src)?);
                 add(&mut funcs, emit_pack(&name, s, target))
             }
+            StepKind::PackBound(s, bound) => {
+                args.push(bound.slot);
+                add(&mut funcs, emit_pack_bound(&name, s, target, bound))
+            }
             StepKind::Gemm(s) => {
                 let before = |back: usize| i.checked_sub(back).and_then(|p| plan.steps.get(p));
-                let pack = before(1).filter(|p| matches!(p.kind, StepKind::Pack(_)));
+                let pack = before(1)
+                    .filter(|p| matches!(p.kind, StepKind::Pack(_) | StepKind::PackBound(..)));
                 let pack_a = before(2).filter(|p| matches!(p.kind, StepKind::PackA(_)));
                 let (Some(pack), true) = (pack, pack_a.is_some() == s.packs_a(target)) else {
                     return Err(CodegenError::Internal("GEMM without its packs".into()));
@@ -253,6 +258,7 @@ pub(crate) fn lower(
         plan.steps[i].symbol = symbol;
         plan.steps[i].args = args;
     }
+    plan.settle_binding();
     Ok(Lowered {
         funcs,
         tables,

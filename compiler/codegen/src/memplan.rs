@@ -6,7 +6,8 @@
 //! each at the lowest 64-byte-aligned offset that does not overlap a placed slot whose live
 //! range intersects its own (the "greedy by size" heuristic of TFLite's arena planner). The
 //! arena's size is the plan's peak. Function inputs are read in place from the caller's
-//! tensors and outputs are separate buffers handed to the caller, so neither is in the arena.
+//! tensors and outputs are separate buffers handed to the caller, so neither is in the arena;
+//! nor are bound slots (packed frozen weights, kept by the function between runs).
 
 use crate::schedule::Plan;
 use graft_ir::DType;
@@ -93,7 +94,10 @@ pub(crate) fn plan_memory(plan: &Plan) -> MemoryPlan {
     let (first, last) = live_ranges(plan);
     let bytes = |s: usize| align_up(plan.slots[s].len * storage_bytes(plan.slots[s].dtype));
     let mut order: Vec<usize> = (0..n)
-        .filter(|&s| plan.slots[s].input.is_none() && !is_output[s] && first[s] != usize::MAX)
+        .filter(|&s| {
+            let slot = &plan.slots[s];
+            slot.input.is_none() && !slot.bound && !is_output[s] && first[s] != usize::MAX
+        })
         .collect();
     // Largest first; ties by definition order, so the plan is deterministic.
     order.sort_by_key(|&s| (std::cmp::Reverse(bytes(s)), first[s], s));

@@ -24,7 +24,7 @@ use crate::CodegenError;
 use crate::gemm::GemmShape;
 use crate::host::CpuTarget;
 use crate::kernels::{fused_range, scalar_matmul};
-use graft_ir::{BinaryOp, DType, Function, Op, TensorType, ValueId};
+use graft_ir::{BinaryOp, DType, Function, InputKind, Op, TensorType, ValueId};
 
 /// What one step of a compiled function does.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,10 +41,28 @@ pub(crate) enum StepKind {
     PackA(GemmShape),
     /// Packing B of an `f32` matmul into panels (into a scratch slot).
     Pack(GemmShape),
+    /// Packing B, a frozen weight (or rows of one), from the panels a bound pack made of a
+    /// frozen value holding it (see [`Bound`]) instead of from the weight itself.
+    PackBound(GemmShape, Bound),
     /// The tiled vector GEMM reading the packed panels.
     Gemm(GemmShape),
     /// A node evaluated on the host by the reference interpreter.
     Host,
+}
+
+/// Where a [`StepKind::PackBound`] finds its B: the bound panels of a frozen value `V`
+/// (`[rows, k_v]`, packed as B of `x · Vᵀ`: `NR` rows of V per panel, `k_v` long) whose rows
+/// from `row_off` on are B's rows (B is row-major, `[k, n]`, with `n = k_v`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Bound {
+    /// The slot of V's bound panels.
+    pub slot: usize,
+    /// The row of V that is B's row 0.
+    pub row_off: usize,
+    /// V's row length (the contraction of the GEMM that packed it).
+    pub k_v: usize,
+    /// Elements of V's bound panels.
+    pub len: usize,
 }
 
 /// One kernel launch.
@@ -66,6 +84,10 @@ pub(crate) struct Step {
     pub cost: usize,
     /// The kernel takes a status buffer and may report an error.
     pub may_fail: bool,
+    /// A pack of frozen weights: it runs once, when the weights are bound
+    /// ([`crate::CompiledFunction::bind`]), into a slot kept between runs, and is skipped by
+    /// the runs after that (unbound runs execute it like any other step).
+    pub bind: bool,
 }
 
 /// A storage buffer: one per materialized value (views share their operand's).
@@ -77,6 +99,8 @@ pub(crate) struct Slot {
     pub len: usize,
     /// The function input that provides it, if any.
     pub input: Option<String>,
+    /// Written by a binding step: kept between runs once bound, outside the arena.
+    pub bound: bool,
 }
 
 /// A scheduled function.
@@ -94,6 +118,44 @@ pub(crate) struct Plan {
     pub inputs: Vec<(String, TensorType, usize)>,
     /// Outputs: name, type, slot.
     pub outputs: Vec<(String, TensorType, usize)>,
+    /// Inputs only binding steps read (filled in by lowering): runs after binding do not
+    /// need them.
+    pub bind_only: Vec<String>,
+}
+
+impl Plan {
+    /// After lowering (when every step's argument slots are known): a binding step that
+    /// reads anything but function inputs runs in every run instead (it would read a value
+    /// binding does not compute), and the inputs only binding steps read are listed.
+    pub(crate) fn settle_binding(&mut self) {
+        let n = self.slots.len();
+        for st in &mut self.steps {
+            if st.bind && st.args.iter().any(|&a| self.slots[a].input.is_none()) {
+                st.bind = false;
+                self.slots[st.out].bound = false;
+            }
+        }
+        let mut run_reads = vec![false; n];
+        let mut bind_reads = vec![false; n];
+        for st in &self.steps {
+            for &a in &st.args {
+                if st.bind {
+                    bind_reads[a] = true;
+                } else {
+                    run_reads[a] = true;
+                }
+            }
+        }
+        for (_, _, s) in &self.outputs {
+            run_reads[*s] = true;
+        }
+        self.bind_only = self
+            .inputs
+            .iter()
+            .filter(|(_, _, s)| bind_reads[*s] && !run_reads[*s])
+            .map(|(name, _, _)| name.clone())
+            .collect();
+    }
 }
 
 /// True for ops that can be computed inside a consumer's loop.
@@ -200,6 +262,157 @@ fn gemm_shape(f: &Function, v: ValueId) -> Option<GemmShape> {
     let mut s = GemmShape::new((a, &f.ty(a).shape), (b, &f.ty(b).shape), batches, ta, tb);
     s.quant = quant;
     Some(s)
+}
+
+/// Which values are functions of frozen weights alone, every one of which only reaches
+/// matmuls as their B: `weight` inputs read by nothing else, and layout ops (`concat`,
+/// `slice`, `transpose`, `reshape`, `stop_grad`) of such values. Binding a packed copy of
+/// a weight that something else also reads (a gather of the language-model head's rows
+/// for the loss) would hold it twice.
+fn frozen_values(f: &Function, live: &[bool], is_output: &[bool]) -> Vec<bool> {
+    let n = f.nodes.len();
+    let users = crate::remat::users(f);
+    let layout = |op: &Op| {
+        matches!(
+            op,
+            Op::Concat { .. }
+                | Op::Slice { .. }
+                | Op::Transpose { .. }
+                | Op::Reshape
+                | Op::StopGrad
+        )
+    };
+    // `b_only[v]`: every live reader of v is a matmul reading it as B, or a layout op whose
+    // value is itself b_only (readers come after v: decided from the end).
+    let mut b_only = vec![false; n];
+    for v in (0..n).rev() {
+        b_only[v] = !is_output[v]
+            && users[v].iter().filter(|&&u| live[u]).all(|&u| {
+                let node = &f.nodes[u];
+                match node.op {
+                    Op::MatMul { .. } => {
+                        node.args.get(1) == Some(&ValueId(v as u32))
+                            && node.args.first() != Some(&ValueId(v as u32))
+                    }
+                    ref op => layout(op) && b_only[u],
+                }
+            });
+    }
+    let mut frozen = vec![false; n];
+    for (v, node) in f.nodes.iter().enumerate() {
+        frozen[v] = match &node.op {
+            Op::Input { kind, .. } => *kind == InputKind::Weight && b_only[v],
+            Op::Concat { .. }
+            | Op::Slice { .. }
+            | Op::Transpose { .. }
+            | Op::Reshape
+            | Op::StopGrad => !node.args.is_empty() && node.args.iter().all(|a| frozen[a.index()]),
+            _ => false,
+        };
+    }
+    frozen
+}
+
+/// Whether computing `v` where it is read reads nothing but function inputs: `v` is stored
+/// in an input's slot (an input, or a view of one), or is inlined from such values.
+fn reads_only_inputs(f: &Function, plan: &Plan, v: ValueId) -> bool {
+    match plan.slot_of[v.index()] {
+        Some(slot) => plan.slots[slot].input.is_some(),
+        None => {
+            plan.inline[v.index()]
+                && f.node(v)
+                    .args
+                    .iter()
+                    .all(|&a| reads_only_inputs(f, plan, a))
+        }
+    }
+}
+
+/// The weight input whose rows `v` is, and the first of them: `v` itself when it is an
+/// input, or rows `start..` of one (a `slice` along axis 0, nested or not).
+fn weight_rows(f: &Function, mut v: ValueId) -> Option<(ValueId, usize)> {
+    let mut start = 0;
+    loop {
+        let node = f.node(v);
+        match &node.op {
+            Op::Input { .. } if node.ty.rank() == 2 => return Some((v, start)),
+            Op::Slice {
+                axis: 0, start: s, ..
+            } if node.ty.rank() == 2 => {
+                start += s;
+                v = *node.args.first()?;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// The weights whose rows a frozen value `v` is made of, row-wise: `(weight, first row of
+/// the weight, rows, first row in v)`, through `concat`s along axis 0 and row slices.
+fn row_pieces(f: &Function, v: ValueId, at: usize, out: &mut Vec<(ValueId, usize, usize, usize)>) {
+    let node = f.node(v);
+    match &node.op {
+        Op::Concat { axis: 0 } if node.ty.rank() == 2 => {
+            let mut row = at;
+            for &a in &node.args {
+                row_pieces(f, a, row, out);
+                row += f.ty(a).shape[0];
+            }
+        }
+        _ => {
+            if let Some((w, start)) = weight_rows(f, v) {
+                out.push((w, start, node.ty.shape[0], at));
+            }
+        }
+    }
+}
+
+/// The other orientation of a bound weight: a GEMM reading a frozen weight `W` (or rows of
+/// it) as a row-major B (`dy · W`, a backward's input gradient) packs it from the bound
+/// panels of the value that holds those rows (the forward's `x · Wᵀ`, or its batched concat),
+/// so the weight itself is only read when binding and no second copy is kept.
+fn bind_backward_packs(f: &Function, plan: &mut Plan, target: &CpuTarget, frozen: &[bool]) {
+    // Rows of weights held by bound panels: (weight, first row, rows, bound source).
+    let mut held: Vec<(ValueId, usize, usize, Bound)> = Vec::new();
+    for st in plan.steps.iter().filter(|st| st.bind) {
+        if let StepKind::Pack(c) = &st.kind {
+            let mut pieces = Vec::new();
+            row_pieces(f, c.b_src, 0, &mut pieces);
+            for (w, start, rows, at) in pieces {
+                let src = Bound {
+                    slot: st.out,
+                    row_off: at,
+                    k_v: c.k,
+                    len: c.packed_len(target),
+                };
+                held.push((w, start, rows, src));
+            }
+        }
+    }
+    for st in plan.steps.iter_mut().filter(|st| !st.bind) {
+        let StepKind::Pack(c) = &st.kind else {
+            continue;
+        };
+        if c.tb || c.quant.is_some() || c.b[0] != 1 {
+            continue;
+        }
+        let Some((w, start)) = weight_rows(f, c.b_src) else {
+            continue;
+        };
+        if !frozen[w.index()] {
+            continue;
+        }
+        let found = held.iter().find(|(hw, hs, rows, src)| {
+            *hw == w && *hs <= start && start + c.k <= hs + rows && src.k_v == c.n
+        });
+        if let Some((_, hs, _, src)) = found {
+            let bound = Bound {
+                row_off: src.row_off + (start - hs),
+                ..*src
+            };
+            st.kind = StepKind::PackBound(*c, bound);
+        }
+    }
 }
 
 /// GEMM epilogues: an `f32` `add` of a matmul's result and another materialized value of
@@ -351,6 +564,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
     }
 
     let (epilogue, folded) = gemm_epilogues(f, &live, &is_output, &inline);
+    let frozen = frozen_values(f, &live, &is_output);
     let mut plan = Plan {
         inline,
         slot_of: vec![None; n],
@@ -358,6 +572,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
         steps: Vec::new(),
         inputs: Vec::new(),
         outputs: Vec::new(),
+        bind_only: Vec::new(),
     };
     #[allow(clippy::needless_range_loop)] // `v` indexes several per-node tables
     for v in 0..n {
@@ -376,6 +591,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 dtype,
                 len,
                 input: None,
+                bound: false,
             });
             p.slots.len() - 1
         };
@@ -388,6 +604,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             range,
             cost: cost.max(1),
             may_fail: false,
+            bind: false,
         };
         match &node.op {
             Op::Input { name, .. } => {
@@ -421,8 +638,22 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 } else {
                     // A GEMM whose packed operands would be large runs as chunks (of B's
                     // panels or of K), each packing only its part: the arena then holds one
-                    // chunk's packed operands at a time.
-                    for mut c in s.chunks(target, target.pack_budget) {
+                    // chunk's packed operands at a time. A frozen B read as `x · Wᵀ` is
+                    // packed once, when the weights are bound, into panels kept outside the
+                    // arena (see `bind_backward_packs` for the other orientation): its GEMM
+                    // is not chunked.
+                    let bind = target.bind_weights
+                        && s.quant.is_none()
+                        && s.tb
+                        && s.b[0] == 1
+                        && frozen[s.b_src.index()]
+                        && reads_only_inputs(f, &plan, s.b_src);
+                    let chunks = if bind {
+                        vec![s]
+                    } else {
+                        s.chunks(target, target.pack_budget)
+                    };
+                    for mut c in chunks {
                         c.split_n = c.splits_n(target);
                         let (p0, p1) = c.panel_span(target);
                         if c.packs_a(target) {
@@ -435,12 +666,16 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                             ));
                         }
                         let packed = new_slot(&mut plan, DType::F32, c.packed_len(target));
-                        plan.steps.push(step(
-                            StepKind::Pack(c),
-                            packed,
-                            c.b[0] * (p1 - p0),
-                            c.k_len() * target.nr,
-                        ));
+                        plan.slots[packed].bound = bind;
+                        plan.steps.push(Step {
+                            bind,
+                            ..step(
+                                StepKind::Pack(c),
+                                packed,
+                                c.b[0] * (p1 - p0),
+                                c.k_len() * target.nr,
+                            )
+                        });
                         let flops = 2 * c.batches * c.m * (p1 - p0) * target.nr * c.k_len();
                         plan.steps.push(step(
                             StepKind::Gemm(c),
@@ -481,6 +716,9 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 plan.steps.push(st);
             }
         }
+    }
+    if target.bind_weights {
+        bind_backward_packs(f, &mut plan, target, &frozen);
     }
     for o in &f.outputs {
         let s = plan

@@ -4,8 +4,9 @@
 //! `dsl-examples/tiny_lora.graft` on a batch with ignored labels, whose loss the compiler
 //! chunks over the vocabulary.
 //!
-//! The compiled step is also run at its first step on rayon's pool and on one thread, whose
-//! outputs must equal the team's bit for bit.
+//! The compiled step runs with its frozen weights bound (packed once, before the first step).
+//! At its first step it is also run unbound on the team, on rayon's pool and on one thread,
+//! whose outputs must equal the bound step's bit for bit.
 //!
 //! Tolerance: 1e-4 relative (norm-wise per tensor, `max |got - want| / max |want|`) for the
 //! loss, the gradient norm and every updated param and optimizer state, at every step. Each
@@ -166,8 +167,19 @@ fn steps_match(
         step_fn.nodes.len(),
         compiled.kernel_count()
     );
-    let mut want_vals = values.clone();
-    let mut got_vals = values;
+    // The compiled step binds the frozen weights (packed once, as a training session does)
+    // and runs without them; the unbound runs below get them back.
+    let mut got_vals = values.clone();
+    let mut released = Vec::new();
+    compiled
+        .bind(&mut got_vals, &[], &mut |n| released.push(n.to_string()))
+        .unwrap();
+    let frozen: HashMap<String, Tensor> = released
+        .iter()
+        .map(|n| (n.clone(), values[n].clone()))
+        .collect();
+    assert!(!frozen.is_empty(), "no frozen weight was bound");
+    let mut want_vals = values;
     for step in 0..3 {
         let t = Instant::now();
         let want = graft_interp::run(&step_fn, &want_vals).unwrap();
@@ -180,13 +192,18 @@ fn steps_match(
             // range a call covers, so how launches are split cannot change a bit: graft's
             // team (parts with stealing), rayon's pool (static chunks) and one thread agree
             // exactly.
+            // Packing the frozen weights in every run instead of once at binding reads the
+            // same panels: equal too.
+            let mut all = got_vals.clone();
+            all.extend(frozen.clone());
             for (how, other) in [
-                ("rayon's pool", compile(&step_fn).with_team(false)),
-                ("one thread", compile(&step_fn).with_threads(1)),
+                ("the team, unbound", compile(&step_fn)),
+                ("rayon's pool, unbound", compile(&step_fn).with_team(false)),
+                ("one thread, unbound", compile(&step_fn).with_threads(1)),
             ] {
                 assert!(
-                    other.run(&got_vals).unwrap() == got,
-                    "the step on {how} differs from the step on the team"
+                    other.run(&all).unwrap() == got,
+                    "the step on {how} differs from the bound step on the team"
                 );
             }
         }
