@@ -36,7 +36,7 @@ How each side is measured
         Each prints one JSON line on stdout:
             {"backend": str, "tokens_per_s": float, "step_seconds": float,
              "peak_rss_bytes": int, "baseline_rss_bytes": int, "steps": int,
-             "arena_bytes": int, "optimize_seconds": float, "compile_seconds": float, ...}
+             "arena_bytes": int, "bound_bytes": int, "optimize_seconds": float, "compile_seconds": float, ...}
         graft peak memory = peak_rss_bytes - baseline_rss_bytes of the measured run (the
         first run's, which includes the optimizer's and LLVM's memory, is saved in the JSON
         under "first_run" and shown on the progress line). If the binary or the command is

@@ -238,6 +238,30 @@ mod tests {
         Ok(())
     }
 
+    /// Releasing a tensor's pages (after a backend bound a packed copy) keeps its bytes
+    /// readable and unchanged: they are read from the file again. A range past the map's
+    /// end, or empty, is ignored.
+    #[test]
+    fn released_bytes_read_the_same() -> Result<(), Box<dyn std::error::Error>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/base.safetensors");
+        let f = WeightsFile::open(&path)?;
+        let (name, ty) = f
+            .entries()
+            .iter()
+            .find(|(_, e)| e.dtype == Some(DType::F32) && e.shape.len() == 2)
+            .map(|(n, e)| (n.clone(), TensorType::new(DType::F32, e.shape.clone())))
+            .ok_or("no f32 matrix in the fixture")?;
+        let range = f.in_place(&name, &ty).ok_or("not readable in place")?;
+        let before = f.data()[range.clone()].to_vec();
+        assert!(before.iter().any(|&b| b != 0));
+        f.release(range.clone());
+        assert_eq!(f.data()[range.clone()], before[..]);
+        f.release(range.start..f.data().len() + 1);
+        f.release(range.start..range.start);
+        assert_eq!(f.data()[range], before[..]);
+        Ok(())
+    }
+
     #[test]
     fn reports_missing_and_misshapen_tensors() -> Result<(), Box<dyn std::error::Error>> {
         let dir = std::env::temp_dir().join(format!("graft-rt-{}", std::process::id()));

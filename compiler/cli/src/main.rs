@@ -433,7 +433,7 @@ fn describe_prepared(i: &graft_runtime::PreparedInfo) -> String {
     format!(
         "{} kernels {how} in {:.2} s ({} of {} modules cached; cache: {})\n\
          memory plan: {:.1} MiB arena for the intermediates ({:.1} MiB without reuse), \
-         {:.1} MiB of outputs\n",
+         {:.1} MiB of outputs, {:.1} MiB of frozen weights packed once\n",
         i.kernels,
         i.compile_seconds,
         i.cached_modules,
@@ -441,7 +441,8 @@ fn describe_prepared(i: &graft_runtime::PreparedInfo) -> String {
         i.cache,
         mib(i.arena_bytes),
         mib(i.unshared_bytes),
-        mib(i.output_bytes)
+        mib(i.output_bytes),
+        mib(i.bound_bytes)
     )
 }
 
@@ -519,7 +520,7 @@ fn bench(
     let train_peak = rss_bytes("VmHWM");
     let (opt_secs, opt_cached) = session.optimizer_run().unwrap_or((0.0, false));
     println!(
-        "{{\"backend\": \"{}\", \"tokens_per_s\": {:.3}, \"step_seconds\": {:.6}, \"peak_rss_bytes\": {}, \"baseline_rss_bytes\": {}, \"train_peak_rss_bytes\": {}, \"steps\": {steps}, \"arena_bytes\": {}, \"optimize_seconds\": {opt_secs:.3}, \"optimized_from_cache\": {opt_cached}, \"compile_seconds\": {:.3}, \"cached_modules\": {}, \"modules\": {}}}",
+        "{{\"backend\": \"{}\", \"tokens_per_s\": {:.3}, \"step_seconds\": {:.6}, \"peak_rss_bytes\": {}, \"baseline_rss_bytes\": {}, \"train_peak_rss_bytes\": {}, \"steps\": {steps}, \"arena_bytes\": {}, \"bound_bytes\": {}, \"optimize_seconds\": {opt_secs:.3}, \"optimized_from_cache\": {opt_cached}, \"compile_seconds\": {:.3}, \"cached_modules\": {}, \"modules\": {}}}",
         session.backend(),
         (batch * seq * steps) as f64 / secs,
         secs / steps.max(1) as f64,
@@ -527,6 +528,7 @@ fn bench(
         baseline,
         if reset { train_peak } else { 0 },
         info.arena_bytes,
+        info.bound_bytes,
         info.compile_seconds,
         info.cached_modules,
         info.modules,

@@ -148,7 +148,7 @@ impl GemmShape {
     /// a LoRA down-projection, `N = r`, reads A once and does not pack it). Decided on the
     /// whole GEMM, so that every chunk of it agrees.
     pub fn packs_a(&self, t: &CpuTarget) -> bool {
-        self.panels(t) > 2
+        self.panels(t) > t.pack_a_panels
     }
 
     /// Elements of the packed-A scratch buffer: per A batch and row tile, `K × MR` values

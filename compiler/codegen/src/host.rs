@@ -112,6 +112,11 @@ pub struct CpuTarget {
     /// Pack frozen weights once, when they are bound ([`crate::CompiledFunction::bind`]),
     /// instead of in every run.
     pub bind_weights: bool,
+    /// A GEMM packs A into row tiles when more than this many panels of B reuse it (2: a
+    /// power-of-two row stride maps a tile's rows to a few L1 sets; without packing, tiny's
+    /// and small's steps were within the noise, and isolated GEMMs 5–10 % faster or slower
+    /// by shape).
+    pub pack_a_panels: usize,
 }
 
 impl CpuTarget {
@@ -139,14 +144,16 @@ impl CpuTarget {
             auto_vector_bits: if lanes == 16 { 512 } else { 0 },
             split_n: true,
             bind_weights: true,
+            pack_a_panels: 2,
         }
     }
 
     /// This shape with blocking parameters changed by a spec like `"kc=512,mc=240"` (keys
     /// `kc`, `mc`, `mr`, `rows` (0 or 1, [`CpuTarget::pack_rows`]), `autovec` (bits,
-    /// [`CpuTarget::auto_vector_bits`]), and in MiB `budget` and
-    /// `vocab` ([`CpuTarget::vocab_chunk`])), for
-    /// tuning experiments (the benchmarks).
+    /// [`CpuTarget::auto_vector_bits`]), `splitn` and `bind` (0 or 1, [`CpuTarget::split_n`],
+    /// [`CpuTarget::bind_weights`]), `packa` ([`CpuTarget::pack_a_panels`]), and in MiB
+    /// `budget` and `vocab` ([`CpuTarget::vocab_chunk`])), for tuning experiments (the
+    /// benchmarks).
     ///
     /// # Errors
     /// An item that is not `key=number`, or an unknown key.
@@ -168,6 +175,7 @@ impl CpuTarget {
                 "autovec" => self.auto_vector_bits = val,
                 "splitn" => self.split_n = val != 0,
                 "bind" => self.bind_weights = val != 0,
+                "packa" => self.pack_a_panels = val,
                 other => return Err(format!("unknown blocking parameter `{other}`")),
             }
         }
@@ -232,6 +240,9 @@ mod tests {
         let u = t
             .with_blocking("kc=128,mc=240,budget=4,vocab=0,rows=0,autovec=256")
             .unwrap();
+        let v = t.with_blocking("splitn=0,bind=0,packa=5").unwrap();
+        assert!(t.split_n && t.bind_weights && t.pack_a_panels == 2);
+        assert!(!v.split_n && !v.bind_weights && v.pack_a_panels == 5);
         assert_eq!((u.kc, u.mc, u.pack_budget, u.mr), (128, 240, 4 << 20, t.mr));
         assert_eq!((t.vocab_chunk, u.vocab_chunk), (4 << 20, 0));
         assert!(t.pack_rows && !u.pack_rows);
