@@ -123,6 +123,24 @@ pub struct Session {
     dropped: Vec<(String, TensorType, bool)>,
 }
 
+/// The inputs a backend reads in place: each mapped weight's bytes in `file`'s map.
+fn mapped_inputs<'a>(
+    file: Option<&'a WeightsFile>,
+    mapped: &'a [(String, TensorType, std::ops::Range<usize>)],
+) -> Vec<MappedInput<'a>> {
+    let data = file.map_or(&[][..], |f| f.data());
+    mapped
+        .iter()
+        .filter_map(|(name, ty, r)| {
+            Some(MappedInput {
+                name,
+                ty,
+                bytes: data.get(r.clone())?,
+            })
+        })
+        .collect()
+}
+
 fn scalar_f32(t: &Tensor) -> f32 {
     t.as_f32()
         .and_then(|d| d.first().copied())
@@ -270,18 +288,7 @@ impl Session {
     /// stand-in tensor (`stand_ins`, made again from the seed if the interpreter needs it).
     /// The memory the weights take then stays about the same, in the backend's layout.
     fn bind_weights(&mut self, stand_ins: Vec<(String, TensorType)>) -> Result<(), SessionError> {
-        let data = self.file.as_ref().map_or(&[][..], |f| f.data());
-        let inputs: Vec<MappedInput<'_>> = self
-            .mapped
-            .iter()
-            .filter_map(|(name, ty, r)| {
-                Some(MappedInput {
-                    name,
-                    ty,
-                    bytes: data.get(r.clone())?,
-                })
-            })
-            .collect();
+        let inputs = mapped_inputs(self.file.as_ref(), &self.mapped);
         let (file, mapped) = (self.file.as_ref(), &self.mapped);
         let mut released = Vec::new();
         self.runner
@@ -367,18 +374,7 @@ impl Session {
         let seed = self.seed.wrapping_add(self.steps_done as u64) as i64;
         self.values
             .insert("dropout_seed".into(), Tensor::scalar_i64(seed));
-        let data = self.file.as_ref().map_or(&[][..], |f| f.data());
-        let mapped: Vec<MappedInput<'_>> = self
-            .mapped
-            .iter()
-            .filter_map(|(name, ty, r)| {
-                Some(MappedInput {
-                    name,
-                    ty,
-                    bytes: data.get(r.clone())?,
-                })
-            })
-            .collect();
+        let mapped = mapped_inputs(self.file.as_ref(), &self.mapped);
         let r = f(&self.values, &mapped);
         for k in ["input_ids", "labels", "dropout_seed"] {
             self.values.remove(k);

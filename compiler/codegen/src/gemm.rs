@@ -290,25 +290,12 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
             let kb = b.fresh();
             b.open(format!("scf.for {kb} = {zero} to {kvend} step {lstep} {{"));
             let kl = b.op(format!("arith.subi {kb}, {k0} : index"));
+            let edge = (nc.as_str(), last_row.as_str(), zero_v.as_str(), vt.as_str());
             for v in 0..t.nr / lanes {
-                let mut rows = Vec::with_capacity(lanes);
-                for i in 0..lanes {
-                    let off = b.idx(v * lanes + i);
-                    let row = b.op(format!("arith.addi {j0}, {off} : index"));
-                    let inside = b.op(format!("arith.cmpi ult, {row}, {nc} : index"));
-                    let safe = b.op(format!("arith.minui {row}, {last_row} : index"));
-                    let x = b.op(format!("vector.load %a0[{bi}, {safe}, {kb}] : {bty}, {vt}"));
-                    rows.push(b.op(format!("arith.select {inside}, {x}, {zero_v} : {vt}")));
-                }
-                let cols = transpose_block(&mut b, rows, &vt);
-                let col0 = b.idx(v * lanes);
-                for (c, x) in cols.iter().enumerate() {
-                    let cc = b.idx(c);
-                    let at = b.op(format!("arith.addi {kl}, {cc} : index"));
-                    b.line(format!(
-                        "vector.store {x}, %out[{bi}, {p}, {at}, {col0}] : {pty}, {vt}"
-                    ));
-                }
+                let rows = column_vectors(&mut b, &j0, v * lanes, lanes, edge, |b, safe| {
+                    b.op(format!("vector.load %a0[{bi}, {safe}, {kb}] : {bty}, {vt}"))
+                });
+                store_transposed(&mut b, rows, (&vt, &pty), [&bi, &p, &kl], v * lanes);
             }
             b.close("}", false);
         }
@@ -401,28 +388,15 @@ pub(crate) fn emit_pack_bound(
         ));
         let base = row_base(&mut b, &kb);
         let kl = b.op(format!("arith.subi {kb}, {kstart} : index"));
+        let edge = (nc.as_str(), last_col.as_str(), zero_v.as_str(), vt.as_str());
         for v in 0..nr / lanes {
-            let mut rows = Vec::with_capacity(lanes);
-            for i in 0..lanes {
-                let off = b.idx(v * lanes + i);
-                let col = b.op(format!("arith.addi {j0}, {off} : index"));
-                let inside = b.op(format!("arith.cmpi ult, {col}, {nc} : index"));
-                let safe = b.op(format!("arith.minui {col}, {last_col} : index"));
-                let at = b.ix_mul(&Ix::V(safe), nr);
+            let rows = column_vectors(&mut b, &j0, v * lanes, lanes, edge, |b, safe| {
+                let at = b.ix_mul(&Ix::V(safe.to_string()), nr);
                 let at = b.ix_add(&at, &Ix::V(base.clone()));
                 let at = b.ix(&at);
-                let x = b.op(format!("vector.load %a0[{at}] : {src_ty}, {vt}"));
-                rows.push(b.op(format!("arith.select {inside}, {x}, {zero_v} : {vt}")));
-            }
-            let cols = transpose_block(&mut b, rows, &vt);
-            let col0 = b.idx(v * lanes);
-            for (c, x) in cols.iter().enumerate() {
-                let cc = b.idx(c);
-                let at = b.op(format!("arith.addi {kl}, {cc} : index"));
-                b.line(format!(
-                    "vector.store {x}, %out[{zero}, {p}, {at}, {col0}] : {pty}, {vt}"
-                ));
-            }
+                b.op(format!("vector.load %a0[{at}] : {src_ty}, {vt}"))
+            });
+            store_transposed(&mut b, rows, (&vt, &pty), [&zero, &p, &kl], v * lanes);
         }
         b.close("}", false);
     }
@@ -460,6 +434,50 @@ pub(crate) fn emit_pack_bound(
         ],
         body: b.finish(),
         ranged: true,
+    }
+}
+
+/// The `lanes` vectors of a transposing pack's block: one per column `j0 + first + i` of B
+/// (`i < lanes`), loaded by `load` given the column clamped to the last valid one, zero
+/// past column `n`. `edge`: `n` and the last valid column as indices, the zero vector and
+/// the vector type.
+fn column_vectors(
+    b: &mut Body,
+    j0: &str,
+    first: usize,
+    lanes: usize,
+    (n, last, zero_v, vt): (&str, &str, &str, &str),
+    load: impl Fn(&mut Body, &str) -> String,
+) -> Vec<String> {
+    (0..lanes)
+        .map(|i| {
+            let off = b.idx(first + i);
+            let col = b.op(format!("arith.addi {j0}, {off} : index"));
+            let inside = b.op(format!("arith.cmpi ult, {col}, {n} : index"));
+            let safe = b.op(format!("arith.minui {col}, {last} : index"));
+            let x = load(b, &safe);
+            b.op(format!("arith.select {inside}, {x}, {zero_v} : {vt}"))
+        })
+        .collect()
+}
+
+/// Transposes a block of column vectors ([`column_vectors`]: `lanes` consecutive k of each)
+/// and stores each k's run at `%out[batch, panel, kl + c, col0]`.
+fn store_transposed(
+    b: &mut Body,
+    rows: Vec<String>,
+    (vt, pty): (&str, &str),
+    [batch, panel, kl]: [&str; 3],
+    col0: usize,
+) {
+    let cols = transpose_block(b, rows, vt);
+    let col0 = b.idx(col0);
+    for (c, x) in cols.iter().enumerate() {
+        let cc = b.idx(c);
+        let at = b.op(format!("arith.addi {kl}, {cc} : index"));
+        b.line(format!(
+            "vector.store {x}, %out[{batch}, {panel}, {at}, {col0}] : {pty}, {vt}"
+        ));
     }
 }
 
