@@ -42,8 +42,19 @@ How each side is measured
         under "first_run" and shown on the progress line). If the binary or the command is
         missing or fails, the row says "graft: unavailable (<first stderr line>)".
 
+    Pairing (`--mode paired`, the default when both sides run): after graft's first run, both
+        sides start as servers (the PyTorch worker with `--_worker torch-serve`, graft with
+        `bench SPEC --serve --warmup 2`), warm up, and then take turns: one timed step of
+        one side, then one of the other (which side goes first alternates), --steps x
+        --rounds pairs. This machine's speed drifts from second to second (other tenants'
+        load), so adjacent steps see nearly the same machine. Each side reports its median
+        step; the per-pair ratio (PyTorch's step time / graft's) is summarized by its median
+        and quartiles under the table. `--mode rounds` runs whole measurements alternately
+        instead and keeps each side's fastest.
+
 Formulas
-    tokens/s            = batch * seq * steps / (seconds for the timed steps)
+    tokens/s            = batch * seq / median step seconds (paired), or
+                          batch * seq * steps / (seconds for the timed steps) (rounds)
     forward FLOPs       = 2 * tokens * W_lin + 4 * batch * seq^2 * hidden * layers
         W_lin = elements of every linear weight on the path: per layer q, k, v, o
                 (hidden*hidden, 2*hidden*kv_dim, hidden*hidden), gate/up/down (3*hidden*ffn),
@@ -74,7 +85,8 @@ Run (from the repository root; PyTorch side needs torch, transformers, peft):
     .venv/bin/python scripts/bench.py                          # all sizes, both target sets
     .venv/bin/python scripts/bench.py --sizes tiny,small --targets qv --steps 5
     .venv/bin/python scripts/bench.py --sizes mid --steps 2 --json out.json
-    .venv/bin/python scripts/bench.py --rounds 3       # alternate 3 times, keep the fastest
+    .venv/bin/python scripts/bench.py --steps 8 --rounds 2     # 16 paired steps per config
+    .venv/bin/python scripts/bench.py --mode rounds --rounds 3  # whole runs, keep the fastest
     python3 scripts/bench.py --skip-torch --graft target/release/graft
 """
 
@@ -237,7 +249,9 @@ def worker_sgemm(threads: int) -> dict:
             "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
-def worker_torch(size: str, targets: str, steps: int, threads: int) -> dict:
+def torch_setup(size: str, targets: str, threads: int):
+    """Builds the PEFT model; returns (step, summary): `step()` trains one step and returns
+    the loss, `summary(step_times, loss)` the result dict."""
     import torch
 
     rss_after_torch = current_rss_bytes()
@@ -273,40 +287,170 @@ def worker_torch(size: str, targets: str, steps: int, threads: int) -> dict:
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
+    ru0 = [None]
+
+    def start() -> None:
+        ru0[0] = resource.getrusage(resource.RUSAGE_SELF)
+
+    def summary(step_times: list[float], loss: float) -> dict:
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_seconds = (ru1.ru_utime - ru0[0].ru_utime) + (ru1.ru_stime - ru0[0].ru_stime)
+        seconds = max(sum(step_times), 1e-9)
+        steps = len(step_times)
+        peak = peak_rss_bytes()
+        return {
+            "tokens_per_s": BATCH * SEQ * steps / seconds,
+            "step_seconds": seconds / max(steps, 1),
+            "steps": steps,
+            "step_times": step_times,
+            # CPU seconds / (step seconds * threads): well under 1 hints at a busy machine
+            "cpu_utilization": cpu_seconds / (seconds * threads),
+            "peak_rss_bytes": peak,
+            "baseline_rss_bytes": rss_after_torch,
+            "working_set_bytes": peak - rss_after_torch,
+            "rss_after_imports_bytes": rss_after_imports,
+            "working_set_after_imports_bytes": peak - rss_after_imports,
+            "trainable_params": sum(p.numel() for p in trainable),
+            "total_params": sum(p.numel() for p in model.parameters()),
+            "final_loss": loss,
+            "attn_implementation": model.config._attn_implementation,
+            "torch_threads": torch.get_num_threads(),
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                         "peft": peft.__version__},
+        }
+
     for _ in range(WARMUP):
         step()
+    return step, start, summary
+
+
+def worker_torch(size: str, targets: str, steps: int, threads: int) -> dict:
+    step, start, summary = torch_setup(size, targets, threads)
     step_times = []
-    ru0 = resource.getrusage(resource.RUSAGE_SELF)
-    t0 = time.perf_counter()
+    loss = float("nan")
+    start()
     for _ in range(steps):
         ts = time.perf_counter()
         loss = step()
         step_times.append(time.perf_counter() - ts)
-    seconds = time.perf_counter() - t0
-    ru1 = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_seconds = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return summary(step_times, loss)
 
-    peak = peak_rss_bytes()
-    return {
-        "tokens_per_s": BATCH * SEQ * steps / seconds,
-        "step_seconds": seconds / steps,
-        "steps": steps,
-        "step_times": step_times,
-        # CPU seconds / (wall seconds * threads): well under 1 hints at a busy machine
-        "cpu_utilization": cpu_seconds / (seconds * threads),
-        "peak_rss_bytes": peak,
-        "baseline_rss_bytes": rss_after_torch,
-        "working_set_bytes": peak - rss_after_torch,
-        "rss_after_imports_bytes": rss_after_imports,
-        "working_set_after_imports_bytes": peak - rss_after_imports,
-        "trainable_params": sum(p.numel() for p in trainable),
-        "total_params": sum(p.numel() for p in model.parameters()),
-        "final_loss": loss,
-        "attn_implementation": model.config._attn_implementation,
-        "torch_threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                     "peft": peft.__version__},
-    }
+
+def worker_torch_serve(size: str, targets: str, threads: int) -> dict:
+    """The PyTorch side of a paired run: after the warm-up, prints {"ready": true} and times
+    one step per `step` line on stdin (printing {"seconds": ...}) until `end`, then returns
+    the summary (the same protocol as `graft bench --serve`)."""
+    step, start, summary = torch_setup(size, targets, threads)
+    print(json.dumps({"ready": True}), flush=True)
+    step_times = []
+    loss = float("nan")
+    start()
+    for line in sys.stdin:
+        if line.strip() == "end":
+            break
+        ts = time.perf_counter()
+        loss = step()
+        step_times.append(time.perf_counter() - ts)
+        print(json.dumps({"seconds": step_times[-1]}), flush=True)
+    return summary(step_times, loss)
+
+
+class Server:
+    """A side of a paired run: a process speaking the `step`/`end` protocol on its stdin and
+    stdout (JSON lines)."""
+
+    def __init__(self, cmd: list[str], env: dict, cwd: str | None = None):
+        self.p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            self.p.wait()
+            raise RuntimeError(one_line(self.p.stderr.read(), last=True) or "exited")
+        return json.loads(line)
+
+    def ready(self) -> None:
+        if not self._read().get("ready"):
+            raise RuntimeError("no ready line")
+
+    def step(self) -> float:
+        self.p.stdin.write("step\n")
+        self.p.stdin.flush()
+        r = self._read()
+        if "seconds" not in r:
+            raise RuntimeError(str(r))
+        return float(r["seconds"])
+
+    def end(self) -> dict:
+        self.p.stdin.write("end\n")
+        self.p.stdin.flush()
+        out, err = self.p.communicate()
+        if self.p.returncode != 0:
+            raise RuntimeError(one_line(err, last=True))
+        return last_json_line(out)
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+
+def median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return (ys[(n - 1) // 2] + ys[n // 2]) / 2
+
+
+def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, threads: int,
+               cache_dir: str) -> tuple[dict, dict, dict]:
+    """Both sides as servers, one step each in turn (which side goes first alternates), so
+    that both see the same machine from second to second. Returns the PyTorch result, the
+    graft result (each with its median step time as `step_seconds`) and the pairing."""
+    env = thread_env(threads)
+    spec = os.path.join(tmp, f"{size}_{targets}.graft")
+    with open(spec, "w") as f:
+        f.write(graft_spec(SIZES[size], targets))
+    genv = dict(env, GRAFT_CACHE_DIR=cache_dir)
+    # The first graft run optimizes and compiles the step and fills the cache.
+    first = subprocess.run([graft, "bench", spec, "--steps", "1", "--warmup", "0"],
+                           capture_output=True, text=True, env=genv, cwd=REPO)
+    if first.returncode != 0:
+        err = {"error": one_line(first.stderr or first.stdout)}
+        return {"error": "graft failed"}, err, {}
+    first_run = last_json_line(first.stdout)
+    first_run["working_set_bytes"] = (int(first_run["peak_rss_bytes"])
+                                      - int(first_run["baseline_rss_bytes"]))
+    servers = []
+    try:
+        t = Server([sys.executable, os.path.abspath(__file__), "--_worker", "torch-serve",
+                    size, targets, str(threads)], env)
+        servers.append(t)
+        t.ready()
+        g = Server([graft, "bench", spec, "--serve", "--warmup", str(WARMUP)], genv, REPO)
+        servers.append(g)
+        g.ready()
+        times: dict[str, list[float]] = {"torch": [], "graft": []}
+        for i in range(pairs):
+            order = [("torch", t), ("graft", g)] if i % 2 == 0 else [("graft", g), ("torch", t)]
+            for side, server in order:
+                times[side].append(server.step())
+        rt, rg = t.end(), g.end()
+    except (RuntimeError, ValueError, OSError) as e:
+        for s_ in servers:
+            s_.kill()
+        return {"error": str(e)}, {"error": str(e)}, {}
+    rg["working_set_bytes"] = int(rg["peak_rss_bytes"]) - int(rg["baseline_rss_bytes"])
+    rg["first_run"] = first_run
+    for r, side in ((rt, "torch"), (rg, "graft")):
+        r["step_times"] = times[side]
+        r["step_seconds"] = median(times[side])
+        r["tokens_per_s"] = BATCH * SEQ / r["step_seconds"]
+    ratios = sorted(a / b for a, b in zip(times["torch"], times["graft"]))
+    q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]
+    pairing = {"pairs": pairs, "ratio_median": median(ratios), "ratio_q1": q(0.25),
+               "ratio_q3": q(0.75)}
+    return rt, rg, pairing
 
 
 def run_worker(args: list[str], threads: int, timeout: float) -> dict:
@@ -459,6 +603,12 @@ def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str) -> N
                 notes.append(f"{r['size']}/{r['targets']}: {side}: used only "
                              f"{res['cpu_utilization']:.0%} of {r.get('threads', 'its')} "
                              "threads' CPU time; the machine was busy, timing unreliable")
+    paired = [r for r in rows if r.get("pairing")]
+    if paired:
+        print("\npaired steps (graft/torch tokens/s per pair of adjacent steps): " + "; ".join(
+            f"{r['size']}/{r['targets']} median {r['pairing']['ratio_median']:.2f}x "
+            f"(quartiles {r['pairing']['ratio_q1']:.2f}-{r['pairing']['ratio_q3']:.2f}, "
+            f"{r['pairing']['pairs']} pairs)" for r in paired))
     if notes:
         print()
         print("\n".join(notes))
@@ -521,6 +671,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=1,
                     help="run both sides alternately this many times per configuration and "
                          "keep each side's fastest run (default 1)")
+    ap.add_argument("--mode", choices=["paired", "rounds"], default="paired",
+                    help="paired (default): both sides run as servers and take turns, one "
+                         "step each, --steps x --rounds pairs, each side's median step "
+                         "reported; rounds: whole runs alternate --rounds times, each side's "
+                         "fastest run kept")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per configuration")
     ap.add_argument("--torch-baseline", choices=["torch", "imports"], default="torch",
                     help="subtract the RSS after `import torch` (default) or after also "
@@ -537,6 +692,9 @@ def main() -> int:
         kind, *rest = args._worker
         if kind == "sgemm":
             out = worker_sgemm(int(rest[0]))
+        elif kind == "torch-serve":
+            size, targets, threads = rest
+            out = worker_torch_serve(size, targets, int(threads))
         else:
             size, targets, steps, threads = rest
             out = worker_torch(size, targets, int(steps), int(threads))
@@ -581,7 +739,22 @@ def main() -> int:
                 # With --rounds N the two sides run alternately N times and each keeps its
                 # fastest run: the machine's speed drifts over minutes, and alternating
                 # exposes both sides to the same drift.
-                for rnd in range(args.rounds):
+                paired = args.mode == "paired" and run_torch and not args.skip_graft
+                if paired:
+                    print(f"[{size}/{targets}] paired, {args.steps * args.rounds} steps "
+                          "each ... ", end="", file=sys.stderr, flush=True)
+                    rt, rg, pairing = run_paired(
+                        args.graft, tmp, size, targets, args.steps * args.rounds,
+                        args.threads, args.graft_cache or os.path.join(tmp, "cache"))
+                    row["torch"], row["graft"], row["pairing"] = rt, rg, pairing
+                    if pairing:
+                        print(f"PyTorch {progress(rt)}; graft {progress(rg)}; per-step "
+                              f"ratio median {pairing['ratio_median']:.2f}", file=sys.stderr,
+                              flush=True)
+                    else:
+                        print(progress(rg if "error" in rg else rt), file=sys.stderr,
+                              flush=True)
+                for rnd in range(0 if paired else args.rounds):
                     tag = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
                     if run_torch:
                         print(f"[{size}/{targets}] PyTorch + PEFT{tag} ... ", end="",
@@ -622,7 +795,8 @@ def main() -> int:
         doc = {
             "config": {"batch": BATCH, "seq": SEQ, "dtype": "fp32", "lora_r": LORA_R,
                        "lora_alpha": LORA_ALPHA, "lr": LR, "warmup": WARMUP,
-                       "steps": args.steps, "rounds": args.rounds, "threads": args.threads,
+                       "steps": args.steps, "rounds": args.rounds, "mode": args.mode,
+                       "threads": args.threads,
                        "torch_baseline": args.torch_baseline,
                        "sizes": {k: SIZES[k].__dict__ for k in args.sizes}},
             "machine": {"platform": platform.platform(), "processor": platform.processor(),

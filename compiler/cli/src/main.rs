@@ -137,6 +137,12 @@ enum Command {
         /// Skip the e-graph optimizer.
         #[arg(long)]
         no_optimize: bool,
+        /// After the warm-up, print `{"ready": true}` and run one timed step per `step` line
+        /// read from stdin (printing `{"seconds": ...}` for each) until `end` or the end of
+        /// input, then the summary line: for benchmarks that alternate steps with another
+        /// process (`scripts/bench.py`), so both see the same machine.
+        #[arg(long, conflicts_with = "steps")]
+        serve: bool,
     },
     /// Show the linked LLVM and MLIR and the host CPU's features.
     Doctor,
@@ -297,6 +303,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             warmup,
             interpret,
             no_optimize,
+            serve,
         } => {
             let baseline = rss_bytes("VmRSS");
             let Some((_, program)) = compile(&file, stdlib, color)? else {
@@ -306,6 +313,11 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             let opts = graft_runtime::SessionOptions {
                 optimize: !no_optimize,
                 backend: backend.as_ref(),
+            };
+            let steps = if serve {
+                Steps::Served
+            } else {
+                Steps::Count(steps)
             };
             bench(program, steps, warmup, baseline, &opts)
         }
@@ -469,9 +481,17 @@ fn rss_bytes(field: &str) -> u64 {
 }
 
 /// Times training steps on random tokens and prints one JSON line.
+/// How `bench` decides how many steps to time.
+enum Steps {
+    /// This many, back to back.
+    Count(usize),
+    /// One per `step` line on stdin (`graft bench --serve`).
+    Served,
+}
+
 fn bench(
     program: Program,
-    steps: usize,
+    steps: Steps,
     warmup: usize,
     baseline: u64,
     opts: &graft_runtime::SessionOptions,
@@ -510,12 +530,40 @@ fn bench(
         let ids = batch_ids()?;
         session.step(&ids, &ids)?;
     }
-    let start = std::time::Instant::now();
-    for _ in 0..steps {
+    let mut secs = 0.0;
+    let mut timed = |session: &mut graft_runtime::Session| -> Result<f64> {
         let ids = batch_ids()?;
+        let start = std::time::Instant::now();
         session.step(&ids, &ids)?;
-    }
-    let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let t = start.elapsed().as_secs_f64();
+        secs += t;
+        Ok(t)
+    };
+    let steps = match steps {
+        Steps::Count(n) => {
+            for _ in 0..n {
+                timed(&mut session)?;
+            }
+            n
+        }
+        Steps::Served => {
+            println!("{{\"ready\": true}}");
+            let mut served = 0;
+            for line in std::io::stdin().lines() {
+                match line?.trim() {
+                    "step" => {
+                        let t = timed(&mut session)?;
+                        println!("{{\"seconds\": {t:.6}}}");
+                        served += 1;
+                    }
+                    "end" => break,
+                    _ => println!("{{\"error\": \"expected `step` or `end`\"}}"),
+                }
+            }
+            served
+        }
+    };
+    let secs = secs.max(1e-9);
     let info = session.step_info().unwrap_or_default();
     let train_peak = rss_bytes("VmHWM");
     let (opt_secs, opt_cached) = session.optimizer_run().unwrap_or((0.0, false));
