@@ -278,3 +278,52 @@ fn an_interrupted_run_resumes_from_its_checkpoint() {
         "resumed losses equal the uninterrupted run's"
     );
 }
+
+/// `graft bench --serve` (how `scripts/bench.py` pairs graft's steps with PyTorch's): a ready
+/// line, one timing line per `step` read from stdin, an error line for anything else, and the
+/// summary after `end`, counting the served steps; the compiled step reports the frozen
+/// weights it packed once.
+#[test]
+fn bench_serves_steps_read_from_stdin() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .args([
+            "bench",
+            "dsl-examples/tiny_lora.graft",
+            "--serve",
+            "--warmup",
+            "0",
+        ])
+        .current_dir(repo())
+        .env("GRAFT_STDLIB", repo().join("stdlib"))
+        .env(
+            "GRAFT_CACHE_DIR",
+            std::env::temp_dir().join("graft-cli-serve-cache"),
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run graft: {e}"));
+    child
+        .stdin
+        .take()
+        .map(|mut i| i.write_all(b"step\nstep\nwhat\nend\n"))
+        .transpose()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    assert_eq!(lines[0], r#"{"ready": true}"#);
+    assert!(lines[1].starts_with(r#"{"seconds": "#) && lines[2].starts_with(r#"{"seconds": "#));
+    assert!(lines[3].contains("error"), "{stdout}");
+    assert!(lines[4].contains(r#""steps": 2,"#), "{stdout}");
+    let bound = lines[4]
+        .split(r#""bound_bytes": "#)
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(bound.is_some_and(|b| b > 0), "{stdout}");
+}
