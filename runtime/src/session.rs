@@ -353,7 +353,9 @@ impl Session {
         self.runner.info()
     }
 
-    /// A value the session holds (weights, params, optimizer state), by name.
+    /// A value the session holds (weights, params, optimizer state), by name. Frozen weights
+    /// the backend read in place or bound (packed once) and let go of are not held: `None`
+    /// (until `forward` or `gradients` needs them again).
     pub fn value(&self, name: &str) -> Option<&Tensor> {
         self.values.get(name)
     }

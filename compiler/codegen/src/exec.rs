@@ -596,17 +596,25 @@ impl CompiledFunction {
                 return Err(e);
             }
         };
-        // The last binding step that reads each slot.
-        let mut last = vec![None; self.plan.slots.len()];
+        // The binding steps that run: the first to write each slot (a shared weight's later
+        // packs would write the same panels again); the last of them to read each slot.
+        let mut runs: Vec<usize> = Vec::new();
         for (si, st) in self.plan.steps.iter().enumerate().filter(|(_, st)| st.bind) {
-            for &a in &st.args {
+            if runs.iter().all(|&r| self.plan.steps[r].out != st.out) {
+                runs.push(si);
+            }
+        }
+        let mut last = vec![None; self.plan.slots.len()];
+        for &si in &runs {
+            for &a in &self.plan.steps[si].args {
                 last[a] = Some(si);
             }
         }
         let team = self.team();
         let mut bufs = Vec::new();
         let mut run = |team: Option<&Held<'_>>| -> Result<(), CodegenError> {
-            for (si, step) in self.plan.steps.iter().enumerate().filter(|(_, st)| st.bind) {
+            for &si in &runs {
+                let step = &self.plan.steps[si];
                 let slot = &self.plan.slots[step.out];
                 let mut buf = Buf::new(slot.dtype, slot.len);
                 let mut addrs: Vec<usize> = step.args.iter().map(|&a| live[a]).collect();

@@ -665,7 +665,24 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                                 c.k_len() * target.mr,
                             ));
                         }
-                        let packed = new_slot(&mut plan, DType::F32, c.packed_len(target));
+                        // A weight packed the same way by an earlier GEMM (a shared layer)
+                        // is bound once: this pack writes the same slot, and binding runs
+                        // only the first.
+                        let shared = bind
+                            .then(|| {
+                                plan.steps.iter().find(|st| {
+                                    st.bind
+                                        && matches!(&st.kind, StepKind::Pack(o)
+                                            if o.b_src == c.b_src && o.tb == c.tb
+                                                && o.k_range == c.k_range && o.n == c.n)
+                                })
+                            })
+                            .flatten()
+                            .map(|st| st.out);
+                        let packed = match shared {
+                            Some(slot) => slot,
+                            None => new_slot(&mut plan, DType::F32, c.packed_len(target)),
+                        };
                         plan.slots[packed].bound = bind;
                         plan.steps.push(Step {
                             bind,

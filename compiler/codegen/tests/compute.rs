@@ -1012,3 +1012,36 @@ fn bound_weights_pack_once_and_serve_both_orientations() {
     assert!(c.bind(&mut partial, &[], &mut |_| {}).is_err());
     assert!(partial.contains_key("w1") && partial.contains_key("w2"));
 }
+
+/// A weight two layers share (`x₁ · Wᵀ` and `x₂ · Wᵀ`, and `d · W`) is bound once: one
+/// packed copy, released after binding, and the runs equal the unbound run exactly and the
+/// interpreter within 1e-4 norm-wise.
+#[test]
+fn a_shared_weight_is_bound_once() {
+    let f32t = |s: &[usize]| ty(DType::F32, s);
+    let mut f = Function::new("shared");
+    let w = f.add_input("w", InputKind::Weight, f32t(&[48, 40]), None);
+    let mm =
+        |f: &mut Function, a, b, tb| f.add(Op::MatMul { ta: false, tb }, &[a, b], None).unwrap();
+    for i in 0..2 {
+        let x = f.add_input(format!("x{i}"), InputKind::Data, f32t(&[6 + i, 40]), None);
+        let y = mm(&mut f, x, w, true);
+        f.add_output(format!("y{i}"), y);
+    }
+    let d = f.add_input("d", InputKind::Data, f32t(&[5, 48]), None);
+    let z = mm(&mut f, d, w, false);
+    f.add_output("z", z);
+    let inputs = random_inputs(&f, 23, -1.0, 1.0);
+    check_norm(&f, &inputs, 1e-4);
+    let c = compile(&f).unwrap();
+    let unbound = c.run(&inputs).unwrap();
+    let mut owned = inputs.clone();
+    let mut released = Vec::new();
+    let bytes = c
+        .bind(&mut owned, &[], &mut |n| released.push(n.to_string()))
+        .unwrap();
+    let nr = graft_codegen::CpuTarget::host().nr;
+    assert_eq!(bytes, 4 * 48usize.next_multiple_of(nr) * 40);
+    assert_eq!(released, ["w"]);
+    assert!(c.run(&owned).unwrap() == unbound);
+}
