@@ -35,9 +35,9 @@ pub struct CompiledFunction {
     pub(crate) memory: MemoryPlan,
     /// The arena, kept between runs.
     pub(crate) arena: Mutex<Option<Arena>>,
-    /// The packed frozen weights, once bound ([`CompiledFunction::bind`]): each binding
-    /// step's output slot and buffer. Runs hold the read lock throughout.
-    pub(crate) bound: RwLock<Option<Vec<(usize, Buf)>>>,
+    /// The packed frozen weights, once bound ([`CompiledFunction::bind`]). Runs hold the
+    /// read lock throughout.
+    pub(crate) bound: RwLock<Option<Bound>>,
     /// How it was compiled.
     pub(crate) info: crate::CompileInfo,
     // Declared last: dropped after everything that may hold kernel addresses.
@@ -66,6 +66,15 @@ pub struct KernelTime {
     /// Floating-point operations a GEMM or matmul launch performs (2 per multiply-add, over
     /// the padded panels it covers); 0 for other kernels.
     pub flops: f64,
+}
+
+/// Bound weights: every binding step's panels, in one mapping (huge pages, like the arena's:
+/// the GEMMs stream them).
+pub(crate) struct Bound {
+    _memory: Arena,
+    /// Each bound slot and the address of its panels.
+    slots: Vec<(usize, usize)>,
+    bytes: usize,
 }
 
 /// A kernel buffer, typed by storage.
@@ -114,28 +123,6 @@ impl Buf {
             DType::I64 => Buf::I64(words(b, i64::from_ne_bytes)),
             DType::I32 => Buf::I32(words(b, i32::from_ne_bytes)),
             DType::U8 | DType::U4 | DType::Bool => Buf::Byte(b.to_vec()),
-        }
-    }
-
-    /// The address of the first element, for kernels that only read the buffer.
-    fn addr_const(&self) -> usize {
-        match self {
-            Buf::F32(v) => v.as_ptr() as usize,
-            Buf::F64(v) => v.as_ptr() as usize,
-            Buf::I64(v) => v.as_ptr() as usize,
-            Buf::I32(v) => v.as_ptr() as usize,
-            Buf::Byte(v) => v.as_ptr() as usize,
-        }
-    }
-
-    /// Bytes held.
-    fn bytes(&self) -> usize {
-        match self {
-            Buf::F32(v) => 4 * v.len(),
-            Buf::F64(v) => 8 * v.len(),
-            Buf::I64(v) => 8 * v.len(),
-            Buf::I32(v) => 4 * v.len(),
-            Buf::Byte(v) => v.len(),
         }
     }
 
@@ -408,9 +395,9 @@ impl CompiledFunction {
         let bound = self.bound.read().ok();
         let bound = bound.as_ref().and_then(|b| b.as_ref());
         let mut live: Vec<Live<'_>> = self.plan.slots.iter().map(|_| Live::Empty).collect();
-        if let Some(bufs) = bound {
-            for (slot, buf) in bufs {
-                live[*slot] = Live::Bound(buf.addr_const());
+        if let Some(b) = bound {
+            for &(slot, addr) in &b.slots {
+                live[slot] = Live::Bound(addr);
             }
         }
         // Once bound, the weights only binding read are not needed.
@@ -610,17 +597,26 @@ impl CompiledFunction {
                 last[a] = Some(si);
             }
         }
+        // One mapping for all the panels, each at a 64-byte-aligned offset.
+        let mut slots = Vec::with_capacity(runs.len());
+        let mut bytes = 0;
+        for &si in &runs {
+            let slot = &self.plan.slots[self.plan.steps[si].out];
+            slots.push((self.plan.steps[si].out, bytes));
+            bytes += (slot.len * storage_bytes(slot.dtype)).next_multiple_of(ALIGN);
+        }
+        let mut memory = Arena::new(bytes)?;
+        let base = memory.base();
+        for s in &mut slots {
+            s.1 += base;
+        }
         let team = self.team();
-        let mut bufs = Vec::new();
         let mut run = |team: Option<&Held<'_>>| -> Result<(), CodegenError> {
-            for &si in &runs {
+            for (&si, &(_, out)) in runs.iter().zip(&slots) {
                 let step = &self.plan.steps[si];
-                let slot = &self.plan.slots[step.out];
-                let mut buf = Buf::new(slot.dtype, slot.len);
                 let mut addrs: Vec<usize> = step.args.iter().map(|&a| live[a]).collect();
-                addrs.push(buf.addr());
+                addrs.push(out);
                 self.launch(si, step, &addrs, team)?;
-                bufs.push((step.out, buf));
                 for (name, _, s) in &self.plan.inputs {
                     if last[*s] == Some(si) && self.plan.bind_only.contains(name) {
                         owned.remove(name);
@@ -635,9 +631,12 @@ impl CompiledFunction {
         } else {
             run(team.as_ref())?;
         }
-        let bytes = bufs.iter().map(|(_, b)| b.bytes()).sum();
         if let Ok(mut b) = self.bound.write() {
-            *b = Some(bufs);
+            *b = Some(Bound {
+                _memory: memory,
+                slots,
+                bytes,
+            });
         }
         Ok(bytes)
     }
@@ -681,10 +680,7 @@ impl CompiledFunction {
         self.bound
             .read()
             .ok()
-            .and_then(|b| {
-                b.as_ref()
-                    .map(|bufs| bufs.iter().map(|(_, b)| b.bytes()).sum())
-            })
+            .and_then(|b| b.as_ref().map(|b| b.bytes))
             .unwrap_or(0)
     }
 
