@@ -123,6 +123,21 @@ pub struct Session {
     dropped: Vec<(String, TensorType, bool)>,
 }
 
+/// Hands the heap's free memory back to the system. Binding frees the frozen weights'
+/// tensors while it allocates their packed copies elsewhere; glibc keeps freed blocks that it
+/// took from the heap (rather than mapped on their own, which depends on the sizes freed
+/// before: its mmap threshold grows) for later allocations, so without this they would
+/// stay resident beside the copies (measured: the small Llama with LoRA on every linear layer
+/// held 348 MiB instead of 260 after binding).
+fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only releases free heap pages; it touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The inputs a backend reads in place: each mapped weight's bytes in `file`'s map.
 fn mapped_inputs<'a>(
     file: Option<&'a WeightsFile>,
@@ -299,6 +314,7 @@ impl Session {
                 released.push(name.to_string());
             })
             .map_err(SessionError::Backend)?;
+        return_freed_memory();
         // What the backend took out of `values`: stand-ins, or weights read from the file
         // into tensors (a dtype the backend does not read in place).
         for name in released {
