@@ -1,5 +1,6 @@
 //! The `graft` binary as a user runs it: exit codes, what goes to stdout and stderr, and the
 //! help text.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
