@@ -299,27 +299,17 @@ pub(crate) fn emit_pack(name: &str, s: &GemmShape, t: &CpuTarget) -> FuncText {
             }
             b.close("}", false);
         }
-        let jj = b.fresh();
-        let (nrend, nc, j_zero) = (b.idx(t.nr), b.idx(s.n), b.idx(0));
-        let left = b.op(format!("arith.subi {nc}, {j0} : index"));
-        let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
-        b.open(format!("scf.for {kk} = {kvend} to {kend} step {one} {{"));
-        let kl = b.op(format!("arith.subi {kk}, {k0} : index"));
-        b.open(format!("scf.for {jj} = {j_zero} to {valid} step {one} {{"));
-        let col = b.op(format!("arith.addi {j0}, {jj} : index"));
-        let x = b.op(format!("memref.load %a0[{bi}, {col}, {kk}] : {bty}"));
-        b.line(format!(
-            "memref.store {x}, %out[{bi}, {p}, {kl}, {jj}] : {pty}"
-        ));
-        b.close("}", false);
-        let jz = b.fresh();
-        let z = b.f32c(0.0);
-        b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
-        b.line(format!(
-            "memref.store {z}, %out[{bi}, {p}, {kl}, {jz}] : {pty}"
-        ));
-        b.close("}", false);
-        b.close("}", false);
+        let ks = (kvend.as_str(), kend.as_str(), k0.as_str());
+        let cols = (j0.as_str(), s.n, t.nr);
+        let to = ([bi.as_str(), p.as_str()], pty.as_str());
+        scalar_panel_rows(
+            &mut b,
+            ks,
+            cols,
+            to,
+            |_, kk| kk.to_string(),
+            |b, kk, col| b.op(format!("memref.load %a0[{bi}, {col}, {kk}] : {bty}")),
+        );
     }
     b.close("}", false);
     FuncText {
@@ -400,31 +390,16 @@ pub(crate) fn emit_pack_bound(
         }
         b.close("}", false);
     }
-    // The k left over (or all of them), element by element; columns past `n` are zeros.
-    let (kk, jj, jz) = (b.fresh(), b.fresh(), b.fresh());
-    let (kfrom, kto, kstart, nrend) = (b.idx(k_vec_end), b.idx(kend), b.idx(k0), b.idx(nr));
-    let left = b.op(format!("arith.subi {nc}, {j0} : index"));
-    let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
-    b.open(format!("scf.for {kk} = {kfrom} to {kto} step {one} {{"));
-    let base = row_base(&mut b, &kk);
-    let kl = b.op(format!("arith.subi {kk}, {kstart} : index"));
-    b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
-    let col = b.op(format!("arith.addi {j0}, {jj} : index"));
-    let at = b.ix_mul(&Ix::V(col), nr);
-    let at = b.ix_add(&at, &Ix::V(base));
-    let at = b.ix(&at);
-    let x = b.op(format!("memref.load %a0[{at}] : {src_ty}"));
-    b.line(format!(
-        "memref.store {x}, %out[{zero}, {p}, {kl}, {jj}] : {pty}"
-    ));
-    b.close("}", false);
-    let z = b.f32c(0.0);
-    b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
-    b.line(format!(
-        "memref.store {z}, %out[{zero}, {p}, {kl}, {jz}] : {pty}"
-    ));
-    b.close("}", false);
-    b.close("}", false);
+    // The k left over (or all of them), element by element.
+    let (kfrom, kto, kstart) = (b.idx(k_vec_end), b.idx(kend), b.idx(k0));
+    let ks = (kfrom.as_str(), kto.as_str(), kstart.as_str());
+    let to = ([zero.as_str(), p.as_str()], pty.as_str());
+    scalar_panel_rows(&mut b, ks, (&j0, s.n, nr), to, row_base, |b, base, col| {
+        let at = b.ix_mul(&Ix::V(col.to_string()), nr);
+        let at = b.ix_add(&at, &Ix::V(base.to_string()));
+        let at = b.ix(&at);
+        b.op(format!("memref.load %a0[{at}] : {src_ty}"))
+    });
     b.close("}", false);
     FuncText {
         name: name.to_string(),
@@ -435,6 +410,42 @@ pub(crate) fn emit_pack_bound(
         body: b.finish(),
         ranged: true,
     }
+}
+
+/// A transposing pack's rows `k` in `from..to` (`ks`, with `k0` the panel's first),
+/// element by element: the panel's valid columns (of `cols`: the panel's first column, `n`
+/// and NR) from `load(b, row(b, k), column)`, where `row` computes what `load` needs of row
+/// `k` once, then zeros up to NR; at `%out[batch, panel, k - k0, ..]` (`to`, with the
+/// panel's type).
+fn scalar_panel_rows(
+    b: &mut Body,
+    (from, to, k0): (&str, &str, &str),
+    (j0, n, nr): (&str, usize, usize),
+    ([batch, panel], pty): ([&str; 2], &str),
+    row: impl Fn(&mut Body, &str) -> String,
+    load: impl Fn(&mut Body, &str, &str) -> String,
+) {
+    let (kk, jj, jz) = (b.fresh(), b.fresh(), b.fresh());
+    let (one, zero, nc, nrend) = (b.idx(1), b.idx(0), b.idx(n), b.idx(nr));
+    let left = b.op(format!("arith.subi {nc}, {j0} : index"));
+    let valid = b.op(format!("arith.minui {left}, {nrend} : index"));
+    b.open(format!("scf.for {kk} = {from} to {to} step {one} {{"));
+    let r = row(b, &kk);
+    let kl = b.op(format!("arith.subi {kk}, {k0} : index"));
+    b.open(format!("scf.for {jj} = {zero} to {valid} step {one} {{"));
+    let col = b.op(format!("arith.addi {j0}, {jj} : index"));
+    let x = load(b, &r, &col);
+    b.line(format!(
+        "memref.store {x}, %out[{batch}, {panel}, {kl}, {jj}] : {pty}"
+    ));
+    b.close("}", false);
+    let z = b.f32c(0.0);
+    b.open(format!("scf.for {jz} = {valid} to {nrend} step {one} {{"));
+    b.line(format!(
+        "memref.store {z}, %out[{batch}, {panel}, {kl}, {jz}] : {pty}"
+    ));
+    b.close("}", false);
+    b.close("}", false);
 }
 
 /// The `lanes` vectors of a transposing pack's block: one per column `j0 + first + i` of B
