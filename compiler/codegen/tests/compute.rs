@@ -931,6 +931,31 @@ fn concurrent_runs_share_the_team_or_use_rayon() {
     check_norm(&f, &inputs, 1e-4);
 }
 
+/// `f` checked against the interpreter (1e-4 norm-wise), compiled, run unbound on `inputs`,
+/// then bound on a copy of them: the compiled function, the unbound outputs, what binding
+/// left of the copy, the inputs it released and the bytes it bound.
+#[allow(clippy::type_complexity)]
+fn compile_and_bind(
+    f: &Function,
+    inputs: &HashMap<String, graft_interp::Tensor>,
+) -> (
+    graft_codegen::CompiledFunction,
+    graft_codegen::Outputs,
+    HashMap<String, graft_interp::Tensor>,
+    Vec<String>,
+    usize,
+) {
+    check_norm(f, inputs, 1e-4);
+    let c = compile(f).unwrap();
+    let unbound = c.run(inputs).unwrap();
+    let mut owned = inputs.clone();
+    let mut released = Vec::new();
+    let bytes = c
+        .bind(&mut owned, &[], &mut |n| released.push(n.to_string()))
+        .unwrap();
+    (c, unbound, owned, released, bytes)
+}
+
 /// Frozen weights bound once ([`graft_codegen::CompiledFunction::bind`]): `x · Vᵀ` with V a
 /// concat of three weights (rows 32 + 21 + 19, 40 columns: partial panels) is packed at
 /// binding, and each weight read the other way (`d · W`, as a backward's input gradient
@@ -977,15 +1002,7 @@ fn bound_weights_pack_once_and_serve_both_orientations() {
     f.add_output("yg", yg);
     f.add_output("sg", sg);
     let inputs = random_inputs(&f, 21, -1.0, 1.0);
-    check_norm(&f, &inputs, 1e-4);
-
-    let c = compile(&f).unwrap();
-    let unbound = c.run(&inputs).unwrap();
-    let mut owned = inputs.clone();
-    let mut released = Vec::new();
-    let bytes = c
-        .bind(&mut owned, &[], &mut |n| released.push(n.to_string()))
-        .unwrap();
+    let (c, unbound, owned, mut released, bytes) = compile_and_bind(&f, &inputs);
     released.sort();
     assert_eq!(released, ["w1", "w2", "w3"]);
     assert_eq!(c.bind_only_inputs().len(), 3);
@@ -1032,14 +1049,7 @@ fn a_shared_weight_is_bound_once() {
     let z = mm(&mut f, d, w, false);
     f.add_output("z", z);
     let inputs = random_inputs(&f, 23, -1.0, 1.0);
-    check_norm(&f, &inputs, 1e-4);
-    let c = compile(&f).unwrap();
-    let unbound = c.run(&inputs).unwrap();
-    let mut owned = inputs.clone();
-    let mut released = Vec::new();
-    let bytes = c
-        .bind(&mut owned, &[], &mut |n| released.push(n.to_string()))
-        .unwrap();
+    let (c, unbound, owned, released, bytes) = compile_and_bind(&f, &inputs);
     let nr = graft_codegen::CpuTarget::host().nr;
     assert_eq!(bytes, 4 * 48usize.next_multiple_of(nr) * 40);
     assert_eq!(released, ["w"]);
