@@ -51,6 +51,15 @@ How each side is measured
         step; the per-pair ratio (PyTorch's step time / graft's) is summarized by its median
         and quartiles under the table. `--mode rounds` runs whole measurements alternately
         instead and keeps each side's fastest.
+    GEMM floor (paired mode): after every pair a third process (`--_worker floor-serve`)
+        times PyTorch's torch.mm alone on every product of the step (`step_gemms`: each
+        distinct [m, k] x [k, n] shape the best of 3 calls on contiguous operands, times how
+        often the step computes it), then a 1024^3 sgemm. The floor is what the step's
+        products alone take at PyTorch's own GEMM speed, with nothing else. Each side's
+        step is reported as a multiple of the floor timed right after it (median over
+        pairs), with the multiple a graft step needs for 1.5x PyTorch's tokens/s, and the
+        floor's FLOP rate against that sgemm. A needed multiple under 1 means 1.5x takes a
+        whole graft step faster than PyTorch's GEMMs alone.
 
 Formulas
     tokens/s            = batch * seq / median step seconds (paired), or
@@ -62,12 +71,14 @@ Formulas
                 linear; the attention term is QK^T and AV (2 * B*S^2*hidden each, per
                 layer, without exploiting the causal mask). Embedding lookups, norms, RoPE,
                 softmax, the loss and the optimizer are not counted.
-    required FLOPs      = 2 * forward FLOPs + LoRA FLOPs: the forward, the input gradients
-        (one product per linear and per attention matmul, as many FLOPs as the forward), and
-        the LoRA factors' weight gradients (as many as their forward part, 2 * tokens *
-        r * (in + out) per adapted linear). Frozen base weights need no weight gradient.
-        (Not counted: layer 0's input gradient, which no one needs, < 1%.) This is the work
-        any implementation must do, so "% of sgemm" on it is a true efficiency.
+    required FLOPs      = 2 * forward FLOPs + LoRA FLOPs + attention FLOPs: the forward, the
+        input gradients (one product per linear, as many FLOPs as its forward; two per
+        attention matmul, whose operands both need one: twice its forward), and the LoRA
+        factors' weight gradients (as many as their forward part, 2 * tokens * r * (in +
+        out) per adapted linear). Frozen base weights need no weight gradient. `step_gemms`
+        lists these products one by one; required FLOPs is their sum. (Layer 0's input
+        gradients are counted though no one needs them, < 1%.) This is the work any
+        implementation must do, so "% of sgemm" on it is a true efficiency.
     training-step FLOPs = 3 * forward FLOPs, the usual forward + backward convention, which
         assumes every weight gets a gradient; kept in the JSON ("step_flops",
         "pct_sgemm_3x") for comparison with earlier runs. With frozen base weights it
@@ -175,10 +186,37 @@ def step_flops(s: Size, targets: str) -> float:
     return STEP_FACTOR * forward_flops(s, targets)[0]
 
 
+def step_gemms(s: Size, targets: str) -> list[tuple[int, int, int, int, str]]:
+    """Every matrix product a LoRA training step must compute, as (m, k, n, count, what):
+    an [m, k] x [k, n] product, count times per step. Forward: each linear (x W^T), the LoRA
+    factors (x A^T, then (x A^T) B^T), attention's Q K^T and P V per batch row and head, the
+    language-model head. Backward: one input gradient per linear and LoRA factor, two per
+    attention product (both of its operands need one), and the LoRA factors' weight
+    gradients. Frozen weights get none. Layer 0's input gradients are listed though nothing
+    needs them (< 1%)."""
+    tokens, r = BATCH * SEQ, LORA_R
+    out = []
+    for p, (i, o) in proj_shapes(s).items():
+        out += [(tokens, i, o, s.layers, f"{p} x.W^T"), (tokens, o, i, s.layers, f"{p} dy.W")]
+        if p in TARGETS[targets][2]:
+            out += [(tokens, i, r, s.layers, f"{p} LoRA x.A^T"),
+                    (tokens, r, o, s.layers, f"{p} LoRA (xA^T).B^T"),
+                    (tokens, o, r, s.layers, f"{p} LoRA dy.B"),
+                    (tokens, r, i, s.layers, f"{p} LoRA (dy.B).A"),
+                    (r, tokens, o, s.layers, f"{p} LoRA dB"),
+                    (r, tokens, i, s.layers, f"{p} LoRA dA")]
+    hd, heads = s.hidden // s.heads, BATCH * s.heads * s.layers
+    out += [(SEQ, hd, SEQ, heads, "Q.K^T"), (SEQ, SEQ, hd, heads, "P.V"),
+            (SEQ, hd, SEQ, heads, "dP = dO.V^T"), (SEQ, SEQ, hd, heads, "dV = P^T.dO"),
+            (SEQ, SEQ, hd, heads, "dQ = dS.K"), (SEQ, SEQ, hd, heads, "dK = dS^T.Q"),
+            (tokens, s.hidden, s.vocab, 1, "lm_head x.W^T"),
+            (tokens, s.vocab, s.hidden, 1, "lm_head dy.W")]
+    return out
+
+
 def required_flops(s: Size, targets: str) -> float:
-    """The work a training step must do: 2 x forward + the LoRA weight gradients."""
-    forward, lora = forward_flops(s, targets)
-    return 2.0 * forward + lora
+    """The work a training step must do: the products of `step_gemms`."""
+    return sum(2.0 * m * k * n * count for m, k, n, count, _ in step_gemms(s, targets))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -355,6 +393,45 @@ def worker_torch_serve(size: str, targets: str, threads: int) -> dict:
     return summary(step_times, loss)
 
 
+FLOOR_REPS = 3
+SGEMM_N = 1024
+
+
+def worker_floor_serve(size: str, targets: str, threads: int) -> dict:
+    """A paired run's third process, the GEMM floor: per `step` line on stdin it times
+    PyTorch's torch.mm alone on every product of `step_gemms` (each distinct shape the best
+    of FLOOR_REPS calls, times its count) and then a SGEMM_N^3 sgemm, and prints
+    {"seconds": floor, "sgemm_flops_per_s": ...}, until `end`. Contiguous operands, allocated
+    once; nothing but the products is timed."""
+    import torch
+
+    torch.set_num_threads(threads)
+    counts: dict[tuple[int, int, int], int] = {}
+    for m, k, n, count, _ in step_gemms(SIZES[size], targets):
+        counts[(m, k, n)] = counts.get((m, k, n), 0) + count
+    operands = lambda m, k, n: (torch.randn(m, k), torch.randn(k, n), torch.empty(m, n))
+    bufs = {shape: operands(*shape) for shape in counts}
+    square = operands(SGEMM_N, SGEMM_N, SGEMM_N)
+
+    def best(a, b, c) -> float:
+        torch.mm(a, b, out=c)
+        t = float("inf")
+        for _ in range(FLOOR_REPS):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=c)
+            t = min(t, time.perf_counter() - t0)
+        return t
+
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "end":
+            break
+        floor = sum(best(*bufs[shape]) * count for shape, count in counts.items())
+        sgemm = 2.0 * SGEMM_N**3 / best(*square)
+        print(json.dumps({"seconds": floor, "sgemm_flops_per_s": sgemm}), flush=True)
+    return {"distinct_shapes": len(counts)}
+
+
 class Server:
     """A side of a paired run: a process speaking the `step`/`end` protocol on its stdin and
     stdout (JSON lines)."""
@@ -374,13 +451,17 @@ class Server:
         if not self._read().get("ready"):
             raise RuntimeError("no ready line")
 
-    def step(self) -> float:
+    def ask(self) -> dict:
+        """One `step`: its reply, which has at least `seconds`."""
         self.p.stdin.write("step\n")
         self.p.stdin.flush()
         r = self._read()
         if "seconds" not in r:
             raise RuntimeError(str(r))
-        return float(r["seconds"])
+        return r
+
+    def step(self) -> float:
+        return float(self.ask()["seconds"])
 
     def end(self) -> dict:
         self.p.stdin.write("end\n")
@@ -405,8 +486,9 @@ def median(xs: list[float]) -> float:
 def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, threads: int,
                cache_dir: str) -> tuple[dict, dict, dict]:
     """Both sides as servers, one step each in turn (which side goes first alternates), so
-    that both see the same machine from second to second. Returns the PyTorch result, the
-    graft result (each with its median step time as `step_seconds`) and the pairing."""
+    that both see the same machine from second to second; after each pair a third process
+    times the GEMM floor (`worker_floor_serve`). Returns the PyTorch result, the graft result
+    (each with its median step time as `step_seconds`) and the pairing."""
     env = thread_env(threads)
     spec = os.path.join(tmp, f"{size}_{targets}.graft")
     with open(spec, "w") as f:
@@ -422,20 +504,28 @@ def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, thread
     first_run["working_set_bytes"] = (int(first_run["peak_rss_bytes"])
                                       - int(first_run["baseline_rss_bytes"]))
     servers = []
+    worker = [sys.executable, os.path.abspath(__file__), "--_worker"]
     try:
-        t = Server([sys.executable, os.path.abspath(__file__), "--_worker", "torch-serve",
-                    size, targets, str(threads)], env)
+        t = Server(worker + ["torch-serve", size, targets, str(threads)], env)
         servers.append(t)
         t.ready()
         g = Server([graft, "bench", spec, "--serve", "--warmup", str(WARMUP)], genv, REPO)
         servers.append(g)
         g.ready()
-        times: dict[str, list[float]] = {"torch": [], "graft": []}
+        fl = Server(worker + ["floor-serve", size, targets, str(threads)], env)
+        servers.append(fl)
+        fl.ready()
+        times: dict[str, list[float]] = {"torch": [], "graft": [], "floor": []}
+        sgemms = []
         for i in range(pairs):
             order = [("torch", t), ("graft", g)] if i % 2 == 0 else [("graft", g), ("torch", t)]
             for side, server in order:
                 times[side].append(server.step())
+            r = fl.ask()
+            times["floor"].append(float(r["seconds"]))
+            sgemms.append(float(r["sgemm_flops_per_s"]))
         rt, rg = t.end(), g.end()
+        fl.end()
     except (RuntimeError, ValueError, OSError) as e:
         for s_ in servers:
             s_.kill()
@@ -446,10 +536,20 @@ def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, thread
         r["step_times"] = times[side]
         r["step_seconds"] = median(times[side])
         r["tokens_per_s"] = BATCH * SEQ / r["step_seconds"]
-    ratios = sorted(a / b for a, b in zip(times["torch"], times["graft"]))
+    per_pair = lambda num, den: sorted(a / b for a, b in zip(times[num], times[den]))
+    ratios = per_pair("torch", "graft")
     q = lambda f: ratios[min(len(ratios) - 1, int(f * len(ratios)))]
+    flops = required_flops(SIZES[size], targets)
     pairing = {"pairs": pairs, "ratio_median": median(ratios), "ratio_q1": q(0.25),
-               "ratio_q3": q(0.75)}
+               "ratio_q3": q(0.75),
+               # The GEMM floor, and each side's step as a multiple of the floor timed
+               # right after it.
+               "floor_times": times["floor"], "floor_seconds": median(times["floor"]),
+               "floor_sgemm_flops_per_s": sgemms,
+               "floor_pct_sgemm": 100 * median([flops / f / sg for f, sg
+                                                in zip(times["floor"], sgemms)]),
+               "torch_over_floor": median(per_pair("torch", "floor")),
+               "graft_over_floor": median(per_pair("graft", "floor"))}
     return rt, rg, pairing
 
 
@@ -578,6 +678,27 @@ def fmt_row(row: dict, sgemm: float | None, torch_mem_key: str) -> list[str]:
     ]
 
 
+def print_floor(rows: list[dict]) -> None:
+    """The GEMM floor of paired rows: what the step's products alone take at PyTorch's own
+    GEMM speed, and each side's step as a multiple of it."""
+    print("\nGEMM floor: the step's products alone (step_gemms) at PyTorch's own GEMM speed "
+          f"(torch.mm, each distinct shape best of {FLOOR_REPS}), timed after every pair; "
+          "steps as multiples of it (medians over pairs);\nneeded = the multiple a graft step "
+          "must reach for 1.5x PyTorch's tokens/s; %sgemm = the floor's rate against the "
+          "sgemm timed with it.")
+    head = ["size", "targets", "floor", "floor %sgemm", "torch", "graft", "needed"]
+    body = []
+    for r in rows:
+        p = r["pairing"]
+        body.append([r["size"], r["targets"], f"{p['floor_seconds'] * 1e3:.1f} ms",
+                     f"{p['floor_pct_sgemm']:.1f}%", f"{p['torch_over_floor']:.2f}x",
+                     f"{p['graft_over_floor']:.2f}x", f"{p['torch_over_floor'] / 1.5:.2f}x"])
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    for cells in [head, ["-" * w for w in widths]] + body:
+        print("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                        for i, (c, w) in enumerate(zip(cells, widths))))
+
+
 def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str) -> None:
     torch_mem_key = ("working_set_after_imports_bytes" if torch_baseline == "imports"
                      else "working_set_bytes")
@@ -609,6 +730,9 @@ def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str) -> N
             f"{r['size']}/{r['targets']} median {r['pairing']['ratio_median']:.2f}x "
             f"(quartiles {r['pairing']['ratio_q1']:.2f}-{r['pairing']['ratio_q3']:.2f}, "
             f"{r['pairing']['pairs']} pairs)" for r in paired))
+    floored = [r for r in paired if "floor_seconds" in r["pairing"]]
+    if floored:
+        print_floor(floored)
     if notes:
         print()
         print("\n".join(notes))
@@ -618,7 +742,8 @@ def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str) -> N
         print(f"\ngraft backend: {', '.join(backends)}", end="")
     after = ("`import torch, transformers, peft`" if torch_baseline == "imports"
              else "`import torch`")
-    print("\n%sgemm = required FLOPs (2 x forward + LoRA weight gradients) / step time / sgemm;"
+    print("\n%sgemm = required FLOPs (the step's products: forward, input gradients, LoRA "
+          "weight gradients) / step time / sgemm;"
           "\nceiling = the graft/torch tokens/s a step at the sgemm rate on those FLOPs would "
           "reach", end="")
     print(f"\nmem = torch: peak RSS - RSS after {after}; "
@@ -695,6 +820,9 @@ def main() -> int:
         elif kind == "torch-serve":
             size, targets, threads = rest
             out = worker_torch_serve(size, targets, int(threads))
+        elif kind == "floor-serve":
+            size, targets, threads = rest
+            out = worker_floor_serve(size, targets, int(threads))
         else:
             size, targets, steps, threads = rest
             out = worker_torch(size, targets, int(steps), int(threads))
