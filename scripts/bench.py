@@ -58,7 +58,10 @@ How each side is measured
         products alone take at PyTorch's own GEMM speed, with nothing else. Each side's
         step is reported as a multiple of the floor timed right after it (median over
         pairs), with the multiple a graft step needs for 1.5x PyTorch's tokens/s, and the
-        floor's FLOP rate against that sgemm. A needed multiple under 1 means 1.5x takes a
+        floor's FLOP rate against that sgemm. graft then runs one extra step with its
+        kernels timed (`profile` on its stdin; not counted in its step times), split into
+        its GEMM kernels and the rest (packs of GEMM operands, elementwise kernels,
+        reductions, softmax, the optimizer, launch overhead), each as a multiple of the floor. A needed multiple under 1 means 1.5x takes a
         whole graft step faster than PyTorch's GEMMs alone.
 
 Formulas
@@ -451,9 +454,9 @@ class Server:
         if not self._read().get("ready"):
             raise RuntimeError("no ready line")
 
-    def ask(self) -> dict:
-        """One `step`: its reply, which has at least `seconds`."""
-        self.p.stdin.write("step\n")
+    def ask(self, command: str = "step") -> dict:
+        """One `step` (or `profile`, for graft): its reply, which has at least `seconds`."""
+        self.p.stdin.write(command + "\n")
         self.p.stdin.flush()
         r = self._read()
         if "seconds" not in r:
@@ -516,7 +519,8 @@ def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, thread
         servers.append(fl)
         fl.ready()
         times: dict[str, list[float]] = {"torch": [], "graft": [], "floor": []}
-        sgemms = []
+        sgemms: list[float] = []
+        profiles: list[dict] = []
         for i in range(pairs):
             order = [("torch", t), ("graft", g)] if i % 2 == 0 else [("graft", g), ("torch", t)]
             for side, server in order:
@@ -524,6 +528,7 @@ def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, thread
             r = fl.ask()
             times["floor"].append(float(r["seconds"]))
             sgemms.append(float(r["sgemm_flops_per_s"]))
+            profiles.append(g.ask("profile"))
         rt, rg = t.end(), g.end()
         fl.end()
     except (RuntimeError, ValueError, OSError) as e:
@@ -549,7 +554,15 @@ def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, thread
                "floor_pct_sgemm": 100 * median([flops / f / sg for f, sg
                                                 in zip(times["floor"], sgemms)]),
                "torch_over_floor": median(per_pair("torch", "floor")),
-               "graft_over_floor": median(per_pair("graft", "floor"))}
+               "graft_over_floor": median(per_pair("graft", "floor")),
+               # graft's extra profiled step after each floor: its kernels by kind.
+               "graft_profiles": profiles}
+    if profiles and all("gemm_seconds" in p for p in profiles):
+        over = lambda key: median([p[key] / f for p, f in zip(profiles, times["floor"])])
+        pairing["graft_gemm_over_floor"] = over("gemm_seconds")
+        pairing["graft_rest_over_floor"] = median(
+            [(p["seconds"] - p["gemm_seconds"]) / f for p, f in zip(profiles, times["floor"])])
+        pairing["graft_pack_over_floor"] = over("pack_seconds")
     return rt, rg, pairing
 
 
@@ -685,14 +698,20 @@ def print_floor(rows: list[dict]) -> None:
           f"(torch.mm, each distinct shape best of {FLOOR_REPS}), timed after every pair; "
           "steps as multiples of it (medians over pairs);\nneeded = the multiple a graft step "
           "must reach for 1.5x PyTorch's tokens/s; %sgemm = the floor's rate against the "
-          "sgemm timed with it.")
-    head = ["size", "targets", "floor", "floor %sgemm", "torch", "graft", "needed"]
+          "sgemm timed with it;\ngraft GEMMs / rest (packs) = an extra profiled graft step "
+          "after each floor: its GEMM kernels' time, and everything else (of which packing "
+          "GEMM operands).")
+    head = ["size", "targets", "floor", "floor %sgemm", "torch", "graft", "graft GEMMs",
+            "graft rest", "(packs)", "needed"]
     body = []
     for r in rows:
         p = r["pairing"]
+        split = lambda key: f"{p[key]:.2f}x" if key in p else "n/a"
         body.append([r["size"], r["targets"], f"{p['floor_seconds'] * 1e3:.1f} ms",
                      f"{p['floor_pct_sgemm']:.1f}%", f"{p['torch_over_floor']:.2f}x",
-                     f"{p['graft_over_floor']:.2f}x", f"{p['torch_over_floor'] / 1.5:.2f}x"])
+                     f"{p['graft_over_floor']:.2f}x", split("graft_gemm_over_floor"),
+                     split("graft_rest_over_floor"), split("graft_pack_over_floor"),
+                     f"{p['torch_over_floor'] / 1.5:.2f}x"])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     for cells in [head, ["-" * w for w in widths]] + body:
         print("  ".join(c.rjust(w) if i > 1 else c.ljust(w)

@@ -36,6 +36,16 @@ pub trait Prepared {
         Ok(0)
     }
 
+    /// [`Prepared::run_mapped`], also reporting where the run's time went (compiled
+    /// backends; the default reports nothing).
+    fn run_mapped_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mapped: &[MappedInput<'_>],
+    ) -> Result<(Vec<(String, Tensor)>, Option<RunProfile>), String> {
+        Ok((self.run_mapped(inputs, mapped)?, None))
+    }
+
     /// Runs it with some inputs given as bytes borrowed from memory the caller keeps alive
     /// (a memory-mapped weights file) instead of tensors.
     fn run_mapped(
@@ -107,6 +117,21 @@ pub struct PreparedInfo {
     pub unshared_bytes: usize,
     /// Bytes of the bound (packed) frozen weights, once bound.
     pub bound_bytes: usize,
+}
+
+/// Where one run of a compiled function spent its time, kernel launch by kernel launch.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunProfile {
+    /// Seconds in GEMM kernels (the tiled products, without their packs).
+    pub gemm_seconds: f64,
+    /// Floating-point operations those GEMMs performed (over the padded panels they cover).
+    pub gemm_flops: f64,
+    /// Seconds packing GEMM operands (A's row tiles, B's panels).
+    pub pack_seconds: f64,
+    /// Seconds in every other kernel and host step.
+    pub other_seconds: f64,
+    /// Kernel launches.
+    pub launches: usize,
 }
 
 /// Something that can prepare and run IR functions.

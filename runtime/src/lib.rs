@@ -11,7 +11,7 @@ pub mod peft;
 pub mod session;
 pub mod weights;
 
-pub use backend::{Backend, Interpreter, MappedInput, Prepared, PreparedInfo};
+pub use backend::{Backend, Interpreter, MappedInput, Prepared, PreparedInfo, RunProfile};
 pub use cache::cache_dir;
 pub use data::{Batcher, DataError, load_tokens};
 pub use peft::{PeftError, adapter_config, graft_path, load_adapter, peft_key, save_adapter};

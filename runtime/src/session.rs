@@ -3,7 +3,7 @@
 //! [`Backend`]: the reference interpreter, or compiled code (which reads the frozen weights in
 //! place from the memory-mapped weights file).
 
-use crate::backend::{Backend, Interpreter, MappedInput, Prepared};
+use crate::backend::{Backend, Interpreter, MappedInput, Prepared, RunProfile};
 use crate::weights::{WeightsError, WeightsFile};
 use graft_autodiff::{AdError, Optimizer, Schedule, StepConfig, train_step};
 use graft_frontend::{DeclKind, LrSchedule, OptimizerConfig, Program, TrainConfig};
@@ -420,13 +420,39 @@ impl Session {
 
     /// Runs one training step on a batch (labels = the targets, `-100` where ignored).
     pub fn step(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<StepStats, SessionError> {
+        self.step_inner(input_ids, labels, false)
+            .map(|(stats, _)| stats)
+    }
+
+    /// [`Session::step`], also reporting where the step's time went, kernel kind by kernel
+    /// kind (`None` from a backend that does not time its kernels, like the interpreter).
+    pub fn step_profiled(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<(StepStats, Option<RunProfile>), SessionError> {
+        self.step_inner(input_ids, labels, true)
+    }
+
+    fn step_inner(
+        &mut self,
+        input_ids: &Tensor,
+        labels: &Tensor,
+        profile: bool,
+    ) -> Result<(StepStats, Option<RunProfile>), SessionError> {
         let runner = std::mem::replace(&mut self.runner, Box::new(NoRunner));
         let out = self.with_batch(
             vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
-            |v, m| runner.run_mapped(v, m),
+            |v, m| {
+                if profile {
+                    runner.run_mapped_profiled(v, m)
+                } else {
+                    runner.run_mapped(v, m).map(|out| (out, None))
+                }
+            },
         );
         self.runner = runner;
-        let out = out.map_err(SessionError::Backend)?;
+        let (out, run_profile) = out.map_err(SessionError::Backend)?;
         let mut stats = StepStats {
             step: self.steps_done + 1,
             loss: f32::NAN,
@@ -444,7 +470,7 @@ impl Session {
             }
         }
         self.steps_done += 1;
-        Ok(stats)
+        Ok((stats, run_profile))
     }
 
     /// The loss and its gradient with respect to every trainable tensor, without updating

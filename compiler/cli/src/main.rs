@@ -140,7 +140,10 @@ enum Command {
         /// After the warm-up, print `{"ready": true}` and run one timed step per `step` line
         /// read from stdin (printing `{"seconds": ...}` for each) until `end` or the end of
         /// input, then the summary line: for benchmarks that alternate steps with another
-        /// process (`scripts/bench.py`), so both see the same machine.
+        /// process (`scripts/bench.py`), so both see the same machine. A `profile` line runs
+        /// an extra step, not counted in the summary, whose kernels are timed, and prints
+        /// its time and where it went (`gemm_seconds`, `gemm_flops`, `pack_seconds`,
+        /// `other_seconds`, `launches`; only `seconds` with the interpreter).
         #[arg(long, conflicts_with = "steps")]
         serve: bool,
     },
@@ -531,18 +534,18 @@ fn bench(
         session.step(&ids, &ids)?;
     }
     let mut secs = 0.0;
-    let mut timed = |session: &mut graft_runtime::Session| -> Result<f64> {
-        let ids = batch_ids()?;
-        let start = std::time::Instant::now();
-        session.step(&ids, &ids)?;
-        let t = start.elapsed().as_secs_f64();
-        secs += t;
-        Ok(t)
-    };
+    let mut timed =
+        |session: &mut graft_runtime::Session, ids: graft_interp::Tensor| -> Result<f64> {
+            let start = std::time::Instant::now();
+            session.step(&ids, &ids)?;
+            let t = start.elapsed().as_secs_f64();
+            secs += t;
+            Ok(t)
+        };
     let steps = match steps {
         Steps::Count(n) => {
             for _ in 0..n {
-                timed(&mut session)?;
+                timed(&mut session, batch_ids()?)?;
             }
             n
         }
@@ -552,12 +555,31 @@ fn bench(
             for line in std::io::stdin().lines() {
                 match line?.trim() {
                     "step" => {
-                        let t = timed(&mut session)?;
+                        let t = timed(&mut session, batch_ids()?)?;
                         println!("{{\"seconds\": {t:.6}}}");
                         served += 1;
                     }
+                    // An untimed extra step whose kernels are timed (not counted in the
+                    // summary): where a step's time goes.
+                    "profile" => {
+                        let ids = batch_ids()?;
+                        let start = std::time::Instant::now();
+                        let (_, p) = session.step_profiled(&ids, &ids)?;
+                        let t = start.elapsed().as_secs_f64();
+                        match p {
+                            Some(p) => println!(
+                                "{{\"seconds\": {t:.6}, \"gemm_seconds\": {:.6}, \"gemm_flops\": {:.0}, \"pack_seconds\": {:.6}, \"other_seconds\": {:.6}, \"launches\": {}}}",
+                                p.gemm_seconds,
+                                p.gemm_flops,
+                                p.pack_seconds,
+                                p.other_seconds,
+                                p.launches
+                            ),
+                            None => println!("{{\"seconds\": {t:.6}}}"),
+                        }
+                    }
                     "end" => break,
-                    _ => println!("{{\"error\": \"expected `step` or `end`\"}}"),
+                    _ => println!("{{\"error\": \"expected `step`, `profile` or `end`\"}}"),
                 }
             }
             served

@@ -281,9 +281,9 @@ fn an_interrupted_run_resumes_from_its_checkpoint() {
 }
 
 /// `graft bench --serve` (how `scripts/bench.py` pairs graft's steps with PyTorch's): a ready
-/// line, one timing line per `step` read from stdin, an error line for anything else, and the
-/// summary after `end`, counting the served steps; the compiled step reports the frozen
-/// weights it packed once.
+/// line, one timing line per `step` read from stdin, a profile of an extra step per
+/// `profile`, an error line for anything else, and the summary after `end`, counting the
+/// served steps only; the compiled step reports the frozen weights it packed once.
 #[test]
 fn bench_serves_steps_read_from_stdin() {
     use std::io::Write;
@@ -309,22 +309,38 @@ fn bench_serves_steps_read_from_stdin() {
     child
         .stdin
         .take()
-        .map(|mut i| i.write_all(b"step\nstep\nwhat\nend\n"))
+        .map(|mut i| i.write_all(b"step\nprofile\nstep\nwhat\nend\n"))
         .transpose()
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 5, "{stdout}");
-    assert_eq!(lines[0], r#"{"ready": true}"#);
-    assert!(lines[1].starts_with(r#"{"seconds": "#) && lines[2].starts_with(r#"{"seconds": "#));
-    assert!(lines[3].contains("error"), "{stdout}");
-    assert!(lines[4].contains(r#""steps": 2,"#), "{stdout}");
-    let bound = lines[4]
-        .split(r#""bound_bytes": "#)
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .and_then(|n| n.parse::<u64>().ok());
-    assert!(bound.is_some_and(|b| b > 0), "{stdout}");
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(lines[0]["ready"], true);
+    let secs = |v: &serde_json::Value, key: &str| {
+        v[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no {key}: {stdout}"))
+    };
+    assert!(secs(&lines[1], "seconds") > 0.0 && secs(&lines[3], "seconds") > 0.0);
+    // The profiled step: its kernels' times add up to at most its wall time, and it has
+    // GEMMs (the projections), packs and other kernels (norms, softmax, AdamW).
+    let p = &lines[2];
+    let parts = ["gemm_seconds", "pack_seconds", "other_seconds"].map(|k| secs(p, k));
+    assert!(parts.iter().all(|&s| s > 0.0), "{stdout}");
+    assert!(parts.iter().sum::<f64>() <= secs(p, "seconds"), "{stdout}");
+    assert!(
+        secs(p, "gemm_flops") > 0.0 && secs(p, "launches") > 0.0,
+        "{stdout}"
+    );
+    assert!(lines[4]["error"].is_string(), "{stdout}");
+    assert_eq!(lines[5]["steps"], 2, "{stdout}");
+    assert!(
+        lines[5]["bound_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{stdout}"
+    );
 }

@@ -2,7 +2,7 @@
 
 use crate::CompiledFunction;
 use graft_interp::Tensor;
-use graft_runtime::{Backend, MappedInput, Prepared, PreparedInfo};
+use graft_runtime::{Backend, MappedInput, Prepared, PreparedInfo, RunProfile};
 use std::collections::HashMap;
 
 /// Compiles functions to native code for this host (MLIR → LLVM, JIT).
@@ -26,6 +26,32 @@ impl Prepared for Compiled {
         mapped: &[MappedInput<'_>],
     ) -> Result<Vec<(String, Tensor)>, String> {
         self.0.run_mapped(inputs, mapped).map_err(|e| e.to_string())
+    }
+
+    fn run_mapped_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mapped: &[MappedInput<'_>],
+    ) -> Result<(Vec<(String, Tensor)>, Option<RunProfile>), String> {
+        let (out, times) = self
+            .0
+            .run_mapped_profiled(inputs, mapped)
+            .map_err(|e| e.to_string())?;
+        let mut p = RunProfile {
+            launches: times.len(),
+            ..RunProfile::default()
+        };
+        for k in &times {
+            match k.kind {
+                "gemm" | "matmul" => {
+                    p.gemm_seconds += k.seconds;
+                    p.gemm_flops += k.flops;
+                }
+                "pack_a" | "pack" => p.pack_seconds += k.seconds,
+                _ => p.other_seconds += k.seconds,
+            }
+        }
+        Ok((out, Some(p)))
     }
 
     fn bind(

@@ -362,8 +362,20 @@ impl CompiledFunction {
         &self,
         inputs: &HashMap<String, Tensor>,
     ) -> Result<(Outputs, Vec<KernelTime>), CodegenError> {
+        self.run_mapped_profiled(inputs, &[])
+    }
+
+    /// [`CompiledFunction::run_mapped`], also timing every kernel launch (in execution order).
+    ///
+    /// # Errors
+    /// As [`CompiledFunction::run_mapped`].
+    pub fn run_mapped_profiled(
+        &self,
+        inputs: &HashMap<String, Tensor>,
+        mapped: &[graft_runtime::MappedInput<'_>],
+    ) -> Result<(Outputs, Vec<KernelTime>), CodegenError> {
         let mut times = Vec::with_capacity(self.plan.steps.len());
-        let out = self.run_inner(inputs, &[], Some(&mut times))?;
+        let out = self.run_inner(inputs, mapped, Some(&mut times))?;
         Ok((out, times))
     }
 
