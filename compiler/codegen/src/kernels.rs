@@ -34,6 +34,22 @@ pub(crate) fn fused_range(shape: &[usize]) -> usize {
     shape[..shape.len().saturating_sub(1)].iter().product()
 }
 
+/// Reduced elements per output up to which a reduction that keeps its operand's last axis
+/// runs by rows (see [`reduce_rows`]).
+const ROW_REDUCE_MAX: usize = 16;
+
+/// The last axis's extent when a reduction of an operand of shape `x` over `axes` runs by
+/// rows: one range item per row of the output's leading axes, a loop along its last axis
+/// (the operand's, kept), and the few reduced elements of each output summed inside it. LLVM
+/// unrolls the short reduction and vectorizes along the row. Per output element instead, the
+/// range index is split into coordinates for every element and the loop does not vectorize:
+/// the vocabulary-chunked loss's two-term stored sums over `[2, 508, 512]` took 0.5–0.8 ms.
+pub(crate) fn reduce_rows(x: &[usize], axes: &[usize]) -> Option<usize> {
+    let last = x.len().checked_sub(1)?;
+    let count: usize = axes.iter().map(|&a| x[a]).product();
+    (!axes.contains(&last) && count <= ROW_REDUCE_MAX).then_some(x[last])
+}
+
 /// A fused elementwise kernel computing node `root` into `%out`: for each row of the
 /// collapsed leading axes, a loop over the last axis evaluating the fused expression.
 /// Returns the output's memref type.
@@ -113,7 +129,22 @@ pub(crate) fn emit_reduce(
     };
     let o = range_loop(k);
     k.push_scope();
-    let kept_idx = k.b.delinearize(&o, &kept_shape);
+    // By rows (see `reduce_rows`): the range covers the output's leading axes and a loop its
+    // last; else one output element per range item.
+    let rows = reduce_rows(&xs, axes);
+    let (kept_idx, o) = match rows {
+        Some(cols) => {
+            let lead = &kept_shape[..kept_shape.len().saturating_sub(1)];
+            let mut idx = k.b.delinearize(&o, lead);
+            let j = count_loop(k, cols);
+            k.push_scope();
+            let row = k.b.ix_mul(&o, cols);
+            let flat = k.b.ix_add(&row, &j);
+            idx.push(j);
+            (idx, flat)
+        }
+        None => (k.b.delinearize(&o, &kept_shape), o),
+    };
     // A float max or min over the last axis keeps `SPLIT` independent accumulators (element
     // `j` goes to `j mod SPLIT`), combined at the end: LLVM vectorizes neither a `select`
     // chain nor a NaN-propagating `maximumf` reduction (which `arith-expand` turns into
@@ -189,6 +220,10 @@ pub(crate) fn emit_reduce(
         yielded
     };
     k.store(out.dtype, &result, "%out", &out_ty, &[o]);
+    if rows.is_some() {
+        k.pop_scope();
+        k.b.close("}", false);
+    }
     k.pop_scope();
     k.b.close("}", false);
     Ok(out_ty)

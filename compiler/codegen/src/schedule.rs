@@ -23,7 +23,7 @@
 use crate::CodegenError;
 use crate::gemm::GemmShape;
 use crate::host::CpuTarget;
-use crate::kernels::{fused_range, scalar_matmul};
+use crate::kernels::{fused_range, reduce_rows, scalar_matmul};
 use graft_ir::{BinaryOp, DType, Function, InputKind, Op, TensorType, ValueId};
 
 /// What one step of a compiled function does.
@@ -708,9 +708,17 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 plan.slot_of[v] = Some(out);
                 let x = node.args.first().map(|a| f.ty(*a));
                 let st = match op {
-                    Op::Reduce { .. } => {
+                    Op::Reduce { axes, .. } => {
                         let count = x.map_or(1, |t| t.numel()) / ty.numel().max(1);
-                        step(StepKind::Reduce, out, ty.numel(), count)
+                        match x.and_then(|x| reduce_rows(&x.shape, axes)) {
+                            Some(cols) => step(
+                                StepKind::Reduce,
+                                out,
+                                ty.numel().checked_div(cols).unwrap_or(0),
+                                count * cols,
+                            ),
+                            None => step(StepKind::Reduce, out, ty.numel(), count),
+                        }
                     }
                     Op::Softmax { axis } | Op::LogSoftmax { axis } => {
                         let ext = ty.shape.get(*axis).copied().unwrap_or(1);

@@ -12,7 +12,7 @@ mod common;
 
 use common::{check, check_norm, check_with, random_inputs};
 use graft_codegen::compile;
-use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp};
+use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId};
 use std::collections::HashMap;
 
 fn ty(dt: DType, shape: &[usize]) -> TensorType {
@@ -200,6 +200,66 @@ fn reductions_over_any_axes() {
         }
         check(&f, &random_inputs(&f, 9, -100.0, 100.0), 0.0);
     }
+}
+
+/// Reductions that keep the operand's last axis and reduce at most 16 elements per output run
+/// by rows (a loop along the last axis, the reduction inside it), others per output element:
+/// both against the interpreter, with fused operands (a product and a `concat`, like the
+/// vocabulary-chunked loss's two-term stored sums), reduced axes not next to each other,
+/// NaN, and outputs spread over threads. Sums of at most 51 terms accumulate in `f64`:
+/// relative error 1e-6.
+#[test]
+fn reductions_keeping_the_last_axis_run_by_rows() {
+    let mut f = Function::new("rows");
+    let a = f.add_input("a", InputKind::Data, ty(DType::F32, &[2, 5, 33]), None);
+    let b = f.add_input("b", InputKind::Data, ty(DType::F32, &[2, 5, 33]), None);
+    let c = f.add_input("c", InputKind::Data, ty(DType::F32, &[17, 3, 40]), None);
+    let ab = f.add(Op::Binary(BinaryOp::Mul), &[a, b], None).unwrap();
+    let one = |f: &mut Function, v| {
+        f.add_typed(
+            Op::Reshape,
+            &[v],
+            Some(ty(DType::F32, &[1, 2, 5, 33])),
+            None,
+        )
+        .unwrap()
+    };
+    let (x0, x1) = (one(&mut f, ab), one(&mut f, a));
+    let x = f.add(Op::Concat { axis: 0 }, &[x0, x1], None).unwrap();
+    let cases: [(ValueId, ReduceOp, &[usize]); 7] = [
+        (x, ReduceOp::Sum, &[0]),
+        (x, ReduceOp::Sum, &[0, 1]),
+        (x, ReduceOp::Mean, &[0, 2]),
+        (x, ReduceOp::Max, &[1]),
+        (c, ReduceOp::Sum, &[0]),
+        (c, ReduceOp::Mean, &[0, 1]),
+        (c, ReduceOp::Min, &[1]),
+    ];
+    for (i, (v, op, axes)) in cases.into_iter().enumerate() {
+        for keepdim in [false, true] {
+            let r = f
+                .add(
+                    Op::Reduce {
+                        op,
+                        axes: axes.to_vec(),
+                        keepdim,
+                    },
+                    &[v],
+                    None,
+                )
+                .unwrap();
+            f.add_output(format!("r{i}_{keepdim}"), r);
+        }
+    }
+    let mut inputs = random_inputs(&f, 21, -2.0, 2.0);
+    let mut a_vals = inputs["a"].to_f64_vec();
+    a_vals[40] = f64::NAN;
+    inputs.insert(
+        "a".into(),
+        graft_interp::Tensor::f32(vec![2, 5, 33], a_vals.iter().map(|&v| v as f32).collect())
+            .unwrap(),
+    );
+    check(&f, &inputs, 1e-6);
 }
 
 #[test]
