@@ -5,6 +5,9 @@ use graft_interp::Tensor;
 use graft_ir::{Function, TensorType};
 use std::collections::HashMap;
 
+/// A run's named outputs, in order.
+pub type Outputs = Vec<(String, Tensor)>;
+
 /// A function made ready to run.
 pub trait Prepared {
     /// Runs it: inputs by name, outputs in order (the interpreter's contract).
@@ -42,7 +45,7 @@ pub trait Prepared {
         &self,
         inputs: &HashMap<String, Tensor>,
         mapped: &[MappedInput<'_>],
-    ) -> Result<(Vec<(String, Tensor)>, Option<RunProfile>), String> {
+    ) -> Result<(Outputs, Option<RunProfile>), String> {
         Ok((self.run_mapped(inputs, mapped)?, None))
     }
 

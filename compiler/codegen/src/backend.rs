@@ -32,7 +32,7 @@ impl Prepared for Compiled {
         &self,
         inputs: &HashMap<String, Tensor>,
         mapped: &[MappedInput<'_>],
-    ) -> Result<(Vec<(String, Tensor)>, Option<RunProfile>), String> {
+    ) -> Result<(graft_runtime::backend::Outputs, Option<RunProfile>), String> {
         let (out, times) = self
             .0
             .run_mapped_profiled(inputs, mapped)

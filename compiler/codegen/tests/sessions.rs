@@ -210,3 +210,40 @@ fn bound_stand_in_weights_are_dropped_and_made_again() {
     );
     assert!(close(g.loss, wl.loss), "{} vs {}", g.loss, wl.loss);
 }
+
+/// A profiled step (`Session::step_profiled`, what `graft bench --serve` answers `profile`
+/// with) computes exactly what a plain step does: two sessions, one stepping plainly and one
+/// profiled, agree bit for bit in loss and every trainable tensor after each of two steps.
+/// The compiled backend's profile has GEMM time and FLOPs, packs and other kernels, whose
+/// sum is at most the step's wall time; the interpreter's has none.
+#[test]
+fn profiled_steps_compute_what_plain_steps_do() {
+    let base = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
+    let (ids, labels) = (
+        base.read("input_ids").unwrap(),
+        base.read("labels").unwrap(),
+    );
+    let (mut plain, mut profiled) = (session("lora_qv", &Cpu), session("lora_qv", &Cpu));
+    for _ in 0..2 {
+        let want = plain.step(&ids, &labels).unwrap();
+        let start = std::time::Instant::now();
+        let (got, p) = profiled.step_profiled(&ids, &labels).unwrap();
+        let wall = start.elapsed().as_secs_f64();
+        assert_eq!(got.loss.to_bits(), want.loss.to_bits());
+        let p = p.expect("the compiled backend profiles its kernels");
+        assert!(
+            p.gemm_seconds > 0.0 && p.gemm_flops > 0.0 && p.launches > 0,
+            "{p:?}"
+        );
+        assert!(p.pack_seconds > 0.0 && p.other_seconds > 0.0, "{p:?}");
+        assert!(
+            p.gemm_seconds + p.pack_seconds + p.other_seconds <= wall,
+            "{p:?} in {wall} s"
+        );
+    }
+    let (a, b) = (plain.params(), profiled.params());
+    assert!(!a.is_empty() && a == b, "the trainable tensors differ");
+    let mut interp = session("lora_qv", &Interpreter);
+    let (_, p) = interp.step_profiled(&ids, &labels).unwrap();
+    assert!(p.is_none());
+}
