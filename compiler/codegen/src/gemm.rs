@@ -54,6 +54,10 @@ pub(crate) struct GemmShape {
     /// Epilogue: the GEMM computes `addend + A·B` (an `add` whose other operand is this
     /// materialized value of C's shape); the first K block starts from it instead of zero.
     pub addend: Option<ValueId>,
+    /// How the addend is read: its row stride and first column (`(n, 0)` when it is laid out
+    /// like C; a slice of a wider value's last axis, such as one projection's columns of a
+    /// batched q/k/v product that a LoRA path adds to, has that value's row length).
+    pub addend_view: (usize, usize),
     /// The part of the contraction this GEMM covers, `k0..k1`: all of it, unless the
     /// scheduler split a GEMM whose packed operands would be large (see [`GemmShape::chunks`]).
     pub k_range: (usize, usize),
@@ -83,6 +87,7 @@ impl GemmShape {
             quant: None,
             fused_b: false,
             addend: None,
+            addend_view: (n, 0),
             k_range: (0, k),
             panel_range: None,
             accumulate: false,
@@ -882,8 +887,22 @@ pub(crate) fn emit_gemm(name: &str, s: &GemmShape, t: &CpuTarget) -> Vec<FuncTex
         let c_off = b.ix_add(&c_off, &c_col);
         let offs: Vec<String> = [a_off, p_off, c_off].iter().map(|x| b.ix(x)).collect();
         let ldc = b.idx(s.n);
+        // The addend's offset and row stride (see `GemmShape::addend_view`).
+        let (d_args, d_tys) = if addend {
+            let (ldd, col0) = s.addend_view;
+            let d_base = b.ix_mul(&bi, s.m * ldd);
+            let d_row = b.ix_mul(&i0, ldd);
+            let d_col = b.ix_mul(panel, t.nr);
+            let d_off = b.ix_add(&d_base, &d_row);
+            let d_off = b.ix_add(&d_off, &d_col);
+            let d_off = b.ix_add(&d_off, &Ix::C(col0));
+            let d_off = b.ix(&d_off);
+            (format!(", {d_off}, {}", b.idx(ldd)), "index, index, ")
+        } else {
+            (String::new(), "")
+        };
         b.line(format!(
-            "func.call @{f}({af}, {pf}, {cf}, {df}{}, {sr}, {sk}, {ldc}, {k0}, {k1}, {first}) : ({fty}, {fty}, {fty}, {dty}index, index, index, index, index, index, index, index, i1) -> ()",
+            "func.call @{f}({af}, {pf}, {cf}, {df}{}, {sr}, {sk}, {ldc}{d_args}, {k0}, {k1}, {first}) : ({fty}, {fty}, {fty}, {dty}index, index, index, {d_tys}index, index, index, index, index, i1) -> ()",
             offs.join(", ")
         ));
     };
@@ -1016,6 +1035,27 @@ fn emit_micro(
             });
         }
     }
+    // The addend's offsets of each (row, vector): like C's, from its own offset and stride.
+    let mut d_at = Vec::new();
+    if addend {
+        for r in 0..rows {
+            let ro = if r == 0 {
+                "%d_off".to_string()
+            } else {
+                let rc = b.idx(r);
+                let m = b.op(format!("arith.muli %ldd, {rc} : index"));
+                b.op(format!("arith.addi %d_off, {m} : index"))
+            };
+            for v in 0..nv {
+                d_at.push(if v == 0 {
+                    ro.clone()
+                } else {
+                    let vc = b.idx(v * t.lanes);
+                    b.op(format!("arith.addi {ro}, {vc} : index"))
+                });
+            }
+        }
+    }
     let count = rows * nv;
     let tys = vec![vt.clone(); count].join(", ");
     // The C tile is read (after the k loop, when this is not the first K block) and written:
@@ -1077,11 +1117,11 @@ fn emit_micro(
     b.close("}", false);
     // Add the current C unless this is the first K block (which adds the addend, if any),
     // then store.
-    let add_from = |b: &mut Body, mem: &str| -> Vec<String> {
+    let add_from = |b: &mut Body, mem: &str, offsets: &[String]| -> Vec<String> {
         let mut added = Vec::new();
         for r in 0..rows {
             for (v, mask) in masks.iter().enumerate() {
-                let at = &c_at[r * nv + v];
+                let at = &offsets[r * nv + v];
                 let old = match mask {
                     None => b.op(format!("vector.load {mem}[{at}] : {fty}, {vt}")),
                     Some(m) => b.op(format!(
@@ -1097,13 +1137,13 @@ fn emit_micro(
     let sums = b.fresh();
     b.open(format!("{sums}:{count} = scf.if %first -> ({tys}) {{"));
     let fresh: Vec<String> = if addend {
-        add_from(&mut b, "%d")
+        add_from(&mut b, "%d", &d_at)
     } else {
         (0..count).map(|i| format!("{res}#{i}")).collect()
     };
     b.line(format!("scf.yield {} : {tys}", fresh.join(", ")));
     b.close("} else {", true);
-    let added = add_from(&mut b, "%c");
+    let added = add_from(&mut b, "%c", &c_at);
     b.line(format!("scf.yield {} : {tys}", added.join(", ")));
     b.close("}", false);
     for r in 0..rows {
@@ -1135,6 +1175,14 @@ fn emit_micro(
             "%sr: index".into(),
             "%sk: index".into(),
             "%ldc: index".into(),
+        ])
+        .chain(
+            addend
+                .then(|| ["%d_off: index".to_string(), "%ldd: index".to_string()])
+                .into_iter()
+                .flatten(),
+        )
+        .chain([
             "%k0: index".into(),
             "%k1: index".into(),
             "%first: i1".into(),

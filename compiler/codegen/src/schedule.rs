@@ -415,18 +415,24 @@ fn bind_backward_packs(f: &Function, plan: &mut Plan, target: &CpuTarget, frozen
     }
 }
 
+/// An addend a GEMM epilogue reads: the value whose buffer it reads, and that buffer's row
+/// stride and first column (see [`GemmShape::addend_view`]).
+type Addend = (ValueId, (usize, usize));
+
 /// GEMM epilogues: an `f32` `add` of a matmul's result and another materialized value of
-/// the same type, when the add is stored anyway (not fused into a consumer) and the matmul
-/// has no other reader, becomes that matmul's GEMM starting from the other value (saving the
-/// product's buffer and the add's pass over both). Of two matmul operands, the later one is
-/// folded. Returns, per node, the add's `(matmul, Some(addend))`, and which matmuls fold.
+/// the same type, or a slice of one's last axis (one projection's columns of a batched q/k/v
+/// product, to which a LoRA path adds its low-rank update), when the add is stored anyway
+/// (not fused into a consumer) and the matmul has no other reader, becomes that matmul's GEMM
+/// starting from the other value (saving the product's buffer and the add's pass over both).
+/// Of two matmul operands, the later one is folded. Returns, per node, the add's
+/// `(matmul, Some(addend))`, and which matmuls fold.
 #[allow(clippy::type_complexity)]
 fn gemm_epilogues(
     f: &Function,
     live: &[bool],
     is_output: &[bool],
     inline: &[bool],
-) -> (Vec<Option<(ValueId, Option<ValueId>)>>, Vec<bool>) {
+) -> (Vec<Option<(ValueId, Option<Addend>)>>, Vec<bool>) {
     let n = f.nodes.len();
     let mut uses = vec![0usize; n];
     for v in (0..n).filter(|&v| live[v]) {
@@ -442,6 +448,27 @@ fn gemm_epilogues(
     };
     let mut epilogue = vec![None; n];
     let mut folded = vec![false; n];
+    // The buffer an addend `o` is read from: its own, or, for inlined slices of the last
+    // axis of a stored value (a slice of a slice, as the optimizer's batching makes), that
+    // value's.
+    let view = |o: ValueId, folded: &[bool]| -> Option<Addend> {
+        let stored = |v: ValueId| !inline[v.index()] && !folded[v.index()];
+        let ty = f.ty(o);
+        let last = ty.rank().checked_sub(1)?;
+        let (mut v, mut col0) = (o, 0);
+        while !stored(v) {
+            let node = f.node(v);
+            let (Op::Slice { axis, start, .. }, [src]) = (&node.op, node.args.as_slice()) else {
+                return None;
+            };
+            let st = f.ty(*src);
+            if *axis != last || st.dtype != ty.dtype || st.shape[..last] != ty.shape[..last] {
+                return None;
+            }
+            (v, col0) = (*src, col0 + start);
+        }
+        Some((v, (f.ty(v).shape[last], col0)))
+    };
     for v in 0..n {
         let node = &f.nodes[v];
         let (true, false, Op::Binary(BinaryOp::Add), [a, b]) =
@@ -458,8 +485,11 @@ fn gemm_epilogues(
             (*b, *a)
         };
         for (m, o) in [(later, earlier), (earlier, later)] {
-            if m != o && gemm(m) && !inline[o.index()] && !folded[o.index()] {
-                epilogue[v] = Some((m, Some(o)));
+            if m == o || !gemm(m) {
+                continue;
+            }
+            if let Some(d) = view(o, &folded) {
+                epilogue[v] = Some((m, Some(d)));
                 folded[m.index()] = true;
                 break;
             }
@@ -624,7 +654,10 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 let (mm, addend) = epilogue[v].unwrap_or((id, None));
                 let mut s = gemm_shape(f, mm)
                     .ok_or_else(|| CodegenError::Internal(format!("%{v}: matmul operands")))?;
-                s.addend = addend;
+                if let Some((d, view)) = addend {
+                    s.addend = Some(d);
+                    s.addend_view = view;
+                }
                 s.fused_b = plan.inline[s.b_src.index()];
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);

@@ -820,6 +820,89 @@ fn an_add_of_a_matmul_becomes_the_gemm_epilogue() {
 }
 
 #[test]
+fn a_lora_path_adds_to_its_columns_of_a_batched_product_in_the_gemm() {
+    // The optimizer's batched projections: qkv = x·[Wq; Wk; Wv]ᵀ, then q = qkv[.., 0..45] +
+    // x·Aᵀ·Bᵀ and v = qkv[.., 45..128][.., 38..83] + x·Aᵥᵀ·Bᵥᵀ, each an output and read by
+    // a matmul. The
+    // up-projections' GEMMs start from their slices of qkv (row stride 128, columns from
+    // 0 and from 83: not a multiple of the vector width) instead of add kernels. Every extent
+    // is a tail of the register tile. Against the interpreter, 1e-4 norm-wise.
+    let t = |s: &[usize]| ty(DType::F32, s);
+    let mut f = Function::new("sliced_epilogue");
+    let x = f.add_input("x", InputKind::Data, t(&[2, 13, 300]), None);
+    let w = f.add_input("w", InputKind::Weight, t(&[128, 300]), None);
+    let tb = Op::MatMul {
+        ta: false,
+        tb: true,
+    };
+    let qkv = f.add(tb.clone(), &[x, w], None).unwrap();
+    // v's columns through a slice of a slice, as the optimizer's batching makes them.
+    let kv = f
+        .add(
+            Op::Slice {
+                axis: 2,
+                start: 45,
+                end: 128,
+            },
+            &[qkv],
+            None,
+        )
+        .unwrap();
+    let mut outs = Vec::new();
+    for (i, (src, start, end)) in [(qkv, 0usize, 45usize), (kv, 38, 83)]
+        .into_iter()
+        .enumerate()
+    {
+        let a = f.add_input(format!("a{i}"), InputKind::Param, t(&[8, 300]), None);
+        let b = f.add_input(format!("b{i}"), InputKind::Param, t(&[45, 8]), None);
+        let cols = f
+            .add(
+                Op::Slice {
+                    axis: 2,
+                    start,
+                    end,
+                },
+                &[src],
+                None,
+            )
+            .unwrap();
+        let down = f.add(tb.clone(), &[x, a], None).unwrap();
+        let up = f.add(tb.clone(), &[down, b], None).unwrap();
+        let y = f.add(Op::Binary(BinaryOp::Add), &[cols, up], None).unwrap();
+        let v = f.add_input(format!("v{i}"), InputKind::Weight, t(&[45, 100]), None);
+        let mm = Op::MatMul {
+            ta: false,
+            tb: false,
+        };
+        outs.push(f.add(mm, &[y, v], None).unwrap());
+        f.add_output(format!("y{i}"), y);
+    }
+    // k's columns are read too (by an output), so qkv stays whole.
+    let k = f
+        .add(
+            Op::Slice {
+                axis: 2,
+                start: 45,
+                end: 83,
+            },
+            &[qkv],
+            None,
+        )
+        .unwrap();
+    let k = f.add(Op::Unary(UnaryOp::Neg), &[k], None).unwrap();
+    f.add_output("k", k);
+    for (i, o) in outs.into_iter().enumerate() {
+        f.add_output(format!("o{i}"), o);
+    }
+    let kernels = graft_codegen::compile(&f).unwrap().kernel_summary();
+    assert!(
+        kernels.iter().all(|k| !k.contains("_add ")),
+        "an add kernel is left: {kernels:?}"
+    );
+    check_norm(&f, &random_inputs(&f, 25, -1.0, 1.0), 1e-4);
+}
+
+#[test]
 fn a_concat_of_weights_is_read_while_packing() {
     // The optimizer's batching: x·[W₁; W₂]ᵀ (forward) and d·[W₁; W₂] (backward) read a concat
     // of weights, which is never stored: both pack kernels evaluate it per element.
