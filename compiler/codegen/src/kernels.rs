@@ -86,8 +86,8 @@ fn operand(f: &graft_ir::Function, root: ValueId, op: &str) -> Result<ValueId, C
         .ok_or_else(|| CodegenError::Internal(format!("{op} without an operand")))
 }
 
-/// A reduction kernel: one output element per range item, the reduced axes as nested loops
-/// carrying the accumulator. `sum`/`mean` accumulate in `f64`; `max`/`min` propagate NaN and
+/// A reduction kernel: one output element per range item (or one row of outputs, see
+/// [`reduce_rows`]), the reduced axes as nested loops carrying the accumulator. `sum`/`mean` accumulate in `f64`; `max`/`min` propagate NaN and
 /// keep the first of equal values.
 pub(crate) fn emit_reduce(
     k: &mut KernelCx<'_>,
