@@ -128,6 +128,29 @@ impl<'a> Lexer<'a> {
                                 'r' => '\r',
                                 '0' => '\0',
                                 '\\' | '"' | '\'' => e,
+                                // `\u{…}`: how the printer (Rust's `Debug`) writes other
+                                // control and non-printable characters.
+                                'u' => {
+                                    let rest = chars.as_str();
+                                    let code = rest
+                                        .strip_prefix('{')
+                                        .and_then(|r| r.split_once('}'))
+                                        .map(|(hex, _)| hex)
+                                        .filter(|hex| {
+                                            (1..=6).contains(&hex.len())
+                                                && hex.chars().all(|c| c.is_ascii_hexdigit())
+                                        });
+                                    let ch = code
+                                        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                                        .and_then(char::from_u32)
+                                        .ok_or_else(|| {
+                                            self.err(i, "expected `\\u{…}` with 1 to 6 hex digits of a character".into())
+                                        })?;
+                                    let len = code.map_or(0, str::len) + 2;
+                                    chars = rest[len..].chars();
+                                    i += len;
+                                    ch
+                                }
                                 _ => return Err(self.err(i, format!("unknown escape `\\{e}`"))),
                             });
                         }

@@ -241,3 +241,40 @@ fn stream_ids_use_all_64_bits() -> Result<(), Box<dyn std::error::Error>> {
     assert_eq!(parse_module(&text)?, m, "{text}");
     Ok(())
 }
+
+/// Strings (file names, input names) holding control and other non-printable characters
+/// print with `\u{…}` escapes, which parse back (found by the `ir_text` fuzz target: a file
+/// named "\u{11}" printed to text that did not parse). A malformed `\u` escape is an error
+/// at its position.
+#[test]
+fn escaped_characters_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+    let mut f = Function::new("f");
+    let x = f.add_input(
+        "x\u{11}\u{7f}\u{200b}\u{10ffff}\"\\\n\t",
+        InputKind::Data,
+        TensorType::scalar(DType::F32),
+        None,
+    );
+    f.add_output("y", x);
+    let m = Module {
+        files: vec!["\u{11}dir\u{0}/spec\r.graft".into()],
+        functions: vec![f],
+    };
+    let text = print_module(&m);
+    assert!(text.contains("\\u{11}"), "{text}");
+    assert_eq!(parse_module(&text)?, m, "{text}");
+    for bad in [
+        r#"file 0 = "\u{zz}""#,
+        r#"file 0 = "\u{110000}""#,
+        r#"file 0 = "\u{d800}""#,
+        r#"file 0 = "\u{}""#,
+        r#"file 0 = "\u{1234567}""#,
+        r#"file 0 = "\u{+11}""#,
+        r#"file 0 = "\u11""#,
+        r#"file 0 = "\u{11""#,
+    ] {
+        let e = parse_module(bad).expect_err(bad).to_string();
+        assert!(e.contains("1:") && e.contains("\\u"), "{bad}: {e}");
+    }
+    Ok(())
+}
