@@ -1016,38 +1016,20 @@ fn emit_micro(
             })
         })
         .collect();
-    // C offsets of each (row, vector).
-    let mut c_at = Vec::new();
-    for r in 0..rows {
-        let ro = if r == 0 {
-            "%c_off".to_string()
-        } else {
-            let rc = b.idx(r);
-            let m = b.op(format!("arith.muli %ldc, {rc} : index"));
-            b.op(format!("arith.addi %c_off, {m} : index"))
-        };
-        for v in 0..nv {
-            c_at.push(if v == 0 {
-                ro.clone()
-            } else {
-                let vc = b.idx(v * t.lanes);
-                b.op(format!("arith.addi {ro}, {vc} : index"))
-            });
-        }
-    }
-    // The addend's offsets of each (row, vector): like C's, from its own offset and stride.
-    let mut d_at = Vec::new();
-    if addend {
+    // Offsets of each (row, vector) of a tile at `off` with row stride `ld`: C's, and the
+    // addend's (its own offset and stride).
+    let tile_at = |b: &mut Body, off: &str, ld: &str| -> Vec<String> {
+        let mut at = Vec::new();
         for r in 0..rows {
             let ro = if r == 0 {
-                "%d_off".to_string()
+                off.to_string()
             } else {
                 let rc = b.idx(r);
-                let m = b.op(format!("arith.muli %ldd, {rc} : index"));
-                b.op(format!("arith.addi %d_off, {m} : index"))
+                let m = b.op(format!("arith.muli {ld}, {rc} : index"));
+                b.op(format!("arith.addi {off}, {m} : index"))
             };
             for v in 0..nv {
-                d_at.push(if v == 0 {
+                at.push(if v == 0 {
                     ro.clone()
                 } else {
                     let vc = b.idx(v * t.lanes);
@@ -1055,7 +1037,14 @@ fn emit_micro(
                 });
             }
         }
-    }
+        at
+    };
+    let c_at = tile_at(&mut b, "%c_off", "%ldc");
+    let d_at = if addend {
+        tile_at(&mut b, "%d_off", "%ldd")
+    } else {
+        Vec::new()
+    };
     let count = rows * nv;
     let tys = vec![vt.clone(); count].join(", ");
     // The C tile is read (after the k loop, when this is not the first K block) and written:
