@@ -155,7 +155,8 @@ pub fn adapter_config(records: &[AdapterRecord]) -> Result<Value, PeftError> {
     Ok(Value::Object(cfg))
 }
 
-/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (atomically).
+/// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (atomically, as a
+/// pair: a failure leaves the old pair).
 pub fn save_adapter(
     dir: &Path,
     records: &[AdapterRecord],
@@ -166,8 +167,11 @@ pub fn save_adapter(
     let bytes = to_safetensors(&keyed).map_err(PeftError::Io)?;
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| PeftError::Io(e.to_string()))?;
     let io = |e: std::io::Error| PeftError::Io(format!("cannot write into {}: {e}", dir.display()));
-    crate::write_atomic(&dir.join("adapter_model.safetensors"), &bytes).map_err(io)?;
-    crate::write_atomic(&dir.join("adapter_config.json"), text.as_bytes()).map_err(io)?;
+    crate::write_all_atomic(&[
+        (&dir.join("adapter_model.safetensors"), &bytes),
+        (&dir.join("adapter_config.json"), text.as_bytes()),
+    ])
+    .map_err(io)?;
     Ok(())
 }
 

@@ -105,9 +105,9 @@ pub struct Session {
     pub program: Program,
     /// `@train_step` (optimized when the session was asked to).
     pub step_fn: Function,
-    runner: Box<dyn Prepared>,
+    pub(crate) runner: Box<dyn Prepared>,
     backend: &'static str,
-    values: HashMap<String, Tensor>,
+    pub(crate) values: HashMap<String, Tensor>,
     /// Frozen weights the backend reads in place from the weights file: name, type, and
     /// byte range in `file`'s map.
     mapped: Vec<(String, TensorType, std::ops::Range<usize>)>,
@@ -116,7 +116,7 @@ pub struct Session {
     /// Seconds optimizing the step took, and whether it came from the cache.
     optimized: Option<(f64, bool)>,
     seed: u64,
-    steps_done: usize,
+    pub(crate) steps_done: usize,
     /// Weights the backend bound and let go of: made again (from the seed, or read from the
     /// weights file) when the interpreter needs them ([`Session::forward`], [`Session::gradients`]).
     /// Whether each was a stand-in (else it is read from the weights file again).
@@ -219,6 +219,14 @@ impl Session {
             .backend
             .prepare(&step_fn)
             .map_err(SessionError::Backend)?;
+        // The memory plan is known now, before the arena or any weight is allocated.
+        if let Some(info) = runner.info() {
+            let need = crate::memory::estimate(&program)
+                + (info.arena_bytes + info.output_bytes + info.bound_bytes) as u128;
+            if let Some(m) = crate::memory::too_big(need, "the training step (weights, trainable state and the memory plan's arena)") {
+                return Err(SessionError::Value(m));
+            }
+        }
         let init = program
             .module
             .function("init")
@@ -529,60 +537,67 @@ impl Session {
         Ok((loss, grads))
     }
 
-    /// Writes every trainable tensor, the optimizer state and the step count to `path`
-    /// (safetensors, written atomically: an interrupted write leaves the previous checkpoint).
-    pub fn save_checkpoint(&self, path: &std::path::Path) -> Result<(), SessionError> {
-        let mut names: Vec<&String> = self
-            .step_fn
-            .inputs()
-            .filter(|i| matches!(i.kind, InputKind::Param | InputKind::State))
-            .filter_map(|i| self.values.get_key_value(i.name).map(|(k, _)| k))
-            .collect();
-        names.sort();
-        let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64])
-            .map_err(|e| SessionError::Value(e.to_string()))?;
-        let mut tensors: Vec<(String, &Tensor)> = names
+    /// Runs the step that was just taken again on the interpreter, unoptimized, from `state`
+    /// (the trainable tensors and optimizer state as they were before it), and describes the
+    /// first op whose value is not finite: `%i = op … at file:line:col: value`. `None` when
+    /// every value is finite there.
+    ///
+    /// # Errors
+    /// The step cannot be built or run on the interpreter.
+    pub fn first_non_finite(
+        &mut self,
+        state: HashMap<String, Tensor>,
+        input_ids: &Tensor,
+        labels: &Tensor,
+    ) -> Result<Option<String>, SessionError> {
+        self.restore_dropped()?;
+        let forward = self
+            .program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))?;
+        let step = train_step(forward, &step_config(&self.program.train))?;
+        let after: Vec<(String, Tensor)> = state
             .into_iter()
-            .filter_map(|n| self.values.get(n).map(|t| (n.clone(), t)))
+            .filter_map(|(k, v)| self.values.insert(k.clone(), v).map(|old| (k, old)))
             .collect();
-        tensors.push(("graft.steps_done".into(), &steps));
-        let bytes = crate::weights::to_safetensors(&tensors).map_err(SessionError::Value)?;
-        crate::write_atomic(path, &bytes)
-            .map_err(|e| SessionError::Value(format!("cannot write {}: {e}", path.display())))
-    }
-
-    /// Restores a checkpoint written by [`Session::save_checkpoint`] for the same spec.
-    pub fn load_checkpoint(&mut self, path: &std::path::Path) -> Result<(), SessionError> {
-        let file = WeightsFile::open(path)?;
-        for name in file.entries().keys() {
-            let t = file.read(name)?;
-            if name == "graft.steps_done" {
-                self.steps_done = t
-                    .as_i64()
-                    .and_then(|v| v.first().copied())
-                    .unwrap_or(0)
-                    .max(0) as usize;
-                continue;
-            }
-            match self.values.get(name) {
-                Some(old) if old.ty() == t.ty() => {
-                    self.values.insert(name.clone(), t);
+        self.steps_done = self.steps_done.saturating_sub(1);
+        let found = self.with_batch(
+            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
+            |v, m| {
+                if m.is_empty() {
+                    graft_interp::first_non_finite(&step, v).map_err(SessionError::from)
+                } else {
+                    let all = crate::backend::with_copies(v, m).map_err(SessionError::Value)?;
+                    graft_interp::first_non_finite(&step, &all).map_err(SessionError::from)
                 }
-                Some(old) => {
-                    return Err(SessionError::Value(format!(
-                        "checkpoint tensor `{name}` is {}, the session holds {}",
-                        t.ty(),
-                        old.ty()
-                    )));
-                }
-                None => {
-                    return Err(SessionError::Value(format!(
-                        "checkpoint tensor `{name}` is not part of this spec's training state"
-                    )));
-                }
-            }
+            },
+        );
+        self.steps_done += 1;
+        for (k, v) in after {
+            self.values.insert(k, v);
         }
-        Ok(())
+        let Some((i, value)) = found? else {
+            return Ok(None);
+        };
+        let node = &step.nodes[i];
+        let at = node.loc.map_or_else(
+            || " (no source location: made by autodiff or the optimizer step)".to_string(),
+            |l| {
+                let file = self
+                    .program
+                    .module
+                    .files
+                    .get(l.file as usize)
+                    .map_or("?", String::as_str);
+                format!(" at {file}:{}:{}", l.line, l.col)
+            },
+        );
+        Ok(Some(format!(
+            "%{i} = {} : {}{at} is {value}",
+            node.op.name(),
+            node.ty
+        )))
     }
 
     /// The trainable tensors, in declaration order.

@@ -69,10 +69,16 @@ impl WeightsFile {
             path: path.to_path_buf(),
             source,
         };
+        crate::files::regular_file(path, "weights file").map_err(|m| WeightsError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(m),
+        })?;
         let file = File::open(path).map_err(io)?;
+        crate::sigbus::guard(path);
         #[allow(unsafe_code)]
         // SAFETY: the map is read-only and graft does not write weights files while reading
-        // them; another process truncating the file underneath is outside what we guard.
+        // them; another process truncating the file underneath raises SIGBUS, which
+        // `sigbus::guard` (above) turns into a clear message and a clean exit.
         let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
         let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Format {
             path: path.to_path_buf(),
@@ -137,6 +143,15 @@ impl WeightsFile {
         }
         let start = bytes.as_ptr() as usize - self.mmap.as_ptr() as usize;
         Some(start..start + bytes.len())
+    }
+
+    /// The header's `__metadata__` string map (empty when there is none).
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        SafeTensors::read_metadata(&self.mmap)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default()
     }
 
     /// The whole mapped file.
@@ -380,6 +395,14 @@ impl WeightsFile {
 
 /// Serializes named `f32` tensors as safetensors bytes.
 pub fn to_safetensors(tensors: &[(String, &graft_interp::Tensor)]) -> Result<Vec<u8>, String> {
+    to_safetensors_with(tensors, None)
+}
+
+/// [`to_safetensors`] with a `__metadata__` string map in the header.
+pub fn to_safetensors_with(
+    tensors: &[(String, &graft_interp::Tensor)],
+    metadata: Option<std::collections::HashMap<String, String>>,
+) -> Result<Vec<u8>, String> {
     let bufs: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(n, t)| match t.as_f32() {
@@ -404,5 +427,5 @@ pub fn to_safetensors(tensors: &[(String, &graft_interp::Tensor)]) -> Result<Vec
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<_, _>>()?;
-    safetensors::serialize(views, None).map_err(|e| e.to_string())
+    safetensors::serialize(views, metadata).map_err(|e| e.to_string())
 }

@@ -87,7 +87,9 @@ enum Command {
         #[arg(long)]
         no_optimize: bool,
         /// Keep a checkpoint here (`checkpoint.safetensors`, written atomically every
-        /// `--every` steps and at the end); a run that finds one resumes from it.
+        /// `--every` steps and at the end, with a checksum and the run's fingerprint); a run
+        /// that finds one resumes from it. The folder is locked while the run uses it.
+        /// SIGINT/SIGTERM/SIGHUP finish the current step and save (a second one exits).
         #[arg(long, value_name = "DIR")]
         checkpoint: Option<PathBuf>,
         /// Steps between checkpoints.
@@ -98,6 +100,15 @@ enum Command {
         /// `trainable.safetensors` with every trained tensor under its graft path.
         #[arg(long, value_name = "DIR")]
         save: Option<PathBuf>,
+        /// Resume from the checkpoint even though it was written with other settings
+        /// (learning rate, schedule, data, seed, ...); the changes are listed as warnings.
+        #[arg(long)]
+        force_resume: bool,
+        /// When a step's loss or gradient norm is not finite, run that step again on the
+        /// interpreter and name the first op whose value is not finite (keeps a copy of the
+        /// trainable state before every step).
+        #[arg(long)]
+        debug_non_finite: bool,
     },
     /// Optimize a spec's training step and show what the optimizer did: rules fired, cost
     /// before and after (FLOPs, bytes, peak memory), and the optimized IR.
@@ -206,7 +217,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
         }
         Command::Ir { file, emit } => match emit {
             Emit::Ast => {
-                let text = std::fs::read_to_string(&file)
+                let text = graft_frontend::source::read_regular(&file)
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
                 let name = file.display().to_string();
                 let loaded = match graft_frontend::load(&name, Some(file.clone()), text, stdlib) {
@@ -281,6 +292,8 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             no_optimize,
             checkpoint,
             every,
+            force_resume,
+            debug_non_finite,
         } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
@@ -290,15 +303,16 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 optimize: !no_optimize,
                 backend: backend.as_ref(),
             };
-            train(
-                &file,
-                program,
+            let train_opts = graft_runtime::TrainOptions {
                 steps,
                 seed,
-                save.as_deref(),
-                &opts,
-                checkpoint.as_deref().map(|d| (d, every.max(1))),
-            )
+                checkpoint,
+                every,
+                save,
+                force_resume,
+                debug_non_finite,
+            };
+            train(&file, program, &train_opts, &opts)
         }
         Command::Bench {
             file,
@@ -606,110 +620,67 @@ fn bench(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Trains through the runtime's loop, printing what it reports.
 fn train(
     spec: &Path,
     program: Program,
-    steps: Option<usize>,
-    seed: Option<u64>,
-    save: Option<&Path>,
-    opts: &graft_runtime::SessionOptions,
-    checkpoint: Option<(&Path, usize)>,
+    opts: &graft_runtime::TrainOptions,
+    session_opts: &graft_runtime::SessionOptions,
 ) -> Result<ExitCode> {
-    use anyhow::Context;
-    let dir = spec.parent().unwrap_or(Path::new("."));
-    let weights = match &program.weights {
-        Some((path, _)) => Some(graft_runtime::WeightsFile::open(path)?),
-        None => {
-            eprintln!("note: the spec names no weights file; frozen weights are seeded stand-ins");
-            None
-        }
-    };
-    let data = program
-        .train
-        .data
-        .clone()
-        .context("the `train` block names no `data` file")?;
-    let vocab = program
-        .module
-        .function("forward")
-        .and_then(|f| {
-            f.output("logits")
-                .map(|v| f.ty(v).shape.last().copied().unwrap_or(0))
-        })
-        .context("the model has no logits")?;
-    let data_path = dir.join(&data);
-    let tokens = graft_runtime::load_tokens(&data_path, vocab)?;
-    let (batch, seq) = (program.train.batch, program.train.seq);
-    let mut batcher =
-        graft_runtime::Batcher::new(tokens, batch, seq, &data_path.display().to_string())?;
-    let steps = steps.unwrap_or(program.train.steps);
-    let seed = seed.unwrap_or(program.train.seed);
-    let mut session = graft_runtime::Session::with_options(program, weights.as_ref(), seed, opts)?;
-    let ckpt_file = checkpoint.map(|(d, every)| (d.join("checkpoint.safetensors"), every));
-    if let Some((file, _)) = &ckpt_file {
-        if file.exists() {
-            session.load_checkpoint(file)?;
-            batcher.skip(session.steps_done());
+    use graft_runtime::{Event, Outcome};
+    let tokens_per_step = program.train.batch * program.train.seq;
+    let mut print = |e: Event| match e {
+        Event::Ready(session, steps) => {
+            let t = &session.program.train;
             println!(
-                "resuming from {} after step {}",
-                file.display(),
-                session.steps_done()
+                "training {} trainable tensors on the {}, {} × {} tokens per step, {steps} steps",
+                session.params().len(),
+                session.backend(),
+                t.batch,
+                t.seq
             );
-        }
-    }
-    println!(
-        "training {} trainable tensors on the {}, {batch} × {seq} tokens per step, {steps} steps",
-        session.params().len(),
-        session.backend()
-    );
-    match session.optimizer_run() {
-        Some((_, true)) => println!("optimized step loaded from the cache"),
-        Some((secs, false)) => println!("optimized the step in {secs:.2} s"),
-        None => {}
-    }
-    if let Some(info) = session.step_info() {
-        print!("{}", describe_prepared(&info));
-    }
-    let mapped = session.mapped_weights().len();
-    if mapped > 0 {
-        println!("{mapped} frozen weights read in place from the memory-mapped weights file");
-    }
-    while session.steps_done() < steps {
-        let ids = batcher.next_batch();
-        let start = std::time::Instant::now();
-        let s = session.step(&ids, &ids)?;
-        let secs = start.elapsed().as_secs_f64();
-        println!(
-            "step {:>4}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  {:.0} tok/s",
-            s.step,
-            s.loss,
-            s.lr,
-            s.grad_norm,
-            (batch * seq) as f64 / secs.max(1e-9)
-        );
-        if let Some((file, every)) = &ckpt_file {
-            if s.step % every == 0 || s.step == steps {
-                session.save_checkpoint(file)?;
+            match session.optimizer_run() {
+                Some((_, true)) => println!("optimized step loaded from the cache"),
+                Some((secs, false)) => println!("optimized the step in {secs:.2} s"),
+                None => {}
+            }
+            if let Some(info) = session.step_info() {
+                print!("{}", describe_prepared(&info));
+            }
+            let mapped = session.mapped_weights().len();
+            if mapped > 0 {
+                println!("{mapped} frozen weights read in place from the memory-mapped weights file");
             }
         }
-        if !s.loss.is_finite() {
-            anyhow::bail!(
-                "the loss is not finite at step {}; lower the learning rate or enable `clip`",
-                s.step
+        Event::Resumed(file, r) => {
+            for c in &r.forced {
+                eprintln!("warning: resuming with a change (--force-resume): {c}");
+            }
+            println!("resuming from {} after step {}", file.display(), r.steps_done);
+        }
+        Event::Step(s, secs) => {
+            println!(
+                "step {:>4}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  {:.0} tok/s",
+                s.step,
+                s.loss,
+                s.lr,
+                s.grad_norm,
+                tokens_per_step as f64 / secs.max(1e-9)
             );
         }
-    }
-    if let Some(out) = save {
-        let params = session.params();
-        let bytes = graft_runtime::weights::to_safetensors(&params).map_err(anyhow::Error::msg)?;
-        graft_runtime::write_atomic(&out.join("trainable.safetensors"), &bytes)?;
-        println!("saved {}", out.join("trainable.safetensors").display());
-        match graft_runtime::save_adapter(out, &session.program.adapters, &params) {
-            Ok(()) => println!("saved a PEFT adapter in {}", out.display()),
-            Err(e) => eprintln!("note: no PEFT adapter written: {e}"),
+        Event::Stopping(why) => {
+            eprintln!("{why} received: finishing this step, then saving (send it again to exit at once)");
+        }
+        Event::Wrote(what) => println!("saved {what}"),
+        Event::Note(n) => eprintln!("note: {n}"),
+    };
+    match graft_runtime::train(spec, program, session_opts, opts, &mut print)? {
+        Outcome::Finished => Ok(ExitCode::SUCCESS),
+        Outcome::Interrupted(why) => {
+            eprintln!("stopped by {why}; the state above is saved");
+            Ok(ExitCode::from(130))
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Checks the weights file against the frozen weights the program reads. A missing file is a

@@ -59,7 +59,7 @@ pub fn compile(
 
 /// Reads and compiles a spec file.
 pub fn compile_file(path: &Path, stdlib: &Stdlib) -> Result<(Loaded, Program), CompileFileError> {
-    let text = std::fs::read_to_string(path)
+    let text = source::read_regular(path)
         .map_err(|e| CompileFileError::Io(path.display().to_string(), e))?;
     compile(&path.display().to_string(), Some(path), text, stdlib)
         .map_err(CompileFileError::Compile)

@@ -120,7 +120,7 @@ impl Stdlib {
                 .map(|(_, t)| (None, t.to_string())),
             Stdlib::Dir(dir) => {
                 let p = dir.join(rel);
-                std::fs::read_to_string(&p).ok().map(|t| (Some(p), t))
+                read_regular(&p).ok().map(|t| (Some(p), t))
             }
         }
     }
@@ -172,7 +172,7 @@ pub fn resolve_import(
             == p.canonicalize().ok();
         if is_self {
             // `use nn` inside a file named nn.graft means the stdlib's nn, not itself.
-        } else if let Ok(text) = std::fs::read_to_string(&p) {
+        } else if let Ok(text) = read_regular(&p) {
             let name = display_name(&p, &importer.name, rel);
             return Some((name, Some(p), text));
         }
@@ -204,4 +204,24 @@ fn display_name(path: &Path, importer_name: &str, rel: &str) -> String {
             rel.to_string()
         }
     }
+}
+
+/// Reads a source file, refusing anything but a regular file before opening it (opening a
+/// FIFO blocks until a writer comes, and a device never ends).
+///
+/// # Errors
+/// The I/O error, or `InvalidInput` for a special file.
+pub fn read_regular(p: &Path) -> std::io::Result<String> {
+    let m = std::fs::metadata(p)?;
+    if !m.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            if m.is_dir() {
+                "it is a folder, not a file"
+            } else {
+                "it is not a regular file (a FIFO, socket or device); graft reads only regular files"
+            },
+        ));
+    }
+    std::fs::read_to_string(p)
 }

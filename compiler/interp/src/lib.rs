@@ -184,6 +184,39 @@ pub fn run(
     f: &Function,
     inputs: &HashMap<String, Tensor>,
 ) -> Result<Vec<(String, Tensor)>, InterpError> {
+    run_watched(f, inputs, &mut |_, _| true).map(|r| r.unwrap_or_default())
+}
+
+/// The first node (in evaluation order) whose floating-point result holds a NaN or an
+/// infinity, with its first such value; `None` when every value is finite. This is the
+/// debugging aid behind a non-finite loss: run the step here and name the op that made it.
+///
+/// # Errors
+/// As [`run`].
+pub fn first_non_finite(
+    f: &Function,
+    inputs: &HashMap<String, Tensor>,
+) -> Result<Option<(usize, f64)>, InterpError> {
+    let mut found = None;
+    run_watched(f, inputs, &mut |i, t| {
+        let bad = match t.data() {
+            Data::F32(v) => v.iter().find(|x| !x.is_finite()).map(|x| f64::from(*x)),
+            Data::F64(v) => v.iter().find(|x| !x.is_finite()).copied(),
+            _ => None,
+        };
+        found = bad.map(|x| (i, x));
+        found.is_none()
+    })?;
+    Ok(found)
+}
+
+/// [`run`], showing each node's value to `watch` as it is computed; `Ok(None)` when `watch`
+/// returned false (stop there).
+fn run_watched(
+    f: &Function,
+    inputs: &HashMap<String, Tensor>,
+    watch: &mut dyn FnMut(usize, &Tensor) -> bool,
+) -> Result<Option<Vec<(String, Tensor)>>, InterpError> {
     // Locations are irrelevant here, so allow any file index.
     verify_function(f, usize::MAX)?;
     // last_use[v]: the last node reading v (v itself when none; usize::MAX for outputs).
@@ -216,6 +249,9 @@ pub fn run(
             args,
         };
         let t = eval(&ctx, inputs)?;
+        if !watch(i, &t) {
+            return Ok(None);
+        }
         values.push((last_use.get(i) != Some(&i)).then_some(t));
         for a in &node.args {
             if last_use.get(a.index()) == Some(&i)
@@ -234,7 +270,8 @@ pub fn run(
                 f.nodes.get(o.value.index()).map(|n| &n.op),
             )),
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
 }
 
 /// An internal error: a value was needed after it was freed (cannot happen on verified IR).
