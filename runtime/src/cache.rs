@@ -6,8 +6,9 @@
 //! `$XDG_CACHE_HOME/graft`, else `$HOME/.cache/graft`. Entries are named by the SHA-256 of
 //! everything they depend on (for the optimized step: graft's version, the options, the
 //! unoptimized step's text and the optimizer's own source, `graft_opt::SOURCE`), written to
-//! a temporary name and renamed into place (atomic on one file system), and checked when
-//! read: a damaged entry counts as a miss and is rebuilt.
+//! a temporary name, fsynced and renamed into place, sealed with a digest file beside them
+//! (`<entry>.sha256`, [`seal`]), and checked against it before use ([`verify`]): a damaged,
+//! edited or unsealed entry is removed, counts as a miss and is rebuilt.
 
 use graft_ir::{Function, Module, parse_module, print_module, verify_function};
 use sha2::{Digest, Sha256};
@@ -36,6 +37,43 @@ pub fn digest(parts: &[&str]) -> String {
         h.update(part.as_bytes());
     }
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The digest file beside a cache entry: `<entry>.sha256`.
+fn seal_path(entry: &Path) -> PathBuf {
+    let mut name = entry.as_os_str().to_os_string();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+fn file_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Records the SHA-256 of a finished cache entry beside it (written durably and atomically),
+/// so that [`verify`] can tell a damaged entry from a good one before it is used.
+///
+/// # Errors
+/// The entry cannot be read or the digest written.
+pub fn seal(entry: &Path) -> std::io::Result<()> {
+    let bytes = std::fs::read(entry)?;
+    crate::write_atomic(&seal_path(entry), file_digest(&bytes).as_bytes())
+}
+
+/// Whether a cache entry is whole: its bytes match the digest [`seal`] recorded. An entry
+/// that does not (truncated, edited, unsealed) is removed with its digest, so the caller
+/// rebuilds it; an absent entry is simply `false`.
+pub fn verify(entry: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(entry) else {
+        return false;
+    };
+    let ok = std::fs::read_to_string(seal_path(entry))
+        .is_ok_and(|d| d.trim() == file_digest(&bytes));
+    if !ok {
+        let _ = std::fs::remove_file(entry);
+        let _ = std::fs::remove_file(seal_path(entry));
+    }
+    ok
 }
 
 /// The optimized form of `step` under `opts`, from `dir/opt/` when there, else by running
@@ -72,13 +110,18 @@ pub fn optimized_step(
             functions: vec![optimized.clone()],
         });
         // Best effort: a cache that cannot be written only costs time.
-        let _ = crate::write_atomic(p, out.as_bytes());
+        if crate::write_atomic(p, out.as_bytes()).is_ok() {
+            let _ = seal(p);
+        }
     }
     Ok((optimized, false))
 }
 
 /// A cached optimized step, if the file parses, verifies and has `step`'s signature.
 fn load(path: &Path, step: &Function) -> Option<Function> {
+    if !verify(path) {
+        return None;
+    }
     let text = std::fs::read_to_string(path).ok()?;
     let mut m = parse_module(&text).ok()?;
     if m.functions.len() != 1 {
@@ -137,8 +180,15 @@ mod tests {
         let files: Vec<_> = std::fs::read_dir(dir.path().join("opt"))
             .unwrap()
             .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "graft-ir"))
             .collect();
         assert_eq!(files.len(), 1, "{files:?}");
+        // An edit that still parses, verifies and has the signature (the file's own text
+        // with a comment added) is caught by the digest.
+        let text = std::fs::read_to_string(&files[0]).unwrap();
+        std::fs::write(&files[0], format!("{text}\n")).unwrap();
+        let (_, hit) = optimized_step(Some(dir.path()), &[], &step(), &opts).unwrap();
+        assert!(!hit, "an edited entry is a miss");
         std::fs::write(&files[0], "func @train_step(").unwrap();
         let (third, hit) = optimized_step(Some(dir.path()), &[], &step(), &opts).unwrap();
         assert!(!hit, "a damaged entry is a miss");

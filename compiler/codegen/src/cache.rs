@@ -10,8 +10,11 @@
 //! On a miss the module is JIT-compiled as usual, with MLIR's object cache enabled and
 //! position-independent code; its object file is dumped and linked into a shared object with
 //! the system C compiler driver (`cc -shared`, which Rust's own linking already needs), then
-//! renamed into place (atomic on one file system, so readers never see a partial file). A
-//! file that does not load or lacks a kernel symbol counts as a miss and is rebuilt. Writing
+//! renamed into place (atomic on one file system, so readers never see a partial file) and
+//! sealed with its SHA-256 beside it (`<key>.so.sha256`). Before loading, the file's digest
+//! is checked against the seal: a truncated or altered object (which would crash the process
+//! or compute wrong numbers) is removed and rebuilt, as is one that does not load or lacks a
+//! kernel symbol. Writing
 //! the cache is best effort: a failure leaves the JIT-compiled code in use and is reported.
 //!
 //! The directory is `kernels/` under graft's cache root: `$GRAFT_CACHE_DIR` when set (`off`
@@ -54,7 +57,9 @@ impl Library {
     /// file is absent, does not load, or lacks one of them.
     pub fn load(dir: &Path, key: &str, names: &[String]) -> Option<(Library, Vec<usize>)> {
         let path = dir.join(format!("{key}.so"));
-        if !path.is_file() {
+        // A truncated or altered shared object would crash the process (SIGBUS, SIGSEGV,
+        // SIGILL) or compute wrong numbers: its digest must match before it is loaded.
+        if !graft_runtime::cache::verify(&path) {
             return None;
         }
         // SAFETY: the file was written by `store` below: a shared object linked from code
@@ -108,7 +113,12 @@ pub(crate) fn store(dir: &Path, key: &str, jit: &Jit) -> Result<PathBuf, Codegen
             )));
         }
         let path = dir.join(format!("{key}.so"));
+        std::fs::File::open(&partial)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| fail(format!("{}: {e}", partial.display())))?;
         std::fs::rename(&partial, &path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+        graft_runtime::files::sync_dir(dir);
+        graft_runtime::cache::seal(&path).map_err(|e| fail(format!("sealing {}: {e}", path.display())))?;
         Ok(path)
     })();
     let _ = std::fs::remove_file(&object);

@@ -40,6 +40,7 @@ fn so_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_none_or(|e| e != "sha256"))
         .collect();
     v.sort();
     v
@@ -86,15 +87,31 @@ fn a_damaged_cache_file_is_rebuilt() {
         .unwrap()
         .run(&inputs)
         .unwrap();
-    for p in so_files(dir.path()) {
-        std::fs::write(&p, b"not a shared object").unwrap();
+    // Each damage is one a loader without a digest would trust: not an object at all; a
+    // truncated object (SIGBUS when its pages are touched); the same length with code bytes
+    // zeroed (SIGSEGV, SIGILL or silently wrong numbers).
+    let damages: [(&str, fn(&mut Vec<u8>)); 3] = [
+        ("replaced", |b| *b = b"not a shared object".to_vec()),
+        ("truncated", |b| b.truncate(b.len() / 2)),
+        ("zeroed", |b| {
+            let n = b.len();
+            b[n / 3..n / 3 + n / 4].fill(0);
+        }),
+    ];
+    for (what, damage) in damages {
+        for p in so_files(dir.path()) {
+            let mut bytes = std::fs::read(&p).unwrap();
+            damage(&mut bytes);
+            std::fs::write(&p, bytes).unwrap();
+        }
+        let rebuilt = compile_with(&f, &opts(Some(dir.path()))).unwrap();
+        let info = rebuilt.compile_info();
+        assert_eq!((info.cached, info.stored), (0, info.modules), "{what}: {info:?}");
+        assert_eq!(rebuilt.run(&inputs).unwrap(), want, "{what}");
+        let reloaded = compile_with(&f, &opts(Some(dir.path()))).unwrap();
+        assert_eq!(reloaded.compile_info().cached, info.modules, "{what}");
+        assert_eq!(reloaded.run(&inputs).unwrap(), want, "{what}");
     }
-    let rebuilt = compile_with(&f, &opts(Some(dir.path()))).unwrap();
-    let info = rebuilt.compile_info();
-    assert_eq!((info.cached, info.stored), (0, info.modules), "{info:?}");
-    assert_eq!(rebuilt.run(&inputs).unwrap(), want);
-    let reloaded = compile_with(&f, &opts(Some(dir.path()))).unwrap();
-    assert_eq!(reloaded.compile_info().cached, info.modules);
 }
 
 #[test]
