@@ -6,7 +6,7 @@
 
 use crate::analysis::Graph;
 use crate::cost::Target;
-use crate::extract::node_seconds;
+use crate::extract::NodeCosts;
 use crate::lang::G;
 use egg::{Id, Language};
 use std::collections::HashMap;
@@ -15,6 +15,7 @@ use std::collections::HashMap;
 pub struct Dag<'a> {
     eg: &'a Graph,
     target: Target,
+    costs: &'a NodeCosts,
     root: Id,
     /// The chosen node per class (children canonical).
     pub choice: HashMap<Id, G>,
@@ -22,16 +23,23 @@ pub struct Dag<'a> {
     post: HashMap<Id, f64>,
     /// Total seconds of the reachable DAG.
     pub total: f64,
-    /// Counters: switches tried, cycle searches, full recomputations.
+    /// Counters: switches tried, local post-order repairs, full recomputations.
     pub stats: [usize; 3],
 }
 
 impl<'a> Dag<'a> {
     /// Evaluates `choice`; `None` if it is cyclic or incomplete.
-    pub fn new(eg: &'a Graph, target: Target, root: Id, choice: HashMap<Id, G>) -> Option<Dag<'a>> {
+    pub fn new(
+        eg: &'a Graph,
+        target: Target,
+        costs: &'a NodeCosts,
+        root: Id,
+        choice: HashMap<Id, G>,
+    ) -> Option<Dag<'a>> {
         let mut d = Dag {
             eg,
             target,
+            costs,
             root: eg.find(root),
             choice,
             refs: HashMap::new(),
@@ -52,7 +60,7 @@ impl<'a> Dag<'a> {
     fn cost(&self, id: Id) -> f64 {
         self.choice
             .get(&id)
-            .map_or(0.0, |n| node_seconds(self.eg, n, &self.target))
+            .map_or(0.0, |n| self.costs.get(self.eg, n, &self.target))
     }
 
     /// Recomputes reference counts, post-order and total from scratch; false if cyclic.
@@ -92,172 +100,182 @@ impl<'a> Dag<'a> {
         true
     }
 
-    /// Whether `from` reaches `to` through chosen nodes. The post-order is topological, so a
-    /// class that finishes before `to` cannot reach it and is not expanded.
-    fn reaches(&mut self, from: Id, to: Id) -> bool {
-        self.stats[1] += 1;
-        let limit = self.post.get(&to).copied().unwrap_or(f64::INFINITY);
-        let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![from];
-        while let Some(id) = stack.pop() {
-            if id == to {
-                return true;
-            }
-            if self.post.get(&id).is_some_and(|p| *p < limit) {
-                continue;
-            }
-            if seen.insert(id) {
-                stack.extend(self.children(id));
-            }
-        }
-        false
-    }
-
     /// Switches `class` to `node` if that makes the DAG cheaper and keeps it acyclic.
     pub fn try_switch(&mut self, class: Id, node: G) -> bool {
         self.stats[0] += 1;
         let node = node.map_children(|c| self.eg.find(c));
-        let Some(old) = self.choice.get(&class).cloned() else {
-            return false;
-        };
-        if old == node {
-            return false;
-        }
-        let Some(&pc) = self.post.get(&class) else {
-            return false;
-        };
-        if self.refs.get(&class).copied().unwrap_or(0) == 0 {
+        if self.choice.get(&class).is_none_or(|old| *old == node)
+            || self.refs.get(&class).copied().unwrap_or(0) == 0
+        {
             return false;
         }
-        let new_kids: Vec<Id> = node.children().to_vec();
-        let mut all_safe = true;
-        for k in &new_kids {
-            let safe = self.post.get(k).is_some_and(|pk| *pk < pc);
-            all_safe &= safe || !self.post.contains_key(k);
-            if !safe && self.reaches(*k, class) {
-                return false;
-            }
-        }
-        let mut over: HashMap<Id, i64> = HashMap::new();
-        let mut delta =
-            node_seconds(self.eg, &node, &self.target) - node_seconds(self.eg, &old, &self.target);
-        let count = |d: &Self, over: &HashMap<Id, i64>, k: Id| {
-            *d.refs.get(&k).unwrap_or(&0) as i64 + over.get(&k).copied().unwrap_or(0)
-        };
-        let mut stack = new_kids.clone();
-        while let Some(k) = stack.pop() {
-            let before = count(self, &over, k);
-            *over.entry(k).or_default() += 1;
-            if before == 0 {
-                delta += self.cost(k);
-                stack.extend(self.children(k));
-            }
-        }
-        let mut stack: Vec<Id> = old.children().iter().map(|c| self.eg.find(*c)).collect();
-        while let Some(k) = stack.pop() {
-            *over.entry(k).or_default() -= 1;
-            if count(self, &over, k) == 0 {
-                delta -= self.cost(k);
-                stack.extend(self.children(k));
-            }
-        }
-        if delta >= -1e-12 {
-            return false;
-        }
-        if all_safe && self.number_new(&new_kids, pc) {
-            // Every new child finishes before `class` (newly reachable ones were just numbered
-            // below it), so the post-order stays topological: update counts in place. Classes
-            // that became unreachable keep stale entries, which only make checks conservative.
-            for (k, d) in over {
-                let r = self.refs.entry(k).or_default();
-                *r = (*r as i64 + d).max(0) as u32;
-            }
-            self.choice.insert(class, node);
-            self.total += delta;
-            return true;
-        }
-        self.choice.insert(class, node);
-        if !self.recompute() {
-            self.choice.insert(class, old);
-            self.recompute();
-            return false;
-        }
-        true
-    }
-
-    /// Gives post-order numbers below `upper` to the classes reachable from `roots` that have
-    /// none, children first; false if some child already finishes at or after `upper`.
-    fn number_new(&mut self, roots: &[Id], upper: f64) -> bool {
-        let mut stack: Vec<(Id, bool)> = roots
-            .iter()
-            .filter(|r| !self.post.contains_key(r))
-            .map(|r| (*r, false))
-            .collect();
-        let mut pending = std::collections::HashSet::new();
-        while let Some((id, done)) = stack.pop() {
-            if self.post.contains_key(&id) {
-                continue;
-            }
-            let kids = self.children(id);
-            if done {
-                let below = kids
-                    .iter()
-                    .filter_map(|k| self.post.get(k))
-                    .fold(f64::NEG_INFINITY, |a, b| a.max(*b));
-                if below >= upper {
-                    return false;
-                }
-                let lo = if below.is_finite() {
-                    below
-                } else {
-                    upper - 1.0
-                };
-                let p = (lo + upper) / 2.0;
-                if !(p > lo && p < upper) {
-                    return false;
-                }
-                self.post.insert(id, p);
-                continue;
-            }
-            if !pending.insert(id) {
-                return false;
-            }
-            stack.push((id, true));
-            for k in kids {
-                if !self.post.contains_key(&k) {
-                    stack.push((k, false));
-                }
-            }
-        }
-        true
+        self.apply_if_cheaper(HashMap::from([(class, node)]))
     }
 
     /// Applies several switches together if the result is cheaper and acyclic.
     pub fn try_switch_all(&mut self, switches: &[(Id, G)]) -> bool {
+        self.stats[0] += 1;
         // Only groups whose members are all computed now, and not already by these slices.
-        let relevant = switches
+        if !switches
             .iter()
             .all(|(c, _)| self.refs.get(&self.eg.find(*c)).copied().unwrap_or(0) > 0)
-            && switches.iter().any(|(c, n)| {
-                self.choice.get(&self.eg.find(*c))
-                    != Some(&n.clone().map_children(|x| self.eg.find(x)))
-            });
-        if !relevant {
+        {
             return false;
         }
-        let (before, saved) = (self.total, self.choice.clone());
-        for (c, n) in switches {
-            self.choice.insert(
-                self.eg.find(*c),
-                n.clone().map_children(|x| self.eg.find(x)),
-            );
+        let sw: HashMap<Id, G> = switches
+            .iter()
+            .map(|(c, n)| (self.eg.find(*c), n.clone().map_children(|x| self.eg.find(x))))
+            .filter(|(c, n)| self.choice.get(c) != Some(n))
+            .collect();
+        !sw.is_empty() && self.apply_if_cheaper(sw)
+    }
+
+    /// Switches every class in `sw` (all reachable) to its node there when the DAG gets
+    /// cheaper and stays acyclic. The cost change comes from reference counts over the part
+    /// of the DAG the switches make reachable or unreachable ([`Dag::switch_delta`]), and the
+    /// post-order is repaired locally ([`Dag::reorder`]); only when that repair cannot be
+    /// done (a cycle, or post-order numbers worn too fine) is everything recomputed.
+    fn apply_if_cheaper(&mut self, sw: HashMap<Id, G>) -> bool {
+        let (delta, over) = self.switch_delta(&sw);
+        if delta >= -1e-12 {
+            return false;
         }
+        let saved: Vec<(Id, G)> = sw
+            .keys()
+            .filter_map(|c| self.choice.get(c).map(|o| (*c, o.clone())))
+            .collect();
+        for (c, n) in &sw {
+            self.choice.insert(*c, n.clone());
+        }
+        if self.reorder(&sw) {
+            for (k, d) in over {
+                let r = self.refs.entry(k).or_default();
+                *r = (i64::from(*r) + d).max(0) as u32;
+            }
+            self.total += delta;
+            return true;
+        }
+        let before = self.total;
         if self.recompute() && self.total + 1e-12 < before {
             return true;
         }
-        self.choice = saved;
+        for (c, o) in saved {
+            self.choice.insert(c, o);
+        }
         self.recompute();
         false
+    }
+
+    /// Repairs the post-order after the classes in `sw` switched (their new nodes already
+    /// chosen): for each, earliest first, the classes its new node reaches that are unnumbered
+    /// or finish after it are renumbered, in their own post-order, into the gap between the
+    /// latest of their other children and the switched class. Numbers only move down, each
+    /// above its children, so every untouched class stays after its children. False on a
+    /// cycle (the switched class reaches itself) or when the gap is too narrow to number in.
+    fn reorder(&mut self, sw: &HashMap<Id, G>) -> bool {
+        self.stats[1] += 1;
+        let mut order: Vec<(f64, Id)> = sw
+            .keys()
+            .filter_map(|c| self.post.get(c).map(|p| (*p, *c)))
+            .collect();
+        if order.len() != sw.len() {
+            return false;
+        }
+        order.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for &(_, c) in &order {
+            let Some(&pc) = self.post.get(&c) else {
+                return false;
+            };
+            // Classes to move below `pc`, children first.
+            let mut moved: Vec<Id> = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            let mut stack: Vec<(Id, bool)> = self.children(c).into_iter().map(|k| (k, false)).collect();
+            let must_move = |d: &Self, k: Id| match d.post.get(&k) {
+                None => true,
+                Some(p) => *p >= pc && !d.children(k).is_empty(),
+            };
+            while let Some((k, done)) = stack.pop() {
+                if done {
+                    moved.push(k);
+                    continue;
+                }
+                if k == c {
+                    return false;
+                }
+                if !must_move(self, k) || !seen.insert(k) {
+                    continue;
+                }
+                stack.push((k, true));
+                for g in self.children(k) {
+                    if !seen.contains(&g) {
+                        stack.push((g, false));
+                    }
+                }
+            }
+            if moved.is_empty() {
+                continue;
+            }
+            let set: std::collections::HashSet<Id> = moved.iter().copied().collect();
+            let low = moved
+                .iter()
+                .flat_map(|m| self.children(*m))
+                .filter(|g| !set.contains(g) && !self.children(*g).is_empty())
+                .filter_map(|g| self.post.get(&g).copied())
+                .fold(f64::NEG_INFINITY, f64::max);
+            let low = if low.is_finite() { low } else { pc - 1.0 };
+            let step = (pc - low) / (moved.len() as f64 + 1.0);
+            if !(low < pc) || step <= pc.abs().max(1.0) * 1e-12 {
+                return false;
+            }
+            for (i, m) in moved.into_iter().enumerate() {
+                self.post.insert(m, low + step * (i as f64 + 1.0));
+            }
+        }
+        // Every switched class now finishes after its new children (renumbered classes do
+        // by construction); anything else is a cycle the walks above did not see.
+        sw.keys().all(|c| {
+            let pc = self.post[c];
+            self.children(*c)
+                .iter()
+                .all(|k| self.children(*k).is_empty() || self.post.get(k).is_some_and(|p| *p < pc))
+        })
+    }
+
+    /// The change in total time, and in reference counts, if every class in `sw` (all
+    /// reachable now) switched to its node there: edges from the old nodes are removed and
+    /// edges from the new ones added, and classes whose count of readers crosses zero enter
+    /// or leave with their own cost and edges (under the new choice). Exact for an acyclic
+    /// result.
+    fn switch_delta(&self, sw: &HashMap<Id, G>) -> (f64, HashMap<Id, i64>) {
+        let kids = |n: &G| -> Vec<Id> { n.children().iter().map(|c| self.eg.find(*c)).collect() };
+        let new_kids = |id: Id| sw.get(&id).map_or_else(|| self.children(id), kids);
+        let new_cost = |id: Id| {
+            sw.get(&id)
+                .map_or_else(|| self.cost(id), |n| self.costs.get(self.eg, n, &self.target))
+        };
+        let mut over: HashMap<Id, i64> = HashMap::new();
+        let count = |over: &HashMap<Id, i64>, k: Id| {
+            i64::from(*self.refs.get(&k).unwrap_or(&0)) + over.get(&k).copied().unwrap_or(0)
+        };
+        let mut delta: f64 = sw.keys().map(|&c| new_cost(c) - self.cost(c)).sum();
+        let mut stack: Vec<Id> = sw.values().flat_map(kids).collect();
+        while let Some(k) = stack.pop() {
+            let before = count(&over, k);
+            *over.entry(k).or_default() += 1;
+            if before == 0 {
+                delta += new_cost(k);
+                stack.extend(new_kids(k));
+            }
+        }
+        let mut stack: Vec<Id> = sw.keys().flat_map(|&c| self.children(c)).collect();
+        while let Some(k) = stack.pop() {
+            *over.entry(k).or_default() -= 1;
+            if count(&over, k) == 0 {
+                delta -= new_cost(k);
+                stack.extend(new_kids(k));
+            }
+        }
+        (delta, over)
     }
 
     /// For every reachable class, the reachable classes whose chosen node reads it.

@@ -86,6 +86,9 @@ pub struct Optimized {
     pub after: Summary,
     /// Shared-input batching groups adopted by extraction.
     pub batched_groups: usize,
+    /// Extraction's work: switches tried, local repairs, full recomputations
+    /// ([`extract::Extracted::work`]).
+    pub extraction_work: [usize; 3],
     /// Wall time of the whole optimization (saturation and extraction).
     pub time: std::time::Duration,
 }
@@ -131,6 +134,7 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
         func,
         run,
         batched_groups: ex.groups_used,
+        extraction_work: ex.work,
         time: start.elapsed(),
     })
 }

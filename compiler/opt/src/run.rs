@@ -79,11 +79,16 @@ pub fn saturate(mut eg: Graph, rules: &[Rule], limits: &Limits) -> (Graph, RunRe
     for (rws, iters, multi) in phases {
         let left = limits.time.saturating_sub(start.elapsed());
         // The backoff scheduler would ban the multi-pattern rule for its many matches; its
-        // phase is bounded by the iteration and node limits instead.
+        // phase is bounded by the iteration and node limits instead. A single-pattern rule is
+        // banned when it matches more than a few times per e-node of the program: a fixed
+        // limit would ban the ordinary rules of a deep model (each layer matches them
+        // alike), and every ban costs a whole iteration over the graph, so the phase's time
+        // would grow with the square of the depth.
+        let per_node = 2 * eg.total_number_of_nodes();
         let scheduler = egg::BackoffScheduler::default().with_initial_match_limit(if multi {
             1_000_000
         } else {
-            2_000
+            per_node.max(2_000)
         });
         let runner = Runner::default()
             .with_egraph(eg)
@@ -92,6 +97,14 @@ pub fn saturate(mut eg: Graph, rules: &[Rule], limits: &Limits) -> (Graph, RunRe
             .with_time_limit(left)
             .with_scheduler(scheduler)
             .run(rws.iter().copied());
+        if std::env::var_os("GRAFT_OPT_DEBUG").is_some() {
+            for it in &runner.iterations {
+                eprintln!(
+                    "iteration (multi-pattern rules: {multi}): {} nodes, search {:.3} s, apply {:.3} s, rebuild {:.3} s",
+                    it.egraph_nodes, it.search_time, it.apply_time, it.rebuild_time
+                );
+            }
+        }
         for it in &runner.iterations {
             for (name, n) in &it.applied {
                 *report.applied.entry(name.to_string()).or_default() += n;

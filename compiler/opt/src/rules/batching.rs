@@ -1,11 +1,12 @@
 //! Shared-input batching: two products of the same input, `x·W₁ᵀ` and `x·W₂ᵀ`, become one
 //! wider product `x·[W₁; W₂]ᵀ` followed by slices (q/k/v, gate/up, and the A matrices of their
-//! adapters). It is a multi-pattern rule: it runs in a bounded phase, and the extractor
-//! decides per group, counting shared nodes once, whether the wide product pays.
+//! adapters). It is a multi-pattern rule (two products joined on their input, found through
+//! an index by input, [`SharedInput`]): it runs in a bounded phase, and the extractor decides
+//! per group, counting shared nodes once, whether the wide product pays.
 
 use super::{Rule, add_op, op_node, ty, var};
 use crate::analysis::Graph;
-use egg::{Id, MultiPattern, Rewrite, Subst};
+use egg::{Id, Rewrite, Subst};
 use graft_ir::Op;
 use std::sync::{Arc, Mutex};
 
@@ -118,14 +119,86 @@ impl egg::Applier<crate::lang::G, crate::analysis::TensorAnalysis> for Batcher {
     }
 }
 
+/// Finds the pairs of products `(matmul ta=false tb=true ?x ?w1)` and
+/// `(matmul ta=false tb=true ?x ?w2)` of one input `?x`, as egg's two-pattern
+/// `MultiPattern` would, but through an index of products by input: egg joins a multi-pattern
+/// by scanning every class for the second pattern per match of the first, which is quadratic
+/// in the number of products (in the model's depth); grouped by input, it is linear.
+struct SharedInput;
+
+/// `(matmul ta=false tb=true x w)`'s `x` and `w`.
+fn transposed_product(eg: &Graph, n: &crate::lang::G) -> Option<(Id, Id)> {
+    let crate::lang::G::Node(name, kids) = n else {
+        return None;
+    };
+    let leaf = |id: Id, want: &str| matches!(&eg[id].data, crate::analysis::Info::Leaf(s) if s == want);
+    (name.as_str() == "matmul"
+        && kids.len() == 4
+        && leaf(kids[0], "ta=false")
+        && leaf(kids[1], "tb=true"))
+    .then(|| (eg.find(kids[2]), eg.find(kids[3])))
+}
+
+impl egg::Searcher<crate::lang::G, crate::analysis::TensorAnalysis> for SharedInput {
+    fn search_eclass_with_limit(&self, eg: &Graph, eclass: Id, limit: usize) -> Option<egg::SearchMatches<'_, crate::lang::G>> {
+        self.search_with_limit(eg, usize::MAX)
+            .into_iter()
+            .find(|m| m.eclass == eg.find(eclass))
+            .map(|mut m| {
+                m.substs.truncate(limit);
+                m
+            })
+    }
+
+    fn search_with_limit(&self, eg: &Graph, limit: usize) -> Vec<egg::SearchMatches<'_, crate::lang::G>> {
+        // Every product, in class order, and the products of each input.
+        let mut products: Vec<(Id, Id, Id)> = Vec::new();
+        let mut by_input: std::collections::HashMap<Id, Vec<(Id, Id)>> = Default::default();
+        for c in eg.classes() {
+            for n in &c.nodes {
+                if let Some((x, w)) = transposed_product(eg, n) {
+                    products.push((c.id, x, w));
+                    by_input.entry(x).or_default().push((c.id, w));
+                }
+            }
+        }
+        let mut out: Vec<egg::SearchMatches<'_, crate::lang::G>> = Vec::new();
+        let mut found = 0;
+        for (m1, x, w1) in products {
+            if found >= limit {
+                break;
+            }
+            let mut substs = Vec::new();
+            for &(m2, w2) in by_input.get(&x).into_iter().flatten() {
+                let mut s = Subst::with_capacity(5);
+                s.insert(var("?m1"), m1);
+                s.insert(var("?m2"), m2);
+                s.insert(var("?x"), x);
+                s.insert(var("?w1"), w1);
+                s.insert(var("?w2"), w2);
+                substs.push(s);
+            }
+            found += substs.len();
+            match out.last_mut() {
+                Some(last) if last.eclass == m1 => last.substs.extend(substs),
+                _ => out.push(egg::SearchMatches {
+                    eclass: m1,
+                    substs,
+                    ast: None,
+                }),
+            }
+        }
+        out
+    }
+
+    fn vars(&self) -> Vec<egg::Var> {
+        ["?m1", "?m2", "?x", "?w1", "?w2"].into_iter().map(var).collect()
+    }
+}
+
 /// The batching table; `groups` collects what the rule did, for the extractor.
 pub fn rules(groups: Groups) -> Vec<Rule> {
-    // Built directly: egg's text form of multi-patterns splits on `=`, which our leaves use.
-    let ast = |s: &str| -> egg::PatternAst<crate::lang::G> { s.parse().expect("a valid pattern") };
-    let searcher = MultiPattern::new(vec![
-        (var("?m1"), ast("(matmul ta=false tb=true ?x ?w1)")),
-        (var("?m2"), ast("(matmul ta=false tb=true ?x ?w2)")),
-    ]);
+    let searcher = SharedInput;
     let applier = Batcher(groups);
     vec![Rule {
         name: "batch-shared-input",
