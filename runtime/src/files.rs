@@ -118,8 +118,35 @@ pub fn regular_file(path: &Path, what: &str) -> Result<(), String> {
     }
 }
 
+/// Removes temporary files that writers in `dir` left behind when they died mid-write (a
+/// second signal exits at once, a power cut): `.NAME.tmp-PID-THREAD` whose process is gone.
+/// Returns how many were removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .split_once(".tmp-")
+            .filter(|_| name.starts_with('.'))
+            .and_then(|(_, rest)| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let alive = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !alive && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// An exclusive lock on a folder, held while a run uses it (`<dir>/.graft-lock`, released
-/// when dropped or when the process dies).
+/// when dropped or when the process dies). Taking it clears the folder of temporary files
+/// that dead writers left.
 #[derive(Debug)]
 pub struct DirLock {
     _file: File,
@@ -158,6 +185,7 @@ pub fn lock_dir(dir: &Path) -> Result<DirLock, String> {
     }
     let _ = file.set_len(0);
     let _ = write!(file, "{}", std::process::id());
+    remove_stale_temporaries(dir);
     Ok(DirLock { _file: file, path })
 }
 
@@ -214,6 +242,21 @@ mod tests {
         assert!(e.contains("cannot read spec"), "{e}");
         std::fs::write(dir.path().join("f"), b"x").unwrap();
         regular_file(&dir.path().join("f"), "spec").unwrap();
+    }
+
+    #[test]
+    fn temporaries_of_dead_writers_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".checkpoint.safetensors.tmp-4000000-ThreadId1");
+        let mine = dir
+            .path()
+            .join(format!(".x.tmp-{}-ThreadId2", std::process::id()));
+        let other = dir.path().join("notes.tmp-1-2");
+        for p in [&dead, &mine, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        assert!(!dead.exists() && mine.exists() && other.exists());
     }
 
     #[test]

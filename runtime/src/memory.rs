@@ -61,8 +61,8 @@ pub fn too_big(need: u128, what: &str) -> Option<String> {
     let have = available()?;
     (need > have).then(|| {
         format!(
-            "{what} needs about {}, but only {} of memory is available; use a smaller model \
-             (or batch × seq), quantize the frozen weights, or free memory",
+            "{what}: about {} is needed, but only {} of memory is available; use a smaller \
+             model (or batch × seq), quantize the frozen weights, or free memory",
             human(need),
             human(have)
         )
@@ -96,7 +96,7 @@ mod tests {
         let have = available();
         assert!(have.is_some_and(|h| h > 0), "{have:?}");
         let m = too_big(1 << 80, "this").unwrap_or_default();
-        assert!(m.contains("this needs about") && m.contains("available"), "{m}");
+        assert!(m.contains("this: about") && m.contains("available"), "{m}");
         assert!(too_big(1, "this").is_none());
     }
 }

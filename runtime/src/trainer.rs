@@ -197,6 +197,10 @@ pub fn train(
     opts: &TrainOptions,
     on: &mut dyn FnMut(Event),
 ) -> Result<Outcome, TrainError> {
+    // Before anything compiles: LLVM installs handlers for SIGINT/SIGTERM/SIGHUP when it
+    // JIT-compiles (they re-raise the signal with its default action, killing the process).
+    // Registered first, ours are what LLVM's restore and re-raise to.
+    let signals = Signals::install();
     let dir = spec.parent().unwrap_or(Path::new("."));
     let weights = match &program.weights {
         Some((path, _)) => Some(WeightsFile::open(path).map_err(SessionError::from)?),
@@ -255,6 +259,7 @@ pub fn train(
         steps,
         on,
         last_saved: None,
+        signals,
     };
     let outcome = run.steps(&mut batcher);
     drop(lock);
@@ -271,17 +276,23 @@ struct Run<'a, 's> {
     on: &'a mut dyn FnMut(Event),
     /// The step of the last checkpoint written (or resumed from).
     last_saved: Option<usize>,
+    signals: Signals,
 }
 
 impl Run<'_, '_> {
     fn steps(&mut self, batcher: &mut Batcher) -> Result<Outcome, TrainError> {
-        let signals = Signals::install();
         let every = self.opts.every.max(1);
         let mut zero_run = 0;
         if self.ckpt.is_some_and(Path::exists) {
             self.last_saved = Some(self.session.steps_done());
         }
         while self.session.steps_done() < self.steps {
+            // A signal while compiling or since the last step.
+            if let Some(why) = self.signals.raised() {
+                (self.on)(Event::Stopping(why));
+                self.save_interrupted()?;
+                return Ok(Outcome::Interrupted(why));
+            }
             let ids = batcher.next_batch();
             let before = self.opts.debug_non_finite.then(|| self.state());
             let start = std::time::Instant::now();
@@ -307,13 +318,12 @@ impl Run<'_, '_> {
             if s.step % every == 0 || s.step == self.steps {
                 self.checkpoint()?;
             }
-            if let Some(why) = signals.raised() {
-                (self.on)(Event::Stopping(why));
-                self.save_interrupted()?;
-                return Ok(Outcome::Interrupted(why));
-            }
         }
-        drop(signals);
+        if let Some(why) = self.signals.raised() {
+            (self.on)(Event::Stopping(why));
+            self.save_interrupted()?;
+            return Ok(Outcome::Interrupted(why));
+        }
         self.save_result()?;
         Ok(Outcome::Finished)
     }
@@ -436,6 +446,7 @@ impl Run<'_, '_> {
 /// Writes `trainable.safetensors` and, when the methods have a PEFT form, the PEFT adapter
 /// into `out`, then removes files of an earlier save that this one did not write.
 fn save_outputs<'e>(session: &Session, out: &Path) -> Result<Vec<Event<'e>>, String> {
+    crate::files::remove_stale_temporaries(out);
     let params = session.params();
     let bytes = crate::weights::to_safetensors(&params)?;
     let trainable = out.join("trainable.safetensors");

@@ -212,6 +212,10 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             if !check_weights(&program) {
                 return Ok(ExitCode::FAILURE);
             }
+            let need = graft_runtime::memory::estimate(&program);
+            if let Some(m) = graft_runtime::memory::too_big(need, "training this model (weights and trainable state)") {
+                eprintln!("warning: {m}");
+            }
             println!("{}", summary(&program));
             Ok(ExitCode::SUCCESS)
         }
