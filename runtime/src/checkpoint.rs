@@ -64,10 +64,13 @@ impl Fingerprint {
         adapters.sort();
         m.insert("adapters".into(), adapters.join(" "));
         m.insert("optimizer".into(), format!("{:?}", t.optimizer));
-        m.insert(
-            "schedule".into(),
-            format!("{:?} over {} steps", t.schedule, t.steps),
-        );
+        // A decaying schedule depends on the run's length; a constant one does not (a run
+        // may be extended).
+        let schedule = match t.schedule {
+            graft_frontend::LrSchedule::Constant { .. } => format!("{:?}", t.schedule),
+            _ => format!("{:?} over {} steps", t.schedule, t.steps),
+        };
+        m.insert("schedule".into(), schedule);
         m.insert("clip".into(), format!("{:?}", t.clip));
         m.insert("batch".into(), format!("{} × {}", t.batch, t.seq));
         m.insert("seed".into(), t.seed.to_string());

@@ -707,18 +707,11 @@ fn check_weights(p: &Program) -> bool {
             return false;
         }
     };
+    // What the session reads from the file: frozen weights, and unfrozen ones' start values.
     let expected: Vec<(String, graft_ir::TensorType)> = p
         .tensors
         .iter()
-        .filter(|t| {
-            t.kind == DeclKind::Weight
-                || t.quant.is_some()
-                || !t.path.contains("lora")
-                    && t.kind == DeclKind::Param
-                    && p.module
-                        .function("init")
-                        .is_some_and(|f| f.input(&t.path).is_some())
-        })
+        .filter(|t| t.from_weights)
         .map(|t| (t.path.clone(), t.ty.clone()))
         .collect();
     let problems = file.check(&expected);

@@ -460,3 +460,24 @@ fn a_model_too_large_for_memory_is_refused_before_allocating() {
         assert!(all.contains("is needed, but only"), "{all}");
     }
 }
+
+#[test]
+fn saving_another_method_into_a_folder_removes_the_old_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cache, out) = (tmp.path().join("cache"), tmp.path().join("out"));
+    let o = out.display().to_string();
+    exited(&graft(&["run", TINY, "--interpret", "--steps", "1", "--save", &o], &cache, &[]), 0);
+    assert!(out.join("adapter_config.json").exists());
+    // An adapter with no PEFT form: only its tensors are saved, and LoRA's files must go.
+    let all = exited(
+        &graft(&["run", "dsl-examples/tiny_custom_adapter.graft", "--interpret", "--steps", "1", "--save", &o], &cache, &[]),
+        0,
+    );
+    assert!(all.contains("removed") && all.contains("adapter_config.json"), "{all}");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["trainable.safetensors"]);
+}
