@@ -47,7 +47,10 @@ fn seal_path(entry: &Path) -> PathBuf {
 }
 
 fn file_digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Records the SHA-256 of a finished cache entry beside it (written durably and atomically),
@@ -67,8 +70,8 @@ pub fn verify(entry: &Path) -> bool {
     let Ok(bytes) = std::fs::read(entry) else {
         return false;
     };
-    let ok = std::fs::read_to_string(seal_path(entry))
-        .is_ok_and(|d| d.trim() == file_digest(&bytes));
+    let ok =
+        std::fs::read_to_string(seal_path(entry)).is_ok_and(|d| d.trim() == file_digest(&bytes));
     if !ok {
         let _ = std::fs::remove_file(entry);
         let _ = std::fs::remove_file(seal_path(entry));

@@ -75,9 +75,12 @@ impl Fingerprint {
         m.insert("batch".into(), format!("{} × {}", t.batch, t.seq));
         m.insert("seed".into(), t.seed.to_string());
         if let Some(p) = data {
-            let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            let bytes =
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
             let sum = hex(&Sha256::digest(&bytes));
-            let name = p.file_name().map_or_else(String::new, |n| n.to_string_lossy().into());
+            let name = p
+                .file_name()
+                .map_or_else(String::new, |n| n.to_string_lossy().into());
             m.insert(
                 "data".into(),
                 format!("{name} ({} bytes, sha256 {})", bytes.len(), &sum[..16]),
@@ -173,12 +176,20 @@ impl Session {
     ///
     /// # Errors
     /// The write failed (the message names the path).
-    pub fn save_checkpoint(&self, path: &Path, fingerprint: &Fingerprint) -> Result<(), SessionError> {
+    pub fn save_checkpoint(
+        &self,
+        path: &Path,
+        fingerprint: &Fingerprint,
+    ) -> Result<(), SessionError> {
         let mut tensors: BTreeMap<String, Tensor> = self
             .step_fn
             .inputs()
             .filter(|i| matches!(i.kind, InputKind::Param | InputKind::State))
-            .filter_map(|i| self.values.get(i.name).map(|t| (i.name.to_string(), t.clone())))
+            .filter_map(|i| {
+                self.values
+                    .get(i.name)
+                    .map(|t| (i.name.to_string(), t.clone()))
+            })
             .collect();
         let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64])
             .map_err(|e| SessionError::Value(e.to_string()))?;
@@ -190,8 +201,10 @@ impl Session {
             .collect();
         meta.insert(CHECKSUM.into(), checksum(&tensors));
         let list: Vec<(String, &Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
-        let bytes = crate::weights::to_safetensors_with(&list, Some(meta)).map_err(SessionError::Value)?;
-        crate::write_atomic(path, &bytes).map_err(|e| SessionError::Value(format!("cannot write checkpoint: {e}")))
+        let bytes =
+            crate::weights::to_safetensors_with(&list, Some(meta)).map_err(SessionError::Value)?;
+        crate::write_atomic(path, &bytes)
+            .map_err(|e| SessionError::Value(format!("cannot write checkpoint: {e}")))
     }
 
     /// Restores a checkpoint written by [`Session::save_checkpoint`]. Everything is checked
@@ -285,7 +298,10 @@ impl Session {
             missing.truncate(5);
             return Err(invalid(
                 path,
-                format!("it lacks tensors of this spec's training state: {}{more}", missing.join(", ")),
+                format!(
+                    "it lacks tensors of this spec's training state: {}{more}",
+                    missing.join(", ")
+                ),
             ));
         }
         if let Some(extra) = tensors.keys().find(|n| self.step_fn.input(n).is_none()) {
@@ -295,15 +311,18 @@ impl Session {
             ));
         }
         // The optimizer's own step counter (an f32, exact below 2²⁴) must agree.
-        if let Some(counter) = tensors.get("step").and_then(|t| t.as_f32()).and_then(|v| v.first()) {
-            if f64::from(*counter) != steps as f64 {
-                return Err(invalid(
-                    path,
-                    format!(
-                        "it says {steps} steps were done, but its optimizer step counter says {counter}"
-                    ),
-                ));
-            }
+        if let Some(counter) = tensors
+            .get("step")
+            .and_then(|t| t.as_f32())
+            .and_then(|v| v.first())
+            && f64::from(*counter) != steps as f64
+        {
+            return Err(invalid(
+                path,
+                format!(
+                    "it says {steps} steps were done, but its optimizer step counter says {counter}"
+                ),
+            ));
         }
         for (name, t) in tensors {
             self.values.insert(name, t);

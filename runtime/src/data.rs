@@ -171,7 +171,11 @@ mod tests {
                     a.next_batch();
                 }
                 b.skip(n);
-                assert_eq!(ids(&a.next_batch()), ids(&b.next_batch()), "start {start}, skip {n}");
+                assert_eq!(
+                    ids(&a.next_batch()),
+                    ids(&b.next_batch()),
+                    "start {start}, skip {n}"
+                );
             }
         }
     }

@@ -106,10 +106,7 @@ pub fn sync_dir(dir: &Path) {
 pub fn regular_file(path: &Path, what: &str) -> Result<(), String> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => Ok(()),
-        Ok(m) if m.is_dir() => Err(format!(
-            "{what} {} is a folder, not a file",
-            path.display()
-        )),
+        Ok(m) if m.is_dir() => Err(format!("{what} {} is a folder, not a file", path.display())),
         Ok(_) => Err(format!(
             "{what} {} is not a regular file (a FIFO, socket or device); graft reads only regular files",
             path.display()
@@ -235,7 +232,10 @@ mod tests {
             .unwrap();
         assert!(made.success());
         let e = regular_file(&fifo, "data file").unwrap_err();
-        assert!(e.contains("not a regular file") && e.contains("pipe"), "{e}");
+        assert!(
+            e.contains("not a regular file") && e.contains("pipe"),
+            "{e}"
+        );
         let e = regular_file(dir.path(), "weights file").unwrap_err();
         assert!(e.contains("is a folder"), "{e}");
         let e = regular_file(&dir.path().join("absent"), "spec").unwrap_err();
@@ -247,7 +247,9 @@ mod tests {
     #[test]
     fn temporaries_of_dead_writers_are_removed_and_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let dead = dir.path().join(".checkpoint.safetensors.tmp-4000000-ThreadId1");
+        let dead = dir
+            .path()
+            .join(".checkpoint.safetensors.tmp-4000000-ThreadId1");
         let mine = dir
             .path()
             .join(format!(".x.tmp-{}-ThreadId2", std::process::id()));

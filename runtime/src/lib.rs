@@ -21,8 +21,8 @@ pub use cache::cache_dir;
 pub use checkpoint::{Fingerprint, Resumed};
 pub use data::{Batcher, DataError, load_tokens};
 pub use peft::{PeftError, adapter_config, graft_path, load_adapter, peft_key, save_adapter};
-pub use trainer::{Event, Outcome, TrainError, TrainOptions, train};
 pub use session::{Session, SessionError, SessionOptions, StepStats, step_config};
+pub use trainer::{Event, Outcome, TrainError, TrainOptions, train};
 pub use weights::{TensorEntry, WeightsError, WeightsFile};
 
 pub use files::{DirLock, lock_dir, regular_file, write_all_atomic, write_atomic};

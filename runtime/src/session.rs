@@ -223,7 +223,10 @@ impl Session {
         if let Some(info) = runner.info() {
             let need = crate::memory::estimate(&program)
                 + (info.arena_bytes + info.output_bytes + info.bound_bytes) as u128;
-            if let Some(m) = crate::memory::too_big(need, "the training step (weights, trainable state and the memory plan's arena)") {
+            if let Some(m) = crate::memory::too_big(
+                need,
+                "the training step (weights, trainable state and the memory plan's arena)",
+            ) {
                 return Err(SessionError::Value(m));
             }
         }
@@ -408,15 +411,18 @@ impl Session {
         r
     }
 
+    /// The program's `@forward`.
+    fn forward_fn(&self) -> Result<&Function, SessionError> {
+        self.program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))
+    }
+
     /// Runs `@forward` on a batch and returns the logits.
     pub fn forward(&mut self, input_ids: &Tensor) -> Result<Tensor, SessionError> {
         self.restore_dropped()?;
-        let forward = self
-            .program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?
-            .clone();
+        let forward = self.forward_fn()?.clone();
         let out = self.with_batch(vec![("input_ids", input_ids.clone())], |v, m| {
             run_with_copies(&forward, v, m)
         })?;
@@ -489,11 +495,7 @@ impl Session {
         labels: &Tensor,
     ) -> Result<(f32, Vec<(String, Tensor)>), SessionError> {
         self.restore_dropped()?;
-        let forward = self
-            .program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?;
+        let forward = self.forward_fn()?;
         let mut f = forward.clone();
         f.name = "gradients".into();
         f.outputs.clear();
@@ -551,11 +553,7 @@ impl Session {
         labels: &Tensor,
     ) -> Result<Option<String>, SessionError> {
         self.restore_dropped()?;
-        let forward = self
-            .program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?;
+        let forward = self.forward_fn()?;
         let step = train_step(forward, &step_config(&self.program.train))?;
         let after: Vec<(String, Tensor)> = state
             .into_iter()

@@ -219,7 +219,10 @@ pub fn train(
     let vocab = program
         .module
         .function("forward")
-        .and_then(|f| f.output("logits").map(|v| f.ty(v).shape.last().copied().unwrap_or(0)))
+        .and_then(|f| {
+            f.output("logits")
+                .map(|v| f.ty(v).shape.last().copied().unwrap_or(0))
+        })
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
     let data_path = dir.join(&data);
     let tokens = load_tokens(&data_path, vocab).map_err(|e| TrainError::Input(e.to_string()))?;
@@ -232,8 +235,7 @@ pub fn train(
         program.train.seed = seed;
     }
     let seed = program.train.seed;
-    let fingerprint =
-        Fingerprint::of(&program, Some(&data_path)).map_err(TrainError::Input)?;
+    let fingerprint = Fingerprint::of(&program, Some(&data_path)).map_err(TrainError::Input)?;
     crate::memory::check_fits(&program).map_err(TrainError::Input)?;
     // Lock the checkpoint folder before anything is read from it.
     let lock = match &opts.checkpoint {
@@ -334,7 +336,11 @@ impl Run<'_, '_> {
             .step_fn
             .inputs()
             .filter(|i| matches!(i.kind, InputKind::Param | InputKind::State))
-            .filter_map(|i| self.session.value(i.name).map(|t| (i.name.to_string(), t.clone())))
+            .filter_map(|i| {
+                self.session
+                    .value(i.name)
+                    .map(|t| (i.name.to_string(), t.clone()))
+            })
             .collect()
     }
 
@@ -352,7 +358,11 @@ impl Run<'_, '_> {
         before: Option<HashMap<String, Tensor>>,
         ids: &Tensor,
     ) -> TrainError {
-        let what = if s.loss.is_finite() { "gradient norm" } else { "loss" };
+        let what = if s.loss.is_finite() {
+            "gradient norm"
+        } else {
+            "loss"
+        };
         let culprit = match before {
             None => "; lower the learning rate or enable `clip`; --debug-non-finite names the \
                      first op whose value is not finite"
@@ -403,7 +413,8 @@ impl Run<'_, '_> {
             "checkpoint {} (step {}); resume with --checkpoint {}",
             file.display(),
             self.session.steps_done(),
-            file.parent().map_or_else(String::new, |d| d.display().to_string())
+            file.parent()
+                .map_or_else(String::new, |d| d.display().to_string())
         )));
         self.save_result()
     }

@@ -18,9 +18,14 @@ fn repo() -> PathBuf {
 fn program(edit: impl Fn(String) -> String) -> Program {
     let path = repo().join("dsl-examples/tiny_lora.graft");
     let text = edit(std::fs::read_to_string(&path).unwrap());
-    compile("tiny_lora.graft", Some(&path), text, &Stdlib::Dir(repo().join("stdlib")))
-        .unwrap_or_else(|e| panic!("{}", e.render(false)))
-        .1
+    compile(
+        "tiny_lora.graft",
+        Some(&path),
+        text,
+        &Stdlib::Dir(repo().join("stdlib")),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render(false)))
+    .1
 }
 
 fn session(p: Program) -> Session {
@@ -81,12 +86,18 @@ fn a_flipped_bit_is_caught_by_the_checksum_and_the_session_is_untouched() {
     bytes[n - 3] ^= 0x10;
     std::fs::write(&file, &bytes).unwrap();
     let mut fresh = session(program(|t| t));
-    let before: Vec<(String, Tensor)> =
-        fresh.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+    let before: Vec<(String, Tensor)> = fresh
+        .params()
+        .into_iter()
+        .map(|(n, t)| (n, t.clone()))
+        .collect();
     let e = err(fresh.load_checkpoint(&file, &fp, false));
     assert!(e.contains("damaged"), "{e}");
     let e = err(fresh.load_checkpoint(&file, &fp, true));
-    assert!(e.contains("damaged"), "forcing does not accept a damaged file: {e}");
+    assert!(
+        e.contains("damaged"),
+        "forcing does not accept a damaged file: {e}"
+    );
     assert_eq!(fresh.steps_done(), 0);
     for (name, t) in before {
         assert_eq!(fresh.value(&name), Some(&t), "{name} unchanged");
@@ -96,23 +107,43 @@ fn a_flipped_bit_is_caught_by_the_checksum_and_the_session_is_untouched() {
 #[test]
 fn another_runs_settings_are_named_and_accepted_only_when_forced() {
     let (_, _, _dir, file) = trained();
-    let cases: [(&str, fn(String) -> String, &str); 4] = [
+    type Edit = fn(String) -> String;
+    let cases: [(&str, Edit, &str); 4] = [
         ("lr", |t| t.replace("lr: 3e-2", "lr: 1e-2"), "lr: 0.03"),
-        ("alpha", |t| t.replace("alpha: 8.0", "alpha: 16.0"), "the model, its adapters"),
-        ("batch", |t| t.replace("batch 4", "batch 2"), "batch: 4 × 16 → 2 × 16"),
-        ("seed", |t| t.replace("steps 20", "steps 20 seed 7"), "seed: 0 → 7"),
+        (
+            "alpha",
+            |t| t.replace("alpha: 8.0", "alpha: 16.0"),
+            "the model, its adapters",
+        ),
+        (
+            "batch",
+            |t| t.replace("batch 4", "batch 2"),
+            "batch: 4 × 16 → 2 × 16",
+        ),
+        (
+            "seed",
+            |t| t.replace("steps 20", "steps 20 seed 7"),
+            "seed: 0 → 7",
+        ),
     ];
     for (what, edit, says) in cases {
         let p = program(edit);
         let fp = Fingerprint::of(&p, Some(&data())).unwrap();
         let mut s = session(p);
         let e = err(s.load_checkpoint(&file, &fp, false));
-        assert!(e.contains("different run") && e.contains(says), "{what}: {e}");
+        assert!(
+            e.contains("different run") && e.contains(says),
+            "{what}: {e}"
+        );
         assert!(e.contains("--force-resume"), "{what}: {e}");
         if what != "batch" {
             let r = s.load_checkpoint(&file, &fp, true).unwrap();
             assert_eq!(r.steps_done, 2, "{what}");
-            assert!(r.forced.iter().any(|c| c.contains(says)), "{what}: {:?}", r.forced);
+            assert!(
+                r.forced.iter().any(|c| c.contains(says)),
+                "{what}: {:?}",
+                r.forced
+            );
         }
     }
     // Another data file is another run.
@@ -128,13 +159,24 @@ fn another_runs_settings_are_named_and_accepted_only_when_forced() {
 #[test]
 fn changed_adapters_are_listed_and_missing_tensors_refused_even_when_forced() {
     let (_, _, _dir, file) = trained();
-    let p = program(|t| t.replace("[\"q_proj\", \"v_proj\"]", "[\"q_proj\", \"k_proj\", \"v_proj\"]"));
+    let p = program(|t| {
+        t.replace(
+            "[\"q_proj\", \"v_proj\"]",
+            "[\"q_proj\", \"k_proj\", \"v_proj\"]",
+        )
+    });
     let fp = Fingerprint::of(&p, Some(&data())).unwrap();
     let mut s = session(p);
     let e = err(s.load_checkpoint(&file, &fp, false));
-    assert!(e.contains("adapters: added lora at model.layers.0.self_attn.k_proj"), "{e}");
+    assert!(
+        e.contains("adapters: added lora at model.layers.0.self_attn.k_proj"),
+        "{e}"
+    );
     let e = err(s.load_checkpoint(&file, &fp, true));
-    assert!(e.contains("lacks tensors") && e.contains("k_proj.lora_A.weight"), "{e}");
+    assert!(
+        e.contains("lacks tensors") && e.contains("k_proj.lora_A.weight"),
+        "{e}"
+    );
     // LoRA switched to DoRA: DoRA's magnitude is missing from a LoRA checkpoint.
     let p = program(|t| {
         t.replace("use peft.lora", "use peft.dora")
@@ -143,7 +185,10 @@ fn changed_adapters_are_listed_and_missing_tensors_refused_even_when_forced() {
     let fp = Fingerprint::of(&p, Some(&data())).unwrap();
     let mut s = session(p);
     let e = err(s.load_checkpoint(&file, &fp, false));
-    assert!(e.contains("added dora at") && e.contains("removed lora at"), "{e}");
+    assert!(
+        e.contains("added dora at") && e.contains("removed lora at"),
+        "{e}"
+    );
     let e = err(s.load_checkpoint(&file, &fp, true));
     assert!(e.contains("lacks tensors"), "{e}");
 }
@@ -153,8 +198,11 @@ fn changed_adapters_are_listed_and_missing_tensors_refused_even_when_forced() {
 fn forge(file: &Path, edit: impl Fn(&mut Vec<(String, Tensor)>)) {
     let w = WeightsFile::open(file).unwrap();
     let meta = w.metadata();
-    let mut tensors: Vec<(String, Tensor)> =
-        w.entries().keys().map(|n| (n.clone(), w.read(n).unwrap())).collect();
+    let mut tensors: Vec<(String, Tensor)> = w
+        .entries()
+        .keys()
+        .map(|n| (n.clone(), w.read(n).unwrap()))
+        .collect();
     drop(w);
     edit(&mut tensors);
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
@@ -190,7 +238,10 @@ fn a_step_count_the_optimizer_counter_denies_is_refused_at_once() {
         }
     });
     let e = err(session(program(|t| t)).load_checkpoint(&file, &fp, true));
-    assert!(e.contains("1000000000000 steps") && e.contains("step counter says 2"), "{e}");
+    assert!(
+        e.contains("1000000000000 steps") && e.contains("step counter says 2"),
+        "{e}"
+    );
     forge(&file, |ts| {
         for (n, t) in ts.iter_mut() {
             if n == "graft.steps_done" {
@@ -212,13 +263,22 @@ fn a_checkpoint_without_a_fingerprint_needs_forcing() {
     let (_, fp, _dir, file) = trained();
     // Strip the metadata: an old-format checkpoint.
     let w = WeightsFile::open(&file).unwrap();
-    let tensors: Vec<(String, Tensor)> =
-        w.entries().keys().map(|n| (n.clone(), w.read(n).unwrap())).collect();
+    let tensors: Vec<(String, Tensor)> = w
+        .entries()
+        .keys()
+        .map(|n| (n.clone(), w.read(n).unwrap()))
+        .collect();
     drop(w);
     let list: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
-    std::fs::write(&file, graft_runtime::weights::to_safetensors(&list).unwrap()).unwrap();
+    std::fs::write(
+        &file,
+        graft_runtime::weights::to_safetensors(&list).unwrap(),
+    )
+    .unwrap();
     let e = err(session(program(|t| t)).load_checkpoint(&file, &fp, false));
     assert!(e.contains("no checksum or fingerprint"), "{e}");
-    let r = session(program(|t| t)).load_checkpoint(&file, &fp, true).unwrap();
+    let r = session(program(|t| t))
+        .load_checkpoint(&file, &fp, true)
+        .unwrap();
     assert_eq!(r.steps_done, 2);
 }

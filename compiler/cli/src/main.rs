@@ -213,7 +213,10 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
             let need = graft_runtime::memory::estimate(&program);
-            if let Some(m) = graft_runtime::memory::too_big(need, "training this model (weights and trainable state)") {
+            if let Some(m) = graft_runtime::memory::too_big(
+                need,
+                "training this model (weights and trainable state)",
+            ) {
                 eprintln!("warning: {m}");
             }
             println!("{}", summary(&program));
@@ -653,14 +656,20 @@ fn train(
             }
             let mapped = session.mapped_weights().len();
             if mapped > 0 {
-                println!("{mapped} frozen weights read in place from the memory-mapped weights file");
+                println!(
+                    "{mapped} frozen weights read in place from the memory-mapped weights file"
+                );
             }
         }
         Event::Resumed(file, r) => {
             for c in &r.forced {
                 eprintln!("warning: resuming with a change (--force-resume): {c}");
             }
-            println!("resuming from {} after step {}", file.display(), r.steps_done);
+            println!(
+                "resuming from {} after step {}",
+                file.display(),
+                r.steps_done
+            );
         }
         Event::Step(s, secs) => {
             println!(
@@ -673,7 +682,9 @@ fn train(
             );
         }
         Event::Stopping(why) => {
-            eprintln!("{why} received: finishing this step, then saving (send it again to exit at once)");
+            eprintln!(
+                "{why} received: finishing this step, then saving (send it again to exit at once)"
+            );
         }
         Event::Wrote(what) => println!("saved {what}"),
         Event::Note(n) => eprintln!("note: {n}"),

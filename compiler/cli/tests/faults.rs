@@ -90,14 +90,24 @@ fn exited(out: &Output, code: i32) -> String {
 fn losses(out: &str) -> Vec<String> {
     out.lines()
         .filter(|l| l.starts_with("step "))
-        .filter_map(|l| l.split("loss ").nth(1)?.split_whitespace().next().map(String::from))
+        .filter_map(|l| {
+            l.split("loss ")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(String::from)
+        })
         .collect()
 }
 
 /// The steps a checkpoint folder resumes after (by resuming it for zero further steps).
 fn resumes_after(dir: &Path, cache: &Path, spec: &str) -> usize {
     let d = dir.display().to_string();
-    let out = graft(&["run", spec, "--steps", "0", "--checkpoint", &d], cache, &[]);
+    let out = graft(
+        &["run", spec, "--steps", "0", "--checkpoint", &d],
+        cache,
+        &[],
+    );
     let all = exited(&out, 0);
     all.split("after step ")
         .nth(1)
@@ -113,7 +123,31 @@ fn no_temporary_files(dir: &Path) {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.contains(".tmp-"))
         .collect();
-    assert!(left.is_empty(), "temporary files left in {}: {left:?}", dir.display());
+    assert!(
+        left.is_empty(),
+        "temporary files left in {}: {left:?}",
+        dir.display()
+    );
+}
+
+/// Writes `text` as a spec at `path`, with the shipped data file's and the fixture weights'
+/// relative paths made absolute (the spec lives outside the repository).
+fn write_spec(path: &Path, text: &str) {
+    let text = text
+        .replace(
+            "\"../tests/fixtures/base.safetensors\"",
+            &format!("{:?}", repo().join("tests/fixtures/base.safetensors")),
+        )
+        .replace(
+            "\"data/tiny_tokens.jsonl\"",
+            &format!("{:?}", repo().join("dsl-examples/data/tiny_tokens.jsonl")),
+        );
+    std::fs::write(path, text).unwrap();
+}
+
+/// The tiny LoRA example's text.
+fn tiny_text() -> String {
+    std::fs::read_to_string(repo().join(TINY)).unwrap()
 }
 
 const TINY: &str = "dsl-examples/tiny_lora.graft";
@@ -125,41 +159,63 @@ fn a_diverging_run_stops_on_the_bad_step_and_keeps_the_last_good_checkpoint() {
     let (cache, ck) = (tmp.path().join("cache"), tmp.path().join("ck"));
     let d = ck.display().to_string();
     let out = graft(
-        &["run", EXPLODING, "--checkpoint", &d, "--every", "1", "--save", &tmp.path().join("out").display().to_string()],
+        &[
+            "run",
+            EXPLODING,
+            "--checkpoint",
+            &d,
+            "--every",
+            "1",
+            "--save",
+            &tmp.path().join("out").display().to_string(),
+        ],
         &cache,
         &[],
     );
     let all = exited(&out, 1);
     assert!(all.contains("the loss is not finite at step 2"), "{all}");
     assert!(all.contains("holds step 1"), "{all}");
-    assert_eq!(losses(&all).len(), 2, "stopped on the step that produced it: {all}");
-    assert!(!tmp.path().join("out").exists(), "no adapter saved from a bad state");
+    assert_eq!(
+        losses(&all).len(),
+        2,
+        "stopped on the step that produced it: {all}"
+    );
+    assert!(
+        !tmp.path().join("out").exists(),
+        "no adapter saved from a bad state"
+    );
     assert_eq!(resumes_after(&ck, &cache, EXPLODING), 1);
     // The debug flag names the op, with its place in the spec.
     let out = graft(&["run", EXPLODING, "--debug-non-finite"], &cache, &[]);
     let all = exited(&out, 1);
-    assert!(all.contains("= exp") && all.contains("exploding.graft:9:"), "{all}");
+    assert!(
+        all.contains("= exp") && all.contains("exploding.graft:9:"),
+        "{all}"
+    );
 }
 
 #[test]
 fn a_run_whose_gradients_are_all_zero_is_stopped_as_stuck() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("stuck.graft");
-    std::fs::write(
+    write_spec(
         &spec,
-        format!(
-            "use models.llama\n\
-             adapter dead_gate() wraps linear(in, out) {{\n    param g: [out] = zeros()\n    forward(x) = base(x) + g * 0.0\n}}\n\
-             model base = llama(vocab: 256, hidden: 16, layers: 1, heads: 2, ffn: 32)\n\
-             adapt base {{ dead_gate() at [\"q_proj\"] }}\n\
-             train {{ data \"{}\" batch 2 seq 8 steps 4 }}\n",
-            repo().join("dsl-examples/data/tiny_tokens.jsonl").display()
-        ),
-    )
-    .unwrap();
-    let out = graft(&["run", &spec.display().to_string(), "--interpret"], &tmp.path().join("c"), &[]);
+        "use models.llama\n\
+         adapter dead_gate() wraps linear(in, out) {\n    param g: [out] = zeros()\n    forward(x) = base(x) + g * 0.0\n}\n\
+         model base = llama(vocab: 256, hidden: 16, layers: 1, heads: 2, ffn: 32)\n\
+         adapt base { dead_gate() at [\"q_proj\"] }\n\
+         train { data \"data/tiny_tokens.jsonl\" batch 2 seq 8 steps 4 }\n",
+    );
+    let out = graft(
+        &["run", &spec.display().to_string(), "--interpret"],
+        &tmp.path().join("c"),
+        &[],
+    );
     let all = exited(&out, 1);
-    assert!(all.contains("exactly 0 for 4 steps in a row") && all.contains("nothing is training"), "{all}");
+    assert!(
+        all.contains("exactly 0 for 4 steps in a row") && all.contains("nothing is training"),
+        "{all}"
+    );
 }
 
 #[test]
@@ -167,7 +223,14 @@ fn damaged_or_foreign_checkpoints_are_refused_and_left_as_they_were() {
     let tmp = tempfile::tempdir().unwrap();
     let (cache, ck) = (tmp.path().join("cache"), tmp.path().join("ck"));
     let d = ck.display().to_string();
-    exited(&graft(&["run", TINY, "--steps", "2", "--checkpoint", &d], &cache, &[]), 0);
+    exited(
+        &graft(
+            &["run", TINY, "--steps", "2", "--checkpoint", &d],
+            &cache,
+            &[],
+        ),
+        0,
+    );
     let file = ck.join("checkpoint.safetensors");
     let good = std::fs::read(&file).unwrap();
     // Flipped data bits, a truncation, and garbage: a clear error, the file unchanged.
@@ -183,29 +246,57 @@ fn damaged_or_foreign_checkpoints_are_refused_and_left_as_they_were() {
     ];
     for (what, bytes) in damaged {
         std::fs::write(&file, &bytes).unwrap();
-        let out = graft(&["run", TINY, "--steps", "4", "--checkpoint", &d], &cache, &[]);
+        let out = graft(
+            &["run", TINY, "--steps", "4", "--checkpoint", &d],
+            &cache,
+            &[],
+        );
         let all = exited(&out, 1);
         assert!(all.contains("checkpoint.safetensors"), "{what}: {all}");
-        assert_eq!(std::fs::read(&file).unwrap(), bytes, "{what}: left as it was");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            bytes,
+            "{what}: left as it was"
+        );
     }
     std::fs::write(&file, &good).unwrap();
     // Another run's settings: refused with what changed, accepted when forced.
     let spec = tmp.path().join("other_lr.graft");
-    let text = std::fs::read_to_string(repo().join(TINY))
-        .unwrap()
-        .replace("lr: 3e-2", "lr: 1e-2")
-        .replace("\"../tests/fixtures/base.safetensors\"", &format!("{:?}", repo().join("tests/fixtures/base.safetensors")))
-        .replace("\"data/tiny_tokens.jsonl\"", &format!("{:?}", repo().join("dsl-examples/data/tiny_tokens.jsonl")));
-    std::fs::write(&spec, text).unwrap();
+    write_spec(&spec, &tiny_text().replace("lr: 3e-2", "lr: 1e-2"));
     let s = spec.display().to_string();
-    let all = exited(&graft(&["run", &s, "--steps", "3", "--checkpoint", &d], &cache, &[]), 1);
-    assert!(all.contains("different run") && all.contains("lr: 0.03"), "{all}");
+    let all = exited(
+        &graft(
+            &["run", &s, "--steps", "3", "--checkpoint", &d],
+            &cache,
+            &[],
+        ),
+        1,
+    );
+    assert!(
+        all.contains("different run") && all.contains("lr: 0.03"),
+        "{all}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), good);
     let all = exited(
-        &graft(&["run", &s, "--steps", "3", "--checkpoint", &d, "--force-resume"], &cache, &[]),
+        &graft(
+            &[
+                "run",
+                &s,
+                "--steps",
+                "3",
+                "--checkpoint",
+                &d,
+                "--force-resume",
+            ],
+            &cache,
+            &[],
+        ),
         0,
     );
-    assert!(all.contains("warning: resuming with a change") && all.contains("after step 2"), "{all}");
+    assert!(
+        all.contains("warning: resuming with a change") && all.contains("after step 2"),
+        "{all}"
+    );
     assert_eq!(losses(&all).len(), 1, "{all}");
 }
 
@@ -239,8 +330,14 @@ fn damaged_cache_entries_are_rebuilt_and_compute_the_same_losses() {
         std::fs::write(&p, format!("{t}\n")).unwrap();
     }
     let again = exited(&graft(&["run", TINY, "--steps", "3"], &cache, &[]), 0);
-    assert!(again.contains("optimized the step in"), "the edited step was not used: {again}");
-    assert!(again.contains("0 of 2 modules cached"), "damaged kernels were not used: {again}");
+    assert!(
+        again.contains("optimized the step in"),
+        "the edited step was not used: {again}"
+    );
+    assert!(
+        again.contains("0 of 2 modules cached"),
+        "damaged kernels were not used: {again}"
+    );
     assert_eq!(losses(&again), want);
     let third = exited(&graft(&["run", TINY, "--steps", "3"], &cache, &[]), 0);
     assert!(third.contains("2 of 2 modules cached"), "{third}");
@@ -264,7 +361,18 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 /// waits until it is training.
 fn long_run(cache: &Path, ck: &Path, out: &Path) -> (Child, BufReader<std::process::ChildStdout>) {
     let mut child = cmd(
-        &["run", TINY, "--steps", "1000000", "--every", "1000", "--checkpoint", &ck.display().to_string(), "--save", &out.display().to_string()],
+        &[
+            "run",
+            TINY,
+            "--steps",
+            "1000000",
+            "--every",
+            "1000",
+            "--checkpoint",
+            &ck.display().to_string(),
+            "--save",
+            &out.display().to_string(),
+        ],
         cache,
     )
     .stdout(Stdio::piped())
@@ -279,7 +387,10 @@ fn long_run(cache: &Path, ck: &Path, out: &Path) -> (Child, BufReader<std::proce
         }
         line.clear();
     }
-    panic!("the run never started: {}", text(&child.wait_with_output().unwrap().stderr));
+    panic!(
+        "the run never started: {}",
+        text(&child.wait_with_output().unwrap().stderr)
+    );
 }
 
 fn signal(child: &Child, sig: i32) {
@@ -306,22 +417,42 @@ fn finish(mut child: Child, mut lines: BufReader<std::process::ChildStdout>) -> 
 #[test]
 fn a_signal_finishes_the_step_saves_everything_and_a_second_run_cannot_share_the_folder() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, ck, out) = (tmp.path().join("cache"), tmp.path().join("ck"), tmp.path().join("out"));
+    let (cache, ck, out) = (
+        tmp.path().join("cache"),
+        tmp.path().join("ck"),
+        tmp.path().join("out"),
+    );
     for (sig, name) in [(2, "SIGINT"), (15, "SIGTERM")] {
         let (child, lines) = long_run(&cache, &ck, &out);
         // Meanwhile the folder is locked.
-        let other = graft(&["run", TINY, "--steps", "2", "--checkpoint", &ck.display().to_string()], &cache, &[]);
+        let other = graft(
+            &[
+                "run",
+                TINY,
+                "--steps",
+                "2",
+                "--checkpoint",
+                &ck.display().to_string(),
+            ],
+            &cache,
+            &[],
+        );
         let all = exited(&other, 1);
         assert!(all.contains("in use by another graft run"), "{all}");
         signal(&child, sig);
         let (status, all) = finish(child, lines);
         assert_eq!(status.status.signal(), None, "{}", tail(&all));
         assert_eq!(status.status.code(), Some(130), "{all}");
-        assert!(all.contains(&format!("{name} received")) && all.contains("resume with --checkpoint"), "{all}");
-        for f in ["checkpoint.safetensors"] {
-            assert!(ck.join(f).exists(), "{f}");
-        }
-        for f in ["adapter_model.safetensors", "adapter_config.json", "trainable.safetensors"] {
+        assert!(
+            all.contains(&format!("{name} received")) && all.contains("resume with --checkpoint"),
+            "{all}"
+        );
+        assert!(ck.join("checkpoint.safetensors").exists());
+        for f in [
+            "adapter_model.safetensors",
+            "adapter_config.json",
+            "trainable.safetensors",
+        ] {
             assert!(out.join(f).exists(), "{f}");
         }
         let saved_at: usize = all
@@ -340,7 +471,12 @@ fn a_signal_finishes_the_step_saves_everything_and_a_second_run_cannot_share_the
     signal(&child, 15);
     signal(&child, 15);
     let (status, all) = finish(child, lines);
-    assert_eq!((status.status.signal(), status.status.code()), (None, Some(130)), "{}", tail(&all));
+    assert_eq!(
+        (status.status.signal(), status.status.code()),
+        (None, Some(130)),
+        "{}",
+        tail(&all)
+    );
     resumes_after(&ck, &cache, TINY);
     no_temporary_files(&ck);
 }
@@ -348,31 +484,96 @@ fn a_signal_finishes_the_step_saves_everything_and_a_second_run_cannot_share_the
 #[test]
 fn a_full_disk_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (cache, ck, out) = (tmp.path().join("cache"), tmp.path().join("ck"), tmp.path().join("out"));
+    let (cache, ck, out) = (
+        tmp.path().join("cache"),
+        tmp.path().join("ck"),
+        tmp.path().join("out"),
+    );
     let (d, o) = (ck.display().to_string(), out.display().to_string());
-    exited(&graft(&["run", TINY, "--steps", "2", "--checkpoint", &d, "--save", &o], &cache, &[]), 0);
-    let (ckpt, adapter) = (std::fs::read(ck.join("checkpoint.safetensors")).unwrap(), std::fs::read(out.join("adapter_model.safetensors")).unwrap());
+    exited(
+        &graft(
+            &[
+                "run",
+                TINY,
+                "--steps",
+                "2",
+                "--checkpoint",
+                &d,
+                "--save",
+                &o,
+            ],
+            &cache,
+            &[],
+        ),
+        0,
+    );
+    let (ckpt, adapter) = (
+        std::fs::read(ck.join("checkpoint.safetensors")).unwrap(),
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+    );
     // The checkpoint write fails: the error names it, the old one is intact.
     let all = exited(
-        &graft(&["run", TINY, "--steps", "4", "--checkpoint", &d, "--every", "1"], &cache, &[("GRAFT_FAIL_WRITES", "checkpoint")]),
+        &graft(
+            &[
+                "run",
+                TINY,
+                "--steps",
+                "4",
+                "--checkpoint",
+                &d,
+                "--every",
+                "1",
+            ],
+            &cache,
+            &[("GRAFT_FAIL_WRITES", "checkpoint")],
+        ),
         1,
     );
-    assert!(all.contains("checkpoint.safetensors") && all.contains("No space left"), "{all}");
-    assert_eq!(std::fs::read(ck.join("checkpoint.safetensors")).unwrap(), ckpt);
+    assert!(
+        all.contains("checkpoint.safetensors") && all.contains("No space left"),
+        "{all}"
+    );
+    assert_eq!(
+        std::fs::read(ck.join("checkpoint.safetensors")).unwrap(),
+        ckpt
+    );
     no_temporary_files(&ck);
     // The adapter write fails after training: non-zero, the trained state kept in the
     // checkpoint, the previous adapter intact.
     let all = exited(
-        &graft(&["run", TINY, "--steps", "4", "--checkpoint", &d, "--save", &o], &cache, &[("GRAFT_FAIL_WRITES", "adapter_model")]),
+        &graft(
+            &[
+                "run",
+                TINY,
+                "--steps",
+                "4",
+                "--checkpoint",
+                &d,
+                "--save",
+                &o,
+            ],
+            &cache,
+            &[("GRAFT_FAIL_WRITES", "adapter_model")],
+        ),
         1,
     );
-    assert!(all.contains("saving failed") && all.contains("kept in the checkpoint"), "{all}");
+    assert!(
+        all.contains("saving failed") && all.contains("kept in the checkpoint"),
+        "{all}"
+    );
     assert_eq!(resumes_after(&ck, &cache, TINY), 4);
-    assert_eq!(std::fs::read(out.join("adapter_model.safetensors")).unwrap(), adapter);
+    assert_eq!(
+        std::fs::read(out.join("adapter_model.safetensors")).unwrap(),
+        adapter
+    );
     no_temporary_files(&out);
     // Without a checkpoint folder the state goes to a rescue checkpoint.
     let all = exited(
-        &graft(&["run", TINY, "--steps", "1", "--save", &o], &cache, &[("GRAFT_FAIL_WRITES", "trainable")]),
+        &graft(
+            &["run", TINY, "--steps", "1", "--save", &o],
+            &cache,
+            &[("GRAFT_FAIL_WRITES", "trainable")],
+        ),
         1,
     );
     let rescue = all
@@ -388,21 +589,41 @@ fn a_full_disk_loses_nothing() {
 fn special_files_are_refused_at_once() {
     let tmp = tempfile::tempdir().unwrap();
     let fifo = tmp.path().join("fifo");
-    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
     let f = fifo.display().to_string();
     let cache = tmp.path().join("cache");
     let all = exited(&graft(&["check", &f], &cache, &[]), 1);
     assert!(all.contains("not a regular file"), "{all}");
-    for (what, edit) in [("weights", "\"../tests/fixtures/base.safetensors\""), ("data", "\"data/tiny_tokens.jsonl\"")] {
+    for (what, edit) in [
+        ("weights", "\"../tests/fixtures/base.safetensors\""),
+        ("data", "\"data/tiny_tokens.jsonl\""),
+    ] {
         let spec = tmp.path().join(format!("{what}.graft"));
-        let text = std::fs::read_to_string(repo().join(TINY))
-            .unwrap()
-            .replace(edit, &format!("{f:?}"))
-            .replace("\"../tests/fixtures/base.safetensors\"", &format!("{:?}", repo().join("tests/fixtures/base.safetensors")))
-            .replace("\"data/tiny_tokens.jsonl\"", &format!("{:?}", repo().join("dsl-examples/data/tiny_tokens.jsonl")));
-        std::fs::write(&spec, text).unwrap();
-        let all = exited(&graft(&["run", &spec.display().to_string(), "--interpret", "--steps", "1"], &cache, &[]), 1);
-        assert!(all.contains("not a regular file") && all.contains("fifo"), "{what}: {all}");
+        write_spec(&spec, &tiny_text().replace(edit, &format!("{f:?}")));
+        let all = exited(
+            &graft(
+                &[
+                    "run",
+                    &spec.display().to_string(),
+                    "--interpret",
+                    "--steps",
+                    "1",
+                ],
+                &cache,
+                &[],
+            ),
+            1,
+        );
+        assert!(
+            all.contains("not a regular file") && all.contains("fifo"),
+            "{what}: {all}"
+        );
     }
 }
 
@@ -412,16 +633,21 @@ fn a_weights_file_truncated_during_a_run_is_a_clear_exit() {
     let weights = tmp.path().join("w.safetensors");
     std::fs::copy(repo().join("tests/fixtures/base.safetensors"), &weights).unwrap();
     let spec = tmp.path().join("s.graft");
-    let text = std::fs::read_to_string(repo().join(TINY))
-        .unwrap()
-        .replace("\"../tests/fixtures/base.safetensors\"", &format!("{:?}", weights))
-        .replace("\"data/tiny_tokens.jsonl\"", &format!("{:?}", repo().join("dsl-examples/data/tiny_tokens.jsonl")));
-    std::fs::write(&spec, text).unwrap();
-    let mut child = cmd(&["run", &spec.display().to_string(), "--steps", "1000000"], &tmp.path().join("cache"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    write_spec(
+        &spec,
+        &tiny_text().replace(
+            "\"../tests/fixtures/base.safetensors\"",
+            &format!("{weights:?}"),
+        ),
+    );
+    let mut child = cmd(
+        &["run", &spec.display().to_string(), "--steps", "1000000"],
+        &tmp.path().join("cache"),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     while lines.read_line(&mut line).unwrap() > 0 && !line.starts_with("step ") {
@@ -431,28 +657,30 @@ fn a_weights_file_truncated_during_a_run_is_a_clear_exit() {
     let (out, all) = finish(child, lines);
     assert_eq!(out.status.signal(), None, "{all}");
     assert_eq!(out.status.code(), Some(75), "{all}");
-    assert!(all.contains("memory-mapped file changed size") && all.contains("w.safetensors"), "{all}");
+    assert!(
+        all.contains("memory-mapped file changed size") && all.contains("w.safetensors"),
+        "{all}"
+    );
 }
 
 #[test]
 fn a_model_too_large_for_memory_is_refused_before_allocating() {
     let tmp = tempfile::tempdir().unwrap();
     let spec = tmp.path().join("huge.graft");
-    std::fs::write(
+    write_spec(
         &spec,
-        format!(
-            "use models.llama\nuse peft.lora\n\
-             model base = llama(vocab: 256, hidden: 100000000, layers: 1, heads: 4, ffn: 128)\n\
-             adapt base {{ lora(r: 4) at [\"q_proj\"] }}\n\
-             train {{ data \"{}\" batch 1 seq 4 steps 2 }}\n",
-            repo().join("dsl-examples/data/tiny_tokens.jsonl").display()
-        ),
-    )
-    .unwrap();
+        "use models.llama\nuse peft.lora\n\
+         model base = llama(vocab: 256, hidden: 100000000, layers: 1, heads: 4, ffn: 128)\n\
+         adapt base { lora(r: 4) at [\"q_proj\"] }\n\
+         train { data \"data/tiny_tokens.jsonl\" batch 1 seq 4 steps 2 }\n",
+    );
     let s = spec.display().to_string();
     let cache = tmp.path().join("cache");
     let all = exited(&graft(&["check", &s], &cache, &[]), 0);
-    assert!(all.contains("warning: training this model") && all.contains("GiB"), "{all}");
+    assert!(
+        all.contains("warning: training this model") && all.contains("GiB"),
+        "{all}"
+    );
     for backend in [&["--interpret"][..], &[][..]] {
         let mut args = vec!["run", s.as_str()];
         args.extend_from_slice(backend);
@@ -466,14 +694,36 @@ fn saving_another_method_into_a_folder_removes_the_old_adapter() {
     let tmp = tempfile::tempdir().unwrap();
     let (cache, out) = (tmp.path().join("cache"), tmp.path().join("out"));
     let o = out.display().to_string();
-    exited(&graft(&["run", TINY, "--interpret", "--steps", "1", "--save", &o], &cache, &[]), 0);
+    exited(
+        &graft(
+            &["run", TINY, "--interpret", "--steps", "1", "--save", &o],
+            &cache,
+            &[],
+        ),
+        0,
+    );
     assert!(out.join("adapter_config.json").exists());
     // An adapter with no PEFT form: only its tensors are saved, and LoRA's files must go.
     let all = exited(
-        &graft(&["run", "dsl-examples/tiny_custom_adapter.graft", "--interpret", "--steps", "1", "--save", &o], &cache, &[]),
+        &graft(
+            &[
+                "run",
+                "dsl-examples/tiny_custom_adapter.graft",
+                "--interpret",
+                "--steps",
+                "1",
+                "--save",
+                &o,
+            ],
+            &cache,
+            &[],
+        ),
         0,
     );
-    assert!(all.contains("removed") && all.contains("adapter_config.json"), "{all}");
+    assert!(
+        all.contains("removed") && all.contains("adapter_config.json"),
+        "{all}"
+    );
     let mut names: Vec<String> = std::fs::read_dir(&out)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -118,7 +118,8 @@ pub(crate) fn store(dir: &Path, key: &str, jit: &Jit) -> Result<PathBuf, Codegen
             .map_err(|e| fail(format!("{}: {e}", partial.display())))?;
         std::fs::rename(&partial, &path).map_err(|e| fail(format!("{}: {e}", path.display())))?;
         graft_runtime::files::sync_dir(dir);
-        graft_runtime::cache::seal(&path).map_err(|e| fail(format!("sealing {}: {e}", path.display())))?;
+        graft_runtime::cache::seal(&path)
+            .map_err(|e| fail(format!("sealing {}: {e}", path.display())))?;
         Ok(path)
     })();
     let _ = std::fs::remove_file(&object);

@@ -106,7 +106,11 @@ fn a_damaged_cache_file_is_rebuilt() {
         }
         let rebuilt = compile_with(&f, &opts(Some(dir.path()))).unwrap();
         let info = rebuilt.compile_info();
-        assert_eq!((info.cached, info.stored), (0, info.modules), "{what}: {info:?}");
+        assert_eq!(
+            (info.cached, info.stored),
+            (0, info.modules),
+            "{what}: {info:?}"
+        );
         assert_eq!(rebuilt.run(&inputs).unwrap(), want, "{what}");
         let reloaded = compile_with(&f, &opts(Some(dir.path()))).unwrap();
         assert_eq!(reloaded.compile_info().cached, info.modules, "{what}");

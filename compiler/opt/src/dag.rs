@@ -124,7 +124,12 @@ impl<'a> Dag<'a> {
         }
         let sw: HashMap<Id, G> = switches
             .iter()
-            .map(|(c, n)| (self.eg.find(*c), n.clone().map_children(|x| self.eg.find(x))))
+            .map(|(c, n)| {
+                (
+                    self.eg.find(*c),
+                    n.clone().map_children(|x| self.eg.find(x)),
+                )
+            })
             .filter(|(c, n)| self.choice.get(c) != Some(n))
             .collect();
         !sw.is_empty() && self.apply_if_cheaper(sw)
@@ -189,7 +194,8 @@ impl<'a> Dag<'a> {
             // Classes to move below `pc`, children first.
             let mut moved: Vec<Id> = Vec::new();
             let mut seen = std::collections::HashSet::new();
-            let mut stack: Vec<(Id, bool)> = self.children(c).into_iter().map(|k| (k, false)).collect();
+            let mut stack: Vec<(Id, bool)> =
+                self.children(c).into_iter().map(|k| (k, false)).collect();
             let must_move = |d: &Self, k: Id| match d.post.get(&k) {
                 None => true,
                 Some(p) => *p >= pc && !d.children(k).is_empty(),
@@ -224,7 +230,7 @@ impl<'a> Dag<'a> {
                 .fold(f64::NEG_INFINITY, f64::max);
             let low = if low.is_finite() { low } else { pc - 1.0 };
             let step = (pc - low) / (moved.len() as f64 + 1.0);
-            if !(low < pc) || step <= pc.abs().max(1.0) * 1e-12 {
+            if low >= pc || step <= pc.abs().max(1.0) * 1e-12 {
                 return false;
             }
             for (i, m) in moved.into_iter().enumerate() {
@@ -250,8 +256,10 @@ impl<'a> Dag<'a> {
         let kids = |n: &G| -> Vec<Id> { n.children().iter().map(|c| self.eg.find(*c)).collect() };
         let new_kids = |id: Id| sw.get(&id).map_or_else(|| self.children(id), kids);
         let new_cost = |id: Id| {
-            sw.get(&id)
-                .map_or_else(|| self.cost(id), |n| self.costs.get(self.eg, n, &self.target))
+            sw.get(&id).map_or_else(
+                || self.cost(id),
+                |n| self.costs.get(self.eg, n, &self.target),
+            )
         };
         let mut over: HashMap<Id, i64> = HashMap::new();
         let count = |over: &HashMap<Id, i64>, k: Id| {

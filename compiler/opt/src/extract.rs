@@ -353,7 +353,9 @@ fn unscale_shared(eg: &Graph, dag: &mut Dag<'_>, costs: &NodeCosts, target: &Tar
                                 (*a).clone().map_children(|k| eg.find(k)),
                                 (*b).clone().map_children(|k| eg.find(k)),
                             );
-                            costs.get(eg, &a, target).total_cmp(&costs.get(eg, &b, target))
+                            costs
+                                .get(eg, &a, target)
+                                .total_cmp(&costs.get(eg, &b, target))
                         })
                         .map(|n| (p, n.clone()))
                 })

@@ -4,6 +4,8 @@
 //! chosen DAG in extraction (every switch is evaluated and repaired locally), and switches
 //! tried bounded by the e-graph's size. Counts, not seconds: timings are `graft explain`'s.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use graft_frontend::{Stdlib, compile};
@@ -17,7 +19,8 @@ fn optimized(layers: usize) -> graft_opt::Optimized {
          train {{ batch 2 seq 8 }}\n"
     );
     let stdlib = Stdlib::Dir(common::repo().join("stdlib"));
-    let (_, p) = compile("depth.graft", None, spec, &stdlib).unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let (_, p) = compile("depth.graft", None, spec, &stdlib)
+        .unwrap_or_else(|e| panic!("{}", e.render(false)));
     optimize(&common::train_step(&p), &Options::default()).expect("optimize")
 }
 
@@ -30,7 +33,11 @@ fn work_grows_linearly_with_depth() {
         shallow.run.stops, deep.run.stops
     );
     for o in [&shallow, &deep] {
-        assert!(o.extraction_work[2] <= 1, "full recomputations: {:?}", o.extraction_work);
+        assert!(
+            o.extraction_work[2] <= 1,
+            "full recomputations: {:?}",
+            o.extraction_work
+        );
         // Hill-climbing tries each e-node at most once per round (three rounds), plus the
         // batching groups and shared scales.
         assert!(

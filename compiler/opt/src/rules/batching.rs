@@ -131,7 +131,8 @@ fn transposed_product(eg: &Graph, n: &crate::lang::G) -> Option<(Id, Id)> {
     let crate::lang::G::Node(name, kids) = n else {
         return None;
     };
-    let leaf = |id: Id, want: &str| matches!(&eg[id].data, crate::analysis::Info::Leaf(s) if s == want);
+    let leaf =
+        |id: Id, want: &str| matches!(&eg[id].data, crate::analysis::Info::Leaf(s) if s == want);
     (name.as_str() == "matmul"
         && kids.len() == 4
         && leaf(kids[0], "ta=false")
@@ -140,7 +141,12 @@ fn transposed_product(eg: &Graph, n: &crate::lang::G) -> Option<(Id, Id)> {
 }
 
 impl egg::Searcher<crate::lang::G, crate::analysis::TensorAnalysis> for SharedInput {
-    fn search_eclass_with_limit(&self, eg: &Graph, eclass: Id, limit: usize) -> Option<egg::SearchMatches<'_, crate::lang::G>> {
+    fn search_eclass_with_limit(
+        &self,
+        eg: &Graph,
+        eclass: Id,
+        limit: usize,
+    ) -> Option<egg::SearchMatches<'_, crate::lang::G>> {
         self.search_with_limit(eg, usize::MAX)
             .into_iter()
             .find(|m| m.eclass == eg.find(eclass))
@@ -150,7 +156,11 @@ impl egg::Searcher<crate::lang::G, crate::analysis::TensorAnalysis> for SharedIn
             })
     }
 
-    fn search_with_limit(&self, eg: &Graph, limit: usize) -> Vec<egg::SearchMatches<'_, crate::lang::G>> {
+    fn search_with_limit(
+        &self,
+        eg: &Graph,
+        limit: usize,
+    ) -> Vec<egg::SearchMatches<'_, crate::lang::G>> {
         // Every product, in class order, and the products of each input.
         let mut products: Vec<(Id, Id, Id)> = Vec::new();
         let mut by_input: std::collections::HashMap<Id, Vec<(Id, Id)>> = Default::default();
@@ -192,7 +202,10 @@ impl egg::Searcher<crate::lang::G, crate::analysis::TensorAnalysis> for SharedIn
     }
 
     fn vars(&self) -> Vec<egg::Var> {
-        ["?m1", "?m2", "?x", "?w1", "?w2"].into_iter().map(var).collect()
+        ["?m1", "?m2", "?x", "?w1", "?w2"]
+            .into_iter()
+            .map(var)
+            .collect()
     }
 }
 
