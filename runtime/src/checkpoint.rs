@@ -67,7 +67,7 @@ impl Fingerprint {
         // A decaying schedule depends on the run's length; a constant one does not (a run
         // may be extended).
         let schedule = match t.schedule {
-            graft_frontend::LrSchedule::Constant { .. } => format!("{:?}", t.schedule),
+            graft_frontend::Schedule::Constant { .. } => format!("{:?}", t.schedule),
             _ => format!("{:?} over {} steps", t.schedule, t.steps),
         };
         m.insert("schedule".into(), schedule);

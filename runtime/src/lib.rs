@@ -5,6 +5,7 @@
 //! behind the same [`Session`] API; [`cache`] keeps optimized steps between runs.
 
 pub mod backend;
+pub mod bench;
 pub mod cache;
 pub mod checkpoint;
 pub mod data;

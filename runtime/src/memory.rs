@@ -46,6 +46,19 @@ pub fn available() -> Option<u128> {
     })
 }
 
+/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`), 0 where unavailable.
+pub fn rss_bytes(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
 /// A size for people: `1.5 GiB`.
 pub fn human(bytes: u128) -> String {
     let b = bytes as f64;

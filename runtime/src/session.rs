@@ -5,8 +5,8 @@
 
 use crate::backend::{Backend, Interpreter, MappedInput, Prepared, RunProfile};
 use crate::weights::{WeightsError, WeightsFile};
-use graft_autodiff::{AdError, Optimizer, Schedule, StepConfig, train_step};
-use graft_frontend::{DeclKind, LrSchedule, OptimizerConfig, Program, TrainConfig};
+use graft_autodiff::{AdError, StepConfig, train_step};
+use graft_frontend::{DeclKind, Program, TrainConfig};
 use graft_interp::{InterpError, Tensor, run};
 use graft_ir::{Function, InputKind, TensorType};
 use std::collections::HashMap;
@@ -62,37 +62,9 @@ pub struct StepStats {
 
 /// The autodiff crate's step configuration for a `train` block.
 pub fn step_config(t: &TrainConfig) -> StepConfig {
-    let optimizer = match t.optimizer {
-        OptimizerConfig::AdamW {
-            lr,
-            betas,
-            eps,
-            weight_decay,
-        } => Optimizer::AdamW {
-            lr,
-            beta1: betas.0,
-            beta2: betas.1,
-            eps,
-            weight_decay,
-        },
-        OptimizerConfig::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        } => Optimizer::Sgd {
-            lr,
-            momentum,
-            weight_decay,
-        },
-    };
-    let schedule = match t.schedule {
-        LrSchedule::Constant { warmup } => Schedule::Constant { warmup },
-        LrSchedule::Linear { warmup } => Schedule::Linear { warmup },
-        LrSchedule::Cosine { warmup } => Schedule::Cosine { warmup },
-    };
     StepConfig {
-        optimizer,
-        schedule,
+        optimizer: t.optimizer.clone(),
+        schedule: t.schedule,
         total_steps: t.steps,
         clip: t.clip,
         ignore_index: -100,

@@ -329,7 +329,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             no_optimize,
             serve,
         } => {
-            let baseline = rss_bytes("VmRSS");
+            let baseline = graft_runtime::memory::rss_bytes("VmRSS");
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -338,12 +338,19 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 optimize: !no_optimize,
                 backend: backend.as_ref(),
             };
+            let (stdin, stdout) = (std::io::stdin(), std::io::stdout());
+            let (mut input, mut output) = (stdin.lock(), stdout.lock());
             let steps = if serve {
-                Steps::Served
+                graft_runtime::bench::Steps::Served {
+                    input: &mut input,
+                    output: &mut output,
+                }
             } else {
-                Steps::Count(steps)
+                graft_runtime::bench::Steps::Count(steps)
             };
-            bench(program, steps, warmup, baseline, &opts)
+            let report = graft_runtime::bench::bench(program, steps, warmup, baseline, &opts)?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
             let info = graft_codegen::host_info()?;
@@ -489,142 +496,6 @@ fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
     } else {
         Box::new(graft_codegen::CpuBackend)
     }
-}
-
-/// A field of /proc/self/status in bytes (`VmRSS`, `VmHWM`), 0 where unavailable.
-fn rss_bytes(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
-/// Times training steps on random tokens and prints one JSON line.
-/// How `bench` decides how many steps to time.
-enum Steps {
-    /// This many, back to back.
-    Count(usize),
-    /// One per `step` line on stdin (`graft bench --serve`).
-    Served,
-}
-
-fn bench(
-    program: Program,
-    steps: Steps,
-    warmup: usize,
-    baseline: u64,
-    opts: &graft_runtime::SessionOptions,
-) -> Result<ExitCode> {
-    let (batch, seq) = (program.train.batch, program.train.seq);
-    let vocab = program
-        .module
-        .function("forward")
-        .and_then(|f| {
-            f.output("logits")
-                .map(|v| f.ty(v).shape.last().copied().unwrap_or(1))
-        })
-        .unwrap_or(1);
-    let weights = match &program.weights {
-        Some((path, _)) => Some(graft_runtime::WeightsFile::open(path)?),
-        None => None,
-    };
-    let mut session = graft_runtime::Session::with_options(program, weights.as_ref(), 0, opts)?;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut batch_ids = || {
-        let ids: Vec<i64> = (0..batch * seq)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state % vocab as u64) as i64
-            })
-            .collect();
-        graft_interp::Tensor::i64(vec![batch, seq], ids)
-    };
-    // The peak so far includes optimizing and compiling; reset it (Linux: writing 5 to
-    // clear_refs sets VmHWM to the current RSS) to also report the training phase's own.
-    let prepare_peak = rss_bytes("VmHWM");
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    for _ in 0..warmup {
-        let ids = batch_ids()?;
-        session.step(&ids, &ids)?;
-    }
-    let mut secs = 0.0;
-    let mut timed =
-        |session: &mut graft_runtime::Session, ids: graft_interp::Tensor| -> Result<f64> {
-            let start = std::time::Instant::now();
-            session.step(&ids, &ids)?;
-            let t = start.elapsed().as_secs_f64();
-            secs += t;
-            Ok(t)
-        };
-    let steps = match steps {
-        Steps::Count(n) => {
-            for _ in 0..n {
-                timed(&mut session, batch_ids()?)?;
-            }
-            n
-        }
-        Steps::Served => {
-            println!("{{\"ready\": true}}");
-            let mut served = 0;
-            for line in std::io::stdin().lines() {
-                match line?.trim() {
-                    "step" => {
-                        let t = timed(&mut session, batch_ids()?)?;
-                        println!("{{\"seconds\": {t:.6}}}");
-                        served += 1;
-                    }
-                    // An untimed extra step whose kernels are timed (not counted in the
-                    // summary): where a step's time goes.
-                    "profile" => {
-                        let ids = batch_ids()?;
-                        let start = std::time::Instant::now();
-                        let (_, p) = session.step_profiled(&ids, &ids)?;
-                        let t = start.elapsed().as_secs_f64();
-                        match p {
-                            Some(p) => println!(
-                                "{{\"seconds\": {t:.6}, \"gemm_seconds\": {:.6}, \"gemm_flops\": {:.0}, \"pack_seconds\": {:.6}, \"other_seconds\": {:.6}, \"launches\": {}}}",
-                                p.gemm_seconds,
-                                p.gemm_flops,
-                                p.pack_seconds,
-                                p.other_seconds,
-                                p.launches
-                            ),
-                            None => println!("{{\"seconds\": {t:.6}}}"),
-                        }
-                    }
-                    "end" => break,
-                    _ => println!("{{\"error\": \"expected `step`, `profile` or `end`\"}}"),
-                }
-            }
-            served
-        }
-    };
-    let secs = secs.max(1e-9);
-    let info = session.step_info().unwrap_or_default();
-    let train_peak = rss_bytes("VmHWM");
-    let (opt_secs, opt_cached) = session.optimizer_run().unwrap_or((0.0, false));
-    println!(
-        "{{\"backend\": \"{}\", \"tokens_per_s\": {:.3}, \"step_seconds\": {:.6}, \"peak_rss_bytes\": {}, \"baseline_rss_bytes\": {}, \"train_peak_rss_bytes\": {}, \"steps\": {steps}, \"arena_bytes\": {}, \"bound_bytes\": {}, \"optimize_seconds\": {opt_secs:.3}, \"optimized_from_cache\": {opt_cached}, \"compile_seconds\": {:.3}, \"cached_modules\": {}, \"modules\": {}}}",
-        session.backend(),
-        (batch * seq * steps) as f64 / secs,
-        secs / steps.max(1) as f64,
-        prepare_peak.max(train_peak),
-        baseline,
-        if reset { train_peak } else { 0 },
-        info.arena_bytes,
-        info.bound_bytes,
-        info.compile_seconds,
-        info.cached_modules,
-        info.modules,
-    );
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Trains through the runtime's loop, printing what it reports.

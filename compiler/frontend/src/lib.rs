@@ -15,8 +15,8 @@ pub mod source;
 
 pub use diag::{Diagnostic, Label, Severity};
 pub use elab::{
-    AdapterRecord, ConfigValue, DeclKind, LrSchedule, OptimizerConfig, PeftExport, Program,
-    QuantSpec, TensorInfo, TrainConfig, elaborate,
+    AdapterRecord, ConfigValue, DeclKind, Optimizer, PeftExport, Program, QuantSpec, Schedule,
+    TensorInfo, TrainConfig, elaborate,
 };
 pub use load::{Loaded, load};
 pub use parse::parse_source;

@@ -376,16 +376,17 @@ fn train_block_settings_are_read() -> Result<(), String> {
     ))?;
     assert_eq!(
         p.train.optimizer,
-        graft_frontend::OptimizerConfig::AdamW {
+        graft_frontend::Optimizer::AdamW {
             lr: 2e-4,
-            betas: (0.9, 0.999),
+            beta1: 0.9,
+            beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0
         }
     );
     assert_eq!(
         p.train.schedule,
-        graft_frontend::LrSchedule::Cosine { warmup: 10 }
+        graft_frontend::Schedule::Cosine { warmup: 10 }
     );
     assert_eq!(
         (p.train.clip, p.train.steps, p.train.seed),

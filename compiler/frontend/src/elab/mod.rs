@@ -20,7 +20,7 @@ use crate::load::Loaded;
 use graft_ir::{Function, InputKind, Loc, Module, Op, TensorType, ValueId};
 use std::collections::HashMap;
 use std::path::PathBuf;
-pub use train::{LrSchedule, OptimizerConfig, TrainConfig};
+pub use train::{Optimizer, Schedule, TrainConfig};
 use value::{DeclId, Env, InstId, Value};
 
 /// Deepest call nesting allowed while elaborating (graft functions may not recurse forever).

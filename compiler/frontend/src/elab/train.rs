@@ -7,50 +7,7 @@ use crate::ast::{Expr, ExprKind, Span, TrainBlock};
 use crate::diag::Diagnostic;
 use std::collections::HashMap;
 
-/// The optimizer and its hyperparameters.
-#[derive(Clone, Debug, PartialEq)]
-pub enum OptimizerConfig {
-    /// `torch.optim.AdamW`.
-    AdamW {
-        /// Learning rate.
-        lr: f64,
-        /// β₁, β₂.
-        betas: (f64, f64),
-        /// ε, added to √v̂.
-        eps: f64,
-        /// Decoupled weight decay.
-        weight_decay: f64,
-    },
-    /// SGD with momentum.
-    Sgd {
-        /// Learning rate.
-        lr: f64,
-        /// Momentum.
-        momentum: f64,
-        /// L2 weight decay.
-        weight_decay: f64,
-    },
-}
-
-/// The learning-rate schedule.
-#[derive(Clone, Debug, PartialEq)]
-pub enum LrSchedule {
-    /// Constant after `warmup` linear steps.
-    Constant {
-        /// Warm-up steps.
-        warmup: usize,
-    },
-    /// Linear warm-up, then linear decay to 0 at the last step.
-    Linear {
-        /// Warm-up steps.
-        warmup: usize,
-    },
-    /// Linear warm-up, then cosine decay to 0.
-    Cosine {
-        /// Warm-up steps.
-        warmup: usize,
-    },
-}
+pub use graft_autodiff::{Optimizer, Schedule};
 
 /// Training settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,9 +19,9 @@ pub struct TrainConfig {
     /// The loss (`causal_lm`).
     pub loss: String,
     /// The optimizer.
-    pub optimizer: OptimizerConfig,
+    pub optimizer: Optimizer,
     /// The learning-rate schedule.
-    pub schedule: LrSchedule,
+    pub schedule: Schedule,
     /// Sequences per step.
     pub batch: usize,
     /// Tokens per sequence.
@@ -83,13 +40,14 @@ impl Default for TrainConfig {
             data: None,
             tokenizer: None,
             loss: "causal_lm".into(),
-            optimizer: OptimizerConfig::AdamW {
+            optimizer: Optimizer::AdamW {
                 lr: 1e-3,
-                betas: (0.9, 0.999),
+                beta1: 0.9,
+                beta2: 0.999,
                 eps: 1e-8,
                 weight_decay: 0.01,
             },
-            schedule: LrSchedule::Constant { warmup: 0 },
+            schedule: Schedule::Constant { warmup: 0 },
             batch: 1,
             seq: 16,
             steps: 100,
@@ -277,7 +235,7 @@ impl<'a> Elaborator<'a> {
         Ok((name, out))
     }
 
-    fn optimizer(&mut self, e: &'a Expr) -> Result<OptimizerConfig, Diagnostic> {
+    fn optimizer(&mut self, e: &'a Expr) -> Result<Optimizer, Diagnostic> {
         let (name, a) = match &e.kind {
             ExprKind::Call(c, _) if word(c).as_deref() == Some("sgd") => {
                 self.call_args(e, &["lr", "momentum", "weight_decay"])?
@@ -286,19 +244,19 @@ impl<'a> Elaborator<'a> {
         };
         let get = |k: &str, d: f64| a.get(k).map_or(d, |v| v.0);
         match name.as_str() {
-            "adamw" => Ok(OptimizerConfig::AdamW { lr: get("lr", 1e-3), betas: (get("beta1", 0.9), get("beta2", 0.999)), eps: get("eps", 1e-8), weight_decay: get("weight_decay", 0.01) }),
-            "sgd" => Ok(OptimizerConfig::Sgd { lr: get("lr", 1e-3), momentum: get("momentum", 0.0), weight_decay: get("weight_decay", 0.0) }),
+            "adamw" => Ok(Optimizer::AdamW { lr: get("lr", 1e-3), beta1: get("beta1", 0.9), beta2: get("beta2", 0.999), eps: get("eps", 1e-8), weight_decay: get("weight_decay", 0.01) }),
+            "sgd" => Ok(Optimizer::Sgd { lr: get("lr", 1e-3), momentum: get("momentum", 0.0), weight_decay: get("weight_decay", 0.0) }),
             other => Err(Diagnostic::error(e.span, format!("unknown optimizer `{other}`"), "unknown").with_help("supported: adamw(lr, beta1, beta2, eps, weight_decay), sgd(lr, momentum, weight_decay)")),
         }
     }
 
-    fn schedule(&mut self, e: &'a Expr, _c: &TrainConfig) -> Result<LrSchedule, Diagnostic> {
+    fn schedule(&mut self, e: &'a Expr, _c: &TrainConfig) -> Result<Schedule, Diagnostic> {
         let (name, a) = self.call_args(e, &["warmup"])?;
         let warmup = a.get("warmup").map_or(0, |v| v.0 as usize);
         match name.as_str() {
-            "constant" => Ok(LrSchedule::Constant { warmup }),
-            "linear" => Ok(LrSchedule::Linear { warmup }),
-            "cosine" => Ok(LrSchedule::Cosine { warmup }),
+            "constant" => Ok(Schedule::Constant { warmup }),
+            "linear" => Ok(Schedule::Linear { warmup }),
+            "cosine" => Ok(Schedule::Cosine { warmup }),
             other => {
                 Err(
                     Diagnostic::error(e.span, format!("unknown schedule `{other}`"), "unknown")
