@@ -205,7 +205,18 @@ fn vjp(
                         e.select(first, z, g)?
                     }
                 }
-                _ => return Ok(None),
+                // Comparisons and logic give booleans: nothing flows back through them.
+                (
+                    BinaryOp::Eq
+                    | BinaryOp::Ne
+                    | BinaryOp::Lt
+                    | BinaryOp::Le
+                    | BinaryOp::Gt
+                    | BinaryOp::Ge
+                    | BinaryOp::And
+                    | BinaryOp::Or,
+                    _,
+                ) => return Ok(None),
             }
         }
         // select(c, a, b): the adjoint goes to the chosen branch.
@@ -214,6 +225,7 @@ fn vjp(
             match k {
                 1 => e.select(args[0], g, z)?,
                 2 => e.select(args[0], z, g)?,
+                // The condition is boolean.
                 _ => return Ok(None),
             }
         }
@@ -329,10 +341,20 @@ fn vjp(
             },
             &[g, args[1]],
         )?,
-        Op::Dequantize { .. } | Op::Quantize { .. } => {
+        // Integer operands (gather's indices, dropout's seed) carry no gradient.
+        Op::Gather { .. } | Op::Dropout { .. } => return Ok(None),
+        // Values with no operands never receive a backward step; `stop_grad` is where
+        // gradients stop by definition.
+        Op::Input { .. }
+        | Op::Constant { .. }
+        | Op::Iota { .. }
+        | Op::Random { .. }
+        | Op::StopGrad => return Ok(None),
+        // Quantized storage has no gradient; `qmatmul` only exists after the optimizer,
+        // which runs on the finished training step.
+        Op::Dequantize { .. } | Op::Quantize { .. } | Op::QuantMatMul { .. } => {
             return Err(AdError::NotDifferentiable(op.name().to_string()));
         }
-        _ => return Ok(None),
     };
     Ok(Some(d))
 }

@@ -103,12 +103,23 @@ pub fn work(op: &Op, args: &[&TensorType], out: &TensorType) -> Work {
             bytes: io(),
             kernel: true,
         },
+        // Transcendental-class: a few operations an element.
         Op::Unary(_) => Work {
             flops: 4.0 * n,
             bytes: io(),
             kernel: true,
         },
-        _ => Work {
+        // One operation (or one move) an element.
+        Op::Iota { .. }
+        | Op::Random { .. }
+        | Op::Binary(_)
+        | Op::Select
+        | Op::Transpose { .. }
+        | Op::Concat { .. }
+        | Op::Gather { .. }
+        | Op::Cast
+        | Op::Dropout { .. }
+        | Op::Quantize { .. } => Work {
             flops: n,
             bytes: io(),
             kernel: true,
