@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod files;
 pub mod memory;
+pub mod metrics;
 pub mod peft;
 pub mod session;
 pub mod sigbus;

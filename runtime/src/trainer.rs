@@ -11,7 +11,8 @@
 //!   finite, with its source location.
 //! - **Stuck.** A gradient norm of exactly 0 on [`ZERO_GRAD_STEPS`] steps in a row (or on
 //!   every step of a shorter run) stops it: nothing is training.
-//! - **Checkpoint** every `every` steps and at the last, into a folder this run locks.
+//! - **Checkpoint** every `every` steps and at the last, into a folder this run locks; the
+//!   metrics file (one JSON record per step) is fsynced with it.
 //! - **Signals.** The first SIGINT, SIGTERM or SIGHUP lets the current step finish, then a
 //!   checkpoint and the adapter are written; a second one exits at once (status 130).
 
@@ -57,6 +58,8 @@ pub struct TrainOptions {
     pub force_resume: bool,
     /// On a non-finite step, name the first op that produced a non-finite value.
     pub debug_non_finite: bool,
+    /// Append one JSON record per step to this file ([`crate::metrics`]).
+    pub metrics: Option<PathBuf>,
 }
 
 /// What the loop reports as it goes, for the caller to print.
@@ -252,8 +255,16 @@ pub fn train(
         batcher.skip(resumed.steps_done);
         on(Event::Resumed(file, &resumed));
     }
+    let metrics = match &opts.metrics {
+        Some(p) => Some(
+            crate::metrics::Metrics::open(p, session.steps_done()).map_err(TrainError::Input)?,
+        ),
+        None => None,
+    };
     on(Event::Ready(&session, steps));
     let mut run = Run {
+        metrics,
+        tokens: batch * seq,
         session: &mut session,
         fingerprint: &fingerprint,
         opts,
@@ -279,6 +290,9 @@ struct Run<'a, 's> {
     /// The step of the last checkpoint written (or resumed from).
     last_saved: Option<usize>,
     signals: Signals,
+    metrics: Option<crate::metrics::Metrics>,
+    /// Tokens per step.
+    tokens: usize,
 }
 
 impl Run<'_, '_> {
@@ -301,6 +315,9 @@ impl Run<'_, '_> {
             let s = self.session.step(&ids, &ids)?;
             let secs = start.elapsed().as_secs_f64();
             (self.on)(Event::Step(s, secs));
+            if let Some(m) = &mut self.metrics {
+                m.record(&s, secs, self.tokens).map_err(TrainError::Input)?;
+            }
             if !s.loss.is_finite() || !s.grad_norm.is_finite() {
                 return Err(self.non_finite(s, before, &ids));
             }
@@ -390,6 +407,9 @@ impl Run<'_, '_> {
         let Some(file) = self.ckpt else {
             return Ok(None);
         };
+        if let Some(m) = &mut self.metrics {
+            m.sync().map_err(TrainError::Input)?;
+        }
         self.session.save_checkpoint(file, self.fingerprint)?;
         self.last_saved = Some(self.session.steps_done());
         (self.on)(Event::Wrote(format!(
@@ -423,6 +443,9 @@ impl Run<'_, '_> {
     /// kept in a checkpoint (the run's own, else a new one in the temporary folder) and the
     /// error says where.
     fn save_result(&mut self) -> Result<(), TrainError> {
+        if let Some(m) = &mut self.metrics {
+            m.sync().map_err(TrainError::Input)?;
+        }
         let Some(out) = self.opts.save.clone() else {
             return Ok(());
         };

@@ -7,6 +7,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod progress;
+
 #[derive(Parser)]
 #[command(name = "graft", version, about = "A compiler for parameter-efficient fine-tuning", after_help = EXAMPLES)]
 struct Cli {
@@ -67,11 +69,13 @@ enum Command {
         #[arg(long, default_value = "ir")]
         emit: Emit,
     },
-    /// Train a spec on its `train` block's data and print the loss at each step.
+    /// Train a spec on its `train` block's data: a progress bar on a terminal (loss, tokens/s,
+    /// ETA), a line per step otherwise.
     #[command(
-        after_help = "Examples:\n  graft run dsl-examples/tiny_lora.graft --interpret --steps 20\n  graft run dsl-examples/tiny_dora.graft --interpret --steps 5 --save out/dora"
+        visible_alias = "run",
+        after_help = "Examples:\n  graft train dsl-examples/tiny_lora.graft --steps 20 --save out/lora\n  graft train dsl-examples/tiny_dora.graft --interpret --steps 5 --checkpoint out/run"
     )]
-    Run {
+    Train {
         /// The spec.
         file: PathBuf,
         /// Run on the reference interpreter instead of compiled native code.
@@ -104,6 +108,11 @@ enum Command {
         /// (learning rate, schedule, data, seed, ...); the changes are listed as warnings.
         #[arg(long)]
         force_resume: bool,
+        /// Append one JSON record per step (step, loss, grad_norm, lr, seconds, tokens_per_s)
+        /// to this file [default: metrics.jsonl in the --checkpoint folder, else in the --save
+        /// folder, else none].
+        #[arg(long, value_name = "FILE")]
+        metrics: Option<PathBuf>,
         /// When a step's loss or gradient norm is not finite, run that step again on the
         /// interpreter and name the first op whose value is not finite (keeps a copy of the
         /// trainable state before every step).
@@ -290,7 +299,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run {
+        Command::Train {
             file,
             interpret,
             steps,
@@ -301,6 +310,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             every,
             force_resume,
             debug_non_finite,
+            metrics,
         } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
@@ -310,6 +320,12 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 optimize: !no_optimize,
                 backend: backend.as_ref(),
             };
+            let metrics = metrics.or_else(|| {
+                checkpoint
+                    .as_ref()
+                    .or(save.as_ref())
+                    .map(|d| d.join("metrics.jsonl"))
+            });
             let train_opts = graft_runtime::TrainOptions {
                 steps,
                 seed,
@@ -318,6 +334,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 save,
                 force_resume,
                 debug_non_finite,
+                metrics,
             };
             train(&file, program, &train_opts, &opts)
         }
@@ -465,30 +482,6 @@ fn explain(o: &graft_opt::Optimized, target: graft_opt::Target, merge: bool) -> 
     s
 }
 
-/// Two lines on how the step was compiled and the static memory plan.
-fn describe_prepared(i: &graft_runtime::PreparedInfo) -> String {
-    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
-    let how = if i.cached_modules == i.modules && i.modules > 0 {
-        "loaded from the kernel cache"
-    } else {
-        "compiled"
-    };
-    format!(
-        "{} kernels {how} in {:.2} s ({} of {} modules cached; cache: {})\n\
-         memory plan: {:.1} MiB arena for the intermediates ({:.1} MiB without reuse), \
-         {:.1} MiB of outputs, {:.1} MiB of frozen weights packed once\n",
-        i.kernels,
-        i.compile_seconds,
-        i.cached_modules,
-        i.modules,
-        i.cache,
-        mib(i.arena_bytes),
-        mib(i.unshared_bytes),
-        mib(i.output_bytes),
-        mib(i.bound_bytes)
-    )
-}
-
 /// The backend `run` and `bench` use.
 fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
     if interpret {
@@ -498,71 +491,20 @@ fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
     }
 }
 
-/// Trains through the runtime's loop, printing what it reports.
+/// Trains through the runtime's loop, printing what it reports ([`progress`]).
 fn train(
     spec: &Path,
     program: Program,
     opts: &graft_runtime::TrainOptions,
     session_opts: &graft_runtime::SessionOptions,
 ) -> Result<ExitCode> {
-    use graft_runtime::{Event, Outcome};
-    let tokens_per_step = program.train.batch * program.train.seq;
-    let mut print = |e: Event| match e {
-        Event::Ready(session, steps) => {
-            let t = &session.program.train;
-            println!(
-                "training {} trainable tensors on the {}, {} × {} tokens per step, {steps} steps",
-                session.params().len(),
-                session.backend(),
-                t.batch,
-                t.seq
-            );
-            match session.optimizer_run() {
-                Some((_, true)) => println!("optimized step loaded from the cache"),
-                Some((secs, false)) => println!("optimized the step in {secs:.2} s"),
-                None => {}
-            }
-            if let Some(info) = session.step_info() {
-                print!("{}", describe_prepared(&info));
-            }
-            let mapped = session.mapped_weights().len();
-            if mapped > 0 {
-                println!(
-                    "{mapped} frozen weights read in place from the memory-mapped weights file"
-                );
-            }
-        }
-        Event::Resumed(file, r) => {
-            for c in &r.forced {
-                eprintln!("warning: resuming with a change (--force-resume): {c}");
-            }
-            println!(
-                "resuming from {} after step {}",
-                file.display(),
-                r.steps_done
-            );
-        }
-        Event::Step(s, secs) => {
-            println!(
-                "step {:>4}  loss {:.4}  lr {:.3e}  grad_norm {:.4}  {:.0} tok/s",
-                s.step,
-                s.loss,
-                s.lr,
-                s.grad_norm,
-                tokens_per_step as f64 / secs.max(1e-9)
-            );
-        }
-        Event::Stopping(why) => {
-            eprintln!(
-                "{why} received: finishing this step, then saving (send it again to exit at once)"
-            );
-        }
-        Event::Wrote(what) => println!("saved {what}"),
-        Event::Note(n) => eprintln!("note: {n}"),
-    };
-    match graft_runtime::train(spec, program, session_opts, opts, &mut print)? {
-        Outcome::Finished => Ok(ExitCode::SUCCESS),
-        Outcome::Interrupted(why) => {
+    let mut printer = progress::Printer::new(program.train.batch * program.train.seq);
+    let outcome =
+        graft_runtime::train(spec, program, session_opts, opts, &mut |e| printer.event(e));
+    printer.finish();
+    match outcome? {
+        graft_runtime::Outcome::Finished => Ok(ExitCode::SUCCESS),
+        graft_runtime::Outcome::Interrupted(why) => {
             eprintln!("stopped by {why}; the state above is saved");
             Ok(ExitCode::from(130))
         }

@@ -344,3 +344,42 @@ fn bench_serves_steps_read_from_stdin() {
         "{stdout}"
     );
 }
+
+/// `graft train` (`run` is its alias) writes one JSON record per step into the checkpoint
+/// folder's metrics.jsonl, and a resumed run continues the file without repeating a step.
+#[test]
+fn train_keeps_a_metrics_file_that_resumes_with_the_run() {
+    let dir = std::env::temp_dir().join(format!("graft-metrics-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let d = dir.display().to_string();
+    for steps in ["3", "5"] {
+        let out = graft(&[
+            "train",
+            "dsl-examples/tiny_lora.graft",
+            "--interpret",
+            "--steps",
+            steps,
+            "--checkpoint",
+            &d,
+            "--every",
+            "2",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let steps: Vec<u64> = records
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5]);
+    for r in &records {
+        let loss = r["loss"].as_f64().unwrap();
+        assert!(loss.is_finite() && loss > 0.0, "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

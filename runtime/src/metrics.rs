@@ -1,0 +1,161 @@
+//! The run's metrics file: JSON Lines, one record per step (`step`, `loss`, `grad_norm`,
+//! `lr`, `seconds`, `tokens_per_s`), appended as the run goes and fsynced with every
+//! checkpoint. A resumed run first rewrites the file (atomically) to the records up to the
+//! step it resumes after, so steps redone after a crash are not listed twice and a line torn
+//! by the crash is dropped.
+
+use crate::session::StepStats;
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// One step's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Steps done, counting this one.
+    pub step: usize,
+    /// The loss before the update (`null` when not finite).
+    pub loss: Option<f32>,
+    /// The gradients' global norm (`null` when not finite).
+    pub grad_norm: Option<f32>,
+    /// The learning rate used.
+    pub lr: f32,
+    /// Wall seconds of the step.
+    pub seconds: f64,
+    /// Tokens per second in the step.
+    pub tokens_per_s: f64,
+}
+
+/// An open metrics file.
+pub struct Metrics {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+fn finite(x: f32) -> Option<f32> {
+    x.is_finite().then_some(x)
+}
+
+impl Metrics {
+    /// Opens `path` for a run that starts after `resumed` steps: the records of steps up to
+    /// it are kept, the rest (and anything unreadable) dropped.
+    ///
+    /// # Errors
+    /// The file cannot be rewritten or opened (the message names it).
+    pub fn open(path: &Path, resumed: usize) -> Result<Metrics, String> {
+        let kept: Vec<String> = match std::fs::read_to_string(path) {
+            Ok(text) if resumed > 0 => text
+                .lines()
+                .filter(|l| serde_json::from_str::<Record>(l).is_ok_and(|r| r.step <= resumed))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            _ => Vec::new(),
+        };
+        crate::write_atomic(path, kept.concat().as_bytes()).map_err(|e| e.to_string())?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        Ok(Metrics {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+
+    /// Appends a step's record.
+    ///
+    /// # Errors
+    /// The write failed (the message names the file).
+    pub fn record(&mut self, s: &StepStats, seconds: f64, tokens: usize) -> Result<(), String> {
+        let r = Record {
+            step: s.step,
+            loss: finite(s.loss),
+            grad_norm: finite(s.grad_norm),
+            lr: s.lr,
+            seconds,
+            tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        };
+        let line = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+        writeln!(self.file, "{line}").map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    /// Makes the records so far durable (with each checkpoint).
+    ///
+    /// # Errors
+    /// The fsync failed.
+    pub fn sync(&mut self) -> Result<(), String> {
+        self.file
+            .sync_data()
+            .map_err(|e| format!("{}: {e}", self.path.display()))
+    }
+
+    /// Reads a metrics file's records.
+    ///
+    /// # Errors
+    /// The file cannot be read, or a line is not a record (with its line number).
+    pub fn read(path: &Path) -> Result<Vec<Record>, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        text.lines()
+            .enumerate()
+            .map(|(i, l)| {
+                serde_json::from_str(l).map_err(|e| format!("{}:{}: {e}", path.display(), i + 1))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn stats(step: usize, loss: f32) -> StepStats {
+        StepStats {
+            step,
+            loss,
+            grad_norm: 1.0,
+            lr: 0.1,
+        }
+    }
+
+    #[test]
+    fn a_resumed_run_keeps_the_records_up_to_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("metrics.jsonl");
+        let mut m = Metrics::open(&p, 0).unwrap();
+        for s in 1..=5 {
+            m.record(&stats(s, s as f32), 0.5, 64).unwrap();
+        }
+        m.record(&stats(6, f32::NAN), 0.5, 64).unwrap();
+        drop(m);
+        // A line torn by a crash.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .unwrap()
+            .write_all(b"{\"step\": 7, \"lo")
+            .unwrap();
+        let mut m = Metrics::open(&p, 3).unwrap();
+        m.record(&stats(4, 9.0), 0.25, 64).unwrap();
+        drop(m);
+        let r = Metrics::read(&p).unwrap();
+        let steps: Vec<usize> = r.iter().map(|r| r.step).collect();
+        assert_eq!(steps, [1, 2, 3, 4]);
+        assert_eq!((r[3].loss, r[3].tokens_per_s), (Some(9.0), 256.0));
+        // A fresh run starts an empty file.
+        drop(Metrics::open(&p, 0).unwrap());
+        assert!(Metrics::read(&p).unwrap().is_empty());
+    }
+
+    #[test]
+    fn non_finite_values_are_null() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("m.jsonl");
+        let mut m = Metrics::open(&p, 0).unwrap();
+        m.record(&stats(1, f32::INFINITY), 1.0, 8).unwrap();
+        drop(m);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"loss\":null"), "{text}");
+    }
+}
