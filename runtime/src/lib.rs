@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cache;
 pub mod checkpoint;
 pub mod data;
+pub mod eval;
 pub mod files;
 pub mod memory;
 pub mod metrics;

@@ -1,5 +1,6 @@
-//! The run's metrics file: JSON Lines, one record per step (`step`, `loss`, `grad_norm`,
-//! `lr`, `seconds`, `tokens_per_s`), appended as the run goes and fsynced with every
+//! The run's metrics file: JSON Lines, one record per step (`kind: "train"`, `step`,
+//! `loss`, `grad_norm`, `lr`, `seconds`, `tokens_per_s`) and per evaluation (`kind: "eval"`,
+//! `step`, `eval_loss`, `eval_perplexity`), appended as the run goes and fsynced with every
 //! checkpoint. A resumed run first rewrites the file (atomically) to the records up to the
 //! step it resumes after, so steps redone after a crash are not listed twice and a line torn
 //! by the crash is dropped.
@@ -9,21 +10,35 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// One step's record.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// One record: a training step's, or an evaluation's after a step. Values that are not
+/// finite, or do not apply to the kind, are left out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Record {
+    /// `train` or `eval`.
+    pub kind: String,
     /// Steps done, counting this one.
     pub step: usize,
-    /// The loss before the update (`null` when not finite).
+    /// The loss before the update.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<f32>,
-    /// The gradients' global norm (`null` when not finite).
+    /// The gradients' global norm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grad_norm: Option<f32>,
     /// The learning rate used.
-    pub lr: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f32>,
     /// Wall seconds of the step.
-    pub seconds: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
     /// Tokens per second in the step.
-    pub tokens_per_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokens_per_s: Option<f64>,
+    /// The held-out loss (an evaluation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+    /// exp(eval_loss).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_perplexity: Option<f64>,
 }
 
 /// An open metrics file.
@@ -67,15 +82,34 @@ impl Metrics {
     /// # Errors
     /// The write failed (the message names the file).
     pub fn record(&mut self, s: &StepStats, seconds: f64, tokens: usize) -> Result<(), String> {
-        let r = Record {
+        self.append(&Record {
+            kind: "train".into(),
             step: s.step,
             loss: finite(s.loss),
             grad_norm: finite(s.grad_norm),
-            lr: s.lr,
-            seconds,
-            tokens_per_s: tokens as f64 / seconds.max(1e-9),
-        };
-        let line = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+            lr: finite(s.lr),
+            seconds: Some(seconds),
+            tokens_per_s: Some(tokens as f64 / seconds.max(1e-9)),
+            ..Record::default()
+        })
+    }
+
+    /// Appends an evaluation's record.
+    ///
+    /// # Errors
+    /// The write failed (the message names the file).
+    pub fn record_eval(&mut self, step: usize, e: &crate::eval::EvalStats) -> Result<(), String> {
+        self.append(&Record {
+            kind: "eval".into(),
+            step,
+            eval_loss: e.loss.is_finite().then_some(e.loss),
+            eval_perplexity: e.perplexity.is_finite().then_some(e.perplexity),
+            ..Record::default()
+        })
+    }
+
+    fn append(&mut self, r: &Record) -> Result<(), String> {
+        let line = serde_json::to_string(r).map_err(|e| e.to_string())?;
         writeln!(self.file, "{line}").map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
@@ -142,20 +176,23 @@ mod tests {
         let r = Metrics::read(&p).unwrap();
         let steps: Vec<usize> = r.iter().map(|r| r.step).collect();
         assert_eq!(steps, [1, 2, 3, 4]);
-        assert_eq!((r[3].loss, r[3].tokens_per_s), (Some(9.0), 256.0));
+        assert_eq!((r[3].loss, r[3].tokens_per_s), (Some(9.0), Some(256.0)));
         // A fresh run starts an empty file.
         drop(Metrics::open(&p, 0).unwrap());
         assert!(Metrics::read(&p).unwrap().is_empty());
     }
 
     #[test]
-    fn non_finite_values_are_null() {
+    fn non_finite_values_are_left_out() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("m.jsonl");
         let mut m = Metrics::open(&p, 0).unwrap();
         m.record(&stats(1, f32::INFINITY), 1.0, 8).unwrap();
         drop(m);
         let text = std::fs::read_to_string(&p).unwrap();
-        assert!(text.contains("\"loss\":null"), "{text}");
+        assert!(
+            !text.contains("\"loss\"") && text.contains("\"grad_norm\":1.0"),
+            "{text}"
+        );
     }
 }

@@ -93,6 +93,8 @@ pub struct Session {
     /// weights file) when the interpreter needs them ([`Session::forward`], [`Session::gradients`]).
     /// Whether each was a stand-in (else it is read from the weights file again).
     dropped: Vec<(String, TensorType, bool)>,
+    /// `@eval` and its runner, once prepared ([`crate::eval`]).
+    pub(crate) eval: Option<(Function, Box<dyn Prepared>)>,
 }
 
 /// Hands the heap's free memory back to the system. Binding frees the frozen weights'
@@ -275,6 +277,7 @@ impl Session {
             seed,
             steps_done: 0,
             dropped: Vec::new(),
+            eval: None,
         };
         session.bind_weights(stand_ins)?;
         Ok(session)
@@ -317,7 +320,7 @@ impl Session {
 
     /// Makes the weights the backend let go of again (the interpreter reads them): a
     /// stand-in from the seed, a file's weight from the file.
-    fn restore_dropped(&mut self) -> Result<(), SessionError> {
+    pub(crate) fn restore_dropped(&mut self) -> Result<(), SessionError> {
         for (name, ty, seeded) in std::mem::take(&mut self.dropped) {
             let t = match (&self.file, seeded) {
                 (_, true) => stand_in(&ty, self.seed, &name)?,
@@ -364,7 +367,7 @@ impl Session {
         self.steps_done
     }
 
-    fn with_batch<T>(
+    pub(crate) fn with_batch<T>(
         &mut self,
         batch: Vec<(&str, Tensor)>,
         f: impl FnOnce(&HashMap<String, Tensor>, &[MappedInput<'_>]) -> T,

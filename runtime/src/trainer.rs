@@ -15,6 +15,8 @@
 //!   metrics file (one JSON record per step) is fsynced with it.
 //! - **Signals.** The first SIGINT, SIGTERM or SIGHUP lets the current step finish, then a
 //!   checkpoint and the adapter are written; a second one exits at once (status 130).
+//! - **Evaluation** on held-out data (at most [`EVAL_BATCHES`] batches) every `eval_every`
+//!   steps and after the last, with the compiled `@eval` ([`crate::eval`]).
 
 use crate::checkpoint::{Fingerprint, Resumed};
 use crate::data::{Batcher, load_tokens};
@@ -60,7 +62,18 @@ pub struct TrainOptions {
     pub debug_non_finite: bool,
     /// Append one JSON record per step to this file ([`crate::metrics`]).
     pub metrics: Option<PathBuf>,
+    /// Held-out data for the eval loss (default: the `train` block's `eval_data`).
+    pub eval: Option<PathBuf>,
+    /// Steps between evaluations (default: the `train` block's `eval_every`; 0: only after
+    /// the last step).
+    pub eval_every: Option<usize>,
+    /// Start from the trained tensors in this folder (a PEFT adapter or graft's
+    /// `trainable.safetensors`) unless a checkpoint is resumed.
+    pub adapter: Option<PathBuf>,
 }
+
+/// Evaluations use at most this many batches of the eval data (its first ones).
+pub const EVAL_BATCHES: usize = 64;
 
 /// What the loop reports as it goes, for the caller to print.
 pub enum Event<'a> {
@@ -76,6 +89,8 @@ pub enum Event<'a> {
     Wrote(String),
     /// Something the user should know that is not an error.
     Note(String),
+    /// An evaluation after this many steps.
+    Eval(usize, crate::eval::EvalStats),
 }
 
 /// How a run ended without error.
@@ -245,7 +260,25 @@ pub fn train(
         Some(d) => Some(crate::files::lock_dir(d).map_err(TrainError::Input)?),
         None => None,
     };
+    let eval_path = opts
+        .eval
+        .clone()
+        .or_else(|| program.train.eval_data.as_ref().map(|d| dir.join(d)));
+    let eval_every = opts.eval_every.unwrap_or(program.train.eval_every);
+    let eval_batches = match &eval_path {
+        Some(p) => {
+            let tokens = load_tokens(p, vocab).map_err(|e| TrainError::Input(e.to_string()))?;
+            let mut b = Batcher::new(tokens.clone(), batch, seq, &p.display().to_string())
+                .map_err(|e| TrainError::Input(e.to_string()))?;
+            let n = (tokens.len() / (batch * seq)).clamp(1, EVAL_BATCHES);
+            (0..n).map(|_| b.next_batch()).collect()
+        }
+        None => Vec::new(),
+    };
     let mut session = Session::with_options(program, weights.as_ref(), seed, session_opts)?;
+    if !eval_batches.is_empty() {
+        session.prepare_eval(session_opts.backend, session_opts.optimize)?;
+    }
     let ckpt = opts.checkpoint.as_ref().map(|d| d.join(CHECKPOINT_FILE));
     if let Some(file) = &ckpt
         && file.exists()
@@ -254,6 +287,26 @@ pub fn train(
         let resumed = session.load_checkpoint(file, &fingerprint, opts.force_resume)?;
         batcher.skip(resumed.steps_done);
         on(Event::Resumed(file, &resumed));
+        if let Some(a) = &opts.adapter {
+            on(Event::Note(format!(
+                "resumed from the checkpoint; {} was not loaded",
+                a.display()
+            )));
+        }
+    } else if let Some(a) = &opts.adapter {
+        let (n, missing) = session.load_trained(a)?;
+        on(Event::Note(format!(
+            "started from {n} trained tensors in {}",
+            a.display()
+        )));
+        if !missing.is_empty() {
+            on(Event::Note(format!(
+                "{} trainable tensors were not in {} and start from their initializers: {}",
+                missing.len(),
+                a.display(),
+                missing.join(", ")
+            )));
+        }
     }
     let metrics = match &opts.metrics {
         Some(p) => Some(
@@ -263,6 +316,7 @@ pub fn train(
     };
     on(Event::Ready(&session, steps));
     let mut run = Run {
+        eval: (eval_batches, eval_every),
         metrics,
         tokens: batch * seq,
         session: &mut session,
@@ -293,6 +347,8 @@ struct Run<'a, 's> {
     metrics: Option<crate::metrics::Metrics>,
     /// Tokens per step.
     tokens: usize,
+    /// The eval batches (none: no evaluation) and the steps between evaluations.
+    eval: (Vec<Tensor>, usize),
 }
 
 impl Run<'_, '_> {
@@ -337,14 +393,32 @@ impl Run<'_, '_> {
             if s.step % every == 0 || s.step == self.steps {
                 self.checkpoint()?;
             }
+            if self.eval.1 > 0 && s.step % self.eval.1 == 0 && s.step < self.steps {
+                self.evaluate()?;
+            }
         }
         if let Some(why) = self.signals.raised() {
             (self.on)(Event::Stopping(why));
             self.save_interrupted()?;
             return Ok(Outcome::Interrupted(why));
         }
+        self.evaluate()?;
         self.save_result()?;
         Ok(Outcome::Finished)
+    }
+
+    /// The eval loss on the eval batches, reported and recorded (nothing without eval data).
+    fn evaluate(&mut self) -> Result<(), TrainError> {
+        if self.eval.0.is_empty() {
+            return Ok(());
+        }
+        let stats = self.session.evaluate(self.eval.0.iter().cloned())?;
+        let step = self.session.steps_done();
+        if let Some(m) = &mut self.metrics {
+            m.record_eval(step, &stats).map_err(TrainError::Input)?;
+        }
+        (self.on)(Event::Eval(step, stats));
+        Ok(())
     }
 
     /// A copy of the trainable tensors and optimizer state (what a step changes).

@@ -108,6 +108,18 @@ enum Command {
         /// (learning rate, schedule, data, seed, ...); the changes are listed as warnings.
         #[arg(long)]
         force_resume: bool,
+        /// Held-out data for the eval loss and perplexity [default: the `train` block's
+        /// `eval_data`].
+        #[arg(long, value_name = "FILE")]
+        eval: Option<PathBuf>,
+        /// Steps between evaluations [default: the `train` block's `eval_every`, else only
+        /// after the last step].
+        #[arg(long, value_name = "N")]
+        eval_every: Option<usize>,
+        /// Start from the trained tensors in this folder: a PEFT adapter (made by PEFT or by
+        /// graft) or graft's trainable.safetensors (a resumed checkpoint takes precedence).
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         /// Append one JSON record per step (step, loss, grad_norm, lr, seconds, tokens_per_s)
         /// to this file [default: metrics.jsonl in the --checkpoint folder, else in the --save
         /// folder, else none].
@@ -118,6 +130,24 @@ enum Command {
         /// trainable state before every step).
         #[arg(long)]
         debug_non_finite: bool,
+    },
+    /// The held-out loss and perplexity of a spec's model, with trained tensors from a PEFT
+    /// adapter folder or graft's trainable.safetensors (or the initial ones).
+    #[command(
+        after_help = "Examples:\n  graft eval dsl-examples/tiny_lora.graft --adapter out/lora\n  graft eval dsl-examples/tiny_lora.graft --adapter out/lora --data data/heldout.jsonl"
+    )]
+    Eval {
+        /// The spec.
+        file: PathBuf,
+        /// The trained tensors.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        /// The data [default: the `train` block's `eval_data`, else its `data`].
+        #[arg(long, value_name = "FILE")]
+        data: Option<PathBuf>,
+        /// Run on the reference interpreter.
+        #[arg(long)]
+        interpret: bool,
     },
     /// Optimize a spec's training step and show what the optimizer did: rules fired, cost
     /// before and after (FLOPs, bytes, peak memory), and the optimized IR.
@@ -311,6 +341,9 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             force_resume,
             debug_non_finite,
             metrics,
+            eval,
+            eval_every,
+            adapter,
         } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
@@ -335,8 +368,38 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 force_resume,
                 debug_non_finite,
                 metrics,
+                eval,
+                eval_every,
+                adapter,
             };
             train(&file, program, &train_opts, &opts)
+        }
+        Command::Eval {
+            file,
+            adapter,
+            data,
+            interpret,
+        } => {
+            let Some((_, program)) = compile(&file, stdlib, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let backend = pick_backend(interpret);
+            let opts = graft_runtime::SessionOptions {
+                optimize: true,
+                backend: backend.as_ref(),
+            };
+            let e = graft_runtime::eval::evaluate_spec(
+                &file,
+                program,
+                &opts,
+                adapter.as_deref(),
+                data.as_deref(),
+            )?;
+            println!(
+                "eval loss {:.4}  perplexity {:.3}  ({} batches)",
+                e.loss, e.perplexity, e.batches
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::Bench {
             file,

@@ -105,6 +105,13 @@ impl Printer {
             ),
             Event::Wrote(what) => self.line(&format!("saved {what}"), false),
             Event::Note(n) => self.line(&format!("note: {n}"), true),
+            Event::Eval(step, e) => self.line(
+                &format!(
+                    "eval after step {step}: loss {:.4}  perplexity {:.3}  ({} batches)",
+                    e.loss, e.perplexity, e.batches
+                ),
+                false,
+            ),
         }
     }
 

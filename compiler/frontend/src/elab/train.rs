@@ -32,6 +32,10 @@ pub struct TrainConfig {
     pub clip: Option<f64>,
     /// Seed for initializers, dropout and data order.
     pub seed: u64,
+    /// Held-out data (same formats as `data`) for the eval loss and perplexity.
+    pub eval_data: Option<String>,
+    /// Steps between evaluations (0: only after the last step).
+    pub eval_every: usize,
 }
 
 impl Default for TrainConfig {
@@ -53,6 +57,8 @@ impl Default for TrainConfig {
             steps: 100,
             clip: None,
             seed: 0,
+            eval_data: None,
+            eval_every: 0,
         }
     }
 }
@@ -68,6 +74,8 @@ const KEYS: &[&str] = &[
     "steps",
     "clip",
     "seed",
+    "eval_data",
+    "eval_every",
 ];
 
 impl<'a> Elaborator<'a> {
@@ -125,6 +133,8 @@ impl<'a> Elaborator<'a> {
                     c.clip = Some(x);
                 }
                 "seed" => c.seed = self.positive_or_zero(v)?,
+                "eval_data" => c.eval_data = Some(self.setting_str(v)?),
+                "eval_every" => c.eval_every = self.positive(v)?,
                 _ => {
                     let mut d = Diagnostic::error(
                         s.key.span,

@@ -1,0 +1,250 @@
+//! Evaluation: the held-out loss and perplexity of a session's current parameters, computed
+//! by an `@eval` function (the forward and its causal-LM loss, dropout off, no backward)
+//! compiled on the session's backend like the training step; and loading trained tensors
+//! (a PEFT adapter folder, or graft's `trainable.safetensors`) into a session.
+
+use crate::Backend as _;
+use crate::session::{Session, SessionError};
+use graft_interp::Tensor;
+use graft_ir::{Function, InputKind, Node, Op, ValueId};
+use std::path::Path;
+
+/// The mean held-out loss over some batches.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalStats {
+    /// Mean causal-LM loss per batch.
+    pub loss: f64,
+    /// exp(loss).
+    pub perplexity: f64,
+    /// Batches evaluated.
+    pub batches: usize,
+}
+
+/// `@eval` for a forward: its nodes with every `dropout` replaced by its input (evaluation
+/// runs the model deterministically, as `model.eval()` does), then the causal-LM loss of the
+/// logits against a `labels` input, the only output.
+///
+/// # Errors
+/// The forward has no logits or input ids.
+pub fn eval_function(forward: &Function) -> Result<Function, SessionError> {
+    let missing = || SessionError::Missing("forward");
+    let logits = forward.output("logits").ok_or_else(missing)?;
+    let ids_ty = forward.input("input_ids").ok_or_else(missing)?.ty.clone();
+    let mut f = Function::new("eval");
+    let mut map: Vec<ValueId> = Vec::with_capacity(forward.nodes.len());
+    for node in &forward.nodes {
+        let args: Vec<ValueId> = node.args.iter().map(|a| map[a.index()]).collect();
+        if let Op::Dropout { .. } = node.op {
+            map.push(args[0]);
+            continue;
+        }
+        map.push(ValueId(f.nodes.len() as u32));
+        f.nodes.push(Node {
+            op: node.op.clone(),
+            args,
+            ty: node.ty.clone(),
+            loc: node.loc,
+        });
+    }
+    let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
+    let loss = graft_autodiff::causal_lm_loss(
+        &mut graft_autodiff::emit::Emitter { f: &mut f },
+        map[logits.index()],
+        labels,
+        -100,
+    )?;
+    f.add_output("loss", loss);
+    graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
+    Ok(f)
+}
+
+impl Session {
+    /// Prepares `@eval` on `backend` (optimized first when `optimize`), so that
+    /// [`Session::eval_loss`] runs compiled code. Without it, evaluation runs on the
+    /// interpreter.
+    ///
+    /// # Errors
+    /// The function cannot be built, optimized or prepared.
+    pub fn prepare_eval(
+        &mut self,
+        backend: &dyn crate::Backend,
+        optimize: bool,
+    ) -> Result<(), SessionError> {
+        let forward = self
+            .program
+            .module
+            .function("forward")
+            .ok_or(SessionError::Missing("forward"))?;
+        let mut f = eval_function(forward)?;
+        if optimize {
+            f = crate::cache::optimized_step(
+                crate::cache::cache_dir().as_deref(),
+                &self.program.module.files,
+                &f,
+                &graft_opt::Options::default(),
+            )
+            .map_err(SessionError::Value)?
+            .0;
+        }
+        let runner = backend.prepare(&f).map_err(SessionError::Backend)?;
+        self.eval = Some((f, runner));
+        Ok(())
+    }
+
+    /// The loss of one batch under the current parameters (no update).
+    ///
+    /// # Errors
+    /// The run failed.
+    pub fn eval_loss(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f32, SessionError> {
+        // Weights the training step's backend let go of after binding them.
+        self.restore_dropped()?;
+        if self.eval.is_none() {
+            let forward = self
+                .program
+                .module
+                .function("forward")
+                .ok_or(SessionError::Missing("forward"))?;
+            let f = eval_function(forward)?;
+            let runner = crate::Interpreter
+                .prepare(&f)
+                .map_err(SessionError::Backend)?;
+            self.eval = Some((f, runner));
+        }
+        let eval = self.eval.take();
+        let out = match &eval {
+            Some((_, runner)) => self.with_batch(
+                vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
+                |v, m| runner.run_mapped(v, m),
+            ),
+            None => Err("no eval function".into()),
+        };
+        self.eval = eval;
+        let out = out.map_err(SessionError::Backend)?;
+        out.into_iter()
+            .find(|(n, _)| n == "loss")
+            .and_then(|(_, t)| t.as_f32().and_then(|d| d.first().copied()))
+            .ok_or(SessionError::Missing("eval"))
+    }
+
+    /// The mean loss and perplexity over `batches` (labels are the inputs).
+    ///
+    /// # Errors
+    /// A batch failed.
+    pub fn evaluate(
+        &mut self,
+        batches: impl IntoIterator<Item = Tensor>,
+    ) -> Result<EvalStats, SessionError> {
+        let (mut sum, mut n) = (0.0f64, 0usize);
+        for ids in batches {
+            sum += f64::from(self.eval_loss(&ids, &ids)?);
+            n += 1;
+        }
+        let loss = sum / n.max(1) as f64;
+        Ok(EvalStats {
+            loss,
+            perplexity: loss.exp(),
+            batches: n,
+        })
+    }
+
+    /// Sets the trainable tensors from a folder of trained tensors: a PEFT adapter
+    /// (`adapter_config.json` + `adapter_model.safetensors`, as PEFT or `graft train --save`
+    /// writes it) or graft's `trainable.safetensors`. Returns how many were set and the
+    /// trainable tensors the folder did not have (they keep their initial values).
+    ///
+    /// # Errors
+    /// The folder has neither, a file is damaged, or a tensor is not a trainable tensor of
+    /// this spec or has another shape.
+    pub fn load_trained(&mut self, dir: &Path) -> Result<(usize, Vec<String>), SessionError> {
+        let tensors = if dir.join("adapter_model.safetensors").is_file() {
+            crate::load_adapter(dir)
+                .map_err(|e| SessionError::Value(e.to_string()))?
+                .1
+        } else if dir.join("trainable.safetensors").is_file() {
+            let file = crate::WeightsFile::open(&dir.join("trainable.safetensors"))?;
+            let mut out = Vec::new();
+            for name in file.entries().keys() {
+                out.push((name.clone(), file.read(name)?));
+            }
+            out
+        } else {
+            return Err(SessionError::Value(format!(
+                "{} has no adapter_model.safetensors or trainable.safetensors",
+                dir.display()
+            )));
+        };
+        let n = tensors.len();
+        let mut set = std::collections::HashSet::new();
+        for (path, t) in tensors {
+            self.set_param(&path, t)
+                .map_err(|e| SessionError::Value(format!("{}: {e}", dir.display())))?;
+            set.insert(path);
+        }
+        let missing = self
+            .params()
+            .into_iter()
+            .map(|(p, _)| p)
+            .filter(|p| !set.contains(p))
+            .collect();
+        Ok((n, missing))
+    }
+}
+
+/// `graft eval`: the held-out loss of a spec's model with the trained tensors in `adapter`
+/// (or the initial ones), over every `[batch, seq]` window of `data` (default: the `train`
+/// block's `eval_data`, else its `data`; relative to the spec's folder).
+///
+/// # Errors
+/// A file cannot be used, or the session fails.
+pub fn evaluate_spec(
+    spec: &Path,
+    program: graft_frontend::Program,
+    session_opts: &crate::SessionOptions,
+    adapter: Option<&Path>,
+    data: Option<&Path>,
+) -> Result<EvalStats, SessionError> {
+    let dir = spec.parent().unwrap_or(Path::new("."));
+    let data = match data {
+        Some(d) => d.to_path_buf(),
+        None => dir.join(
+            program
+                .train
+                .eval_data
+                .as_ref()
+                .or(program.train.data.as_ref())
+                .ok_or_else(|| {
+                    SessionError::Value(
+                        "no data to evaluate on: pass --data, or name `eval_data` or `data` in \
+                         the `train` block"
+                            .into(),
+                    )
+                })?,
+        ),
+    };
+    let vocab = program
+        .module
+        .function("forward")
+        .and_then(|f| {
+            f.output("logits")
+                .map(|v| f.ty(v).shape.last().copied().unwrap_or(0))
+        })
+        .ok_or(SessionError::Missing("forward"))?;
+    let (batch, seq) = (program.train.batch, program.train.seq);
+    let tokens =
+        crate::load_tokens(&data, vocab).map_err(|e| SessionError::Value(e.to_string()))?;
+    let windows = tokens.len() / (batch * seq).max(1);
+    let mut batcher = crate::Batcher::new(tokens, batch, seq, &data.display().to_string())
+        .map_err(|e| SessionError::Value(e.to_string()))?;
+    let weights = match &program.weights {
+        Some((path, _)) => Some(crate::WeightsFile::open(path)?),
+        None => None,
+    };
+    crate::memory::check_fits(&program).map_err(SessionError::Value)?;
+    let seed = program.train.seed;
+    let mut session = Session::with_options(program, weights.as_ref(), seed, session_opts)?;
+    if let Some(a) = adapter {
+        session.load_trained(a)?;
+    }
+    session.prepare_eval(session_opts.backend, session_opts.optimize)?;
+    session.evaluate((0..windows.max(1)).map(|_| batcher.next_batch()))
+}
