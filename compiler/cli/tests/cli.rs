@@ -469,5 +469,21 @@ fn eval_reports_the_held_out_loss_and_reads_saved_adapters() {
         text(&base.stdout),
         "the PEFT adapter changed nothing"
     );
+    // Training continues from a saved adapter.
+    let more = graft(&[
+        "train",
+        "dsl-examples/tiny_lora.graft",
+        "--adapter",
+        &d,
+        "--steps",
+        "1",
+        "--interpret",
+    ]);
+    assert!(more.status.success(), "{}", text(&more.stderr));
+    assert!(
+        text(&more.stderr).contains("started from 8 trained tensors"),
+        "{}",
+        text(&more.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
