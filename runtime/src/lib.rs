@@ -14,6 +14,7 @@ pub mod files;
 pub mod memory;
 pub mod metrics;
 pub mod peft;
+pub mod plot;
 pub mod session;
 pub mod sigbus;
 pub mod trainer;

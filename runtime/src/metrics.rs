@@ -113,6 +113,11 @@ impl Metrics {
         writeln!(self.file, "{line}").map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Makes the records so far durable (with each checkpoint).
     ///
     /// # Errors

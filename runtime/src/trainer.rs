@@ -363,6 +363,7 @@ impl Run<'_, '_> {
             if let Some(why) = self.signals.raised() {
                 (self.on)(Event::Stopping(why));
                 self.save_interrupted()?;
+                self.plot();
                 return Ok(Outcome::Interrupted(why));
             }
             let ids = batcher.next_batch();
@@ -400,11 +401,32 @@ impl Run<'_, '_> {
         if let Some(why) = self.signals.raised() {
             (self.on)(Event::Stopping(why));
             self.save_interrupted()?;
+            self.plot();
             return Ok(Outcome::Interrupted(why));
         }
         self.evaluate()?;
         self.save_result()?;
+        self.plot();
         Ok(Outcome::Finished)
+    }
+
+    /// `loss.svg` beside the metrics file: the training and held-out loss curves. A plot
+    /// that cannot be drawn is a note, not a failed run.
+    fn plot(&mut self) {
+        let Some(m) = &self.metrics else {
+            return;
+        };
+        let out = m.path().with_file_name("loss.svg");
+        let drawn = crate::metrics::Metrics::read(m.path())
+            .and_then(|records| crate::plot::write_loss_plot(&records, &out));
+        match drawn {
+            Ok(true) => (self.on)(Event::Wrote(format!(
+                "the loss curves in {}",
+                out.display()
+            ))),
+            Ok(false) => {}
+            Err(e) => (self.on)(Event::Note(format!("no loss plot: {e}"))),
+        }
     }
 
     /// The eval loss on the eval batches, reported and recorded (nothing without eval data).

@@ -729,5 +729,8 @@ fn saving_another_method_into_a_folder_removes_the_old_adapter() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["metrics.jsonl", "trainable.safetensors"]);
+    assert_eq!(
+        names,
+        ["loss.svg", "metrics.jsonl", "trainable.safetensors"]
+    );
 }
