@@ -42,8 +42,36 @@ pub enum DataError {
     },
 }
 
-/// Reads every line's `input_ids` into one stream, checking ids against the vocabulary.
+/// Reads every line's `input_ids` into one stream, checking ids against the vocabulary; the
+/// first bad line is an error.
 pub fn load_tokens(path: &Path, vocab: usize) -> Result<Vec<i64>, DataError> {
+    load_tokens_with(path, vocab, false).map(|(tokens, _)| tokens)
+}
+
+/// [`load_tokens`], skipping bad lines when `skip` (each reported in the second result, with
+/// its file and line) instead of stopping at the first.
+pub fn load_tokens_with(
+    path: &Path,
+    vocab: usize,
+    skip: bool,
+) -> Result<(Vec<i64>, Vec<DataError>), DataError> {
+    let mut skipped = Vec::new();
+    let tokens = read_tokens(path, vocab, &mut |e| {
+        if skip {
+            skipped.push(e);
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
+    Ok((tokens, skipped))
+}
+
+fn read_tokens(
+    path: &Path,
+    vocab: usize,
+    bad: &mut dyn FnMut(DataError) -> Result<(), DataError>,
+) -> Result<Vec<i64>, DataError> {
     let name = path.display().to_string();
     crate::files::regular_file(path, "data file").map_err(|m| DataError::Io {
         path: name.clone(),
@@ -63,27 +91,40 @@ pub fn load_tokens(path: &Path, vocab: usize) -> Result<Vec<i64>, DataError> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value =
-            serde_json::from_str(line).map_err(|e| fmt(format!("not JSON: {e}")))?;
-        let ids = match v.get("input_ids") {
-            Some(serde_json::Value::Array(ids)) => ids,
-            Some(_) => return Err(fmt("`input_ids` must be a list of integers".into())),
-            None if v.get("text").is_some() => return Err(fmt("text records need a tokenizer, which graft does not load yet; pre-tokenize into `input_ids`".into())),
-            None => return Err(fmt("expected an object with `input_ids`".into())),
-        };
-        for id in ids {
-            let t = id
-                .as_i64()
-                .ok_or_else(|| fmt(format!("token {id} is not an integer")))?;
-            if t < 0 || t as usize >= vocab {
-                return Err(fmt(format!(
-                    "token {t} is outside the vocabulary (0..{vocab})"
-                )));
-            }
-            out.push(t);
+        match line_tokens(line, vocab) {
+            Ok(ids) => out.extend(ids),
+            Err(message) => bad(fmt(message))?,
         }
     }
     Ok(out)
+}
+
+/// One record's token ids, or what is wrong with it.
+fn line_tokens(line: &str, vocab: usize) -> Result<Vec<i64>, String> {
+    let v: serde_json::Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let ids = match v.get("input_ids") {
+        Some(serde_json::Value::Array(ids)) => ids,
+        Some(_) => return Err("`input_ids` must be a list of integers".into()),
+        None if v.get("text").is_some() => {
+            return Err(
+                "text records need a tokenizer, which graft does not load yet; \
+                        pre-tokenize into `input_ids`"
+                    .into(),
+            );
+        }
+        None => return Err("expected an object with `input_ids`".into()),
+    };
+    ids.iter()
+        .map(|id| {
+            let t = id
+                .as_i64()
+                .ok_or_else(|| format!("token {id} is not an integer"))?;
+            if t < 0 || t as usize >= vocab {
+                return Err(format!("token {t} is outside the vocabulary (0..{vocab})"));
+            }
+            Ok(t)
+        })
+        .collect()
 }
 
 /// Cuts a token stream into consecutive `[batch, seq]` windows, wrapping around at the end.
@@ -178,5 +219,37 @@ mod tests {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod bad_lines {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn bad_lines_stop_the_load_or_are_skipped_with_their_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("d.jsonl");
+        std::fs::write(
+            &p,
+            "{\"input_ids\": [1, 2]}\nnot json\n\n{\"input_ids\": [3, 99]}\n{\"text\": \"hi\"}\n{\"input_ids\": [4]}\n",
+        )
+        .unwrap();
+        let e = load_tokens(&p, 10).unwrap_err().to_string();
+        assert!(e.contains("d.jsonl:2: not JSON"), "{e}");
+        let (tokens, skipped) = load_tokens_with(&p, 10, true).unwrap();
+        assert_eq!(tokens, [1, 2, 4]);
+        let lines: Vec<String> = skipped.iter().map(ToString::to_string).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert!(lines[0].contains(":2: not JSON"), "{lines:?}");
+        assert!(
+            lines[1].contains(":4: token 99 is outside the vocabulary"),
+            "{lines:?}"
+        );
+        assert!(
+            lines[2].contains(":5: text records need a tokenizer"),
+            "{lines:?}"
+        );
     }
 }

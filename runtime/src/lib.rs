@@ -23,7 +23,7 @@ pub mod weights;
 pub use backend::{Backend, Interpreter, MappedInput, Prepared, PreparedInfo, RunProfile};
 pub use cache::cache_dir;
 pub use checkpoint::{Fingerprint, Resumed};
-pub use data::{Batcher, DataError, load_tokens};
+pub use data::{Batcher, DataError, load_tokens, load_tokens_with};
 pub use peft::{PeftError, adapter_config, graft_path, load_adapter, peft_key, save_adapter};
 pub use session::{Session, SessionError, SessionOptions, StepStats, step_config};
 pub use trainer::{Event, Outcome, TrainError, TrainOptions, train};

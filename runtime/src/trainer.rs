@@ -19,7 +19,7 @@
 //!   steps and after the last, with the compiled `@eval` ([`crate::eval`]).
 
 use crate::checkpoint::{Fingerprint, Resumed};
-use crate::data::{Batcher, load_tokens};
+use crate::data::Batcher;
 use crate::session::{Session, SessionError, SessionOptions, StepStats};
 use crate::weights::WeightsFile;
 use graft_frontend::Program;
@@ -70,6 +70,8 @@ pub struct TrainOptions {
     /// Start from the trained tensors in this folder (a PEFT adapter or graft's
     /// `trainable.safetensors`) unless a checkpoint is resumed.
     pub adapter: Option<PathBuf>,
+    /// Skip data lines that are not valid records (each reported) instead of stopping.
+    pub skip_bad_lines: bool,
 }
 
 /// Evaluations use at most this many batches of the eval data (its first ones).
@@ -243,7 +245,7 @@ pub fn train(
         })
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
     let data_path = dir.join(&data);
-    let tokens = load_tokens(&data_path, vocab).map_err(|e| TrainError::Input(e.to_string()))?;
+    let tokens = load_data(&data_path, vocab, opts.skip_bad_lines, on)?;
     let (batch, seq) = (program.train.batch, program.train.seq);
     let mut batcher = Batcher::new(tokens, batch, seq, &data_path.display().to_string())
         .map_err(|e| TrainError::Input(e.to_string()))?;
@@ -267,7 +269,7 @@ pub fn train(
     let eval_every = opts.eval_every.unwrap_or(program.train.eval_every);
     let eval_batches = match &eval_path {
         Some(p) => {
-            let tokens = load_tokens(p, vocab).map_err(|e| TrainError::Input(e.to_string()))?;
+            let tokens = load_data(p, vocab, opts.skip_bad_lines, on)?;
             let mut b = Batcher::new(tokens.clone(), batch, seq, &p.display().to_string())
                 .map_err(|e| TrainError::Input(e.to_string()))?;
             let n = (tokens.len() / (batch * seq)).clamp(1, EVAL_BATCHES);
@@ -331,6 +333,29 @@ pub fn train(
     let outcome = run.steps(&mut batcher);
     drop(lock);
     outcome
+}
+
+/// A data file's tokens; with `skip`, bad lines are left out and reported (the first few
+/// by line, then a count).
+fn load_data(
+    path: &Path,
+    vocab: usize,
+    skip: bool,
+    on: &mut dyn FnMut(Event),
+) -> Result<Vec<i64>, TrainError> {
+    let (tokens, skipped) = crate::data::load_tokens_with(path, vocab, skip)
+        .map_err(|e| TrainError::Input(e.to_string()))?;
+    for e in skipped.iter().take(5) {
+        on(Event::Note(format!("skipped {e}")));
+    }
+    if skipped.len() > 5 {
+        on(Event::Note(format!(
+            "skipped {} bad lines of {} in all",
+            skipped.len(),
+            path.display()
+        )));
+    }
+    Ok(tokens)
 }
 
 /// One run's loop and what it needs to save.

@@ -36,6 +36,15 @@ enum ColorChoice {
     Never,
 }
 
+/// `--bad-lines`.
+#[derive(Clone, Copy, ValueEnum)]
+enum BadLines {
+    /// Stop at the first bad line.
+    Stop,
+    /// Skip bad lines, reporting each.
+    Skip,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Emit {
     /// The parsed spec, one line per item with its position.
@@ -120,6 +129,10 @@ enum Command {
         /// graft) or graft's trainable.safetensors (a resumed checkpoint takes precedence).
         #[arg(long, value_name = "DIR")]
         adapter: Option<PathBuf>,
+        /// What to do with a data line that is not a valid record: stop (the error names
+        /// the file and line) or skip it (each skipped line is reported).
+        #[arg(long, value_name = "POLICY", default_value = "stop")]
+        bad_lines: BadLines,
         /// Append one JSON record per step (step, loss, grad_norm, lr, seconds, tokens_per_s)
         /// to this file [default: metrics.jsonl in the --checkpoint folder, else in the --save
         /// folder, else none].
@@ -344,6 +357,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             eval,
             eval_every,
             adapter,
+            bad_lines,
         } => {
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
@@ -371,6 +385,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 eval,
                 eval_every,
                 adapter,
+                skip_bad_lines: matches!(bad_lines, BadLines::Skip),
             };
             train(&file, program, &train_opts, &opts)
         }

@@ -440,7 +440,10 @@ fn eval_reports_the_held_out_loss_and_reads_saved_adapters() {
         );
     }
     let svg = std::fs::read_to_string(dir.join("loss.svg")).unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("eval"), "the loss plot");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("eval"),
+        "the loss plot"
+    );
     let metrics = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     assert_eq!(
         metrics

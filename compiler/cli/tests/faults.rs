@@ -734,3 +734,51 @@ fn saving_another_method_into_a_folder_removes_the_old_adapter() {
         ["loss.svg", "metrics.jsonl", "trainable.safetensors"]
     );
 }
+
+#[test]
+fn bad_data_lines_stop_the_run_or_are_skipped_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data.jsonl");
+    let mut text =
+        std::fs::read_to_string(repo().join("dsl-examples/data/tiny_tokens.jsonl")).unwrap();
+    text.insert_str(0, "{\"input_ids\": [1, 2\n");
+    text.push_str("{\"input_ids\": [300]}\n");
+    std::fs::write(&data, text).unwrap();
+    let spec = tmp.path().join("s.graft");
+    write_spec(
+        &spec,
+        &tiny_text().replace("\"data/tiny_tokens.jsonl\"", &format!("{data:?}")),
+    );
+    let s = spec.display().to_string();
+    let cache = tmp.path().join("cache");
+    let all = exited(
+        &graft(&["train", &s, "--interpret", "--steps", "1"], &cache, &[]),
+        1,
+    );
+    assert!(all.contains("data.jsonl:1: not JSON"), "{all}");
+    let all = exited(
+        &graft(
+            &[
+                "train",
+                &s,
+                "--interpret",
+                "--steps",
+                "1",
+                "--bad-lines",
+                "skip",
+            ],
+            &cache,
+            &[],
+        ),
+        0,
+    );
+    assert!(
+        all.contains("skipped") && all.contains("data.jsonl:1:"),
+        "{all}"
+    );
+    assert!(
+        all.contains("data.jsonl:26: token 300 is outside the vocabulary"),
+        "{all}"
+    );
+    assert_eq!(losses(&all).len(), 1, "{all}");
+}
