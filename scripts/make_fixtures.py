@@ -368,6 +368,14 @@ def main() -> int:
     save_file({**base_sd, "input_ids": input_ids, "labels": labels, "logits": c(logits), "loss": c(loss)},
               str(out_dir / "base.safetensors"), metadata=meta)
     manifest["base"] = describe(base_sd)
+    # The same model as a Hugging Face folder (`model base = llama from "..."`): transformers'
+    # config.json beside a link to base.safetensors (whose extra tensors graft ignores).
+    hf_dir = out_dir / "tiny-llama-hf"
+    hf_dir.mkdir(exist_ok=True)
+    base.config.to_json_file(str(hf_dir / "config.json"))
+    link = hf_dir / "model.safetensors"
+    if not link.exists():
+        link.symlink_to("../base.safetensors")
 
     lora_qv = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
     cases = {

@@ -492,3 +492,27 @@ fn eval_reports_the_held_out_loss_and_reads_saved_adapters() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A model read from a Hugging Face folder (config.json + model.safetensors) trains exactly as
+/// the same model with its dimensions written out (the fixture's transformers config).
+#[test]
+fn a_model_from_a_hugging_face_folder_trains_as_the_explicit_one() {
+    let losses = |spec: &str| -> Vec<String> {
+        let out = graft(&["train", spec, "--steps", "3"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("step "))
+            .filter_map(|l| {
+                l.split("loss ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let hf = losses("dsl-examples/tiny_lora_hf.graft");
+    assert_eq!(hf.len(), 3);
+    assert_eq!(hf, losses("dsl-examples/tiny_lora.graft"));
+}

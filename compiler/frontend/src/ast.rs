@@ -180,6 +180,9 @@ pub struct Param {
     pub name: Ident,
     /// Its scalar type.
     pub ty: ScalarType,
+    /// The key that sets it from a Hugging Face `config.json` (`hidden: int as
+    /// "hidden_size"`), for `model m = kind from "folder"`.
+    pub config_key: Option<StrLit>,
     /// Its default value.
     pub default: Option<Expr>,
 }
@@ -336,6 +339,10 @@ pub struct ModelDecl {
     pub value: Expr,
     /// The weights file.
     pub weights: Option<StrLit>,
+    /// A Hugging Face model folder (`from "path"`): its `config.json` sets the module's
+    /// parameters that name a config key, and its `model.safetensors` is the weights file
+    /// unless `weights` says otherwise.
+    pub from: Option<StrLit>,
     /// Quantization clauses.
     pub quantize: Vec<QuantizeClause>,
     /// The whole item.

@@ -74,9 +74,17 @@ impl Printer<'_> {
                 let params: Vec<String> = m
                     .params
                     .iter()
-                    .map(|p| match &p.default {
-                        Some(d) => format!("{}: {} = {}", p.name.name, p.ty.name(), expr(d)),
-                        None => format!("{}: {}", p.name.name, p.ty.name()),
+                    .map(|p| {
+                        let key = p
+                            .config_key
+                            .as_ref()
+                            .map_or_else(String::new, |k| format!(" as {:?}", k.value));
+                        match &p.default {
+                            Some(d) => {
+                                format!("{}: {}{key} = {}", p.name.name, p.ty.name(), expr(d))
+                            }
+                            None => format!("{}: {}{key}", p.name.name, p.ty.name()),
+                        }
                     })
                     .collect();
                 let head = match &m.wraps {
@@ -102,6 +110,9 @@ impl Printer<'_> {
                     m.span,
                     &format!("model {} = {}", m.name.name, expr(&m.value)),
                 );
+                if let Some(f) = &m.from {
+                    self.line(2, f.span, &format!("from {:?}", f.value));
+                }
                 if let Some(w) = &m.weights {
                     self.line(2, w.span, &format!("weights {:?}", w.value));
                 }

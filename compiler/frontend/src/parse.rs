@@ -378,6 +378,7 @@ fn item(p: Pair<Rule>, file: FileId) -> Result<Item, Diagnostic> {
             let name = ident(need(&mut it, span, "name")?, file);
             let value = expr(need(&mut it, span, "constructor")?, file)?;
             let mut weights = None;
+            let mut from = None;
             let mut quantize = Vec::new();
             for clause in it {
                 let Some(c) = clause.into_inner().next() else {
@@ -396,6 +397,17 @@ fn item(p: Pair<Rule>, file: FileId) -> Result<Item, Diagnostic> {
                         }
                         weights = Some(string(need(&mut ci, cspan, "path")?, file)?);
                     }
+                    Rule::from_clause => {
+                        if from.is_some() {
+                            return Err(Diagnostic::error(
+                                cspan,
+                                "the model folder is given twice",
+                                "second `from` clause",
+                            ));
+                        }
+                        ci.next(); // the `from` keyword
+                        from = Some(string(need(&mut ci, cspan, "folder")?, file)?);
+                    }
                     _ => {
                         let format = expr(need(&mut ci, cspan, "format")?, file)?;
                         let target = target(skip_kw(&mut ci, cspan)?, file)?;
@@ -412,6 +424,7 @@ fn item(p: Pair<Rule>, file: FileId) -> Result<Item, Diagnostic> {
                 name,
                 value,
                 weights,
+                from,
                 quantize,
                 span,
             })
@@ -501,8 +514,25 @@ fn params(p: Pair<Rule>, file: FileId) -> Result<Vec<Param>, Diagnostic> {
             let mut it = q.into_inner();
             let name = ident(need(&mut it, span, "name")?, file);
             let ty = scalar_type(&need(&mut it, span, "type")?);
-            let default = it.next().map(|d| expr(d, file)).transpose()?;
-            Ok(Param { name, ty, default })
+            let mut config_key = None;
+            let mut default = None;
+            for q in it {
+                if q.as_rule() == Rule::rename {
+                    let s = q
+                        .into_inner()
+                        .next()
+                        .ok_or_else(|| Diagnostic::error(span, "expected a config key", "here"))?;
+                    config_key = Some(string(s, file)?);
+                } else {
+                    default = Some(expr(q, file)?);
+                }
+            }
+            Ok(Param {
+                name,
+                ty,
+                config_key,
+                default,
+            })
         })
         .collect()
 }

@@ -142,16 +142,33 @@ impl<'a> Elaborator<'a> {
         Ok(env.frames.pop().unwrap_or_default())
     }
 
-    pub(super) fn instantiate_model(&mut self, model: &'a ModelDecl) -> Result<InstId, Diagnostic> {
-        let ExprKind::Call(callee, args) = &model.value.kind else {
-            return Err(Diagnostic::error(
-                model.value.span,
-                "a model is declared by calling a module",
-                "expected `kind(args)`",
-            ));
+    /// Instantiates the spec's model; with `from "folder"`, the folder's `config.json` (read
+    /// relative to `base`, the spec's folder) sets the parameters that name a config key and
+    /// that the call does not give (`llama from "folder"` needs no parentheses).
+    pub(super) fn instantiate_model(
+        &mut self,
+        model: &'a ModelDecl,
+        base: &std::path::Path,
+    ) -> Result<InstId, Diagnostic> {
+        let (callee, args): (&'a Expr, &'a [crate::ast::Arg]) = match &model.value.kind {
+            ExprKind::Call(callee, args) => (callee.as_ref(), args.as_slice()),
+            ExprKind::Name(_) if model.from.is_some() => (&model.value, &[]),
+            _ => {
+                return Err(Diagnostic::error(
+                    model.value.span,
+                    "a model is declared by calling a module",
+                    "expected `kind(args)`",
+                )
+                .with_help("or `kind from \"hf-folder\"` to read its settings from config.json"));
+            }
         };
         let def = self.module_def(callee, false)?;
-        let args = self.eval_args(args, &mut Env::new(HashMap::new()))?;
+        let mut args = self.eval_args(args, &mut Env::new(HashMap::new()))?;
+        if let Some(from) = &model.from {
+            let dir = super::hf_config::folder(from, base);
+            let more = super::hf_config::config_args(def, from, &dir, &args)?;
+            args.extend(more);
+        }
         self.instantiate(def, args, String::new(), model.value.span, false)
     }
 

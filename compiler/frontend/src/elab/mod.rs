@@ -9,6 +9,7 @@
 
 mod builtins;
 mod eval;
+mod hf_config;
 mod instance;
 pub mod target;
 pub mod train;
@@ -343,7 +344,13 @@ impl<'a> Elaborator<'a> {
             .with_label(model.name.span, "first model"));
         }
 
-        let root = self.instantiate_model(model)?;
+        let base = entry_file
+            .disk_path
+            .as_ref()
+            .and_then(|p| p.parent())
+            .map(PathBuf::from)
+            .unwrap_or_default();
+        let root = self.instantiate_model(model, &base)?;
         for q in &model.quantize {
             self.apply_quantize(root, q)?;
         }
@@ -368,15 +375,14 @@ impl<'a> Elaborator<'a> {
         self.module.functions = vec![forward, init];
         self.warn_unused_params();
 
-        let weights = model.weights.as_ref().map(|w| {
-            let base = entry_file
-                .disk_path
-                .as_ref()
-                .and_then(|p| p.parent())
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            (base.join(&w.value), w.span)
-        });
+        let weights = match (&model.weights, &model.from) {
+            (Some(w), _) => Some((base.join(&w.value), w.span)),
+            (None, Some(from)) => Some((
+                hf_config::weights(from, &hf_config::folder(from, &base))?,
+                from.span,
+            )),
+            (None, None) => None,
+        };
         let tensors = self
             .decls
             .iter()
