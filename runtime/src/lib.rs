@@ -17,6 +17,7 @@ pub mod peft;
 pub mod plot;
 pub mod session;
 pub mod sigbus;
+mod signals;
 pub mod trainer;
 pub mod weights;
 

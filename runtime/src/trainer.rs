@@ -27,8 +27,7 @@ use graft_interp::Tensor;
 use graft_ir::InputKind;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use crate::signals::Signals;
 
 /// Steps in a row with a zero gradient norm after which a run is stopped as stuck.
 pub const ZERO_GRAD_STEPS: usize = 10;
@@ -154,56 +153,6 @@ pub enum TrainError {
         /// Where the state is.
         kept: String,
     },
-}
-
-/// Signal flags for one run: set by SIGINT/SIGTERM/SIGHUP; a second signal exits at once.
-/// The handlers are removed when the run ends.
-struct Signals {
-    flag: Arc<AtomicBool>,
-    which: Arc<AtomicUsize>,
-    ids: Vec<signal_hook::SigId>,
-}
-
-impl Signals {
-    fn install() -> Signals {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        let flag = Arc::new(AtomicBool::new(false));
-        let which = Arc::new(AtomicUsize::new(0));
-        let mut ids = Vec::new();
-        for sig in [SIGINT, SIGTERM, SIGHUP] {
-            // Registered first, so it runs first: with the flag already set (a second
-            // signal), it exits at once.
-            let registered = [
-                signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone()),
-                signal_hook::flag::register_usize(sig, which.clone(), sig as usize),
-                signal_hook::flag::register(sig, flag.clone()),
-            ];
-            ids.extend(registered.into_iter().flatten());
-        }
-        Signals { flag, which, ids }
-    }
-
-    /// The signal that arrived, if one did.
-    fn raised(&self) -> Option<&'static str> {
-        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        if !self.flag.load(Ordering::SeqCst) {
-            return None;
-        }
-        Some(match self.which.load(Ordering::SeqCst) as i32 {
-            SIGINT => "SIGINT",
-            SIGTERM => "SIGTERM",
-            SIGHUP => "SIGHUP",
-            _ => "a signal",
-        })
-    }
-}
-
-impl Drop for Signals {
-    fn drop(&mut self) {
-        for id in self.ids.drain(..) {
-            signal_hook::low_level::unregister(id);
-        }
-    }
 }
 
 /// Loads the spec's data and weights, starts a session, and trains; see the module docs.

@@ -1,8 +1,10 @@
 //! Incremental DAG cost for extraction: the chosen e-node per class, how many chosen parents
 //! reference each class, a post-order of the chosen DAG, and the total time with every
-//! reachable class counted once. Switching one class's node is evaluated by reference counts
-//! (only the part of the DAG that becomes reachable or unreachable is visited) and checked for
-//! cycles with the post-order (a child that finishes before the class cannot reach it).
+//! reachable class counted once. A switch (of one class's node, or of several together) is
+//! evaluated by reference counts, visiting only the part of the DAG that becomes reachable
+//! or unreachable, and applied by repairing the post-order locally: what the new nodes reach
+//! that finishes after the switched class is renumbered below it, which also finds cycles.
+//! The whole DAG is walked once, at the start, and again only when a repair cannot be made.
 
 use crate::analysis::Graph;
 use crate::cost::Target;
