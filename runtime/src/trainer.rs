@@ -21,13 +21,13 @@
 use crate::checkpoint::{Fingerprint, Resumed};
 use crate::data::Batcher;
 use crate::session::{Session, SessionError, SessionOptions, StepStats};
+use crate::signals::Signals;
 use crate::weights::WeightsFile;
 use graft_frontend::Program;
 use graft_interp::Tensor;
 use graft_ir::InputKind;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use crate::signals::Signals;
 
 /// Steps in a row with a zero gradient norm after which a run is stopped as stuck.
 pub const ZERO_GRAD_STEPS: usize = 10;

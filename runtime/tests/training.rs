@@ -255,3 +255,56 @@ fn initializers_follow_peft_and_are_reproducible() {
         );
     }
 }
+
+/// Lion over two steps against its formula (lion-pytorch's), with the session's own
+/// gradients (interpreter forward + backward) as g: c = β₁·m + (1 − β₁)·g,
+/// p ← p·(1 − lr·λ) − lr·sign(c), m ← β₂·m + (1 − β₂)·g, m₀ = 0. Tolerance 1e-6 absolute
+/// + 1e-5 relative (f32 arithmetic in the step).
+#[test]
+fn lion_follows_its_formula() {
+    let ids = batch();
+    let (lr, b1, b2, wd) = (0.01, 0.9, 0.99, 0.1);
+    let mut s = session(
+        "tiny_lora.graft",
+        Some("optimizer lion(lr: 0.01, beta1: 0.9, beta2: 0.99, weight_decay: 0.1) batch 2 seq 8"),
+        1,
+    );
+    let mut p: Vec<(String, Vec<f64>)> = s
+        .params()
+        .into_iter()
+        .map(|(n, t)| (n, f32s(t).iter().map(|x| f64::from(*x)).collect()))
+        .collect();
+    let mut m: Vec<Vec<f64>> = p.iter().map(|(_, v)| vec![0.0; v.len()]).collect();
+    for step in 0..2 {
+        let (_, grads) = s.gradients(&ids, &ids).expect("grads");
+        s.step(&ids, &ids).expect("step");
+        for (((path, pv), mv), (_, g)) in p.iter_mut().zip(&mut m).zip(&grads) {
+            let g = f32s(g);
+            let got = f32s(s.value(path).expect("param"));
+            for i in 0..pv.len() {
+                let gi = f64::from(g[i]);
+                let c = b1 * mv[i] + (1.0 - b1) * gi;
+                let sign = if c > 0.0 {
+                    1.0
+                } else if c < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                pv[i] = pv[i] * (1.0 - lr * wd) - lr * sign;
+                mv[i] = b2 * mv[i] + (1.0 - b2) * gi;
+                let got = f64::from(got[i]);
+                assert!(
+                    (got - pv[i]).abs() <= 1e-6 + 1e-5 * pv[i].abs(),
+                    "step {step}, {path}[{i}]: {got} vs {}",
+                    pv[i]
+                );
+                pv[i] = got;
+            }
+        }
+    }
+    assert!(
+        s.value("lion.m.model.layers.0.self_attn.q_proj.lora_A.weight")
+            .is_some()
+    );
+}

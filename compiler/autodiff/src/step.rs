@@ -28,6 +28,19 @@ pub enum Optimizer {
         /// Decoupled weight decay.
         weight_decay: f64,
     },
+    /// Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms"), as
+    /// lion-pytorch computes it: p ← p·(1 − lr·λ) − lr·sign(β₁·m + (1 − β₁)·g), then
+    /// m ← β₂·m + (1 − β₂)·g.
+    Lion {
+        /// Learning rate.
+        lr: f64,
+        /// β₁ (interpolation for the update's sign).
+        beta1: f64,
+        /// β₂ (the moment's decay).
+        beta2: f64,
+        /// Decoupled weight decay.
+        weight_decay: f64,
+    },
     /// `torch.optim.SGD` with momentum (no dampening, no Nesterov).
     Sgd {
         /// Learning rate.
@@ -218,6 +231,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         .map(|(p, _)| match cfg.optimizer {
             Optimizer::AdamW { .. } => vec![format!("adam.m.{p}"), format!("adam.v.{p}")],
             Optimizer::Sgd { .. } => vec![format!("sgd.momentum.{p}")],
+            Optimizer::Lion { .. } => vec![format!("lion.m.{p}")],
         })
         .collect();
     let mut states = Vec::new();
@@ -260,7 +274,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     }
 
     let base_lr = match cfg.optimizer {
-        Optimizer::AdamW { lr, .. } | Optimizer::Sgd { lr, .. } => lr,
+        Optimizer::AdamW { lr, .. } | Optimizer::Sgd { lr, .. } | Optimizer::Lion { lr, .. } => lr,
     };
     let factor = schedule_factor(&mut e, cfg.schedule, cfg.total_steps, step)?;
     let lr = e.scale(factor, base_lr)?;
@@ -321,6 +335,38 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
                 outputs.push((path.clone(), p2));
                 outputs.push((state_names[i][0].clone(), m1));
                 outputs.push((state_names[i][1].clone(), v1));
+            }
+            Optimizer::Lion {
+                beta1,
+                beta2,
+                weight_decay,
+                ..
+            } => {
+                let m = states[i][0];
+                // p ← p·(1 - lr·λ)
+                let decay = e.scale(lr_b, weight_decay)?;
+                let onep = e.like(1.0, decay)?;
+                let keep = e.sub(onep, decay)?;
+                let p1 = e.mul(*p, keep)?;
+                // c = β₁·m + (1 - β₁)·g;  sign(c) = [c > 0] - [c < 0] (0 at 0, as torch.sign)
+                let mb = e.scale(m, beta1)?;
+                let gb = e.scale(*g, 1.0 - beta1)?;
+                let c = e.add(mb, gb)?;
+                let zero = e.like(0.0, c)?;
+                let dt = e.ty(c).dtype;
+                let pos = e.bin(BinaryOp::Gt, c, zero)?;
+                let neg = e.bin(BinaryOp::Lt, c, zero)?;
+                let pos = e.cast(pos, dt)?;
+                let neg = e.cast(neg, dt)?;
+                let sign = e.sub(pos, neg)?;
+                let upd = e.mul(sign, lr_b)?;
+                let p2 = e.sub(p1, upd)?;
+                // m ← β₂·m + (1 - β₂)·g
+                let mb2 = e.scale(m, beta2)?;
+                let gb2 = e.scale(*g, 1.0 - beta2)?;
+                let m1 = e.add(mb2, gb2)?;
+                outputs.push((path.clone(), p2));
+                outputs.push((state_names[i][0].clone(), m1));
             }
             Optimizer::Sgd {
                 momentum,
