@@ -117,14 +117,13 @@ fn mapped_inputs<'a>(
     file: Option<&'a WeightsFile>,
     mapped: &'a [(String, TensorType, std::ops::Range<usize>)],
 ) -> Vec<MappedInput<'a>> {
-    let data = file.map_or(&[][..], |f| f.data());
     mapped
         .iter()
         .filter_map(|(name, ty, r)| {
             Some(MappedInput {
                 name,
                 ty,
-                bytes: data.get(r.clone())?,
+                bytes: file?.slice(r.clone())?,
             })
         })
         .collect()

@@ -41,11 +41,22 @@ pub struct TensorEntry {
     pub shape: Vec<usize>,
 }
 
-/// A memory-mapped safetensors file and its header.
+/// A memory-mapped safetensors checkpoint and its header: one file, or the shards a
+/// Hugging Face `model.safetensors.index.json` lists. Byte ranges ([`WeightsFile::in_place`])
+/// are offsets into the shards laid end to end, so one range names one tensor's bytes
+/// whichever shard holds them.
 pub struct WeightsFile {
     path: PathBuf,
-    mmap: Mmap,
+    shards: Vec<Shard>,
     entries: BTreeMap<String, TensorEntry>,
+    /// Which shard holds each tensor.
+    shard_of: std::collections::HashMap<String, usize>,
+}
+
+/// One mapped safetensors file, at offset `base` of the shards laid end to end.
+struct Shard {
+    mmap: Mmap,
+    base: usize,
 }
 
 fn map_dtype(d: StDtype) -> Option<DType> {
@@ -63,45 +74,60 @@ fn map_dtype(d: StDtype) -> Option<DType> {
 }
 
 impl WeightsFile {
-    /// Opens and maps a safetensors file and reads its header.
+    /// Opens and maps a safetensors file and reads its header; a `*.index.json` (Hugging
+    /// Face's index of a sharded checkpoint) opens every shard its `weight_map` names.
     pub fn open(path: &Path) -> Result<WeightsFile, WeightsError> {
-        let io = |source| WeightsError::Io {
+        let fmt = |message: String| WeightsError::Format {
             path: path.to_path_buf(),
-            source,
+            message,
         };
         crate::files::regular_file(path, "weights file").map_err(|m| WeightsError::Io {
             path: path.to_path_buf(),
             source: std::io::Error::other(m),
         })?;
-        let file = File::open(path).map_err(io)?;
-        crate::sigbus::guard(path);
-        #[allow(unsafe_code)]
-        // SAFETY: the map is read-only and graft does not write weights files while reading
-        // them; another process truncating the file underneath raises SIGBUS, which
-        // `sigbus::guard` (above) turns into a clear message and a clean exit.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
-        let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Format {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let entries = st
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| {
-                (
-                    name,
-                    TensorEntry {
-                        dtype: map_dtype(view.dtype()),
-                        dtype_name: format!("{:?}", view.dtype()),
-                        shape: view.shape().to_vec(),
-                    },
-                )
-            })
-            .collect();
+        let files: Vec<PathBuf> = if path.to_string_lossy().ends_with(".index.json") {
+            let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            let index: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| fmt(format!("not a valid index: {e}")))?;
+            let map = index
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| fmt("the index has no `weight_map` object".into()))?;
+            let dir = path.parent().unwrap_or(Path::new("."));
+            let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            if names.len() != map.len() {
+                return Err(fmt("a `weight_map` entry is not a file name".into()));
+            }
+            names.sort_unstable();
+            names.dedup();
+            names.into_iter().map(|n| dir.join(n)).collect()
+        } else {
+            vec![path.to_path_buf()]
+        };
+        let mut shards = Vec::new();
+        let mut entries = BTreeMap::new();
+        let mut shard_of = std::collections::HashMap::new();
+        let mut base = 0;
+        for file_path in &files {
+            let (mmap, shard_entries) = map_file(file_path)?;
+            for (name, e) in shard_entries {
+                if shard_of.insert(name.clone(), shards.len()).is_some() {
+                    return Err(fmt(format!("`{name}` is in two shards")));
+                }
+                entries.insert(name, e);
+            }
+            let len = mmap.len();
+            shards.push(Shard { mmap, base });
+            base += len;
+        }
         Ok(WeightsFile {
             path: path.to_path_buf(),
-            mmap,
+            shards,
             entries,
+            shard_of,
         })
     }
 
@@ -115,20 +141,26 @@ impl WeightsFile {
         &self.entries
     }
 
+    /// The shard holding `name`.
+    fn shard(&self, name: &str) -> Option<&Shard> {
+        self.shards.get(*self.shard_of.get(name)?)
+    }
+
     /// The raw little-endian bytes of a tensor, borrowed from the map.
     pub fn bytes(&self, name: &str) -> Option<&[u8]> {
-        let st = SafeTensors::deserialize(&self.mmap).ok()?;
+        let shard = self.shard(name)?;
+        let st = SafeTensors::deserialize(&shard.mmap).ok()?;
         let view = st.tensor(name).ok()?;
         let data = view.data();
         // Re-slice from the map so the borrow is tied to `self`, not to `st`.
-        let start = data.as_ptr() as usize - self.mmap.as_ptr() as usize;
-        self.mmap.get(start..start + data.len())
+        let start = data.as_ptr() as usize - shard.mmap.as_ptr() as usize;
+        shard.mmap.get(start..start + data.len())
     }
 
-    /// Where a tensor's bytes lie in the map when a backend can read them in place as a
-    /// tensor of type `ty`: stored as `F32` with `ty`'s shape and dtype `f32`, on a
-    /// little-endian host, 4-byte aligned. `None` when it must be converted (read with
-    /// [`WeightsFile::read`]).
+    /// Where a tensor's bytes lie ([`WeightsFile::slice`] reads them) when a backend can
+    /// read them in place as a tensor of type `ty`: stored as `F32` with `ty`'s shape and
+    /// dtype `f32`, on a little-endian host, 4-byte aligned. `None` when it must be
+    /// converted (read with [`WeightsFile::read`]).
     pub fn in_place(&self, name: &str, ty: &TensorType) -> Option<std::ops::Range<usize>> {
         let entry = self.entries.get(name)?;
         let fits = cfg!(target_endian = "little")
@@ -141,30 +173,44 @@ impl WeightsFile {
         if (bytes.as_ptr() as usize) % std::mem::align_of::<f32>() != 0 {
             return None;
         }
-        let start = bytes.as_ptr() as usize - self.mmap.as_ptr() as usize;
+        let shard = self.shard(name)?;
+        let start = shard.base + (bytes.as_ptr() as usize - shard.mmap.as_ptr() as usize);
         Some(start..start + bytes.len())
     }
 
-    /// The header's `__metadata__` string map (empty when there is none).
+    /// The header's `__metadata__` string map (of the first file; empty when there is none).
     pub fn metadata(&self) -> BTreeMap<String, String> {
-        SafeTensors::read_metadata(&self.mmap)
-            .ok()
+        self.shards
+            .first()
+            .and_then(|s| SafeTensors::read_metadata(&s.mmap).ok())
             .and_then(|(_, m)| m.metadata().clone())
             .map(|m| m.into_iter().collect())
             .unwrap_or_default()
     }
 
-    /// The whole mapped file.
-    pub fn data(&self) -> &[u8] {
-        &self.mmap
+    /// The shard and its local range for a range of the shards laid end to end, when the
+    /// range lies within one shard.
+    fn locate(&self, range: &std::ops::Range<usize>) -> Option<(&Shard, std::ops::Range<usize>)> {
+        let shard = self.shards.iter().rev().find(|s| s.base <= range.start)?;
+        let local = range.start - shard.base..range.end.checked_sub(shard.base)?;
+        (local.end <= shard.mmap.len() && local.start <= local.end).then_some((shard, local))
     }
 
-    /// Drops the pages holding bytes `range` of the file from this process's memory (those
-    /// partly in the range too): a reader that no longer needs a tensor (a backend that
-    /// bound a packed copy) releases its share of the resident set. The bytes stay readable:
-    /// a later access reads them from the file again.
+    /// The bytes of a range [`WeightsFile::in_place`] gave.
+    pub fn slice(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        let (shard, local) = self.locate(&range)?;
+        shard.mmap.get(local)
+    }
+
+    /// Drops the pages holding bytes `range` (as [`WeightsFile::in_place`] gives it) from
+    /// this process's memory (those partly in the range too): a reader that no longer needs
+    /// a tensor (a backend that bound a packed copy) releases its share of the resident set.
+    /// The bytes stay readable: a later access reads them from the file again.
     pub fn release(&self, range: std::ops::Range<usize>) {
-        if range.end > self.mmap.len() || range.is_empty() {
+        let Some((shard, local)) = self.locate(&range) else {
+            return;
+        };
+        if local.is_empty() {
             return;
         }
         #[cfg(unix)]
@@ -173,10 +219,10 @@ impl WeightsFile {
         // MADV_DONTNEED only unmaps the process's pages, and any later access reads the same
         // bytes from the file again, so no slice into the map observes a change.
         let _ = unsafe {
-            self.mmap.unchecked_advise_range(
+            shard.mmap.unchecked_advise_range(
                 memmap2::UncheckedAdvice::DontNeed,
-                range.start,
-                range.len(),
+                local.start,
+                local.len(),
             )
         };
     }
@@ -225,6 +271,44 @@ impl WeightsFile {
     }
 }
 
+/// Maps one safetensors file and reads its header.
+fn map_file(path: &Path) -> Result<(Mmap, BTreeMap<String, TensorEntry>), WeightsError> {
+    let io = |source| WeightsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    crate::files::regular_file(path, "weights file").map_err(|m| WeightsError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(m),
+    })?;
+    let file = File::open(path).map_err(io)?;
+    crate::sigbus::guard(path);
+    #[allow(unsafe_code)]
+    // SAFETY: the map is read-only and graft does not write weights files while reading
+    // them; another process truncating the file underneath raises SIGBUS, which
+    // `sigbus::guard` (above) turns into a clear message and a clean exit.
+    let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let entries = st
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                TensorEntry {
+                    dtype: map_dtype(view.dtype()),
+                    dtype_name: format!("{:?}", view.dtype()),
+                    shape: view.shape().to_vec(),
+                },
+            )
+        })
+        .collect();
+    Ok((mmap, entries))
+}
+
 /// Shared-prefix length, normalized: a cheap similarity for "nearest name" hints.
 fn strsim_score(a: &str, b: &str) -> f64 {
     let common = a.chars().zip(b.chars()).take_while(|(x, y)| x == y).count();
@@ -267,13 +351,13 @@ mod tests {
             .map(|(n, e)| (n.clone(), TensorType::new(DType::F32, e.shape.clone())))
             .ok_or("no f32 matrix in the fixture")?;
         let range = f.in_place(&name, &ty).ok_or("not readable in place")?;
-        let before = f.data()[range.clone()].to_vec();
+        let before = f.slice(range.clone()).ok_or("no bytes")?.to_vec();
         assert!(before.iter().any(|&b| b != 0));
         f.release(range.clone());
-        assert_eq!(f.data()[range.clone()], before[..]);
-        f.release(range.start..f.data().len() + 1);
+        assert_eq!(f.slice(range.clone()), Some(&before[..]));
+        f.release(range.start..usize::MAX);
         f.release(range.start..range.start);
-        assert_eq!(f.data()[range], before[..]);
+        assert_eq!(f.slice(range), Some(&before[..]));
         Ok(())
     }
 

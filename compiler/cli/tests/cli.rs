@@ -516,3 +516,74 @@ fn a_model_from_a_hugging_face_folder_trains_as_the_explicit_one() {
     assert_eq!(hf.len(), 3);
     assert_eq!(hf, losses("dsl-examples/tiny_lora.graft"));
 }
+
+/// A sharded checkpoint (Hugging Face's model.safetensors.index.json and its shards, made
+/// here by splitting the fixture) trains exactly as the single file does, on compiled code
+/// that reads the frozen weights in place from both shards.
+#[test]
+fn a_sharded_checkpoint_trains_as_the_single_file() {
+    use safetensors::tensor::TensorView;
+    let dir = std::env::temp_dir().join(format!("graft-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let hf = dir.join("hf");
+    std::fs::create_dir_all(&hf).unwrap();
+    let bytes = std::fs::read(repo().join("tests/fixtures/base.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut map = serde_json::Map::new();
+    for (k, part) in names.chunks(names.len().div_ceil(2)).enumerate() {
+        let file = format!("model-0000{}-of-00002.safetensors", k + 1);
+        let views: Vec<(String, TensorView)> = part
+            .iter()
+            .map(|n| {
+                let t = st.tensor(n).unwrap();
+                (
+                    n.clone(),
+                    TensorView::new(t.dtype(), t.shape().to_vec(), t.data()).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(hf.join(&file), safetensors::serialize(views, None).unwrap()).unwrap();
+        for n in part {
+            map.insert(n.clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(hf.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    std::fs::copy(
+        repo().join("tests/fixtures/tiny-llama-hf/config.json"),
+        hf.join("config.json"),
+    )
+    .unwrap();
+    let spec = dir.join("sharded.graft");
+    let spec_text = std::fs::read_to_string(repo().join("dsl-examples/tiny_lora_hf.graft"))
+        .unwrap()
+        .replace("\"../tests/fixtures/tiny-llama-hf\"", "\"hf\"")
+        .replace(
+            "\"data/tiny_tokens.jsonl\"",
+            &format!("{:?}", repo().join("dsl-examples/data/tiny_tokens.jsonl")),
+        );
+    std::fs::write(&spec, spec_text).unwrap();
+    let losses = |spec: &str| -> Vec<String> {
+        let out = graft(&["train", spec, "--steps", "3"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with("step "))
+            .filter_map(|l| {
+                l.split("loss ")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()
+                    .map(String::from)
+            })
+            .collect()
+    };
+    let check = graft(&["check", &spec.display().to_string()]);
+    assert!(check.status.success(), "{}", text(&check.stderr));
+    let sharded = losses(&spec.display().to_string());
+    assert_eq!(sharded.len(), 3);
+    assert_eq!(sharded, losses("dsl-examples/tiny_lora.graft"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -119,12 +119,19 @@ fn a_folder_that_cannot_be_used_is_a_located_error() {
         e.contains("cannot read") && e.contains("missing/config.json"),
         "{e}"
     );
-    // A sharded checkpoint is named as such.
+    // A sharded checkpoint's index is the weights file; a folder with neither is an error.
     let d = folder(CONFIG);
     std::fs::remove_file(d.path().join("hf/model.safetensors")).unwrap();
-    std::fs::write(d.path().join("hf/model.safetensors.index.json"), "{}").unwrap();
     let e = compile_in(d.path(), "model base = llama from \"hf\"").unwrap_err();
-    assert!(e.contains("sharded checkpoint"), "{e}");
+    assert!(e.contains("has no model.safetensors"), "{e}");
+    std::fs::write(d.path().join("hf/model.safetensors.index.json"), "{}").unwrap();
+    let p = compile_in(d.path(), "model base = llama from \"hf\"").unwrap();
+    assert!(
+        p.weights
+            .unwrap()
+            .0
+            .ends_with("model.safetensors.index.json")
+    );
     // A missing dimension the config does not set is the usual missing-parameter error.
     let d = folder("{\"vocab_size\": 8}");
     let e = compile_in(d.path(), "model base = llama from \"hf\"").unwrap_err();

@@ -93,25 +93,25 @@ pub fn config_args(
     Ok(out)
 }
 
-/// The weights file of a model folder: `model.safetensors`.
+/// The weights file of a model folder: `model.safetensors`, or the index of a sharded
+/// checkpoint (`model.safetensors.index.json`), which the runtime opens shard by shard.
 ///
 /// # Errors
-/// The folder holds a sharded checkpoint (`model.safetensors.index.json`), which graft does
-/// not read yet, or no checkpoint at all.
+/// The folder holds neither.
 pub fn weights(from: &StrLit, dir: &Path) -> Result<PathBuf, Diagnostic> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(single);
+    for name in ["model.safetensors", "model.safetensors.index.json"] {
+        let p = dir.join(name);
+        if p.exists() {
+            return Ok(p);
+        }
     }
-    let err = |msg: String| Diagnostic::error(from.span, msg, "this model folder");
-    if dir.join("model.safetensors.index.json").exists() {
-        return Err(err(format!(
-            "{} holds a sharded checkpoint (model.safetensors.index.json); graft reads one \
-             model.safetensors so far",
+    Err(Diagnostic::error(
+        from.span,
+        format!(
+            "{} has no model.safetensors or model.safetensors.index.json",
             dir.display()
-        ))
-        .with_help("merge the shards into one model.safetensors, or name one with `weights`"));
-    }
-    Err(err(format!("{} has no model.safetensors", dir.display()))
-        .with_help("name the weights file with `weights \"...\"`"))
+        ),
+        "this model folder",
+    )
+    .with_help("name the weights file with `weights \"...\"`"))
 }
