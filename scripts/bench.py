@@ -90,6 +90,10 @@ Formulas
     % of sgemm          = achieved FLOP/s / measured sgemm FLOP/s, where sgemm is the best
         of several 1024x1024x1024 fp32 torch.matmul runs (2 * 1024^3 FLOPs) on 2 threads,
         measured in a fresh process before and again after the configurations.
+    % of peak           = achieved FLOP/s / the host's fp32 FMA peak, measured by
+        `graft bench --peak` (a register-resident loop of FMAs on the widest vectors, on
+        every thread) before and after the configurations: the limit that holds on every
+        host, unlike a library's GEMM rate.
     ratios              = graft / PyTorch (tokens/s: > 1 means graft is faster;
                           memory: < 1 means graft uses less).
 
@@ -663,15 +667,27 @@ def progress(r: dict) -> str:
             f"{mib(r['working_set_bytes'])}{backend}{prepared}")
 
 
-def fmt_row(row: dict, sgemm: float | None, torch_mem_key: str) -> list[str]:
+def fma_peak(graft: str, threads: int) -> float | None:
+    """The host's fp32 FMA peak in FLOP/s (`graft bench --peak`: a register-resident FMA loop
+    on every thread), or None when graft cannot run."""
+    try:
+        out = subprocess.run([graft, "bench", "--peak", "--threads", str(threads)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["fma_peak_flops_per_s"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, IndexError):
+        return None
+
+
+def fmt_row(row: dict, sgemm: float | None, torch_mem_key: str,
+            peak: float | None = None) -> list[str]:
     t, g = row.get("torch"), row.get("graft")
     ok_t = t is not None and "error" not in t
     ok_g = g is not None and "error" not in g
 
-    def frac(r: dict) -> str:
-        if sgemm is None:
+    def frac(r: dict, of: float | None = sgemm) -> str:
+        if of is None:
             return "n/a"
-        return f"{row['required_flops'] / r['step_seconds'] / sgemm * 100:.1f}%"
+        return f"{row['required_flops'] / r['step_seconds'] / of * 100:.1f}%"
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if b > 0 else "n/a"
@@ -683,6 +699,8 @@ def fmt_row(row: dict, sgemm: float | None, torch_mem_key: str) -> list[str]:
         ratio(g["tokens_per_s"], t["tokens_per_s"]) if ok_t and ok_g else "-",
         frac(t) if ok_t else "-",
         frac(g) if ok_g else "-",
+        frac(t, peak) if ok_t else "-",
+        frac(g, peak) if ok_g else "-",
         mib(t[torch_mem_key]) if ok_t else "-",
         mib(g["working_set_bytes"]) if ok_g else "-",
         ratio(g["working_set_bytes"], t[torch_mem_key]) if ok_t and ok_g else "-",
@@ -718,13 +736,15 @@ def print_floor(rows: list[dict]) -> None:
                         for i, (c, w) in enumerate(zip(cells, widths))))
 
 
-def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str) -> None:
+def print_table(rows: list[dict], sgemm: float | None, torch_baseline: str,
+                peak: float | None = None) -> None:
     torch_mem_key = ("working_set_after_imports_bytes" if torch_baseline == "imports"
                      else "working_set_bytes")
     head = ["size", "targets", "torch tok/s", "graft tok/s", "graft/torch",
-            "torch %sgemm", "graft %sgemm", "torch mem", "graft mem", "mem graft/torch",
+            "torch %sgemm", "graft %sgemm", "torch %peak", "graft %peak", "torch mem",
+            "graft mem", "mem graft/torch",
             "ceiling"]
-    body = [fmt_row(r, sgemm, torch_mem_key) for r in rows]
+    body = [fmt_row(r, sgemm, torch_mem_key, peak) for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     line = lambda cells: "  ".join(c.rjust(w) if i > 1 else c.ljust(w)
                                    for i, (c, w) in enumerate(zip(cells, widths)))
@@ -861,6 +881,8 @@ def main() -> int:
         print("nothing to run", file=sys.stderr)
         return 1
 
+    # The host's own limit, measured before and after the runs (the better figure is kept).
+    peak = fma_peak(args.graft, args.threads) if not args.skip_graft else None
     sgemm = None
     sgemm_info: dict = {"error": "torch not installed"}
     if torch_ok:
@@ -925,12 +947,20 @@ def main() -> int:
             if again.get("flops_per_s", 0) > (sgemm or 0):
                 sgemm_info, sgemm = again, again["flops_per_s"]
 
+    if not args.skip_graft:
+        again = fma_peak(args.graft, args.threads)
+        if again and (peak is None or again > peak):
+            peak = again
+    if peak:
+        print(f"fp32 FMA peak ({args.threads} threads, `graft bench --peak`, best of the runs "
+              f"before and after): {peak / 1e9:.1f} GFLOP/s; %peak = required FLOPs / step "
+              "time / peak")
     if sgemm:
         print(f"sgemm ({sgemm_info['n']}^3 fp32, torch {sgemm_info['torch']}, best of the runs "
               f"before and after): {sgemm / 1e9:.1f} GFLOP/s\n")
     else:
         print(f"sgemm: unavailable ({sgemm_info.get('error')}); %sgemm columns are n/a\n")
-    print_table(rows, sgemm, args.torch_baseline)
+    print_table(rows, sgemm, args.torch_baseline, peak)
     for row in rows:
         for side in ("torch", "graft"):
             r = row.get(side)
@@ -950,6 +980,7 @@ def main() -> int:
                         "cpus": os.cpu_count(), "python": platform.python_version(),
                         "loadavg_before": load},
             "sgemm": sgemm_info,
+            "fma_peak_flops_per_s": peak,
             "results": rows,
         }
         with open(args.json, "w") as f:

@@ -187,7 +187,15 @@ enum Command {
     )]
     Bench {
         /// The spec.
-        file: PathBuf,
+        #[arg(required_unless_present = "peak")]
+        file: Option<PathBuf>,
+        /// Measure the host's fp32 FMA peak instead (a register-resident FMA loop on every
+        /// thread) and print `{"fma_peak_flops_per_s": …, "threads": …, "isa": …}`.
+        #[arg(long, conflicts_with = "file")]
+        peak: bool,
+        /// Threads for `--peak` (default: every CPU).
+        #[arg(long, requires = "peak")]
+        threads: Option<usize>,
         /// Timed steps.
         #[arg(long, default_value_t = 5)]
         steps: usize,
@@ -418,12 +426,29 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
         }
         Command::Bench {
             file,
+            peak,
+            threads,
             steps,
             warmup,
             interpret,
             no_optimize,
             serve,
         } => {
+            let Some(file) = file.filter(|_| !peak) else {
+                let threads = threads.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                });
+                let p = graft_codegen::fma_peak(threads, 0.5);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "fma_peak_flops_per_s": p.flops_per_s,
+                        "threads": p.threads,
+                        "isa": p.isa,
+                    })
+                );
+                return Ok(ExitCode::SUCCESS);
+            };
             let baseline = graft_runtime::memory::rss_bytes("VmRSS");
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);

@@ -41,6 +41,7 @@ mod kernels;
 mod linear_ce;
 mod lower;
 mod memplan;
+mod peak;
 mod remat;
 mod reorder;
 mod scalar;
@@ -53,6 +54,7 @@ pub use exec::{CompiledFunction, KernelTime, Outputs};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
 pub use memplan::MemoryReport;
+pub use peak::{Peak, fma_peak};
 
 use graft_ir::{DType, Function, InputKind, Op, TensorType, VerifyError, verify_function};
 use rayon::prelude::*;
