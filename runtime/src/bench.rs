@@ -122,14 +122,7 @@ pub fn bench(
 ) -> Result<Report, BenchError> {
     use crate::memory::rss_bytes;
     let (batch, seq) = (program.train.batch, program.train.seq);
-    let vocab = program
-        .module
-        .function("forward")
-        .and_then(|f| {
-            f.output("logits")
-                .map(|v| f.ty(v).shape.last().copied().unwrap_or(1))
-        })
-        .unwrap_or(1);
+    let vocab = crate::data::vocab(&program).unwrap_or(1);
     let weights = match &program.weights {
         Some((path, _)) => Some(WeightsFile::open(path).map_err(SessionError::from)?),
         None => None,

@@ -42,6 +42,13 @@ pub enum DataError {
     },
 }
 
+/// The vocabulary size of a program's model: the last axis of its forward's `logits`.
+pub fn vocab(program: &graft_frontend::Program) -> Option<usize> {
+    let f = program.module.function("forward")?;
+    f.output("logits")
+        .and_then(|v| f.ty(v).shape.last().copied())
+}
+
 /// Reads every line's `input_ids` into one stream, checking ids against the vocabulary; the
 /// first bad line is an error.
 pub fn load_tokens(path: &Path, vocab: usize) -> Result<Vec<i64>, DataError> {

@@ -221,14 +221,7 @@ pub fn evaluate_spec(
                 })?,
         ),
     };
-    let vocab = program
-        .module
-        .function("forward")
-        .and_then(|f| {
-            f.output("logits")
-                .map(|v| f.ty(v).shape.last().copied().unwrap_or(0))
-        })
-        .ok_or(SessionError::Missing("forward"))?;
+    let vocab = crate::data::vocab(&program).ok_or(SessionError::Missing("forward"))?;
     let (batch, seq) = (program.train.batch, program.train.seq);
     let tokens =
         crate::load_tokens(&data, vocab).map_err(|e| SessionError::Value(e.to_string()))?;

@@ -185,13 +185,7 @@ pub fn train(
         .data
         .clone()
         .ok_or_else(|| TrainError::Input("the `train` block names no `data` file".into()))?;
-    let vocab = program
-        .module
-        .function("forward")
-        .and_then(|f| {
-            f.output("logits")
-                .map(|v| f.ty(v).shape.last().copied().unwrap_or(0))
-        })
+    let vocab = crate::data::vocab(&program)
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
     let data_path = dir.join(&data);
     let tokens = load_data(&data_path, vocab, opts.skip_bad_lines, on)?;

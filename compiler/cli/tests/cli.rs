@@ -497,24 +497,9 @@ fn eval_reports_the_held_out_loss_and_reads_saved_adapters() {
 /// the same model with its dimensions written out (the fixture's transformers config).
 #[test]
 fn a_model_from_a_hugging_face_folder_trains_as_the_explicit_one() {
-    let losses = |spec: &str| -> Vec<String> {
-        let out = graft(&["train", spec, "--steps", "3"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("step "))
-            .filter_map(|l| {
-                l.split("loss ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()
-                    .map(String::from)
-            })
-            .collect()
-    };
-    let hf = losses("dsl-examples/tiny_lora_hf.graft");
+    let hf = train_losses("dsl-examples/tiny_lora_hf.graft");
     assert_eq!(hf.len(), 3);
-    assert_eq!(hf, losses("dsl-examples/tiny_lora.graft"));
+    assert_eq!(hf, train_losses("dsl-examples/tiny_lora.graft"));
 }
 
 /// A sharded checkpoint (Hugging Face's model.safetensors.index.json and its shards, made
@@ -565,25 +550,27 @@ fn a_sharded_checkpoint_trains_as_the_single_file() {
             &format!("{:?}", repo().join("dsl-examples/data/tiny_tokens.jsonl")),
         );
     std::fs::write(&spec, spec_text).unwrap();
-    let losses = |spec: &str| -> Vec<String> {
-        let out = graft(&["train", spec, "--steps", "3"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-        text(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with("step "))
-            .filter_map(|l| {
-                l.split("loss ")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()
-                    .map(String::from)
-            })
-            .collect()
-    };
     let check = graft(&["check", &spec.display().to_string()]);
     assert!(check.status.success(), "{}", text(&check.stderr));
-    let sharded = losses(&spec.display().to_string());
+    let sharded = train_losses(&spec.display().to_string());
     assert_eq!(sharded.len(), 3);
-    assert_eq!(sharded, losses("dsl-examples/tiny_lora.graft"));
+    assert_eq!(sharded, train_losses("dsl-examples/tiny_lora.graft"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The losses `graft train SPEC --steps 3` prints, in order.
+fn train_losses(spec: &str) -> Vec<String> {
+    let out = graft(&["train", spec, "--steps", "3"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .filter_map(|l| {
+            l.split("loss ")
+                .nth(1)?
+                .split_whitespace()
+                .next()
+                .map(String::from)
+        })
+        .collect()
 }
