@@ -445,6 +445,9 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                         "fma_peak_flops_per_s": p.flops_per_s,
                         "threads": p.threads,
                         "isa": p.isa,
+                        // Unoptimized code does not reach the peak: a debug build's figure
+                        // is not the host's.
+                        "optimized_build": !cfg!(debug_assertions),
                     })
                 );
                 return Ok(ExitCode::SUCCESS);
@@ -498,6 +501,19 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 }
             );
             println!("MLIR      {} dialects registered", info.mlir_dialects);
+            if cfg!(debug_assertions) {
+                println!("fma peak  not measured: this is a debug build (run a release build)");
+            } else {
+                let threads =
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+                let p = graft_codegen::fma_peak(threads, 0.2);
+                println!(
+                    "fma peak  {:.1} GFLOP/s fp32 ({}, {} threads; graft bench --peak)",
+                    p.flops_per_s / 1e9,
+                    p.isa,
+                    p.threads
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -1,7 +1,8 @@
 //! The host's own limit: its fp32 FMA peak, measured by a register-resident loop of fused
 //! multiply-adds on every thread at once (the widest vectors the CPU has: AVX-512, else
 //! AVX2 + FMA, else scalar `mul_add`). Speed is stated as a fraction of this figure, which
-//! holds on every host, unlike any library's GEMM rate.
+//! holds on every host, unlike any library's GEMM rate. Only an optimized build reaches it
+//! (unoptimized code keeps the accumulators in memory).
 #![allow(unsafe_code)]
 
 /// What the FMA loop measured.
@@ -21,26 +22,33 @@ const CHAINS_512: usize = 16;
 const CHAINS_256: usize = 12;
 const CHAINS_SCALAR: usize = 16;
 
-/// Runs the FMA loop on `threads` threads for about `seconds` and reports the rate.
+/// Runs the FMA loop on `threads` threads for about `seconds` in all and reports the best
+/// rate of five rounds: a peak is what the machine can do, and a round that another process
+/// (or a hypervisor) slowed is not that.
 pub fn fma_peak(threads: usize, seconds: f64) -> Peak {
+    const ROUNDS: usize = 5;
     let threads = threads.max(1);
     let isa = isa();
-    // Calibrate: iterations for ~seconds on one thread, measured briefly.
+    // Calibrate: iterations for one round on one thread, measured briefly.
     let probe = 1u64 << 16;
     let t0 = std::time::Instant::now();
     std::hint::black_box(run(isa, probe));
     let per_iter = t0.elapsed().as_secs_f64() / probe as f64;
-    let iters = ((seconds / per_iter.max(1e-12)) as u64).max(probe);
-    let start = std::time::Instant::now();
-    std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(move || std::hint::black_box(run(isa, iters)));
-        }
-    });
-    let wall = start.elapsed().as_secs_f64().max(1e-9);
+    let iters = ((seconds / ROUNDS as f64 / per_iter.max(1e-12)) as u64).max(probe);
     let flops = threads as f64 * iters as f64 * flops_per_iter(isa);
+    let best = (0..ROUNDS)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(move || std::hint::black_box(run(isa, iters)));
+                }
+            });
+            flops / start.elapsed().as_secs_f64().max(1e-9)
+        })
+        .fold(0.0, f64::max);
     Peak {
-        flops_per_s: flops / wall,
+        flops_per_s: best,
         threads,
         isa,
     }
