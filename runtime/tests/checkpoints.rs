@@ -3,47 +3,13 @@
 //! and a refused load leaves the session untouched.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use graft_frontend::{Program, Stdlib, compile};
+mod common;
+
+use common::{data, ids, program, session};
 use graft_interp::Tensor;
 use graft_runtime::{Fingerprint, Session, WeightsFile};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-
-fn repo() -> PathBuf {
-    let r = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    r.canonicalize().unwrap_or(r)
-}
-
-/// The tiny LoRA example with `edit` applied to its text.
-fn program(edit: impl Fn(String) -> String) -> Program {
-    let path = repo().join("dsl-examples/tiny_lora.graft");
-    let text = edit(std::fs::read_to_string(&path).unwrap());
-    compile(
-        "tiny_lora.graft",
-        Some(&path),
-        text,
-        &Stdlib::Dir(repo().join("stdlib")),
-    )
-    .unwrap_or_else(|e| panic!("{}", e.render(false)))
-    .1
-}
-
-fn session(p: Program) -> Session {
-    let w = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
-    Session::new(p, Some(&w), 0).unwrap()
-}
-
-fn data() -> PathBuf {
-    repo().join("dsl-examples/data/tiny_tokens.jsonl")
-}
-
-/// The first batch of the spec's data.
-fn ids(p: &Program) -> Tensor {
-    let tokens = graft_runtime::load_tokens(&data(), 256).unwrap();
-    graft_runtime::Batcher::new(tokens, p.train.batch, p.train.seq, "data")
-        .unwrap()
-        .next_batch()
-}
 
 /// A session after two steps and its checkpoint in a fresh folder.
 fn trained() -> (Session, Fingerprint, tempfile::TempDir, PathBuf) {

@@ -3,42 +3,9 @@
 //! with dropout off, and trained tensors load back from the folders `--save` writes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use graft_frontend::{Program, Stdlib, compile};
-use graft_interp::Tensor;
-use graft_runtime::{Session, WeightsFile};
-use std::path::{Path, PathBuf};
+mod common;
 
-fn repo() -> PathBuf {
-    let r = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    r.canonicalize().unwrap_or(r)
-}
-
-fn program(edit: impl Fn(String) -> String) -> Program {
-    let path = repo().join("dsl-examples/tiny_lora.graft");
-    let text = edit(std::fs::read_to_string(&path).unwrap());
-    compile(
-        "tiny_lora.graft",
-        Some(&path),
-        text,
-        &Stdlib::Dir(repo().join("stdlib")),
-    )
-    .unwrap_or_else(|e| panic!("{}", e.render(false)))
-    .1
-}
-
-fn session(p: Program) -> Session {
-    let w = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
-    Session::new(p, Some(&w), 0).unwrap()
-}
-
-fn ids(p: &Program) -> Tensor {
-    let tokens =
-        graft_runtime::load_tokens(&repo().join("dsl-examples/data/tiny_tokens.jsonl"), 256)
-            .unwrap();
-    graft_runtime::Batcher::new(tokens, p.train.batch, p.train.seq, "data")
-        .unwrap()
-        .next_batch()
-}
+use common::{ids, program, session};
 
 #[test]
 fn the_eval_loss_is_the_training_loss_with_dropout_off() {
