@@ -40,6 +40,21 @@ impl Fingerprint {
     /// # Errors
     /// The data file cannot be read.
     pub fn of(program: &Program, data: Option<&Path>) -> Result<Fingerprint, String> {
+        let data = match data {
+            Some(p) => Some((
+                p,
+                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?,
+            )),
+            None => None,
+        };
+        Ok(Fingerprint::with_data(
+            program,
+            data.as_ref().map(|(p, b)| (*p, b.as_slice())),
+        ))
+    }
+
+    /// [`Fingerprint::of`] with the data file's bytes already read.
+    pub fn with_data(program: &Program, data: Option<(&Path, &[u8])>) -> Fingerprint {
         let t = &program.train;
         let mut m = BTreeMap::new();
         let mut module = Module {
@@ -74,10 +89,8 @@ impl Fingerprint {
         m.insert("clip".into(), format!("{:?}", t.clip));
         m.insert("batch".into(), format!("{} × {}", t.batch, t.seq));
         m.insert("seed".into(), t.seed.to_string());
-        if let Some(p) = data {
-            let bytes =
-                std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-            let sum = hex(&Sha256::digest(&bytes));
+        if let Some((p, bytes)) = data {
+            let sum = hex(&Sha256::digest(bytes));
             let name = p
                 .file_name()
                 .map_or_else(String::new, |n| n.to_string_lossy().into());
@@ -86,7 +99,7 @@ impl Fingerprint {
                 format!("{name} ({} bytes, sha256 {})", bytes.len(), &sum[..16]),
             );
         }
-        Ok(Fingerprint(m))
+        Fingerprint(m)
     }
 
     /// The fields that differ from `other` (what a checkpoint was written with), as lines
@@ -141,7 +154,7 @@ fn adapter_change(old: &str, new: &str) -> String {
 }
 
 /// SHA-256 over every tensor (sorted by name): its name, dtype, shape and data.
-fn checksum(tensors: &BTreeMap<String, Tensor>) -> String {
+fn checksum<'t>(tensors: impl IntoIterator<Item = (&'t String, &'t Tensor)>) -> String {
     let mut h = Sha256::new();
     for (name, t) in tensors {
         h.update((name.len() as u64).to_le_bytes());
@@ -181,26 +194,26 @@ impl Session {
         path: &Path,
         fingerprint: &Fingerprint,
     ) -> Result<(), SessionError> {
-        let mut tensors: BTreeMap<String, Tensor> = self
+        let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64])
+            .map_err(|e| SessionError::Value(e.to_string()))?;
+        // Borrowed, in name order (the checksum's order), not copied.
+        let mut tensors: BTreeMap<String, &Tensor> = self
             .step_fn
             .inputs()
             .filter(|i| matches!(i.kind, InputKind::Param | InputKind::State))
-            .filter_map(|i| {
-                self.values
-                    .get(i.name)
-                    .map(|t| (i.name.to_string(), t.clone()))
-            })
+            .filter_map(|i| self.values.get(i.name).map(|t| (i.name.to_string(), t)))
             .collect();
-        let steps = Tensor::i64(Vec::<usize>::new(), vec![self.steps_done as i64])
-            .map_err(|e| SessionError::Value(e.to_string()))?;
-        tensors.insert(STEPS.into(), steps);
+        tensors.insert(STEPS.into(), &steps);
         let mut meta: HashMap<String, String> = fingerprint
             .0
             .iter()
             .map(|(k, v)| (format!("{PREFIX}{k}"), v.clone()))
             .collect();
-        meta.insert(CHECKSUM.into(), checksum(&tensors));
-        let list: Vec<(String, &Tensor)> = tensors.iter().map(|(k, v)| (k.clone(), v)).collect();
+        meta.insert(
+            CHECKSUM.into(),
+            checksum(tensors.iter().map(|(k, v)| (k, *v))),
+        );
+        let list: Vec<(String, &Tensor)> = tensors.into_iter().collect();
         let bytes =
             crate::weights::to_safetensors_with(&list, Some(meta)).map_err(SessionError::Value)?;
         crate::write_atomic(path, &bytes)

@@ -62,8 +62,35 @@ pub fn load_tokens_with(
     vocab: usize,
     skip: bool,
 ) -> Result<(Vec<i64>, Vec<DataError>), DataError> {
+    tokens_of(&read_data(path)?, path, vocab, skip)
+}
+
+/// A data file's text (a regular file only: a FIFO would block the read forever).
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_data(path: &Path) -> Result<String, DataError> {
+    let name = path.display().to_string();
+    crate::files::regular_file(path, "data file").map_err(|m| DataError::Io {
+        path: name.clone(),
+        source: std::io::Error::other(m),
+    })?;
+    std::fs::read_to_string(path).map_err(|source| DataError::Io { path: name, source })
+}
+
+/// The tokens of a data file's `text` (read from `path`, named in errors), bad lines skipped
+/// and reported when `skip`, else the first is the error.
+///
+/// # Errors
+/// The first bad line, without `skip`.
+pub fn tokens_of(
+    text: &str,
+    path: &Path,
+    vocab: usize,
+    skip: bool,
+) -> Result<(Vec<i64>, Vec<DataError>), DataError> {
     let mut skipped = Vec::new();
-    let tokens = read_tokens(path, vocab, &mut |e| {
+    let tokens = parse_tokens(text, path, vocab, &mut |e| {
         if skip {
             skipped.push(e);
             Ok(())
@@ -74,20 +101,13 @@ pub fn load_tokens_with(
     Ok((tokens, skipped))
 }
 
-fn read_tokens(
+fn parse_tokens(
+    text: &str,
     path: &Path,
     vocab: usize,
     bad: &mut dyn FnMut(DataError) -> Result<(), DataError>,
 ) -> Result<Vec<i64>, DataError> {
     let name = path.display().to_string();
-    crate::files::regular_file(path, "data file").map_err(|m| DataError::Io {
-        path: name.clone(),
-        source: std::io::Error::other(m),
-    })?;
-    let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
-        path: name.clone(),
-        source,
-    })?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let fmt = |message: String| DataError::Format {

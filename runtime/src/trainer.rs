@@ -188,7 +188,10 @@ pub fn train(
     let vocab = crate::data::vocab(&program)
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
     let data_path = dir.join(&data);
-    let tokens = load_data(&data_path, vocab, opts.skip_bad_lines, on)?;
+    // Read once: parsed here, and hashed for the checkpoint's fingerprint below.
+    let data_text =
+        crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
+    let tokens = load_data(&data_text, &data_path, vocab, opts.skip_bad_lines, on)?;
     let (batch, seq) = (program.train.batch, program.train.seq);
     let mut batcher = Batcher::new(tokens, batch, seq, &data_path.display().to_string())
         .map_err(|e| TrainError::Input(e.to_string()))?;
@@ -198,7 +201,9 @@ pub fn train(
         program.train.seed = seed;
     }
     let seed = program.train.seed;
-    let fingerprint = Fingerprint::of(&program, Some(&data_path)).map_err(TrainError::Input)?;
+    let fingerprint =
+        Fingerprint::with_data(&program, Some((data_path.as_path(), data_text.as_bytes())));
+    drop(data_text);
     crate::memory::check_fits(&program).map_err(TrainError::Input)?;
     // Lock the checkpoint folder before anything is read from it.
     let lock = match &opts.checkpoint {
@@ -212,10 +217,11 @@ pub fn train(
     let eval_every = opts.eval_every.unwrap_or(program.train.eval_every);
     let eval_batches = match &eval_path {
         Some(p) => {
-            let tokens = load_data(p, vocab, opts.skip_bad_lines, on)?;
-            let mut b = Batcher::new(tokens.clone(), batch, seq, &p.display().to_string())
-                .map_err(|e| TrainError::Input(e.to_string()))?;
+            let text = crate::data::read_data(p).map_err(|e| TrainError::Input(e.to_string()))?;
+            let tokens = load_data(&text, p, vocab, opts.skip_bad_lines, on)?;
             let n = (tokens.len() / (batch * seq)).clamp(1, EVAL_BATCHES);
+            let mut b = Batcher::new(tokens, batch, seq, &p.display().to_string())
+                .map_err(|e| TrainError::Input(e.to_string()))?;
             (0..n).map(|_| b.next_batch()).collect()
         }
         None => Vec::new(),
@@ -278,15 +284,16 @@ pub fn train(
     outcome
 }
 
-/// A data file's tokens; with `skip`, bad lines are left out and reported (the first few
-/// by line, then a count).
+/// The tokens of a data file's `text`; with `skip`, bad lines are left out and reported (the
+/// first few by line, then a count).
 fn load_data(
+    text: &str,
     path: &Path,
     vocab: usize,
     skip: bool,
     on: &mut dyn FnMut(Event),
 ) -> Result<Vec<i64>, TrainError> {
-    let (tokens, skipped) = crate::data::load_tokens_with(path, vocab, skip)
+    let (tokens, skipped) = crate::data::tokens_of(text, path, vocab, skip)
         .map_err(|e| TrainError::Input(e.to_string()))?;
     for e in skipped.iter().take(5) {
         on(Event::Note(format!("skipped {e}")));

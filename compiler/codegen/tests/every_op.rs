@@ -22,44 +22,13 @@ use graft_ir::{
 };
 use std::collections::{BTreeSet, HashMap};
 
-/// The name of an op's kind; exhaustive, so that a new op must be named (and tested).
+/// The name of an op's kind; exhaustive over ops, so that a new op must be named (and
+/// tested). Unary and binary operators use their IR names, and `UnaryOp::ALL` /
+/// `BinaryOp::ALL` enumerate them.
 fn kind(op: &Op) -> String {
-    let unary = |u: &UnaryOp| match u {
-        UnaryOp::Neg => "neg",
-        UnaryOp::Exp => "exp",
-        UnaryOp::Log => "log",
-        UnaryOp::Sqrt => "sqrt",
-        UnaryOp::Rsqrt => "rsqrt",
-        UnaryOp::Sin => "sin",
-        UnaryOp::Cos => "cos",
-        UnaryOp::Tanh => "tanh",
-        UnaryOp::Sigmoid => "sigmoid",
-        UnaryOp::Silu => "silu",
-        UnaryOp::Relu => "relu",
-        UnaryOp::Abs => "abs",
-        UnaryOp::Recip => "recip",
-        UnaryOp::Not => "not",
-    };
-    let binary = |b: &BinaryOp| match b {
-        BinaryOp::Add => "add",
-        BinaryOp::Sub => "sub",
-        BinaryOp::Mul => "mul",
-        BinaryOp::Div => "div",
-        BinaryOp::Pow => "pow",
-        BinaryOp::Max => "max",
-        BinaryOp::Min => "min",
-        BinaryOp::Eq => "eq",
-        BinaryOp::Ne => "ne",
-        BinaryOp::Lt => "lt",
-        BinaryOp::Le => "le",
-        BinaryOp::Gt => "gt",
-        BinaryOp::Ge => "ge",
-        BinaryOp::And => "and",
-        BinaryOp::Or => "or",
-    };
     match op {
-        Op::Unary(u) => format!("unary {}", unary(u)),
-        Op::Binary(b) => format!("binary {}", binary(b)),
+        Op::Unary(u) => format!("unary {}", u.name()),
+        Op::Binary(b) => format!("binary {}", b.name()),
         Op::Input { .. } => "input".into(),
         Op::Constant { .. } => "constant".into(),
         Op::Iota { .. } => "iota".into(),
@@ -86,14 +55,6 @@ fn kind(op: &Op) -> String {
 
 /// Every kind `kind` can return.
 fn all_kinds() -> BTreeSet<String> {
-    let unary = [
-        "neg", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "tanh", "sigmoid", "silu", "relu",
-        "abs", "recip", "not",
-    ];
-    let binary = [
-        "add", "sub", "mul", "div", "pow", "max", "min", "eq", "ne", "lt", "le", "gt", "ge", "and",
-        "or",
-    ];
     let other = [
         "input",
         "constant",
@@ -117,10 +78,10 @@ fn all_kinds() -> BTreeSet<String> {
         "dequantize",
         "qmatmul",
     ];
+    let unary = UnaryOp::ALL.iter().map(|u| kind(&Op::Unary(*u)));
+    let binary = BinaryOp::ALL.iter().map(|b| kind(&Op::Binary(*b)));
     unary
-        .iter()
-        .map(|u| format!("unary {u}"))
-        .chain(binary.iter().map(|b| format!("binary {b}")))
+        .chain(binary)
         .chain(other.iter().map(|o| o.to_string()))
         .collect()
 }
@@ -187,22 +148,8 @@ fn s23() -> Vec<usize> {
 
 fn cases() -> Vec<Case> {
     let mut v = Vec::new();
-    let unary_float = [
-        UnaryOp::Neg,
-        UnaryOp::Exp,
-        UnaryOp::Log,
-        UnaryOp::Sqrt,
-        UnaryOp::Rsqrt,
-        UnaryOp::Sin,
-        UnaryOp::Cos,
-        UnaryOp::Tanh,
-        UnaryOp::Sigmoid,
-        UnaryOp::Silu,
-        UnaryOp::Relu,
-        UnaryOp::Abs,
-        UnaryOp::Recip,
-    ];
-    for u in unary_float {
+    // Every float operator (`not` is in the logic case).
+    for u in UnaryOp::ALL.into_iter().filter(|u| *u != UnaryOp::Not) {
         v.push(Case {
             unary: Some(u),
             ..Case::new(
@@ -220,21 +167,11 @@ fn cases() -> Vec<Case> {
             )
         });
     }
-    for b in [
-        BinaryOp::Add,
-        BinaryOp::Sub,
-        BinaryOp::Mul,
-        BinaryOp::Div,
-        BinaryOp::Pow,
-        BinaryOp::Max,
-        BinaryOp::Min,
-        BinaryOp::Eq,
-        BinaryOp::Ne,
-        BinaryOp::Lt,
-        BinaryOp::Le,
-        BinaryOp::Gt,
-        BinaryOp::Ge,
-    ] {
+    // Every arithmetic and comparison operator (`and`/`or` are in the logic case).
+    for b in BinaryOp::ALL
+        .into_iter()
+        .filter(|b| !matches!(b, BinaryOp::And | BinaryOp::Or))
+    {
         v.push(Case {
             binary: Some(b),
             ..Case::new(
