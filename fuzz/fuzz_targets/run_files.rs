@@ -19,6 +19,12 @@ fuzz_target!(|data: &[u8]| {
     let metrics = dir.join("metrics.jsonl");
     if std::fs::write(&metrics, data).is_ok() {
         let _ = graft_runtime::metrics::Metrics::read(&metrics);
-        let _ = graft_runtime::load_tokens_with(&metrics, 1 << 20, true);
+        let _ = graft_runtime::data::examples_of(
+            &String::from_utf8_lossy(data),
+            &metrics,
+            None,
+            1 << 20,
+            true,
+        );
     }
 });

@@ -89,6 +89,15 @@ impl Fingerprint {
         m.insert("clip".into(), format!("{:?}", t.clip));
         m.insert("batch".into(), format!("{} × {}", t.batch, t.seq));
         m.insert("seed".into(), t.seed.to_string());
+        m.insert(
+            "data layout".into(),
+            format!(
+                "{}, {}, {} micro-batches a step",
+                if t.packing { "packed" } else { "padded" },
+                if t.shuffle { "shuffled" } else { "in order" },
+                t.accumulate
+            ),
+        );
         if let Some((p, bytes)) = data {
             let sum = hex(&Sha256::digest(bytes));
             let name = p

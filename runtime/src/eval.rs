@@ -126,20 +126,23 @@ impl Session {
             .ok_or(SessionError::Missing("eval"))
     }
 
-    /// The mean loss and perplexity over `batches` (labels are the inputs).
+    /// The loss and perplexity over `batches` of `(input_ids, labels)`: the mean over
+    /// every target token (each batch's mean weighted by its targets), and its exp.
     ///
     /// # Errors
     /// A batch failed.
     pub fn evaluate(
         &mut self,
-        batches: impl IntoIterator<Item = Tensor>,
+        batches: impl IntoIterator<Item = (Tensor, Tensor)>,
     ) -> Result<EvalStats, SessionError> {
-        let (mut sum, mut n) = (0.0f64, 0usize);
-        for ids in batches {
-            sum += f64::from(self.eval_loss(&ids, &ids)?);
+        let (mut sum, mut targets, mut n) = (0.0f64, 0usize, 0usize);
+        for (ids, labels) in batches {
+            let t = crate::data::targets(&labels);
+            sum += f64::from(self.eval_loss(&ids, &labels)?) * t as f64;
+            targets += t;
             n += 1;
         }
-        let loss = sum / n.max(1) as f64;
+        let loss = sum / targets.max(1) as f64;
         Ok(EvalStats {
             loss,
             perplexity: loss.exp(),
@@ -221,13 +224,10 @@ pub fn evaluate_spec(
                 })?,
         ),
     };
-    let vocab = crate::data::vocab(&program).ok_or(SessionError::Missing("forward"))?;
-    let (batch, seq) = (program.train.batch, program.train.seq);
-    let tokens =
-        crate::load_tokens(&data, vocab).map_err(|e| SessionError::Value(e.to_string()))?;
-    let windows = tokens.len() / (batch * seq).max(1);
-    let mut batcher = crate::Batcher::new(tokens, batch, seq, &data.display().to_string())
-        .map_err(|e| SessionError::Value(e.to_string()))?;
+    let value = |e: String| SessionError::Value(e);
+    let tok = crate::data::tokenizer(&program, dir).map_err(value)?;
+    let (mut batches, _) = crate::data::load(&program, &data, tok.as_ref(), false, false)
+        .map_err(|e| value(e.to_string()))?;
     let weights = match &program.weights {
         Some((path, _)) => Some(crate::WeightsFile::open(path)?),
         None => None,
@@ -239,5 +239,5 @@ pub fn evaluate_spec(
         session.load_trained(a)?;
     }
     session.prepare_eval(session_opts.backend, session_opts.optimize)?;
-    session.evaluate((0..windows.max(1)).map(|_| batcher.next_batch()))
+    session.evaluate((0..batches.per_epoch()).map(|_| batches.next_batch()))
 }

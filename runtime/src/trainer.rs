@@ -19,7 +19,8 @@
 //!   steps and after the last, with the compiled `@eval` ([`crate::eval`]).
 
 use crate::checkpoint::{Fingerprint, Resumed};
-use crate::data::Batcher;
+use crate::data::{Batches, Layout};
+use crate::tokenizer::TextTokenizer;
 use crate::session::{Session, SessionError, SessionOptions, StepStats};
 use crate::signals::Signals;
 use crate::weights::WeightsFile;
@@ -187,19 +188,24 @@ pub fn train(
         .ok_or_else(|| TrainError::Input("the `train` block names no `data` file".into()))?;
     let vocab = crate::data::vocab(&program)
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
-    let data_path = dir.join(&data);
-    // Read once: parsed here, and hashed for the checkpoint's fingerprint below.
-    let data_text =
-        crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
-    let tokens = load_data(&data_text, &data_path, vocab, opts.skip_bad_lines, on)?;
-    let (batch, seq) = (program.train.batch, program.train.seq);
-    let mut batcher = Batcher::new(tokens, batch, seq, &data_path.display().to_string())
-        .map_err(|e| TrainError::Input(e.to_string()))?;
-    let steps = opts.steps.unwrap_or(program.train.steps);
+    let tok = crate::data::tokenizer(&program, dir).map_err(TrainError::Input)?;
     let mut program = program;
     if let Some(seed) = opts.seed {
         program.train.seed = seed;
     }
+    let data_path = dir.join(&data);
+    // Read once: parsed here, and hashed for the checkpoint's fingerprint below.
+    let data_text =
+        crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
+    let layout = Layout::of(&program, tok.as_ref());
+    let mut batches = load_batches(&data_text, &data_path, tok.as_ref(), vocab, layout.clone(), opts, on)?;
+    let accumulate = program.train.accumulate;
+    let steps = match (opts.steps, program.train.epochs) {
+        (Some(n), _) => n,
+        (None, Some(e)) => (batches.per_epoch() * e).div_ceil(accumulate),
+        (None, None) => program.train.steps,
+    };
+    program.train.steps = steps;
     let seed = program.train.seed;
     let fingerprint =
         Fingerprint::with_data(&program, Some((data_path.as_path(), data_text.as_bytes())));
@@ -218,14 +224,18 @@ pub fn train(
     let eval_batches = match &eval_path {
         Some(p) => {
             let text = crate::data::read_data(p).map_err(|e| TrainError::Input(e.to_string()))?;
-            let tokens = load_data(&text, p, vocab, opts.skip_bad_lines, on)?;
-            let n = (tokens.len() / (batch * seq)).clamp(1, EVAL_BATCHES);
-            let mut b = Batcher::new(tokens, batch, seq, &p.display().to_string())
-                .map_err(|e| TrainError::Input(e.to_string()))?;
-            (0..n).map(|_| b.next_batch()).collect()
+            let layout = Layout {
+                shuffle: None,
+                ..layout
+            };
+            let mut b = load_batches(&text, p, tok.as_ref(), vocab, layout, opts, on)?;
+            (0..b.per_epoch().min(EVAL_BATCHES))
+                .map(|_| b.next_batch())
+                .collect()
         }
         None => Vec::new(),
     };
+    let program_tokens = program.train.batch * program.train.seq * accumulate;
     let mut session = Session::with_options(program, weights.as_ref(), seed, session_opts)?;
     if !eval_batches.is_empty() {
         session.prepare_eval(session_opts.backend, session_opts.optimize)?;
@@ -236,7 +246,7 @@ pub fn train(
     {
         crate::files::regular_file(file, "checkpoint").map_err(TrainError::Input)?;
         let resumed = session.load_checkpoint(file, &fingerprint, opts.force_resume)?;
-        batcher.skip(resumed.steps_done);
+        batches.skip(resumed.steps_done * accumulate);
         on(Event::Resumed(file, &resumed));
         if let Some(a) = &opts.adapter {
             on(Event::Note(format!(
@@ -269,7 +279,7 @@ pub fn train(
     let mut run = Run {
         eval: (eval_batches, eval_every),
         metrics,
-        tokens: batch * seq,
+        tokens: program_tokens,
         session: &mut session,
         fingerprint: &fingerprint,
         opts,
@@ -279,22 +289,25 @@ pub fn train(
         last_saved: None,
         signals,
     };
-    let outcome = run.steps(&mut batcher);
+    let outcome = run.steps(&mut batches);
     drop(lock);
     outcome
 }
 
-/// The tokens of a data file's `text`; with `skip`, bad lines are left out and reported (the
-/// first few by line, then a count).
-fn load_data(
+/// The batches of a data file's `text`; with `skip`, bad lines are left out and reported
+/// (the first few by line, then a count).
+fn load_batches(
     text: &str,
     path: &Path,
+    tok: Option<&TextTokenizer>,
     vocab: usize,
-    skip: bool,
+    layout: Layout,
+    opts: &TrainOptions,
     on: &mut dyn FnMut(Event),
-) -> Result<Vec<i64>, TrainError> {
-    let (tokens, skipped) = crate::data::tokens_of(text, path, vocab, skip)
-        .map_err(|e| TrainError::Input(e.to_string()))?;
+) -> Result<Batches, TrainError> {
+    let input = |e: crate::DataError| TrainError::Input(e.to_string());
+    let (examples, skipped) =
+        crate::data::examples_of(text, path, tok, vocab, opts.skip_bad_lines).map_err(input)?;
     for e in skipped.iter().take(5) {
         on(Event::Note(format!("skipped {e}")));
     }
@@ -305,7 +318,15 @@ fn load_data(
             path.display()
         )));
     }
-    Ok(tokens)
+    let b = Batches::new(examples, layout, &path.display().to_string()).map_err(input)?;
+    if b.dropped > 0 {
+        on(Event::Note(format!(
+            "{} of {}'s blocks have no target and are left out",
+            b.dropped,
+            path.display()
+        )));
+    }
+    Ok(b)
 }
 
 /// One run's loop and what it needs to save.
@@ -323,11 +344,11 @@ struct Run<'a, 's> {
     /// Tokens per step.
     tokens: usize,
     /// The eval batches (none: no evaluation) and the steps between evaluations.
-    eval: (Vec<Tensor>, usize),
+    eval: (Vec<(Tensor, Tensor)>, usize),
 }
 
 impl Run<'_, '_> {
-    fn steps(&mut self, batcher: &mut Batcher) -> Result<Outcome, TrainError> {
+    fn steps(&mut self, batches: &mut Batches) -> Result<Outcome, TrainError> {
         let every = self.opts.every.max(1);
         let mut zero_run = 0;
         if self.ckpt.is_some_and(Path::exists) {
@@ -341,17 +362,17 @@ impl Run<'_, '_> {
                 self.plot();
                 return Ok(Outcome::Interrupted(why));
             }
-            let ids = batcher.next_batch();
+            let (ids, labels) = batches.next_batch();
             let before = self.opts.debug_non_finite.then(|| self.state());
             let start = std::time::Instant::now();
-            let s = self.session.step(&ids, &ids)?;
+            let s = self.session.step(&ids, &labels)?;
             let secs = start.elapsed().as_secs_f64();
             (self.on)(Event::Step(s, secs));
             if let Some(m) = &mut self.metrics {
                 m.record(&s, secs, self.tokens).map_err(TrainError::Input)?;
             }
             if !s.loss.is_finite() || !s.grad_norm.is_finite() {
-                return Err(self.non_finite(s, before, &ids));
+                return Err(self.non_finite(s, before, &ids, &labels));
             }
             zero_run = if s.grad_norm == 0.0 { zero_run + 1 } else { 0 };
             if zero_run >= ZERO_GRAD_STEPS.min(self.steps) {
@@ -445,6 +466,7 @@ impl Run<'_, '_> {
         s: StepStats,
         before: Option<HashMap<String, Tensor>>,
         ids: &Tensor,
+        labels: &Tensor,
     ) -> TrainError {
         let what = if s.loss.is_finite() {
             "gradient norm"
@@ -455,7 +477,7 @@ impl Run<'_, '_> {
             None => "; lower the learning rate or enable `clip`; --debug-non-finite names the \
                      first op whose value is not finite"
                 .to_string(),
-            Some(state) => match self.session.first_non_finite(state, ids, ids) {
+            Some(state) => match self.session.first_non_finite(state, ids, labels) {
                 Ok(Some(at)) => format!("; the first non-finite value: {at}"),
                 Ok(None) => "; on the interpreter every value of that step is finite (the \
                              compiled step differs from the interpreter: please report it)"

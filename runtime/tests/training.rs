@@ -4,7 +4,7 @@
 
 use graft_frontend::{Stdlib, compile};
 use graft_interp::Tensor;
-use graft_runtime::{Batcher, Session, WeightsFile, load_tokens};
+use graft_runtime::{Session, WeightsFile};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -47,14 +47,19 @@ fn f32s(t: &Tensor) -> Vec<f32> {
 #[test]
 fn loss_goes_down_on_the_tiny_example() {
     let mut s = session("tiny_lora.graft", None, 0);
-    let tokens =
-        load_tokens(&repo().join("dsl-examples/data/tiny_tokens.jsonl"), 256).expect("data");
-    let (batch, seq) = (s.program.train.batch, s.program.train.seq);
-    let mut b = Batcher::new(tokens, batch, seq, "tiny_tokens").expect("batcher");
+    let mut b = graft_runtime::data::load(
+        &s.program,
+        &repo().join("dsl-examples/data/tiny_tokens.jsonl"),
+        None,
+        false,
+        false,
+    )
+    .expect("data")
+    .0;
     let losses: Vec<f32> = (0..12)
         .map(|_| {
-            let ids = b.next_batch();
-            s.step(&ids, &ids).expect("step").loss
+            let (ids, labels) = b.next_batch();
+            s.step(&ids, &labels).expect("step").loss
         })
         .collect();
     let first: f32 = losses[..3].iter().sum::<f32>() / 3.0;

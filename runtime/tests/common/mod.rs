@@ -38,10 +38,14 @@ pub fn data() -> PathBuf {
     repo().join("dsl-examples/data/tiny_tokens.jsonl")
 }
 
-/// The first batch of the shipped data, shaped for `p`.
-pub fn ids(p: &Program) -> Tensor {
-    let tokens = graft_runtime::load_tokens(&data(), 256).unwrap();
-    graft_runtime::Batcher::new(tokens, p.train.batch, p.train.seq, "data")
+/// The shipped data's batches for `p`, in file order.
+pub fn batches(p: &Program) -> graft_runtime::Batches {
+    graft_runtime::data::load(p, &data(), None, false, false)
         .unwrap()
-        .next_batch()
+        .0
+}
+
+/// The first batch of the shipped data, shaped for `p` (its labels are the ids).
+pub fn ids(p: &Program) -> Tensor {
+    batches(p).next_batch().0
 }

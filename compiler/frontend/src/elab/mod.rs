@@ -161,6 +161,9 @@ pub struct Program {
     pub model_name: String,
     /// The weights file, resolved against the spec's folder.
     pub weights: Option<(PathBuf, Span)>,
+    /// The Hugging Face folder the model came from (`model m = kind from "folder"`), where
+    /// its tokenizer is looked for.
+    pub model_dir: Option<PathBuf>,
     /// Training settings.
     pub train: TrainConfig,
     /// Every adapter applied, per module, in application order.
@@ -412,6 +415,7 @@ impl<'a> Elaborator<'a> {
             tensors,
             model_name: model.name.name.clone(),
             weights,
+            model_dir: model.from.as_ref().map(|f| hf_config::folder(f, &base)),
             train,
             warnings: self.warnings,
         })

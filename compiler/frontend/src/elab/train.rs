@@ -36,6 +36,15 @@ pub struct TrainConfig {
     pub eval_data: Option<String>,
     /// Steps between evaluations (0: only after the last step).
     pub eval_every: usize,
+    /// Records concatenated and cut into `seq`-token blocks (true), or each record
+    /// truncated and right-padded to `seq` tokens (false).
+    pub packing: bool,
+    /// Batches drawn in a seeded random order, a new one each epoch.
+    pub shuffle: bool,
+    /// Passes over the data; when set, the number of steps follows from it.
+    pub epochs: Option<usize>,
+    /// Micro-batches whose gradients are summed before each optimizer step.
+    pub accumulate: usize,
 }
 
 impl Default for TrainConfig {
@@ -59,6 +68,10 @@ impl Default for TrainConfig {
             seed: 0,
             eval_data: None,
             eval_every: 0,
+            packing: true,
+            shuffle: true,
+            epochs: None,
+            accumulate: 1,
         }
     }
 }
@@ -76,6 +89,10 @@ const KEYS: &[&str] = &[
     "seed",
     "eval_data",
     "eval_every",
+    "packing",
+    "shuffle",
+    "epochs",
+    "accumulate",
 ];
 
 impl<'a> Elaborator<'a> {
@@ -135,6 +152,10 @@ impl<'a> Elaborator<'a> {
                 "seed" => c.seed = self.positive_or_zero(v)?,
                 "eval_data" => c.eval_data = Some(self.setting_str(v)?),
                 "eval_every" => c.eval_every = self.positive(v)?,
+                "packing" => c.packing = self.flag(v)?,
+                "shuffle" => c.shuffle = self.flag(v)?,
+                "epochs" => c.epochs = Some(self.positive(v)?),
+                "accumulate" => c.accumulate = self.positive(v)?,
                 _ => {
                     let mut d = Diagnostic::error(
                         s.key.span,
@@ -148,6 +169,15 @@ impl<'a> Elaborator<'a> {
                     return Err(d);
                 }
             }
+        }
+        if let (Some(st), Some(ep)) = (seen.get("steps"), seen.get("epochs")) {
+            return Err(Diagnostic::error(
+                *ep,
+                "`epochs` and `steps` both set the run's length",
+                "here",
+            )
+            .with_label(*st, "steps set here")
+            .with_help("keep one: `epochs` counts passes over the data, `steps` optimizer steps"));
         }
         Ok(c)
     }
@@ -176,6 +206,17 @@ impl<'a> Elaborator<'a> {
                 "here",
             )
         })
+    }
+
+    fn flag(&mut self, e: &'a Expr) -> Result<bool, Diagnostic> {
+        match self.value(e)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(Diagnostic::error(
+                e.span,
+                format!("expected true or false, found {}", describe(&other)),
+                "here",
+            )),
+        }
     }
 
     fn positive_or_zero(&mut self, e: &'a Expr) -> Result<u64, Diagnostic> {
