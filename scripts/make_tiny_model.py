@@ -5,7 +5,9 @@ Writes, deterministically (seed 0):
 - dsl-examples/models/tiny-llama/: a Llama-architecture model folder as Hugging Face lays it
   out: config.json, tokenizer.json (a byte-level BPE trained on the corpus),
   tokenizer_config.json (special tokens and a ChatML chat template), generation_config.json,
-  and model.safetensors with random bf16 weights (std 0.02, as transformers initialises).
+  and model.safetensors with random bf16 weights: linear layers N(0, 1/fan_in), embeddings
+  N(0, 0.25) (with tied embeddings and frozen norms, transformers' std 0.02 would cap every
+  logit near ±1.3, and no adapter on the linear layers could lower the loss much).
 - dsl-examples/data/stories/{train,eval}.jsonl (`text` records), chat.jsonl (`messages`) and
   qa.jsonl (`prompt`/`completion`): a small synthetic corpus about a few people, things and
   places, generated from templates.
@@ -193,8 +195,8 @@ def main():
 
     g = np.random.default_rng(0)
     h, f_, kv, hd, L = 64, 128, 2, 16, 2
-    w = lambda *s: g.normal(0.0, 0.02, size=s).astype(np.float32)
-    tensors = [("model.embed_tokens.weight", w(VOCAB, h))]
+    w = lambda o, i: g.normal(0.0, i**-0.5, size=(o, i)).astype(np.float32)
+    tensors = [("model.embed_tokens.weight", g.normal(0.0, 0.25, size=(VOCAB, h)).astype(np.float32))]
     for i in range(L):
         p = f"model.layers.{i}."
         tensors += [

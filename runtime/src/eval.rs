@@ -27,10 +27,42 @@ pub struct EvalStats {
 /// # Errors
 /// The forward has no logits or input ids.
 pub fn eval_function(forward: &Function) -> Result<Function, SessionError> {
-    let missing = || SessionError::Missing("forward");
-    let logits = forward.output("logits").ok_or_else(missing)?;
-    let ids_ty = forward.input("input_ids").ok_or_else(missing)?.ty.clone();
-    let mut f = Function::new("eval");
+    let (mut f, logits) = inference_copy(forward, "eval")?;
+    let ids_ty = forward
+        .input("input_ids")
+        .ok_or(SessionError::Missing("forward"))?
+        .ty
+        .clone();
+    let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
+    let loss = graft_autodiff::causal_lm_loss(
+        &mut graft_autodiff::emit::Emitter { f: &mut f },
+        logits,
+        labels,
+        -100,
+    )?;
+    f.add_output("loss", loss);
+    graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
+    Ok(f)
+}
+
+/// `@logits`: the forward with dropout removed (inference), `logits` its only output.
+///
+/// # Errors
+/// The forward has no logits.
+pub fn logits_function(forward: &Function) -> Result<Function, SessionError> {
+    let (mut f, logits) = inference_copy(forward, "logits")?;
+    f.add_output("logits", logits);
+    graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
+    Ok(f)
+}
+
+/// The forward's nodes under a new name, each dropout replaced by its input, with no
+/// outputs; and where its logits are.
+fn inference_copy(forward: &Function, name: &str) -> Result<(Function, ValueId), SessionError> {
+    let logits = forward
+        .output("logits")
+        .ok_or(SessionError::Missing("forward"))?;
+    let mut f = Function::new(name);
     let mut map: Vec<ValueId> = Vec::with_capacity(forward.nodes.len());
     for node in &forward.nodes {
         let args: Vec<ValueId> = node.args.iter().map(|a| map[a.index()]).collect();
@@ -46,16 +78,7 @@ pub fn eval_function(forward: &Function) -> Result<Function, SessionError> {
             loc: node.loc,
         });
     }
-    let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
-    let loss = graft_autodiff::causal_lm_loss(
-        &mut graft_autodiff::emit::Emitter { f: &mut f },
-        map[logits.index()],
-        labels,
-        -100,
-    )?;
-    f.add_output("loss", loss);
-    graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
-    Ok(f)
+    Ok((f, map[logits.index()]))
 }
 
 impl Session {

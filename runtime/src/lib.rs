@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod eval;
 pub mod files;
+pub mod generate;
 pub mod memory;
 pub mod metrics;
 pub mod peft;

@@ -45,6 +45,49 @@ enum BadLines {
     Skip,
 }
 
+/// How the data becomes batches; each flag overrides the `train` block's setting.
+#[derive(Clone, Copy, Debug, clap::Args)]
+struct DataArgs {
+    /// Passes over the data; the number of steps follows from it (`--steps` wins)
+    /// [`train`: `epochs`].
+    #[arg(long, value_name = "N")]
+    epochs: Option<usize>,
+    /// Pad each record to `seq` tokens instead of packing records into `seq`-token blocks
+    /// [`train`: `packing false`].
+    #[arg(long, conflicts_with = "pack")]
+    pad: bool,
+    /// Pack records into `seq`-token blocks [`train`: `packing true`, the default].
+    #[arg(long)]
+    pack: bool,
+    /// Draw batches in file order instead of a seeded random order each epoch.
+    #[arg(long)]
+    no_shuffle: bool,
+    /// Micro-batches whose gradients are summed before each optimizer step
+    /// [`train`: `accumulate`].
+    #[arg(long, value_name = "N")]
+    accumulate: Option<usize>,
+}
+
+impl DataArgs {
+    fn apply(self, t: &mut graft_frontend::TrainConfig) {
+        if let Some(e) = self.epochs {
+            t.epochs = Some(e.max(1));
+        }
+        if self.pad {
+            t.packing = false;
+        }
+        if self.pack {
+            t.packing = true;
+        }
+        if self.no_shuffle {
+            t.shuffle = false;
+        }
+        if let Some(a) = self.accumulate {
+            t.accumulate = a.max(1);
+        }
+    }
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Emit {
     /// The parsed spec, one line per item with its position.
@@ -143,6 +186,8 @@ enum Command {
         /// trainable state before every step).
         #[arg(long)]
         debug_non_finite: bool,
+        #[command(flatten)]
+        data: DataArgs,
     },
     /// The held-out loss and perplexity of a spec's model, with trained tensors from a PEFT
     /// adapter folder or graft's trainable.safetensors (or the initial ones).
@@ -158,6 +203,41 @@ enum Command {
         /// The data [default: the `train` block's `eval_data`, else its `data`].
         #[arg(long, value_name = "FILE")]
         data: Option<PathBuf>,
+        /// Run on the reference interpreter.
+        #[arg(long)]
+        interpret: bool,
+        #[command(flatten)]
+        layout: DataArgs,
+    },
+    /// Continue a prompt with the spec's model and trained tensors (greedy by default, or
+    /// sampled with --temperature and --top-p), printing the text as it is generated.
+    #[command(
+        after_help = "Examples:\n  graft generate dsl-examples/stories_lora.graft --adapter out/stories --prompt \"Every morning\"\n  graft generate dsl-examples/stories_lora.graft --adapter out/stories --chat --prompt \"What does Mia keep in the garden?\" --temperature 0.7 --top-p 0.9"
+    )]
+    Generate {
+        /// The spec.
+        file: PathBuf,
+        /// The trained tensors: a PEFT adapter folder or graft's trainable.safetensors.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        /// The text to continue.
+        #[arg(long)]
+        prompt: String,
+        /// Send the prompt as a user message through the tokenizer's chat template.
+        #[arg(long)]
+        chat: bool,
+        /// Tokens to generate at most (it stops earlier at eos).
+        #[arg(long, default_value_t = 48)]
+        max_new_tokens: usize,
+        /// 0 is greedy; above 0, logits are divided by it and the token is sampled.
+        #[arg(long, default_value_t = 0.0)]
+        temperature: f64,
+        /// Nucleus sampling: draw from the most likely tokens whose probability reaches it.
+        #[arg(long, default_value_t = 1.0)]
+        top_p: f64,
+        /// Seed of the sampler.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// Run on the reference interpreter.
         #[arg(long)]
         interpret: bool,
@@ -366,10 +446,12 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             eval_every,
             adapter,
             bad_lines,
+            data,
         } => {
-            let Some((_, program)) = compile(&file, stdlib, color)? else {
+            let Some((_, mut program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            data.apply(&mut program.train);
             let backend = pick_backend(interpret);
             let opts = graft_runtime::SessionOptions {
                 optimize: !no_optimize,
@@ -402,10 +484,12 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             adapter,
             data,
             interpret,
+            layout,
         } => {
-            let Some((_, program)) = compile(&file, stdlib, color)? else {
+            let Some((_, mut program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            layout.apply(&mut program.train);
             let backend = pick_backend(interpret);
             let opts = graft_runtime::SessionOptions {
                 optimize: true,
@@ -422,6 +506,48 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 "eval loss {:.4}  perplexity {:.3}  ({} batches)",
                 e.loss, e.perplexity, e.batches
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate {
+            file,
+            adapter,
+            prompt,
+            chat,
+            max_new_tokens,
+            temperature,
+            top_p,
+            seed,
+            interpret,
+        } => {
+            let Some((loaded, program)) = compile(&file, stdlib, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            let backend = pick_backend(interpret);
+            let opts = graft_runtime::SessionOptions {
+                optimize: true,
+                backend: backend.as_ref(),
+            };
+            let req = graft_runtime::generate::Request {
+                prompt: &prompt,
+                chat,
+                adapter: adapter.as_deref(),
+                sampling: graft_runtime::generate::Sampling {
+                    max_new_tokens,
+                    temperature,
+                    top_p: top_p.clamp(0.0, 1.0),
+                    seed,
+                },
+            };
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            if !chat {
+                let _ = write!(out, "{prompt}");
+            }
+            graft_runtime::generate::generate_spec(&file, &loaded, &program, &opts, &req, &mut |t| {
+                let _ = write!(out, "{t}");
+                let _ = out.flush();
+            })?;
+            let _ = writeln!(out);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

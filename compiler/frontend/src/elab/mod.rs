@@ -216,11 +216,23 @@ pub(crate) struct Elaborator<'a> {
     stream: u64,
     batch: i64,
     seq: i64,
+    /// `batch` and `seq` for the IR instead of the `train` block's (see [`elaborate_for`]).
+    shape: Option<(usize, usize)>,
     warnings: Vec<Diagnostic>,
 }
 
 /// Compiles a loaded spec into a [`Program`].
 pub fn elaborate(loaded: &Loaded) -> Result<Program, Diagnostic> {
+    elaborate_shaped(loaded, None)
+}
+
+/// [`elaborate`] with `batch` sequences of `seq` tokens in place of the `train` block's
+/// (generation runs the forward on one sequence as long as the prompt and the reply).
+pub fn elaborate_for(loaded: &Loaded, batch: usize, seq: usize) -> Result<Program, Diagnostic> {
+    elaborate_shaped(loaded, Some((batch.max(1), seq.max(1))))
+}
+
+fn elaborate_shaped(loaded: &Loaded, shape: Option<(usize, usize)>) -> Result<Program, Diagnostic> {
     let mut el = Elaborator {
         loaded,
         defs: HashMap::new(),
@@ -234,6 +246,7 @@ pub fn elaborate(loaded: &Loaded) -> Result<Program, Diagnostic> {
         stream: 0,
         batch: 1,
         seq: 16,
+        shape,
         warnings: Vec::new(),
     };
     el.collect_defs()?;
@@ -323,6 +336,10 @@ impl<'a> Elaborator<'a> {
             }
             None => TrainConfig::default(),
         };
+        let mut train = train;
+        if let Some((b, s)) = self.shape {
+            (train.batch, train.seq) = (b, s);
+        }
         self.batch = train.batch as i64;
         self.seq = train.seq as i64;
 
