@@ -442,7 +442,9 @@ mod tests {
     fn bad_lines_stop_the_load_or_are_skipped_with_their_line_numbers() {
         let text = "{\"input_ids\": [1, 2]}\nnot json\n\n{\"input_ids\": [3, 99]}\n{\"text\": \"hi\"}\n{\"input_ids\": [4]}\n";
         let p = Path::new("d.jsonl");
-        let e = examples_of(text, p, None, 10, false).unwrap_err().to_string();
+        let e = examples_of(text, p, None, 10, false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("d.jsonl:2: not JSON"), "{e}");
         let (examples, skipped) = examples_of(text, p, None, 10, true).unwrap();
         assert_eq!(examples, [ex(&[1, 2]), ex(&[4])]);
@@ -450,6 +452,9 @@ mod tests {
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert!(lines[0].contains(":2: not JSON"), "{lines:?}");
         assert!(lines[1].contains(":4: token 99 is outside"), "{lines:?}");
-        assert!(lines[2].contains(":5: text records need a tokenizer"), "{lines:?}");
+        assert!(
+            lines[2].contains(":5: text records need a tokenizer"),
+            "{lines:?}"
+        );
     }
 }

@@ -62,23 +62,35 @@ fn inference_copy(forward: &Function, name: &str) -> Result<(Function, ValueId),
     let logits = forward
         .output("logits")
         .ok_or(SessionError::Missing("forward"))?;
-    let mut f = Function::new(name);
-    let mut map: Vec<ValueId> = Vec::with_capacity(forward.nodes.len());
-    for node in &forward.nodes {
+    let (mut f, map) = without_dropout(forward);
+    f.name = name.to_string();
+    f.outputs.clear();
+    Ok((f, map[logits.index()]))
+}
+
+/// `f` with every dropout replaced by its input (what `model.eval()` runs), outputs kept;
+/// and where each old value went.
+pub fn without_dropout(f: &Function) -> (Function, Vec<ValueId>) {
+    let mut g = Function::new(f.name.clone());
+    let mut map: Vec<ValueId> = Vec::with_capacity(f.nodes.len());
+    for node in &f.nodes {
         let args: Vec<ValueId> = node.args.iter().map(|a| map[a.index()]).collect();
         if let Op::Dropout { .. } = node.op {
             map.push(args[0]);
             continue;
         }
-        map.push(ValueId(f.nodes.len() as u32));
-        f.nodes.push(Node {
+        map.push(ValueId(g.nodes.len() as u32));
+        g.nodes.push(Node {
             op: node.op.clone(),
             args,
             ty: node.ty.clone(),
             loc: node.loc,
         });
     }
-    Ok((f, map[logits.index()]))
+    for o in &f.outputs {
+        g.add_output(o.name.clone(), map[o.value.index()]);
+    }
+    (g, map)
 }
 
 impl Session {

@@ -239,7 +239,12 @@ fn choose(logits: &[f32], s: Sampling, rng: &mut SplitMix) -> u32 {
     let mut p: Vec<(u32, f64)> = logits
         .iter()
         .enumerate()
-        .map(|(i, &l)| (i as u32, ((f64::from(l) - f64::from(max)) / s.temperature).exp()))
+        .map(|(i, &l)| {
+            (
+                i as u32,
+                ((f64::from(l) - f64::from(max)) / s.temperature).exp(),
+            )
+        })
         .collect();
     let z: f64 = p.iter().map(|x| x.1).sum();
     if !(z.is_finite() && z > 0.0) {

@@ -10,6 +10,7 @@ pub mod cache;
 pub mod checkpoint;
 pub mod data;
 pub mod eval;
+pub mod export;
 pub mod files;
 pub mod generate;
 pub mod memory;
@@ -28,10 +29,10 @@ pub use backend::{Backend, Interpreter, MappedInput, Prepared, PreparedInfo, Run
 pub use cache::cache_dir;
 pub use checkpoint::{Fingerprint, Resumed};
 pub use data::{Batches, DataError, Layout};
-pub use records::Example;
-pub use tokenizer::TextTokenizer;
 pub use peft::{PeftError, adapter_config, graft_path, load_adapter, peft_key, save_adapter};
+pub use records::Example;
 pub use session::{Session, SessionError, SessionOptions, StepStats, step_config};
+pub use tokenizer::TextTokenizer;
 pub use trainer::{Event, Outcome, TrainError, TrainOptions, train};
 pub use weights::{TensorEntry, WeightsError, WeightsFile};
 

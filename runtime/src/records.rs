@@ -37,7 +37,11 @@ impl Example {
 /// # Errors
 /// Not JSON, no known fields, a field of the wrong type, a text record without a tokenizer,
 /// an id outside the vocabulary.
-pub fn parse_line(line: &str, tok: Option<&TextTokenizer>, vocab: usize) -> Result<Example, String> {
+pub fn parse_line(
+    line: &str,
+    tok: Option<&TextTokenizer>,
+    vocab: usize,
+) -> Result<Example, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     let Some(obj) = v.as_object() else {
         return Err("expected a JSON object".into());

@@ -393,6 +393,16 @@ impl Session {
             .ok_or(SessionError::Missing("forward"))
     }
 
+    /// Runs `f` (a function of this program, or one built from it) on the interpreter with
+    /// the session's weights and trainable tensors.
+    ///
+    /// # Errors
+    /// An input is missing or the run fails.
+    pub fn run_function(&mut self, f: &Function) -> Result<Vec<(String, Tensor)>, SessionError> {
+        self.restore_dropped()?;
+        self.with_batch(Vec::new(), |v, m| run_with_copies(f, v, m))
+    }
+
     /// Runs `@forward` on a batch and returns the logits.
     pub fn forward(&mut self, input_ids: &Tensor) -> Result<Tensor, SessionError> {
         self.restore_dropped()?;

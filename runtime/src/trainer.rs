@@ -20,9 +20,9 @@
 
 use crate::checkpoint::{Fingerprint, Resumed};
 use crate::data::{Batches, Layout};
-use crate::tokenizer::TextTokenizer;
 use crate::session::{Session, SessionError, SessionOptions, StepStats};
 use crate::signals::Signals;
+use crate::tokenizer::TextTokenizer;
 use crate::weights::WeightsFile;
 use graft_frontend::Program;
 use graft_interp::Tensor;
@@ -198,7 +198,15 @@ pub fn train(
     let data_text =
         crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
     let layout = Layout::of(&program, tok.as_ref());
-    let mut batches = load_batches(&data_text, &data_path, tok.as_ref(), vocab, layout.clone(), opts, on)?;
+    let mut batches = load_batches(
+        &data_text,
+        &data_path,
+        tok.as_ref(),
+        vocab,
+        layout.clone(),
+        opts,
+        on,
+    )?;
     let accumulate = program.train.accumulate;
     let steps = match (opts.steps, program.train.epochs) {
         (Some(n), _) => n,

@@ -6,8 +6,8 @@
 mod common;
 
 use common::repo;
-use graft_runtime::records::{IGNORE, parse_line};
 use graft_runtime::TextTokenizer;
+use graft_runtime::records::{IGNORE, parse_line};
 use serde_json::{Value, json};
 
 fn tok() -> TextTokenizer {
@@ -95,7 +95,10 @@ fn bad_tokenizer_files_are_named_with_line_and_column() {
     let p = dir.path().join("tokenizer.json");
     std::fs::write(&p, "{\n  \"model\": [1,\n").unwrap();
     let e = TextTokenizer::open(&p).err().unwrap();
-    assert!(e.contains("tokenizer.json:3:") && e.contains("not valid JSON"), "{e}");
+    assert!(
+        e.contains("tokenizer.json:3:") && e.contains("not valid JSON"),
+        "{e}"
+    );
     std::fs::write(&p, "{\"model\": 3}").unwrap();
     let e = TextTokenizer::open(&p).err().unwrap();
     assert!(e.contains("tokenizer.json: not a tokenizer"), "{e}");
@@ -112,7 +115,10 @@ fn bad_tokenizer_files_are_named_with_line_and_column() {
     )
     .unwrap();
     let e = TextTokenizer::open(dir.path()).err().unwrap();
-    assert!(e.contains("tokenizer_config.json") && e.contains("<nope>"), "{e}");
+    assert!(
+        e.contains("tokenizer_config.json") && e.contains("<nope>"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -242,6 +242,22 @@ enum Command {
         #[arg(long)]
         interpret: bool,
     },
+    /// Write a model folder with the trained adapters folded into the base weights
+    /// (model.safetensors in f32, config.json and the tokenizer files), which transformers
+    /// loads as a plain model.
+    #[command(
+        after_help = "Example:\n  graft export dsl-examples/stories_lora.graft --adapter out/stories --merged out/stories-merged"
+    )]
+    Export {
+        /// The spec.
+        file: PathBuf,
+        /// The trained tensors: a PEFT adapter folder or graft's trainable.safetensors.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
+        /// The folder to write the merged model into.
+        #[arg(long, value_name = "DIR")]
+        merged: PathBuf,
+    },
     /// Optimize a spec's training step and show what the optimizer did: rules fired, cost
     /// before and after (FLOPs, bytes, peak memory), and the optimized IR.
     #[command(
@@ -508,6 +524,19 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Export {
+            file,
+            adapter,
+            merged,
+        } => {
+            let Some((loaded, _)) = compile(&file, stdlib, color)? else {
+                return Ok(ExitCode::FAILURE);
+            };
+            for f in graft_runtime::export::export_merged(&loaded, adapter.as_deref(), &merged)? {
+                eprintln!("wrote {}", f.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Generate {
             file,
             adapter,
@@ -543,10 +572,17 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             if !chat {
                 let _ = write!(out, "{prompt}");
             }
-            graft_runtime::generate::generate_spec(&file, &loaded, &program, &opts, &req, &mut |t| {
-                let _ = write!(out, "{t}");
-                let _ = out.flush();
-            })?;
+            graft_runtime::generate::generate_spec(
+                &file,
+                &loaded,
+                &program,
+                &opts,
+                &req,
+                &mut |t| {
+                    let _ = write!(out, "{t}");
+                    let _ = out.flush();
+                },
+            )?;
             let _ = writeln!(out);
             Ok(ExitCode::SUCCESS)
         }

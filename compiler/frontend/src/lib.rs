@@ -16,7 +16,7 @@ pub mod source;
 pub use diag::{Diagnostic, Label, Severity};
 pub use elab::{
     AdapterRecord, ConfigValue, DeclKind, Optimizer, PeftExport, Program, QuantSpec, Schedule,
-    TensorInfo, TrainConfig, elaborate, elaborate_for,
+    TensorInfo, TrainConfig, elaborate, elaborate_for, elaborate_merged,
 };
 pub use load::{Loaded, load};
 pub use parse::parse_source;

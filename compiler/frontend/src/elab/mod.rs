@@ -11,6 +11,7 @@ mod builtins;
 mod eval;
 mod hf_config;
 mod instance;
+mod merge;
 pub mod target;
 pub mod train;
 pub mod value;
@@ -218,6 +219,8 @@ pub(crate) struct Elaborator<'a> {
     seq: i64,
     /// `batch` and `seq` for the IR instead of the `train` block's (see [`elaborate_for`]).
     shape: Option<(usize, usize)>,
+    /// Also build `@merge` ([`elaborate_merged`]).
+    merge: bool,
     warnings: Vec<Diagnostic>,
 }
 
@@ -232,7 +235,21 @@ pub fn elaborate_for(loaded: &Loaded, batch: usize, seq: usize) -> Result<Progra
     elaborate_shaped(loaded, Some((batch.max(1), seq.max(1))))
 }
 
+/// [`elaborate`], with a third function `@merge`: every adapted `linear`'s weights with its
+/// adapters folded in (see `merge.rs`), for `graft export --merged`.
+pub fn elaborate_merged(loaded: &Loaded) -> Result<Program, Diagnostic> {
+    elaborate_with(loaded, None, true)
+}
+
 fn elaborate_shaped(loaded: &Loaded, shape: Option<(usize, usize)>) -> Result<Program, Diagnostic> {
+    elaborate_with(loaded, shape, false)
+}
+
+fn elaborate_with(
+    loaded: &Loaded,
+    shape: Option<(usize, usize)>,
+    merge: bool,
+) -> Result<Program, Diagnostic> {
     let mut el = Elaborator {
         loaded,
         defs: HashMap::new(),
@@ -247,6 +264,7 @@ fn elaborate_shaped(loaded: &Loaded, shape: Option<(usize, usize)>) -> Result<Pr
         batch: 1,
         seq: 16,
         shape,
+        merge,
         warnings: Vec::new(),
     };
     el.collect_defs()?;
@@ -393,6 +411,10 @@ impl<'a> Elaborator<'a> {
         let forward = self.build_forward(root, model)?;
         let init = self.build_init()?;
         self.module.functions = vec![forward, init];
+        if self.merge {
+            let merge = self.build_merge()?;
+            self.module.functions.push(merge);
+        }
         self.warn_unused_params();
 
         let weights = match (&model.weights, &model.from) {
