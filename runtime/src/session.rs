@@ -68,6 +68,7 @@ pub fn step_config(t: &TrainConfig) -> StepConfig {
         total_steps: t.steps,
         clip: t.clip,
         ignore_index: -100,
+        accumulate: t.accumulate,
     }
 }
 
@@ -89,6 +90,8 @@ pub struct Session {
     optimized: Option<(f64, bool)>,
     seed: u64,
     pub(crate) steps_done: usize,
+    /// The micro-batch being run, when the step accumulates several.
+    micro: usize,
     /// Weights the backend bound and let go of: made again (from the seed, or read from the
     /// weights file) when the interpreter needs them ([`Session::forward`], [`Session::gradients`]).
     /// Whether each was a stand-in (else it is read from the weights file again).
@@ -275,6 +278,7 @@ impl Session {
             optimized,
             seed,
             steps_done: 0,
+            micro: 0,
             dropped: Vec::new(),
             eval: None,
         };
@@ -374,12 +378,16 @@ impl Session {
         for (k, v) in batch {
             self.values.insert(k.to_string(), v);
         }
-        let seed = self.seed.wrapping_add(self.steps_done as u64) as i64;
+        // One dropout seed per micro-batch (per step without accumulation).
+        let k = self.program.train.accumulate.max(1);
+        let seed = self
+            .seed
+            .wrapping_add((self.steps_done * k + self.micro) as u64) as i64;
         self.values
             .insert("dropout_seed".into(), Tensor::scalar_i64(seed));
         let mapped = mapped_inputs(self.file.as_ref(), &self.mapped);
         let r = f(&self.values, &mapped);
-        for k in ["input_ids", "labels", "dropout_seed"] {
+        for k in ["input_ids", "labels", "loss_weight", "dropout_seed"] {
             self.values.remove(k);
         }
         r
@@ -418,8 +426,42 @@ impl Session {
 
     /// Runs one training step on a batch (labels = the targets, `-100` where ignored).
     pub fn step(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<StepStats, SessionError> {
-        self.step_inner(input_ids, labels, false)
-            .map(|(stats, _)| stats)
+        self.step_group(&[(input_ids.clone(), labels.clone())])
+    }
+
+    /// Runs one optimizer step over the `train` block's `accumulate` micro-batches of
+    /// `(input_ids, labels)`: each weighted by its share of the targets, so the loss is the
+    /// mean over every target of the group, as Hugging Face's Trainer computes it.
+    ///
+    /// # Errors
+    /// The group has another number of micro-batches, or a run fails.
+    pub fn step_group(&mut self, group: &[(Tensor, Tensor)]) -> Result<StepStats, SessionError> {
+        let k = self.program.train.accumulate.max(1);
+        if group.len() != k {
+            return Err(SessionError::Value(format!(
+                "this training step accumulates {k} micro-batches, got {}",
+                group.len()
+            )));
+        }
+        if k == 1 {
+            return self
+                .step_inner(&group[0].0, &group[0].1, None, false)
+                .map(|(stats, _)| stats);
+        }
+        let total: usize = group.iter().map(|(_, l)| crate::data::targets(l)).sum();
+        let mut stats = None;
+        let mut loss = 0.0f64;
+        for (i, (ids, labels)) in group.iter().enumerate() {
+            let w = crate::data::targets(labels) as f64 / total.max(1) as f64;
+            self.micro = i;
+            let (s, _) = self.step_inner(ids, labels, Some(w as f32), false)?;
+            loss += w * f64::from(s.loss);
+            stats = Some(s);
+        }
+        self.micro = 0;
+        let mut s = stats.ok_or(SessionError::Missing("micro-batch"))?;
+        s.loss = loss as f32;
+        Ok(s)
     }
 
     /// [`Session::step`], also reporting where the step's time went, kernel kind by kernel
@@ -429,26 +471,30 @@ impl Session {
         input_ids: &Tensor,
         labels: &Tensor,
     ) -> Result<(StepStats, Option<RunProfile>), SessionError> {
-        self.step_inner(input_ids, labels, true)
+        self.step_inner(input_ids, labels, None, true)
     }
 
+    /// One run of the step; `weight` is a micro-batch's `loss_weight` when accumulating
+    /// (the optimizer step counts only after the last one).
     fn step_inner(
         &mut self,
         input_ids: &Tensor,
         labels: &Tensor,
+        weight: Option<f32>,
         profile: bool,
     ) -> Result<(StepStats, Option<RunProfile>), SessionError> {
         let runner = std::mem::replace(&mut self.runner, Box::new(NoRunner));
-        let out = self.with_batch(
-            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
-            |v, m| {
-                if profile {
-                    runner.run_mapped_profiled(v, m)
-                } else {
-                    runner.run_mapped(v, m).map(|out| (out, None))
-                }
-            },
-        );
+        let mut batch = vec![("input_ids", input_ids.clone()), ("labels", labels.clone())];
+        if let Some(w) = weight {
+            batch.push(("loss_weight", Tensor::scalar_f32(w)));
+        }
+        let out = self.with_batch(batch, |v, m| {
+            if profile {
+                runner.run_mapped_profiled(v, m)
+            } else {
+                runner.run_mapped(v, m).map(|out| (out, None))
+            }
+        });
         self.runner = runner;
         let (out, run_profile) = out.map_err(SessionError::Backend)?;
         let mut stats = StepStats {
@@ -467,7 +513,10 @@ impl Session {
                 }
             }
         }
-        self.steps_done += 1;
+        let k = self.program.train.accumulate.max(1);
+        if weight.is_none() || self.micro + 1 == k {
+            self.steps_done += 1;
+        }
         Ok((stats, run_profile))
     }
 
@@ -544,17 +593,20 @@ impl Session {
             .filter_map(|(k, v)| self.values.insert(k.clone(), v).map(|old| (k, old)))
             .collect();
         self.steps_done = self.steps_done.saturating_sub(1);
-        let found = self.with_batch(
-            vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
-            |v, m| {
-                if m.is_empty() {
-                    graft_interp::first_non_finite(&step, v).map_err(SessionError::from)
-                } else {
-                    let all = crate::backend::with_copies(v, m).map_err(SessionError::Value)?;
-                    graft_interp::first_non_finite(&step, &all).map_err(SessionError::from)
-                }
-            },
-        );
+        let mut batch = vec![("input_ids", input_ids.clone()), ("labels", labels.clone())];
+        let k = self.program.train.accumulate.max(1);
+        if k > 1 {
+            // The step's first micro-batch, at its share of a group of k like it.
+            batch.push(("loss_weight", Tensor::scalar_f32(1.0 / k as f32)));
+        }
+        let found = self.with_batch(batch, |v, m| {
+            if m.is_empty() {
+                graft_interp::first_non_finite(&step, v).map_err(SessionError::from)
+            } else {
+                let all = crate::backend::with_copies(v, m).map_err(SessionError::Value)?;
+                graft_interp::first_non_finite(&step, &all).map_err(SessionError::from)
+            }
+        });
         self.steps_done += 1;
         for (k, v) in after {
             self.values.insert(k, v);

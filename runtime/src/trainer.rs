@@ -370,10 +370,13 @@ impl Run<'_, '_> {
                 self.plot();
                 return Ok(Outcome::Interrupted(why));
             }
-            let (ids, labels) = batches.next_batch();
+            let group: Vec<(Tensor, Tensor)> = (0..self.session.program.train.accumulate.max(1))
+                .map(|_| batches.next_batch())
+                .collect();
+            let (ids, labels) = group[0].clone();
             let before = self.opts.debug_non_finite.then(|| self.state());
             let start = std::time::Instant::now();
-            let s = self.session.step(&ids, &labels)?;
+            let s = self.session.step_group(&group)?;
             let secs = start.elapsed().as_secs_f64();
             (self.on)(Event::Step(s, secs));
             if let Some(m) = &mut self.metrics {

@@ -6,6 +6,15 @@
 //! (`i64[B, S]`), `step` (`f32[]`, steps done so far) and per-param optimizer state
 //! (`adam.m.<path>`, `adam.v.<path>` or `sgd.momentum.<path>`). Outputs: `loss`, `grad_norm`,
 //! `lr`, every param under its path, every state under its name, and `step` + 1.
+//!
+//! With gradient accumulation over k > 1 micro-batches the step runs once per micro-batch
+//! and has three more kinds of input: `loss_weight` (`f32[]`: this micro-batch's share of
+//! the targets of the whole accumulated batch, so the sum is Hugging Face's loss over every
+//! target), `micro` (state, `f32[]`: micro-batches done of this step) and `accum.<path>`
+//! (state: the weighted gradients so far). The gradient g = `accum` + w·∇loss feeds
+//! clipping and the optimizer, whose results are taken only on the k-th micro-batch
+//! (`micro` = k − 1); before it, params, optimizer state and `step` pass through unchanged
+//! and `accum` keeps g.
 
 use crate::AdError;
 use crate::emit::Emitter;
@@ -86,6 +95,9 @@ pub struct StepConfig {
     pub clip: Option<f64>,
     /// Label value that is not a target (Hugging Face: -100).
     pub ignore_index: i64,
+    /// Micro-batches per optimizer step (gradient accumulation; 1: none). See
+    /// [`train_step`].
+    pub accumulate: usize,
 }
 
 /// Causal-LM cross-entropy as Hugging Face computes it: logits `[B, S', V]`, labels `[B, S]`
@@ -245,10 +257,37 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         );
     }
 
+    let k = cfg.accumulate.max(1);
+    let accum = if k > 1 {
+        let scalar_ty = TensorType::scalar(DType::F32);
+        let weight = f.add_input("loss_weight", InputKind::Data, scalar_ty.clone(), None);
+        let micro = f.add_input("micro", InputKind::State, scalar_ty, None);
+        let sums: Vec<ValueId> = params
+            .iter()
+            .map(|(p, v)| {
+                let ty = f.ty(*v).clone();
+                f.add_input(format!("accum.{p}"), InputKind::State, ty, None)
+            })
+            .collect();
+        Some((weight, micro, sums))
+    } else {
+        None
+    };
+
     let mut e = Emitter { f: &mut f };
     let loss = causal_lm_loss(&mut e, logits, labels, cfg.ignore_index)?;
     let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
     let mut grads = grad(e.f, loss, &wrt)?;
+    if let Some((weight, _, sums)) = &accum {
+        for (g, sum) in grads.iter_mut().zip(sums) {
+            let shape = e.ty(*g).shape;
+            let dt = e.ty(*g).dtype;
+            let w = e.cast(*weight, dt)?;
+            let w = e.broadcast(w, &shape)?;
+            let wg = e.mul(*g, w)?;
+            *g = e.add(*sum, wg)?;
+        }
+    }
 
     // Global L2 norm over every gradient, as torch.nn.utils.clip_grad_norm_.
     let mut sq = scalar(&mut e, 0.0)?;
@@ -391,8 +430,63 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         }
     }
     outputs.push(("step".into(), t));
+    if let Some((_, micro, sums)) = &accum {
+        outputs = accumulate(&mut e, outputs, *micro, sums, &grads, k)?;
+    }
     for (name, v) in outputs {
         f.add_output(name, v);
     }
     Ok(f)
+}
+
+/// Gradient accumulation's outputs (see the module docs): every update taken only on the
+/// last micro-batch, the gradient sums and the micro-batch counter carried otherwise.
+fn accumulate(
+    e: &mut Emitter,
+    outputs: Vec<(String, ValueId)>,
+    micro: ValueId,
+    sums: &[ValueId],
+    grads: &[ValueId],
+    k: usize,
+) -> Result<Vec<(String, ValueId)>, AdError> {
+    let last = scalar(e, (k - 1) as f64)?;
+    let apply = e.bin(BinaryOp::Eq, micro, last)?;
+    let mut out = Vec::new();
+    for (name, v) in outputs {
+        // The value this output replaces: the input of the same name.
+        let old = match e.f.input(&name) {
+            Some(i) if !matches!(name.as_str(), "loss" | "grad_norm" | "lr") => Some(i.value),
+            _ => None,
+        };
+        let v = match old {
+            Some(old) => {
+                let shape = e.ty(v).shape;
+                let c = e.broadcast(apply, &shape)?;
+                e.select(c, v, old)?
+            }
+            None => v,
+        };
+        out.push((name, v));
+    }
+    for (sum, g) in sums.iter().zip(grads) {
+        let shape = e.ty(*g).shape;
+        let c = e.broadcast(apply, &shape)?;
+        let zero = e.like(0.0, *g)?;
+        let kept = e.select(c, zero, *g)?;
+        let name =
+            e.f.nodes
+                .get(sum.index())
+                .and_then(|n| match &n.op {
+                    Op::Input { name, .. } => Some(name.clone()),
+                    _ => None,
+                })
+                .ok_or_else(|| AdError::Missing("accumulator input".into()))?;
+        out.push((name, kept));
+    }
+    let one = scalar(e, 1.0)?;
+    let next = e.add(micro, one)?;
+    let zero = scalar(e, 0.0)?;
+    let micro_out = e.select(apply, zero, next)?;
+    out.push(("micro".into(), micro_out));
+    Ok(out)
 }

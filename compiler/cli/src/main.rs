@@ -779,7 +779,8 @@ fn train(
     opts: &graft_runtime::TrainOptions,
     session_opts: &graft_runtime::SessionOptions,
 ) -> Result<ExitCode> {
-    let mut printer = progress::Printer::new(program.train.batch * program.train.seq);
+    let t = &program.train;
+    let mut printer = progress::Printer::new(t.batch * t.seq * t.accumulate.max(1));
     let outcome =
         graft_runtime::train(spec, program, session_opts, opts, &mut |e| printer.event(e));
     printer.finish();

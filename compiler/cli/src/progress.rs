@@ -37,8 +37,12 @@ impl Printer {
         match e {
             Event::Ready(session, steps) => {
                 let t = &session.program.train;
+                let micro = match t.accumulate {
+                    0 | 1 => String::new(),
+                    k => format!("{k} micro-batches of "),
+                };
                 let mut text = format!(
-                    "training {} trainable tensors on the {}, {} × {} tokens per step, {steps} steps",
+                    "training {} trainable tensors on the {}, {micro}{} × {} tokens per step, {steps} steps",
                     session.params().len(),
                     session.backend(),
                     t.batch,
