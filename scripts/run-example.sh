@@ -1,15 +1,24 @@
 #!/usr/bin/env bash
 # Sets up what graft needs on Debian 12 (idempotently), builds graft, and runs the main job on
-# a shipped example: check the tiny Llama + LoRA spec against its weights, then train it on the
-# shipped token stream with the compiled CPU backend (printing the loss at each step, the
-# held-out loss every 10 steps), save the adapter in PEFT's format with a metrics file, and
-# evaluate the saved adapter.
+# the shipped example: a Hugging Face model folder (dsl-examples/models/tiny-llama: config.json,
+# bf16 model.safetensors, tokenizer.json with a chat template) fine-tuned with LoRA on every
+# linear layer, on a small text corpus (dsl-examples/data/stories/), with the compiled CPU
+# backend. It prints a progress bar (plain lines when not on a terminal) and the held-out loss
+# and perplexity every 25 steps, saves the adapter in PEFT's format with metrics.jsonl and
+# loss.svg under target/example/adapter, evaluates it, exports a merged model that
+# transformers loads, and generates a few lines with the adapter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 cargo build --locked --release -p graft-cli
-spec="${1:-dsl-examples/tiny_lora.graft}"
-./target/release/graft check "$spec"
-eval_data=dsl-examples/data/tiny_eval_tokens.jsonl
-./target/release/graft train "$spec" --save target/example-adapter --eval "$eval_data" --eval-every 10
-./target/release/graft eval "$spec" --adapter target/example-adapter --data "$eval_data"
+graft=./target/release/graft
+spec="${1:-dsl-examples/stories_lora.graft}"
+out=target/example
+$graft check "$spec"
+$graft train "$spec" --epochs "${EPOCHS:-3}" --save "$out/adapter"
+$graft eval "$spec" --adapter "$out/adapter"
+$graft export "$spec" --adapter "$out/adapter" --merged "$out/merged"
+for prompt in "Every morning" "In the garden," "Mia asks"; do
+    $graft generate "$spec" --adapter "$out/adapter" --prompt "$prompt" --max-new-tokens 40
+done
+$graft generate "$spec" --adapter "$out/adapter" --prompt "Leo asks" --temperature 0.8 --top-p 0.9 --seed 1

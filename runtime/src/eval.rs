@@ -229,8 +229,10 @@ impl Session {
 }
 
 /// `graft eval`: the held-out loss of a spec's model with the trained tensors in `adapter`
-/// (or the initial ones), over every `[batch, seq]` window of `data` (default: the `train`
-/// block's `eval_data`, else its `data`; relative to the spec's folder).
+/// (or the initial ones), over every batch of `data` (default: the `train` block's
+/// `eval_data`, else its `data`; relative to the spec's folder), in file order. With
+/// `logits_out`, the first batch's `input_ids` and `logits` are written there
+/// (safetensors).
 ///
 /// # Errors
 /// A file cannot be used, or the session fails.
@@ -240,6 +242,7 @@ pub fn evaluate_spec(
     session_opts: &crate::SessionOptions,
     adapter: Option<&Path>,
     data: Option<&Path>,
+    logits_out: Option<&Path>,
 ) -> Result<EvalStats, SessionError> {
     let dir = spec.parent().unwrap_or(Path::new("."));
     let data = match data {
@@ -274,5 +277,19 @@ pub fn evaluate_spec(
         session.load_trained(a)?;
     }
     session.prepare_eval(session_opts.backend, session_opts.optimize)?;
-    session.evaluate((0..batches.per_epoch()).map(|_| batches.next_batch()))
+    let all: Vec<(Tensor, Tensor)> = (0..batches.per_epoch())
+        .map(|_| batches.next_batch())
+        .collect();
+    if let (Some(out), Some((ids, _))) = (logits_out, all.first()) {
+        // The first batch's logits, on the interpreter (the oracle), for comparing with
+        // another implementation (scripts/peft_roundtrip.py).
+        let logits = session.forward(ids)?;
+        let tensors = [
+            ("input_ids".to_string(), ids),
+            ("logits".to_string(), &logits),
+        ];
+        let bytes = crate::weights::to_safetensors(&tensors).map_err(value)?;
+        crate::write_atomic(out, &bytes).map_err(|e| value(e.to_string()))?;
+    }
+    session.evaluate(all)
 }

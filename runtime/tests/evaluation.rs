@@ -37,7 +37,9 @@ fn the_eval_loss_is_the_training_loss_with_dropout_off() {
         ((a - b) / b).abs() < 1e-6,
         "dropout left on in eval: {a} vs {b}"
     );
-    let s = d.evaluate([x.clone(), x.clone()]).unwrap();
+    let s = d
+        .evaluate([(x.clone(), x.clone()), (x.clone(), x.clone())])
+        .unwrap();
     assert_eq!(s.batches, 2);
     assert!((s.loss - f64::from(b)).abs() < 1e-5 && (s.perplexity - s.loss.exp()).abs() < 1e-9);
 }

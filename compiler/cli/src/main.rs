@@ -203,6 +203,10 @@ enum Command {
         /// The data [default: the `train` block's `eval_data`, else its `data`].
         #[arg(long, value_name = "FILE")]
         data: Option<PathBuf>,
+        /// Also write the first batch's input_ids and logits (from the interpreter) to this
+        /// safetensors file, to compare with another implementation.
+        #[arg(long, value_name = "FILE")]
+        logits: Option<PathBuf>,
         /// Run on the reference interpreter.
         #[arg(long)]
         interpret: bool,
@@ -499,6 +503,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             file,
             adapter,
             data,
+            logits,
             interpret,
             layout,
         } => {
@@ -517,6 +522,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 &opts,
                 adapter.as_deref(),
                 data.as_deref(),
+                logits.as_deref(),
             )?;
             println!(
                 "eval loss {:.4}  perplexity {:.3}  ({} batches)",

@@ -777,7 +777,7 @@ fn bad_data_lines_stop_the_run_or_are_skipped_when_asked() {
         "{all}"
     );
     assert!(
-        all.contains("data.jsonl:26: token 300 is outside the vocabulary"),
+        all.contains("data.jsonl:26: token 300 is outside the model's vocabulary"),
         "{all}"
     );
     assert_eq!(losses(&all).len(), 1, "{all}");

@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Adapters and merged models between graft and Hugging Face, checked on logits.
+
+Runs where the Python reference venv exists (scripts/requirements-fixtures.txt):
+    /work/venv-fixtures/bin/python scripts/peft_roundtrip.py [--graft target/release/graft]
+
+On the shipped example (dsl-examples/stories_lora.graft: LoRA r=16 on every linear layer of
+dsl-examples/models/tiny-llama), in f32 on the CPU:
+1. graft → PEFT: graft trains an adapter; `PeftModel.from_pretrained` on it gives graft's
+   logits (from `graft eval --logits`) within 1e-4.
+2. PEFT → graft: PEFT trains an adapter of the same shape for 3 AdamW steps and saves it;
+   `graft eval --adapter` on it gives PEFT's logits within 1e-4.
+3. Merged: `graft export --merged` writes a folder that `AutoModelForCausalLM` loads as a
+   plain model and whose logits match graft's within 1e-4.
+Prints the largest difference of each and exits non-zero if one is over the tolerance.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPEC = os.path.join(ROOT, "dsl-examples", "stories_lora.graft")
+MODEL = os.path.join(ROOT, "dsl-examples", "models", "tiny-llama")
+TOL = 1e-4
+
+
+def graft(exe, *args):
+    env = dict(os.environ, GRAFT_STDLIB=os.path.join(ROOT, "stdlib"))
+    subprocess.run([exe, *args], check=True, cwd=ROOT, env=env)
+
+
+def base_model():
+    m = AutoModelForCausalLM.from_pretrained(MODEL, torch_dtype=torch.float32)
+    return m.eval()
+
+
+def logits_of(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def report(name, a, b):
+    d = (a - b).abs().max().item()
+    ok = d <= TOL
+    print(f"{name}: max |Δlogit| = {d:.3e} ({'ok' if ok else 'OVER'} the tolerance {TOL})")
+    return ok
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--graft", default=os.path.join(ROOT, "target", "release", "graft"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    ok = True
+    with tempfile.TemporaryDirectory() as w:
+        # 1. graft → PEFT.
+        ours = os.path.join(w, "graft_adapter")
+        graft(args.graft, "train", SPEC, "--steps", "30", "--save", ours)
+        dump = os.path.join(w, "graft_logits.safetensors")
+        graft(args.graft, "eval", SPEC, "--adapter", ours, "--logits", dump)
+        g = load_file(dump)
+        ids, want = g["input_ids"], g["logits"]
+        peft_model = PeftModel.from_pretrained(base_model(), ours).eval()
+        ok &= report("graft adapter in PEFT", logits_of(peft_model, ids), want)
+
+        # 3. Merged (needs only graft's adapter).
+        merged = os.path.join(w, "merged")
+        graft(args.graft, "export", SPEC, "--adapter", ours, "--merged", merged)
+        plain = AutoModelForCausalLM.from_pretrained(merged, torch_dtype=torch.float32).eval()
+        ok &= report("graft's merged model in transformers", logits_of(plain, ids), want)
+
+        # 2. PEFT → graft: the spec's shape (r=16, alpha=32, every linear layer).
+        cfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+        trained = get_peft_model(base_model(), cfg)
+        opt = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=1e-2)
+        trained.train()
+        for _ in range(3):
+            loss = trained(input_ids=ids, labels=ids).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+        trained.eval()
+        theirs = os.path.join(w, "peft_adapter")
+        trained.save_pretrained(theirs)
+        peft_logits = logits_of(trained, ids)
+        dump2 = os.path.join(w, "graft_from_peft.safetensors")
+        graft(args.graft, "eval", SPEC, "--adapter", theirs, "--logits", dump2)
+        g2 = load_file(dump2)
+        assert torch.equal(g2["input_ids"], ids)
+        ok &= report("PEFT adapter in graft", g2["logits"], peft_logits)
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
