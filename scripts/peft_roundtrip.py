@@ -12,10 +12,15 @@ dsl-examples/models/tiny-llama), in f32 on the CPU:
    `graft eval --adapter` on it gives PEFT's logits within 1e-4.
 3. Merged: `graft export --merged` writes a folder that `AutoModelForCausalLM` loads as a
    plain model and whose logits match graft's within 1e-4.
-Prints the largest difference of each and exits non-zero if one is over the tolerance.
+4. Tokenizer: transformers' `AutoTokenizer` on the folder gives the ids and chat renderings
+   of tests/fixtures/tokenizer/expected.json (what graft's tests check graft against).
+Prints the largest difference of each and exits non-zero if one is over the tolerance. With
+`--fixture`, also writes PEFT's adapter of step 2 and its logits (first row) to
+tests/fixtures/peft_stories/, which runtime/tests/peft_interop.rs checks graft against in CI.
 """
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -23,8 +28,8 @@ import tempfile
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = os.path.join(ROOT, "dsl-examples", "stories_lora.graft")
@@ -57,6 +62,7 @@ def report(name, a, b):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--graft", default=os.path.join(ROOT, "target", "release", "graft"))
+    ap.add_argument("--fixture", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
     ok = True
@@ -91,11 +97,33 @@ def main():
         theirs = os.path.join(w, "peft_adapter")
         trained.save_pretrained(theirs)
         peft_logits = logits_of(trained, ids)
+        if args.fixture:
+            fx = os.path.join(ROOT, "tests", "fixtures", "peft_stories")
+            trained.save_pretrained(fx)
+            for extra in ("README.md",):
+                if os.path.exists(os.path.join(fx, extra)):
+                    os.remove(os.path.join(fx, extra))
+            save_file(
+                {"input_ids": ids.contiguous(), "logits_row0": peft_logits[:1].contiguous()},
+                os.path.join(fx, "logits.safetensors"),
+            )
         dump2 = os.path.join(w, "graft_from_peft.safetensors")
         graft(args.graft, "eval", SPEC, "--adapter", theirs, "--logits", dump2)
         g2 = load_file(dump2)
         assert torch.equal(g2["input_ids"], ids)
         ok &= report("PEFT adapter in graft", g2["logits"], peft_logits)
+
+    # 4. The tokenizer fixtures, through transformers.
+    tok = AutoTokenizer.from_pretrained(MODEL)
+    with open(os.path.join(ROOT, "tests", "fixtures", "tokenizer", "expected.json")) as f:
+        exp = json.load(f)
+    same = all(tok(r["text"])["input_ids"] == r["ids"] for r in exp["text"])
+    for r in exp["chat"]:
+        text = tok.apply_chat_template(r["messages"], tokenize=False)
+        same &= text == r["rendered"]
+        same &= tok(text, add_special_tokens=False)["input_ids"] == r["ids"]
+    print(f"tokenizer fixtures through transformers: {'identical' if same else 'DIFFERENT'}")
+    ok &= same
     sys.exit(0 if ok else 1)
 
 

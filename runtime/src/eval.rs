@@ -195,9 +195,19 @@ impl Session {
     /// this spec or has another shape.
     pub fn load_trained(&mut self, dir: &Path) -> Result<(usize, Vec<String>), SessionError> {
         let tensors = if dir.join("adapter_model.safetensors").is_file() {
-            crate::load_adapter(dir)
-                .map_err(|e| SessionError::Value(e.to_string()))?
-                .1
+            let (config, tensors) =
+                crate::load_adapter(dir).map_err(|e| SessionError::Value(e.to_string()))?;
+            if let Ok(spec) = crate::adapter_config(&self.program.adapters) {
+                let diff = crate::peft::config_mismatches(&spec, &config);
+                if !diff.is_empty() {
+                    return Err(SessionError::Value(format!(
+                        "the adapter in {} was made with other settings than the spec's: {}",
+                        dir.display(),
+                        diff.join("; ")
+                    )));
+                }
+            }
+            tensors
         } else if dir.join("trainable.safetensors").is_file() {
             let file = crate::WeightsFile::open(&dir.join("trainable.safetensors"))?;
             let mut out = Vec::new();

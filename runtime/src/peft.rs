@@ -155,6 +155,36 @@ pub fn adapter_config(records: &[AdapterRecord]) -> Result<Value, PeftError> {
     Ok(Value::Object(cfg))
 }
 
+/// Where a saved adapter's `adapter_config.json` (`folder`) disagrees with the one the spec
+/// would write (`spec`) on a setting that changes what the adapter computes: each scalar
+/// setting of the spec's (`peft_type`, ranks, scaling, flags), except dropout rates, which
+/// only matter while training. One line per difference.
+pub fn config_mismatches(spec: &Value, folder: &Value) -> Vec<String> {
+    let (Some(s), Some(f)) = (spec.as_object(), folder.as_object()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (k, want) in s {
+        if k.contains("dropout")
+            || k == "task_type"
+            || !(want.is_number() || want.is_boolean() || want.is_string())
+        {
+            continue;
+        }
+        let Some(got) = f.get(k) else {
+            continue;
+        };
+        let same = match (want.as_f64(), got.as_f64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => want == got,
+        };
+        if !same {
+            out.push(format!("`{k}` is {got} there, {want} in the spec"));
+        }
+    }
+    out
+}
+
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (atomically, as a
 /// pair: a failure leaves the old pair).
 pub fn save_adapter(
