@@ -206,6 +206,15 @@ impl Session {
                 return Err(SessionError::Value(m));
             }
         }
+        if let Some(w) = weights {
+            let expected: Vec<(String, TensorType)> = program
+                .tensors
+                .iter()
+                .filter(|t| t.from_weights)
+                .map(|t| (t.path.clone(), t.ty.clone()))
+                .collect();
+            w.fit(&expected).map_err(SessionError::Value)?;
+        }
         let init = program
             .module
             .function("init")

@@ -13,13 +13,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file could not be opened or mapped.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {cause}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (not a `source`: the message already says it once).
+        cause: std::io::Error,
     },
+    /// The path is not something graft reads (missing, a folder, a FIFO): the message says.
+    #[error("{0}")]
+    Unusable(String),
     /// The file is not valid safetensors.
     #[error("{path} is not a valid safetensors file: {message}")]
     Format {
@@ -81,14 +84,11 @@ impl WeightsFile {
             path: path.to_path_buf(),
             message,
         };
-        crate::files::regular_file(path, "weights file").map_err(|m| WeightsError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(m),
-        })?;
+        crate::files::regular_file(path, "weights file").map_err(WeightsError::Unusable)?;
         let files: Vec<PathBuf> = if path.to_string_lossy().ends_with(".index.json") {
-            let text = std::fs::read_to_string(path).map_err(|source| WeightsError::Io {
+            let text = std::fs::read_to_string(path).map_err(|cause| WeightsError::Io {
                 path: path.to_path_buf(),
-                source,
+                cause,
             })?;
             let index: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| fmt(format!("not a valid index: {e}")))?;
@@ -112,7 +112,13 @@ impl WeightsFile {
         let mut shard_of = std::collections::HashMap::new();
         let mut base = 0;
         for file_path in &files {
-            let (mmap, shard_entries) = map_file(file_path)?;
+            let (mmap, shard_entries) = map_file(file_path).map_err(|e| {
+                if files.len() > 1 || file_path != path {
+                    WeightsError::Unusable(format!("{e} (a shard {} names)", path.display()))
+                } else {
+                    e
+                }
+            })?;
             for (name, e) in shard_entries {
                 if shard_of.insert(name.clone(), shards.len()).is_some() {
                     return Err(fmt(format!("`{name}` is in two shards")));
@@ -227,6 +233,47 @@ impl WeightsFile {
         };
     }
 
+    /// [`WeightsFile::check`] as one error: every problem, then (when there are problems, as
+    /// a clue to a checkpoint of another architecture) the tensors the file has that the
+    /// spec does not read.
+    ///
+    /// # Errors
+    /// The file does not fit `expected`.
+    pub fn fit(&self, expected: &[(String, TensorType)]) -> Result<(), String> {
+        let problems = self.check(expected);
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!(
+            "{} does not fit the spec ({} problems):",
+            self.path.display(),
+            problems.len()
+        );
+        for p in &problems {
+            msg += &format!("\n  - {p}");
+        }
+        let unexpected: Vec<&str> = self
+            .entries
+            .keys()
+            .filter(|k| !expected.iter().any(|(n, _)| n == *k))
+            .map(String::as_str)
+            .collect();
+        if !unexpected.is_empty() {
+            let shown: Vec<&str> = unexpected.iter().take(8).copied().collect();
+            msg += &format!(
+                "\n  - unexpected: {} tensors the spec does not read: {}{}",
+                unexpected.len(),
+                shown.join(", "),
+                if unexpected.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            );
+        }
+        Err(msg)
+    }
+
     /// Checks the file against the frozen weights a program reads; returns one message per
     /// problem (missing tensor, wrong shape, unsupported dtype).
     pub fn check(&self, expected: &[(String, TensorType)]) -> Vec<String> {
@@ -273,14 +320,11 @@ impl WeightsFile {
 
 /// Maps one safetensors file and reads its header.
 fn map_file(path: &Path) -> Result<(Mmap, BTreeMap<String, TensorEntry>), WeightsError> {
-    let io = |source| WeightsError::Io {
+    let io = |cause| WeightsError::Io {
         path: path.to_path_buf(),
-        source,
+        cause,
     };
-    crate::files::regular_file(path, "weights file").map_err(|m| WeightsError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(m),
-    })?;
+    crate::files::regular_file(path, "weights file").map_err(WeightsError::Unusable)?;
     let file = File::open(path).map_err(io)?;
     crate::sigbus::guard(path);
     #[allow(unsafe_code)]

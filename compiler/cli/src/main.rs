@@ -826,11 +826,13 @@ fn check_weights(p: &Program) -> bool {
         .filter(|t| t.from_weights)
         .map(|t| (t.path.clone(), t.ty.clone()))
         .collect();
-    let problems = file.check(&expected);
-    for pr in &problems {
-        eprintln!("error: {pr}");
+    match file.fit(&expected) {
+        Ok(()) => true,
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
     }
-    problems.is_empty()
 }
 
 fn summary(p: &Program) -> String {
