@@ -53,6 +53,63 @@ pub struct Report {
     pub cached_modules: usize,
     /// Kernel modules in all.
     pub modules: usize,
+    /// What the spec's data costs (when it names a data file): set by [`data_cost`].
+    pub data: Option<DataCost>,
+}
+
+/// The cost of a spec's data pipeline, against the step it feeds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DataCost {
+    /// The data file.
+    pub file: String,
+    /// Records read.
+    pub records: usize,
+    /// Tokens in them.
+    pub tokens: usize,
+    /// Seconds to read, tokenize and cut the file into batches (once, before training).
+    pub load_seconds: f64,
+    /// Mean seconds to draw one step's batches (every step).
+    pub batch_seconds: f64,
+    /// `batch_seconds` over the measured step time.
+    pub fraction_of_step: f64,
+}
+
+/// Times the data pipeline of `spec`'s `train` block on its own data file: loading once,
+/// then drawing every batch of two epochs. `None` when the spec names no data.
+///
+/// # Errors
+/// The tokenizer or data cannot be read.
+pub fn data_cost(spec: &std::path::Path, program: &Program) -> Result<Option<DataCost>, String> {
+    let Some(data) = &program.train.data else {
+        return Ok(None);
+    };
+    let dir = spec.parent().unwrap_or(std::path::Path::new("."));
+    let path = dir.join(data);
+    let start = std::time::Instant::now();
+    let tok = crate::data::tokenizer(program, dir)?;
+    let text = crate::data::read_data(&path).map_err(|e| e.to_string())?;
+    let vocab = crate::data::vocab(program).unwrap_or(0);
+    let (examples, _) = crate::data::examples_of(&text, &path, tok.as_ref(), vocab, true)
+        .map_err(|e| e.to_string())?;
+    let (records, tokens) = (examples.len(), examples.iter().map(|e| e.ids.len()).sum());
+    let layout = crate::data::Layout::of(program, tok.as_ref());
+    let mut batches = crate::data::Batches::new(examples, layout, &path.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let load_seconds = start.elapsed().as_secs_f64();
+    let draws = 2 * batches.per_epoch();
+    let start = std::time::Instant::now();
+    for _ in 0..draws {
+        std::hint::black_box(batches.next_batch());
+    }
+    let per_step = program.train.accumulate.max(1) as f64;
+    Ok(Some(DataCost {
+        file: path.display().to_string(),
+        records,
+        tokens,
+        load_seconds,
+        batch_seconds: start.elapsed().as_secs_f64() / draws.max(1) as f64 * per_step,
+        fraction_of_step: 0.0,
+    }))
 }
 
 /// One served step's answer; the profile's fields only for `profile`.
@@ -212,6 +269,7 @@ pub fn bench(
         compile_seconds: info.compile_seconds,
         cached_modules: info.cached_modules,
         modules: info.modules,
+        data: None,
     })
 }
 

@@ -639,7 +639,13 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             } else {
                 graft_runtime::bench::Steps::Count(steps)
             };
-            let report = graft_runtime::bench::bench(program, steps, warmup, baseline, &opts)?;
+            let data =
+                graft_runtime::bench::data_cost(&file, &program).map_err(anyhow::Error::msg)?;
+            let mut report = graft_runtime::bench::bench(program, steps, warmup, baseline, &opts)?;
+            report.data = data.map(|mut d| {
+                d.fraction_of_step = d.batch_seconds / report.step_seconds.max(1e-12);
+                d
+            });
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
