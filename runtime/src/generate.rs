@@ -1,12 +1,17 @@
 //! Text generation: a prompt's continuation, one token at a time, greedy or sampled with
 //! temperature and top-p (nucleus) from a seeded generator, stopping at eos.
 //!
-//! The model runs as `@logits` ([`crate::eval::logits_function`]: the forward, dropout off)
-//! compiled for one sequence of a fixed length, the prompt plus the longest reply. Each new
-//! token runs it on the tokens so far, right-padded: attention is causal, so the logits at
-//! the last real position do not depend on the padding. There is no KV cache yet: each
-//! token recomputes the whole prefix, which costs `length` forwards of the full window
-//! rather than one, and is what to replace first when generation speed matters.
+//! Two ways to run the model, both compiled for one window of `length` positions (prompt
+//! plus the longest reply):
+//! - **KV cache** (the default): `@decode`, derived from the forward by
+//!   [`graft_ir::decode::derive_decode`], runs one position at a time against caches of the
+//!   values later positions read (keys and values in a transformer). The prompt is fed
+//!   through it token by token; its last logits are checked once against the full forward
+//!   (a model that is not causal fails the check, and generation falls back to the next
+//!   way, saying so).
+//! - **Recompute**: `@logits` ([`crate::eval::logits_function`]) on the tokens so far,
+//!   right-padded, for every new token: attention is causal, so the last real position's
+//!   logits do not depend on the padding. Costs a full window per token.
 
 use crate::Backend;
 use crate::backend::Prepared;
@@ -31,7 +36,24 @@ pub struct Generator {
     runner: Box<dyn Prepared>,
     /// Tokens per window (prompt + reply).
     len: usize,
+    /// `@decode` and its caches, when the KV cache is used.
+    decode: Option<(Box<dyn Prepared>, Vec<(String, graft_ir::TensorType)>)>,
 }
+
+/// How a generation ran.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Generated {
+    /// The new tokens.
+    pub tokens: Vec<u32>,
+    /// Whether the KV cache ran it.
+    pub cached: bool,
+    /// Why the KV cache was not used, when it was asked for and could not be.
+    pub note: Option<String>,
+}
+
+/// The decoded and full logits must agree this closely (relative to the largest logit) for
+/// the KV cache to be trusted.
+const CACHE_CHECK: f32 = 1e-3;
 
 impl Generator {
     /// `@logits` of `session`'s program (elaborated for one sequence of the window's
@@ -44,11 +66,7 @@ impl Generator {
         backend: &dyn Backend,
         optimize: bool,
     ) -> Result<Generator, SessionError> {
-        let forward = session
-            .program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?;
+        let forward = forward_of(&session.program)?;
         let shape = &forward
             .input("input_ids")
             .ok_or(SessionError::Missing("input_ids"))?
@@ -60,19 +78,37 @@ impl Generator {
             )));
         }
         let len = shape[1];
-        let mut f = crate::eval::logits_function(forward)?;
-        if optimize {
-            f = crate::cache::optimized_step(
-                crate::cache::cache_dir().as_deref(),
-                &session.program.module.files,
-                &f,
-                &graft_opt::Options::default(),
-            )
-            .map_err(SessionError::Value)?
-            .0;
-        }
-        let runner = backend.prepare(&f).map_err(SessionError::Backend)?;
-        Ok(Generator { runner, len })
+        let f = crate::eval::logits_function(forward)?;
+        let runner = prepare(session, &f, backend, optimize)?;
+        Ok(Generator {
+            runner,
+            len,
+            decode: None,
+        })
+    }
+
+    /// Adds the KV cache: `@decode` derived from this forward and `longer`'s (the same spec
+    /// elaborated for another window length).
+    ///
+    /// # Errors
+    /// The forward cannot be decoded one position at a time (the message says why), or the
+    /// function cannot be prepared.
+    pub fn with_kv_cache(
+        mut self,
+        session: &Session,
+        longer: &graft_frontend::Program,
+        backend: &dyn Backend,
+        optimize: bool,
+    ) -> Result<Generator, SessionError> {
+        let f = crate::eval::logits_function(forward_of(&session.program)?)?;
+        let g = crate::eval::logits_function(forward_of(longer)?)?;
+        let d = graft_ir::decode::derive_decode(&f, &g, "input_ids", "logits")
+            .map_err(|e| SessionError::Value(e.to_string()))?;
+        graft_ir::verify_function(&d.function, usize::MAX)
+            .map_err(|e| SessionError::Value(e.to_string()))?;
+        let runner = prepare(session, &d.function, backend, optimize)?;
+        self.decode = Some((runner, d.caches));
+        Ok(self)
     }
 
     /// The window: prompt and reply together fit in it.
@@ -81,7 +117,7 @@ impl Generator {
     }
 
     /// Continues `prompt`, calling `on_token` with each new token; stops at `eos`, after
-    /// `max_new_tokens`, or when the window is full. Returns the new tokens.
+    /// `max_new_tokens`, or when the window is full.
     ///
     /// # Errors
     /// The prompt does not leave room for a token, or a run fails.
@@ -92,7 +128,7 @@ impl Generator {
         eos: Option<u32>,
         s: Sampling,
         on_token: &mut dyn FnMut(u32),
-    ) -> Result<Vec<u32>, SessionError> {
+    ) -> Result<Generated, SessionError> {
         if prompt.is_empty() || prompt.len() >= self.len {
             return Err(SessionError::Value(format!(
                 "the prompt has {} tokens; the window holds {} (prompt and reply)",
@@ -103,33 +139,145 @@ impl Generator {
         session.restore_dropped()?;
         let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
         let mut rng = SplitMix(s.seed ^ 0x5851_f42d_4c95_7f2d);
-        let mut out = Vec::new();
-        while out.len() < s.max_new_tokens && ids.len() < self.len {
-            let mut window = ids.clone();
-            window.resize(self.len, 0);
-            let t = Tensor::i64(vec![1, self.len], window)
-                .map_err(|e| SessionError::Value(e.to_string()))?;
-            let runner = &self.runner;
-            let logits = session
-                .with_batch(vec![("input_ids", t)], |v, m| runner.run_mapped(v, m))
-                .map_err(SessionError::Backend)?
-                .into_iter()
-                .find(|(n, _)| n == "logits")
-                .map(|(_, t)| t)
-                .ok_or(SessionError::Missing("logits"))?;
-            let data = logits.as_f32().ok_or(SessionError::Missing("logits"))?;
-            let vocab = data.len() / self.len;
-            let row = &data[(ids.len() - 1) * vocab..ids.len() * vocab];
-            let next = choose(row, s, &mut rng);
+        let mut out = Generated::default();
+        let mut cache = match &self.decode {
+            Some((runner, caches)) => {
+                let mut state: Vec<(String, Tensor)> = caches
+                    .iter()
+                    .map(|(n, ty)| (n.clone(), Tensor::zeros(ty.clone())))
+                    .collect();
+                let mut last = Vec::new();
+                for (t, &id) in ids.iter().enumerate() {
+                    last = self.decode_step(session, runner.as_ref(), &mut state, id, t)?;
+                }
+                let full = self.full_row(session, &ids)?;
+                let scale = full.iter().fold(1f32, |m, x| m.max(x.abs()));
+                let off = full
+                    .iter()
+                    .zip(&last)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                if off <= CACHE_CHECK * scale {
+                    out.cached = true;
+                    Some((runner, state, last))
+                } else {
+                    out.note = Some(format!(
+                        "the KV cache's logits differ from the full forward's by {off:e} (is                          the model causal?); recomputing the window for every token instead"
+                    ));
+                    None
+                }
+            }
+            None => None,
+        };
+        while out.tokens.len() < s.max_new_tokens && ids.len() < self.len {
+            let row = match &cache {
+                Some((_, _, last)) => last.clone(),
+                None => self.full_row(session, &ids)?,
+            };
+            let next = choose(&row, s, &mut rng);
             on_token(next);
-            out.push(next);
+            out.tokens.push(next);
             ids.push(i64::from(next));
-            if Some(next) == eos {
+            if Some(next) == eos || out.tokens.len() == s.max_new_tokens || ids.len() == self.len {
                 break;
+            }
+            if let Some((runner, state, last)) = &mut cache {
+                *last = self.decode_step(
+                    session,
+                    runner.as_ref(),
+                    state,
+                    i64::from(next),
+                    ids.len() - 1,
+                )?;
             }
         }
         Ok(out)
     }
+
+    /// The logits of the last of `ids`, from the full forward on the padded window.
+    fn full_row(&self, session: &mut Session, ids: &[i64]) -> Result<Vec<f32>, SessionError> {
+        let mut window = ids.to_vec();
+        window.resize(self.len, 0);
+        let t = Tensor::i64(vec![1, self.len], window)
+            .map_err(|e| SessionError::Value(e.to_string()))?;
+        let runner = &self.runner;
+        let logits = session
+            .with_batch(vec![("input_ids", t)], |v, m| runner.run_mapped(v, m))
+            .map_err(SessionError::Backend)?
+            .into_iter()
+            .find(|(n, _)| n == "logits")
+            .map(|(_, t)| t)
+            .ok_or(SessionError::Missing("logits"))?;
+        let data = logits.as_f32().ok_or(SessionError::Missing("logits"))?;
+        let vocab = data.len() / self.len;
+        Ok(data[(ids.len() - 1) * vocab..ids.len() * vocab].to_vec())
+    }
+
+    /// One `@decode` run: token `id` at `position`, the caches in `state` updated; returns
+    /// its logits.
+    fn decode_step(
+        &self,
+        session: &mut Session,
+        runner: &dyn Prepared,
+        state: &mut Vec<(String, Tensor)>,
+        id: i64,
+        position: usize,
+    ) -> Result<Vec<f32>, SessionError> {
+        let value = |e: String| SessionError::Value(e);
+        let mut batch: Vec<(&str, Tensor)> = vec![
+            (
+                "input_ids",
+                Tensor::i64(vec![1, 1], vec![id]).map_err(|e| value(e.to_string()))?,
+            ),
+            ("position", Tensor::scalar_f32(position as f32)),
+        ];
+        let caches = std::mem::take(state);
+        let names: Vec<String> = caches.iter().map(|(n, _)| n.clone()).collect();
+        for ((_, t), n) in caches.into_iter().zip(&names) {
+            batch.push((n.as_str(), t));
+        }
+        let outs = session
+            .with_batch(batch, |v, m| runner.run_mapped(v, m))
+            .map_err(SessionError::Backend)?;
+        let mut logits = None;
+        for (n, t) in outs {
+            if n == "logits" {
+                logits = t.as_f32().map(<[f32]>::to_vec);
+            } else if names.contains(&n) {
+                state.push((n, t));
+            }
+        }
+        if state.len() != names.len() {
+            return Err(SessionError::Missing("cache"));
+        }
+        logits.ok_or(SessionError::Missing("logits"))
+    }
+}
+
+fn forward_of(p: &graft_frontend::Program) -> Result<&graft_ir::Function, SessionError> {
+    p.module
+        .function("forward")
+        .ok_or(SessionError::Missing("forward"))
+}
+
+/// `f` optimized (through the on-disk cache) when asked, prepared on `backend`.
+fn prepare(
+    session: &Session,
+    f: &graft_ir::Function,
+    backend: &dyn Backend,
+    optimize: bool,
+) -> Result<Box<dyn Prepared>, SessionError> {
+    let mut f = f.clone();
+    if optimize {
+        f = crate::cache::optimized_step(
+            crate::cache::cache_dir().as_deref(),
+            &session.program.module.files,
+            &f,
+            &graft_opt::Options::default(),
+        )
+        .map_err(SessionError::Value)?
+        .0;
+    }
+    backend.prepare(&f).map_err(SessionError::Backend)
 }
 
 /// What to generate from, for [`generate_spec`].
@@ -143,12 +291,17 @@ pub struct Request<'a> {
     pub sampling: Sampling,
     /// Trained tensors to load (a PEFT adapter folder or graft's trainable.safetensors).
     pub adapter: Option<&'a std::path::Path>,
+    /// Decode with a KV cache (else recompute the window for every token).
+    pub kv_cache: bool,
+    /// Keep going past eos (to measure generation speed).
+    pub ignore_eos: bool,
 }
 
 /// `graft generate`: the spec's model (elaborated again for one sequence of the prompt's
 /// length plus the reply's, rounded up to a multiple of 16 so windows share compiled code),
 /// its tokenizer, the adapter's tensors; streams the reply's text to `on_text` as it grows
-/// and returns it whole.
+/// (and notes, such as the KV cache falling back, to `on_note`) and returns it whole with
+/// how it ran.
 ///
 /// # Errors
 /// No tokenizer, a file that cannot be used, or a failed run.
@@ -159,7 +312,8 @@ pub fn generate_spec(
     opts: &crate::SessionOptions,
     req: &Request,
     on_text: &mut dyn FnMut(&str),
-) -> Result<String, SessionError> {
+    on_note: &mut dyn FnMut(&str),
+) -> Result<(String, Generated), SessionError> {
     let value = SessionError::Value;
     let dir = spec.parent().unwrap_or(std::path::Path::new("."));
     let tok = crate::data::tokenizer(program, dir)
@@ -179,9 +333,14 @@ pub fn generate_spec(
     } else {
         tok.encode(req.prompt, true).map_err(value)?.ids
     };
-    let len = (prompt.len() + req.sampling.max_new_tokens.max(1)).next_multiple_of(16);
-    let program = graft_frontend::elaborate_for(loaded, 1, len)
-        .map_err(|d| value(d.render(&loaded.sources, false)))?;
+    // Odd, so that the window's length is unlikely to equal another axis of the model (the
+    // KV cache tells sequence axes from others by elaborating a second length).
+    let len = (prompt.len() + req.sampling.max_new_tokens.max(1)).next_multiple_of(16) + 1;
+    let elaborate = |n| {
+        graft_frontend::elaborate_for(loaded, 1, n)
+            .map_err(|d| value(d.render(&loaded.sources, false)))
+    };
+    let program = elaborate(len)?;
     let weights = match &program.weights {
         Some((path, _)) => Some(crate::WeightsFile::open(path)?),
         None => None,
@@ -192,8 +351,25 @@ pub fn generate_spec(
     if let Some(a) = req.adapter {
         session.load_trained(a)?;
     }
-    let g = Generator::new(&session, opts.backend, opts.optimize)?;
-    let eos = tok.eos.as_ref().map(|e| e.1);
+    let mut g = Generator::new(&session, opts.backend, opts.optimize)?;
+    if req.kv_cache {
+        let longer = elaborate(len + 2)?;
+        g = match Generator::new(&session, opts.backend, opts.optimize)?.with_kv_cache(
+            &session,
+            &longer,
+            opts.backend,
+            opts.optimize,
+        ) {
+            Ok(cached) => cached,
+            Err(e) => {
+                on_note(&format!(
+                    "{e}; recomputing the window for every token instead"
+                ));
+                g
+            }
+        };
+    }
+    let eos = tok.eos.as_ref().map(|e| e.1).filter(|_| !req.ignore_eos);
     let mut reply = Vec::new();
     let mut shown = String::new();
     let mut failed = None;
@@ -207,7 +383,7 @@ pub fn generate_spec(
             *shown = text;
         }
     };
-    g.generate(&mut session, &prompt, eos, req.sampling, &mut |t| {
+    let done = g.generate(&mut session, &prompt, eos, req.sampling, &mut |t| {
         reply.push(t);
         match tok.decode(&reply) {
             Ok(text) => show(text, &mut shown),
@@ -217,9 +393,12 @@ pub fn generate_spec(
     if let Some(e) = failed {
         return Err(value(e));
     }
+    if let Some(n) = &done.note {
+        on_note(n);
+    }
     let text = tok.decode(&reply).map_err(value)?;
     show(text.clone(), &mut shown);
-    Ok(text)
+    Ok((text, done))
 }
 
 /// The next token from one position's logits.

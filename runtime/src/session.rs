@@ -384,6 +384,7 @@ impl Session {
         batch: Vec<(&str, Tensor)>,
         f: impl FnOnce(&HashMap<String, Tensor>, &[MappedInput<'_>]) -> T,
     ) -> T {
+        let names: Vec<String> = batch.iter().map(|(k, _)| k.to_string()).collect();
         for (k, v) in batch {
             self.values.insert(k.to_string(), v);
         }
@@ -396,7 +397,7 @@ impl Session {
             .insert("dropout_seed".into(), Tensor::scalar_i64(seed));
         let mapped = mapped_inputs(self.file.as_ref(), &self.mapped);
         let r = f(&self.values, &mapped);
-        for k in ["input_ids", "labels", "loss_weight", "dropout_seed"] {
+        for k in names.iter().map(String::as_str).chain(["dropout_seed"]) {
             self.values.remove(k);
         }
         r

@@ -1,6 +1,7 @@
 //! Padding and generation on the shipped tiny-llama folder, on the interpreter (the oracle):
-//! right padding never changes the logits of real tokens or the loss, and greedy generation
-//! on a padded window picks what the unpadded forward of exactly the tokens so far picks.
+//! right padding never changes the logits of real tokens or the loss; greedy generation, on
+//! a padded window or with the KV cache, picks what the unpadded forward of exactly the
+//! tokens so far picks; a model that is not causal is not decoded with a cache.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
@@ -77,43 +78,166 @@ fn right_padding_changes_neither_the_real_tokens_logits_nor_the_loss() {
     assert!(ea.is_finite() && ea > 0.0);
 }
 
+fn greedy(max_new_tokens: usize) -> Sampling {
+    Sampling {
+        max_new_tokens,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    }
+}
+
 #[test]
 fn greedy_generation_picks_the_argmax_of_the_exact_length_forward() {
     let l = loaded();
     let prompt = [0u32, 337, 336];
-    let mut s = session(elaborate_for(&l, 1, 16).unwrap());
-    let g = Generator::new(&s, &Interpreter, false).unwrap();
-    let sampling = Sampling {
-        max_new_tokens: 5,
-        temperature: 0.0,
-        top_p: 1.0,
-        seed: 0,
-    };
-    let mut seen = Vec::new();
-    let got = g
-        .generate(&mut s, &prompt, None, sampling, &mut |t| seen.push(t))
-        .unwrap();
-    assert_eq!(got, seen);
-    assert_eq!(got.len(), 5);
-    let params: Vec<(String, Tensor)> = s
-        .params()
-        .into_iter()
-        .map(|(p, t)| (p, t.clone()))
-        .collect();
-    let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
-    for &tok in &got {
-        let mut exact = session(elaborate_for(&l, 1, ids.len()).unwrap());
-        for (p, t) in &params {
-            exact.set_param(p, t.clone()).unwrap();
+    // Both ways: recomputing a padded window, and the KV cache (window 17, checked against
+    // a second elaboration at 19).
+    for cached in [false, true] {
+        let mut s = session(elaborate_for(&l, 1, 17).unwrap());
+        let mut g = Generator::new(&s, &Interpreter, false).unwrap();
+        if cached {
+            let longer = elaborate_for(&l, 1, 19).unwrap();
+            g = g.with_kv_cache(&s, &longer, &Interpreter, false).unwrap();
         }
-        let logits = exact
-            .forward(&Tensor::i64(vec![1, ids.len()], ids.clone()).unwrap())
+        let mut seen = Vec::new();
+        let got = g
+            .generate(&mut s, &prompt, None, greedy(6), &mut |t| seen.push(t))
             .unwrap();
-        let last = row(&logits, ids.len() - 1);
-        let argmax = (0..last.len())
-            .max_by(|&a, &b| last[a].total_cmp(&last[b]))
-            .unwrap();
-        assert_eq!(tok as usize, argmax);
-        ids.push(i64::from(tok));
+        assert_eq!((got.cached, got.note.clone()), (cached, None));
+        let got = got.tokens;
+        assert_eq!(got, seen);
+        assert_eq!(got.len(), 6);
+        let params: Vec<(String, Tensor)> = s
+            .params()
+            .into_iter()
+            .map(|(p, t)| (p, t.clone()))
+            .collect();
+        let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+        for &tok in &got {
+            let mut exact = session(elaborate_for(&l, 1, ids.len()).unwrap());
+            for (p, t) in &params {
+                exact.set_param(p, t.clone()).unwrap();
+            }
+            let logits = exact
+                .forward(&Tensor::i64(vec![1, ids.len()], ids.clone()).unwrap())
+                .unwrap();
+            let last = row(&logits, ids.len() - 1);
+            let argmax = (0..last.len())
+                .max_by(|&a, &b| last[a].total_cmp(&last[b]))
+                .unwrap();
+            assert_eq!(tok as usize, argmax, "cached: {cached}");
+            ids.push(i64::from(tok));
+        }
     }
+}
+
+#[test]
+fn the_kv_cache_decodes_the_full_forwards_logits_position_by_position() {
+    let l = loaded();
+    let f = graft_runtime::eval::logits_function(
+        elaborate_for(&l, 1, 9)
+            .unwrap()
+            .module
+            .function("forward")
+            .unwrap(),
+    )
+    .unwrap();
+    let g = graft_runtime::eval::logits_function(
+        elaborate_for(&l, 1, 11)
+            .unwrap()
+            .module
+            .function("forward")
+            .unwrap(),
+    )
+    .unwrap();
+    let d = graft_ir::decode::derive_decode(&f, &g, "input_ids", "logits").unwrap();
+    graft_ir::verify_function(&d.function, usize::MAX).unwrap();
+    // Two caches per layer: keys (after rotary, [1, kv_heads, 9, head_dim]) and values (the
+    // projection, [1, 9, kv_heads · head_dim]), both before grouped-query attention repeats
+    // them for every head: 9 · 2 · 16 numbers each.
+    assert_eq!(d.caches.len(), 4, "{:?}", d.caches);
+    assert!(
+        d.caches.iter().all(|(_, t)| t.numel() == 9 * 2 * 16),
+        "{:?}",
+        d.caches
+    );
+    let mut s = session(elaborate_for(&l, 1, 9).unwrap());
+    let ids = [0i64, 337, 336, 311, 335, 279, 263, 355, 334];
+    let full = s
+        .forward(&Tensor::i64(vec![1, 9], ids.to_vec()).unwrap())
+        .unwrap();
+    let mut caches: Vec<(String, Tensor)> = d
+        .caches
+        .iter()
+        .map(|(n, t)| (n.clone(), Tensor::zeros(t.clone())))
+        .collect();
+    for (t, &id) in ids.iter().enumerate() {
+        let mut inputs: std::collections::HashMap<String, Tensor> = s
+            .params()
+            .into_iter()
+            .map(|(p, t)| (p, t.clone()))
+            .collect();
+        let w = WeightsFile::open(&repo().join("dsl-examples/models/tiny-llama/model.safetensors"))
+            .unwrap();
+        for i in d.function.inputs() {
+            if w.entries().contains_key(i.name) {
+                inputs.insert(i.name.to_string(), w.read(i.name).unwrap());
+            }
+        }
+        inputs.insert(
+            "input_ids".into(),
+            Tensor::i64(vec![1, 1], vec![id]).unwrap(),
+        );
+        inputs.insert("position".into(), Tensor::scalar_f32(t as f32));
+        for (n, c) in &caches {
+            inputs.insert(n.clone(), c.clone());
+        }
+        let out = graft_interp::run(&d.function, &inputs).unwrap();
+        let logits = &out.iter().find(|(n, _)| n == "logits").unwrap().1;
+        let (a, b) = (logits.as_f32().unwrap(), row(&full, t));
+        let scale = b.iter().fold(1f32, |m, x| m.max(x.abs()));
+        let err = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        // Tolerance 1e-5 of the largest logit: the same products, summed in another order.
+        assert!(err <= 1e-5 * scale, "position {t}: {err}");
+        caches = out
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("cache."))
+            .collect();
+    }
+}
+
+#[test]
+fn a_model_that_is_not_causal_is_not_decoded_with_a_cache() {
+    let text = "use nn\n\
+        module bidi(vocab: int, hidden: int) {\n\
+            embed = embedding(vocab, hidden)\n\
+            proj = linear(hidden, vocab)\n\
+            forward(input_ids: [batch, seq] i64) {\n\
+                let h = embed(input_ids)\n\
+                proj(softmax(h @ h^T, axis: -1) @ h)\n\
+            }\n\
+        }\n\
+        model base = bidi(vocab: 64, hidden: 8)\n";
+    let l = load(
+        "bidi.graft",
+        None,
+        text.into(),
+        &Stdlib::Dir(repo().join("stdlib")),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let mut s = Session::new(elaborate_for(&l, 1, 9).unwrap(), None, 0).unwrap();
+    let longer = elaborate_for(&l, 1, 11).unwrap();
+    let g = Generator::new(&s, &Interpreter, false)
+        .unwrap()
+        .with_kv_cache(&s, &longer, &Interpreter, false)
+        .unwrap();
+    let got = g
+        .generate(&mut s, &[1, 2, 3, 4], None, greedy(3), &mut |_| {})
+        .unwrap();
+    assert!(!got.cached && got.tokens.len() == 3, "{got:?}");
+    assert!(got.note.unwrap().contains("causal"));
 }

@@ -242,6 +242,13 @@ enum Command {
         /// Seed of the sampler.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Recompute the whole window for every token instead of decoding one position at
+        /// a time against a KV cache.
+        #[arg(long)]
+        no_kv_cache: bool,
+        /// Keep generating past the end-of-sequence token (to measure speed).
+        #[arg(long)]
+        ignore_eos: bool,
         /// Run on the reference interpreter.
         #[arg(long)]
         interpret: bool,
@@ -552,6 +559,8 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             temperature,
             top_p,
             seed,
+            no_kv_cache,
+            ignore_eos,
             interpret,
         } => {
             let Some((loaded, program)) = compile(&file, stdlib, color)? else {
@@ -566,6 +575,8 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 prompt: &prompt,
                 chat,
                 adapter: adapter.as_deref(),
+                kv_cache: !no_kv_cache,
+                ignore_eos,
                 sampling: graft_runtime::generate::Sampling {
                     max_new_tokens,
                     temperature,
@@ -578,7 +589,8 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             if !chat {
                 let _ = write!(out, "{prompt}");
             }
-            graft_runtime::generate::generate_spec(
+            let started = std::time::Instant::now();
+            let (_, done) = graft_runtime::generate::generate_spec(
                 &file,
                 &loaded,
                 &program,
@@ -588,8 +600,20 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                     let _ = write!(out, "{t}");
                     let _ = out.flush();
                 },
+                &mut |note| eprintln!("note: {note}"),
             )?;
             let _ = writeln!(out);
+            let secs = started.elapsed().as_secs_f64();
+            eprintln!(
+                "{} tokens in {secs:.2} s ({:.1} tokens/s, {})",
+                done.tokens.len(),
+                done.tokens.len() as f64 / secs.max(1e-9),
+                if done.cached {
+                    "KV cache"
+                } else {
+                    "recomputing the window"
+                }
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -7,6 +7,7 @@
 //! against them, and [`text`] gives a text form with `print(parse(s)) == s`.
 
 pub mod attr;
+pub mod decode;
 pub mod dtype;
 pub mod graph;
 pub mod op;
