@@ -122,6 +122,11 @@ fn train_eval_export_and_generate_on_text() {
         generate(&["--interpret"]),
         "greedy text differs between backends"
     );
+    assert_eq!(
+        compiled,
+        generate(&["--no-kv-cache"]),
+        "the KV cache changes the text"
+    );
     let sampled = generate(&["--temperature", "0.8", "--top-p", "0.9", "--seed", "5"]);
     assert_eq!(
         sampled,
