@@ -16,7 +16,7 @@ dsl-examples/models/tiny-llama), in f32 on the CPU:
    of tests/fixtures/tokenizer/expected.json (what graft's tests check graft against).
 Prints the largest difference of each and exits non-zero if one is over the tolerance. With
 `--fixture`, also writes PEFT's adapter of step 2 and its logits (first row) to
-tests/fixtures/peft_stories/, which runtime/tests/peft_interop.rs checks graft against in CI.
+tests/fixtures/stories-peft-adapter/, which runtime/tests/peft_interop.rs checks graft against in CI.
 """
 
 import argparse
@@ -98,7 +98,8 @@ def main():
         trained.save_pretrained(theirs)
         peft_logits = logits_of(trained, ids)
         if args.fixture:
-            fx = os.path.join(ROOT, "tests", "fixtures", "peft_stories")
+            # Not named peft_*: make_fixtures.py clears those.
+            fx = os.path.join(ROOT, "tests", "fixtures", "stories-peft-adapter")
             trained.save_pretrained(fx)
             for extra in ("README.md",):
                 if os.path.exists(os.path.join(fx, extra)):

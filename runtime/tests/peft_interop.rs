@@ -1,4 +1,4 @@
-//! A PEFT-trained adapter in graft, against PEFT's own logits: tests/fixtures/peft_stories/
+//! A PEFT-trained adapter in graft, against PEFT's own logits: tests/fixtures/stories-peft-adapter/
 //! (PEFT 0.21.2's LoRA r=16, alpha=32 on every linear layer of the shipped tiny-llama, after
 //! 3 AdamW steps, saved by `PeftModel.save_pretrained`; made by scripts/peft_roundtrip.py
 //! --fixture). graft's interpreter must give PEFT's logits within 1e-4.
@@ -26,7 +26,7 @@ fn stories(edit: impl Fn(String) -> String) -> Session {
 
 #[test]
 fn a_peft_trained_adapter_gives_pefts_logits() {
-    let fixture = repo().join("tests/fixtures/peft_stories");
+    let fixture = repo().join("tests/fixtures/stories-peft-adapter");
     let want = WeightsFile::open(&fixture.join("logits.safetensors")).unwrap();
     let ids = want.read("input_ids").unwrap();
     let want = want.read("logits_row0").unwrap();
@@ -51,7 +51,7 @@ fn a_peft_trained_adapter_gives_pefts_logits() {
 
 #[test]
 fn an_adapter_made_with_another_scaling_is_refused() {
-    let fixture = repo().join("tests/fixtures/peft_stories");
+    let fixture = repo().join("tests/fixtures/stories-peft-adapter");
     let mut s = stories(|t| t.replace("alpha: 32.0", "alpha: 16.0"));
     let e = s.load_trained(&fixture).unwrap_err().to_string();
     assert!(
