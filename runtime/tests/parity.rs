@@ -198,6 +198,16 @@ fn lora_on_an_nf4_quantized_base() {
 }
 
 #[test]
+fn loha() {
+    check_case("loha");
+}
+
+#[test]
+fn lokr_with_full_and_low_rank_factors() {
+    check_case("lokr");
+}
+
+#[test]
 fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
     let mut c = load_case("lora_qv");
     let (cfg, tensors) = load_adapter(&fixtures().join("peft_lora_qv")).expect("PEFT adapter");
@@ -216,7 +226,7 @@ fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
 
 #[test]
 fn adapters_save_in_pefts_format_and_load_back() {
-    for case in ["lora_qv", "ia3", "prompt_tuning"] {
+    for case in ["lora_qv", "ia3", "prompt_tuning", "loha", "lokr"] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
         save_adapter(&dir, &c.session.program.adapters, &c.session.params()).expect("save");
@@ -227,7 +237,13 @@ fn adapters_save_in_pefts_format_and_load_back() {
         )
         .expect("json");
         assert_eq!(cfg["peft_type"], reference["peft_type"], "{case}");
-        for field in ["r", "lora_alpha", "num_virtual_tokens", "token_dim"] {
+        for field in [
+            "r",
+            "lora_alpha",
+            "alpha",
+            "num_virtual_tokens",
+            "token_dim",
+        ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");
             }

@@ -265,7 +265,9 @@ impl<'a> Elaborator<'a> {
                     }
                 }
                 Stmt::For { var, lo, hi, body } => {
+                    let span = hi.span;
                     let (lo, hi) = (self.eval_int(lo, env)?, self.eval_int(hi, env)?);
+                    self.count_iterations(lo, hi, span)?;
                     for i in lo..hi {
                         env.frames
                             .push(HashMap::from([(var.name.clone(), Value::Int(i))]));
@@ -275,6 +277,42 @@ impl<'a> Elaborator<'a> {
                     }
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Charges a compile-time loop's iterations to the elaboration's budget (at most
+    /// [`super::MAX_LOOP`] for one loop, [`super::MAX_ITERATIONS`] in all), so that no spec
+    /// makes the compiler run for hours (a model of a million layers, say).
+    pub(crate) fn count_iterations(
+        &mut self,
+        lo: i64,
+        hi: i64,
+        span: Span,
+    ) -> Result<(), Diagnostic> {
+        let n = u64::try_from(hi.saturating_sub(lo)).unwrap_or(0);
+        if n > super::MAX_LOOP {
+            return Err(Diagnostic::error(
+                span,
+                format!(
+                    "a compile-time loop may run at most {} times",
+                    super::MAX_LOOP
+                ),
+                format!("this one runs {n}"),
+            )
+            .with_help("a loop bound is far larger than a model's dimensions usually are"));
+        }
+        self.iterations = self.iterations.saturating_add(n);
+        if self.iterations > super::MAX_ITERATIONS {
+            return Err(Diagnostic::error(
+                span,
+                format!(
+                    "compile-time loops run more than {} iterations in all",
+                    super::MAX_ITERATIONS
+                ),
+                format!("this loop runs {n}"),
+            )
+            .with_help("a loop bound is far larger than a model's dimensions usually are"));
         }
         Ok(())
     }

@@ -370,7 +370,9 @@ impl<'a> Elaborator<'a> {
                     env.base.insert(name.name.clone(), v);
                 }
                 MemberKind::For { var, lo, hi, body } => {
+                    let span = hi.span;
                     let (lo, hi) = (self.eval_int(lo, env)?, self.eval_int(hi, env)?);
+                    self.count_iterations(lo, hi, span)?;
                     for i in lo..hi {
                         env.frames
                             .push(HashMap::from([(var.name.clone(), Value::Int(i))]));

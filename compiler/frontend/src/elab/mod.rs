@@ -27,6 +27,10 @@ use value::{DeclId, Env, InstId, Value};
 
 /// Deepest call nesting allowed while elaborating (graft functions may not recurse forever).
 const MAX_DEPTH: usize = 64;
+/// Iterations one compile-time loop may run (the largest models have about a hundred layers).
+const MAX_LOOP: u64 = 100_000;
+/// Compile-time loop iterations an elaboration may run in all.
+const MAX_ITERATIONS: u64 = 10_000_000;
 
 /// Whether a declared tensor is frozen or trainable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +225,8 @@ pub(crate) struct Elaborator<'a> {
     shape: Option<(usize, usize)>,
     /// Also build `@merge` ([`elaborate_merged`]).
     merge: bool,
+    /// Compile-time loop iterations run so far.
+    iterations: u64,
     warnings: Vec<Diagnostic>,
 }
 
@@ -265,6 +271,7 @@ fn elaborate_with(
         seq: 16,
         shape,
         merge,
+        iterations: 0,
         warnings: Vec::new(),
     };
     el.collect_defs()?;

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Fixtures for PEFT methods added after the first set, on the committed base model.
+
+Run by hand after scripts/make_fixtures.py (which clears `peft_*`), with the same venv:
+
+    /work/venv-fixtures/bin/python scripts/make_method_fixtures.py [--out tests/fixtures]
+
+It loads the model and batch from tests/fixtures/base.safetensors (so the committed fixtures
+are not regenerated) and, per method, writes `<case>.safetensors` (the randomized adapter,
+logits, loss, gradients and the tensors after 3 AdamW steps, in make_fixtures.py's format)
+and `peft_<case>/` (PEFT's saved adapter), and `methods.json` (saved keys and shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHASHSEED)
+import torch
+from peft import LoHaConfig, LoKrConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from transformers import LlamaForCausalLM
+
+CASES = {
+    "loha": LoHaConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
+    # down_proj (64 × 128) gets the low-rank w2 (r = 4 < max(8, 16) / 2); q/v a full one.
+    "lokr": LoKrConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+}
+
+
+def committed_base(fixtures: Path):
+    sd = load_file(str(fixtures / "base.safetensors"))
+    model = LlamaForCausalLM(mf.llama_config())
+    weights = {k: v for k, v in sd.items() if k in model.state_dict()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all("rotary" in k for k in missing), (missing, unexpected)
+    model.eval()
+    return model, sd["input_ids"], sd["labels"], sd["logits"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--out", default=str(mf.REPO / "tests" / "fixtures"))
+    args = ap.parse_args()
+    out = Path(args.out)
+    base, input_ids, labels, base_logits = committed_base(out)
+    with torch.no_grad():
+        logits, _ = mf.forward(base, input_ids, labels)
+    assert torch.allclose(logits, base_logits, rtol=0, atol=1e-5), "not the committed base"
+    manifest = {"peft": mf.peft.__version__, "torch": torch.__version__, "cases": {}}
+    for i, (case, cfg) in enumerate(CASES.items()):
+        torch.manual_seed(300 + i)
+        model = get_peft_model(copy.deepcopy(base), cfg)
+        mf.randomize_adapter(model, seed=3000 + i)
+        saved = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
+        key_of = mf.peft_key_map(model, saved)
+        mf.save_adapter_dir(model, out / f"peft_{case}", saved)
+        model.train()  # no dropout is configured: train() == eval() numerically
+        rec = mf.train_record(model, input_ids, labels, key_of)
+        save_file({**saved, **rec}, str(out / f"{case}.safetensors"))
+        reloaded = PeftModel.from_pretrained(copy.deepcopy(base), str(out / f"peft_{case}"))
+        with torch.no_grad():
+            again, _ = mf.forward(reloaded, input_ids, labels)
+        assert torch.allclose(again, rec["logits"], rtol=0, atol=1e-5)
+        mf.check_loss(rec["logits"], labels, rec["loss"])
+        manifest["cases"][case] = {"saved_keys": mf.describe(saved)}
+        print(f"{case}: loss {rec['loss'].item():.6f}, {len(saved)} adapter tensors")
+    with open(out / "methods.json", "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
