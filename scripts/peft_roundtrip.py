@@ -14,6 +14,9 @@ dsl-examples/models/tiny-llama), in f32 on the CPU:
    plain model and whose logits match graft's within 1e-4.
 4. Tokenizer: transformers' `AutoTokenizer` on the folder gives the ids and chat renderings
    of tests/fixtures/tokenizer/expected.json (what graft's tests check graft against).
+5. Every method with a PEFT form on the tiny fixture model (tiny_lora, tiny_dora, tiny_ia3,
+   tiny_loha, tiny_lokr): an adapter graft trained for 5 steps gives graft's logits in PEFT
+   within 1e-4.
 Prints the largest difference of each and exits non-zero if one is over the tolerance. With
 `--fixture`, also writes PEFT's adapter of step 2 and its logits (first row) to
 tests/fixtures/stories-peft-adapter/, which runtime/tests/peft_interop.rs checks graft against in CI.
@@ -125,6 +128,18 @@ def main():
         same &= tok(text, add_special_tokens=False)["input_ids"] == r["ids"]
     print(f"tokenizer fixtures through transformers: {'identical' if same else 'DIFFERENT'}")
     ok &= same
+    # 5. Each method's graft-trained adapter in PEFT, on the fixture model.
+    fixture_model = os.path.join(ROOT, "tests", "fixtures", "tiny-llama-hf")
+    for method in ("lora", "dora", "ia3", "loha", "lokr"):
+        spec = os.path.join(ROOT, "dsl-examples", f"tiny_{method}.graft")
+        with tempfile.TemporaryDirectory() as w:
+            graft(args.graft, "train", spec, "--steps", "5", "--save", w)
+            dump = os.path.join(w, "logits.safetensors")
+            graft(args.graft, "eval", spec, "--adapter", w, "--logits", dump)
+            g = load_file(dump)
+            base = AutoModelForCausalLM.from_pretrained(fixture_model, torch_dtype=torch.float32)
+            m = PeftModel.from_pretrained(base.eval(), w).eval()
+            ok &= report(f"graft {method} adapter in PEFT", logits_of(m, g["input_ids"]), g["logits"])
     sys.exit(0 if ok else 1)
 
 
