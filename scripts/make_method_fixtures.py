@@ -21,7 +21,7 @@ from pathlib import Path
 
 import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHASHSEED)
 import torch
-from peft import LoHaConfig, LoKrConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import HRAConfig, LoHaConfig, LoKrConfig, PeftModel, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
@@ -29,6 +29,7 @@ CASES = {
     "loha": LoHaConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj"]),
     # down_proj (64 × 128) gets the low-rank w2 (r = 4 < max(8, 16) / 2); q/v a full one.
     "lokr": LoKrConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
+    "hra": HRAConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]),
 }
 
 

@@ -208,6 +208,11 @@ fn lokr_with_full_and_low_rank_factors() {
 }
 
 #[test]
+fn hra() {
+    check_case("hra");
+}
+
+#[test]
 fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
     let mut c = load_case("lora_qv");
     let (cfg, tensors) = load_adapter(&fixtures().join("peft_lora_qv")).expect("PEFT adapter");
@@ -226,7 +231,7 @@ fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
 
 #[test]
 fn adapters_save_in_pefts_format_and_load_back() {
-    for case in ["lora_qv", "ia3", "prompt_tuning", "loha", "lokr"] {
+    for case in ["lora_qv", "ia3", "prompt_tuning", "loha", "lokr", "hra"] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
         save_adapter(&dir, &c.session.program.adapters, &c.session.params()).expect("save");

@@ -313,3 +313,30 @@ fn lion_follows_its_formula() {
             .is_some()
     );
 }
+
+#[test]
+fn hra_lokr_and_loha_start_as_the_base_model() {
+    // PEFT's inits: HRA's reflections come in equal pairs (H = I), LoKr's first factor and
+    // LoHa's last are zero. The base model's logits come from PyTorch (base.safetensors).
+    let base = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors"))
+        .expect("weights")
+        .read("logits")
+        .expect("logits");
+    let want = f32s(&base);
+    let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for example in ["tiny_hra.graft", "tiny_lokr.graft", "tiny_loha.graft"] {
+        let mut s = session(example, Some("batch 2  seq 8  steps 1"), 7);
+        let got = f32s(&s.forward(&batch()).expect("forward"));
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        // Tolerance 1e-5 of the largest logit: HRA's two reflections cancel up to rounding.
+        assert!(err <= 1e-5 * scale, "{example}: {err}");
+        let moved = s
+            .params()
+            .iter()
+            .any(|(_, t)| f32s(t).iter().any(|&x| x != 0.0));
+        assert!(moved, "{example}: every trainable tensor is zero");
+    }
+}
