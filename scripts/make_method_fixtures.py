@@ -21,7 +21,16 @@ from pathlib import Path
 
 import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHASHSEED)
 import torch
-from peft import HRAConfig, LoHaConfig, LoKrConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import (
+    HRAConfig,
+    LoHaConfig,
+    LoKrConfig,
+    LoraConfig,
+    PeftModel,
+    get_peft_model,
+    get_peft_model_state_dict,
+)
+from peft.optimizers import create_loraplus_optimizer
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
@@ -30,7 +39,34 @@ CASES = {
     # down_proj (64 × 128) gets the low-rank w2 (r = 4 < max(8, 16) / 2); q/v a full one.
     "lokr": LoKrConfig(r=4, alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]),
     "hra": HRAConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"]),
+    # LoRA+ (Hayou et al., 2024): plain LoRA trained with PEFT's create_loraplus_optimizer,
+    # lora_B at 16 times the learning rate.
+    "loraplus": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
 }
+
+# Optimizers other than make_fixtures.py's AdamW, per case.
+ADAMW = torch.optim.AdamW
+OPTIMIZERS = {
+    "loraplus": lambda model: create_loraplus_optimizer(
+        model,
+        ADAMW,
+        lr=mf.ADAMW["lr"],
+        loraplus_lr_ratio=16.0,
+        loraplus_weight_decay=mf.ADAMW["weight_decay"],
+        betas=mf.ADAMW["betas"],
+        eps=mf.ADAMW["eps"],
+    ),
+}
+
+
+def train_record(model, input_ids, labels, key_of, make_optimizer):
+    """make_fixtures.train_record with another optimizer."""
+    original = torch.optim.AdamW
+    torch.optim.AdamW = lambda params, **_: make_optimizer(model)
+    try:
+        return mf.train_record(model, input_ids, labels, key_of)
+    finally:
+        torch.optim.AdamW = original
 
 
 def committed_base(fixtures: Path):
@@ -61,7 +97,10 @@ def main() -> int:
         key_of = mf.peft_key_map(model, saved)
         mf.save_adapter_dir(model, out / f"peft_{case}", saved)
         model.train()  # no dropout is configured: train() == eval() numerically
-        rec = mf.train_record(model, input_ids, labels, key_of)
+        if case in OPTIMIZERS:
+            rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
+        else:
+            rec = mf.train_record(model, input_ids, labels, key_of)
         save_file({**saved, **rec}, str(out / f"{case}.safetensors"))
         reloaded = PeftModel.from_pretrained(copy.deepcopy(base), str(out / f"peft_{case}"))
         with torch.no_grad():

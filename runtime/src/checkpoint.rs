@@ -79,6 +79,14 @@ impl Fingerprint {
         adapters.sort();
         m.insert("adapters".into(), adapters.join(" "));
         m.insert("optimizer".into(), format!("{:?}", t.optimizer));
+        if !t.param_groups.is_empty() {
+            let groups: Vec<String> = t
+                .param_groups
+                .iter()
+                .map(|(g, _)| format!("{g:?}"))
+                .collect();
+            m.insert("param groups".into(), groups.join(", "));
+        }
         // A decaying schedule depends on the run's length; a constant one does not (a run
         // may be extended).
         let schedule = match t.schedule {

@@ -69,6 +69,7 @@ pub fn step_config(t: &TrainConfig) -> StepConfig {
         clip: t.clip,
         ignore_index: -100,
         accumulate: t.accumulate,
+        groups: t.param_groups.iter().map(|(g, _)| g.clone()).collect(),
     }
 }
 

@@ -213,6 +213,11 @@ fn hra() {
 }
 
 #[test]
+fn lora_plus_trains_lora_b_at_its_own_learning_rate() {
+    check_case("loraplus");
+}
+
+#[test]
 fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
     let mut c = load_case("lora_qv");
     let (cfg, tensors) = load_adapter(&fixtures().join("peft_lora_qv")).expect("PEFT adapter");

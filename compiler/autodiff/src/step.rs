@@ -82,6 +82,29 @@ pub enum Schedule {
     },
 }
 
+/// Optimizer settings for the trainable tensors a pattern names (torch's parameter groups):
+/// LoRA+'s larger learning rate for `lora_B`, no weight decay for some tensors, ...
+#[derive(Clone, Debug, PartialEq)]
+pub struct ParamGroup {
+    /// A param path, or its last components (`lora_B.weight` names every LoRA B).
+    pub pattern: String,
+    /// The learning rate is the optimizer's times this.
+    pub lr_scale: f64,
+    /// Weight decay instead of the optimizer's.
+    pub weight_decay: Option<f64>,
+}
+
+impl ParamGroup {
+    /// Whether the group covers the param at `path`: the whole path, or its last
+    /// dot-separated components.
+    pub fn matches(&self, path: &str) -> bool {
+        path == self.pattern
+            || path
+                .strip_suffix(self.pattern.as_str())
+                .is_some_and(|rest| rest.ends_with('.'))
+    }
+}
+
 /// What the training step does besides the forward.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepConfig {
@@ -98,6 +121,9 @@ pub struct StepConfig {
     /// Micro-batches per optimizer step (gradient accumulation; 1: none). See
     /// [`train_step`].
     pub accumulate: usize,
+    /// Per-param learning-rate scales and weight decays; the first group that matches a
+    /// param applies to it.
+    pub groups: Vec<ParamGroup>,
 }
 
 /// Causal-LM cross-entropy as Hugging Face computes it: logits `[B, S', V]`, labels `[B, S]`
@@ -327,8 +353,48 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     ];
     for (i, ((path, p), g)) in params.iter().zip(&grads).enumerate() {
         let shape = e.ty(*p).shape;
+        let group = cfg.groups.iter().find(|gr| gr.matches(path));
+        let lr = match group {
+            Some(gr) if gr.lr_scale != 1.0 => e.scale(lr, gr.lr_scale)?,
+            _ => lr,
+        };
         let lr_b = e.broadcast(lr, &shape)?;
-        match cfg.optimizer {
+        let optimizer = match (&cfg.optimizer, group.and_then(|gr| gr.weight_decay)) {
+            (o, None) => o.clone(),
+            (
+                Optimizer::AdamW {
+                    lr,
+                    beta1,
+                    beta2,
+                    eps,
+                    ..
+                },
+                Some(w),
+            ) => Optimizer::AdamW {
+                lr: *lr,
+                beta1: *beta1,
+                beta2: *beta2,
+                eps: *eps,
+                weight_decay: w,
+            },
+            (
+                Optimizer::Lion {
+                    lr, beta1, beta2, ..
+                },
+                Some(w),
+            ) => Optimizer::Lion {
+                lr: *lr,
+                beta1: *beta1,
+                beta2: *beta2,
+                weight_decay: w,
+            },
+            (Optimizer::Sgd { lr, momentum, .. }, Some(w)) => Optimizer::Sgd {
+                lr: *lr,
+                momentum: *momentum,
+                weight_decay: w,
+            },
+        };
+        match optimizer {
             Optimizer::AdamW {
                 beta1,
                 beta2,

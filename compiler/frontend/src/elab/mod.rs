@@ -432,6 +432,30 @@ impl<'a> Elaborator<'a> {
             )),
             (None, None) => None,
         };
+        for (g, span) in &train.param_groups {
+            let mut params = self.decls.iter().filter(|d| d.kind == DeclKind::Param);
+            if params.clone().any(|d| g.matches(&d.path)) {
+                continue;
+            }
+            // An example of what a group can name: a param's last two components.
+            let help = match params.next() {
+                Some(p) => {
+                    let mut last: Vec<&str> = p.path.rsplit('.').take(2).collect();
+                    last.reverse();
+                    format!(
+                        "a group names a param path or its last components, e.g. `{}`",
+                        last.join(".")
+                    )
+                }
+                None => "the spec has no trainable tensors".into(),
+            };
+            return Err(Diagnostic::error(
+                *span,
+                format!("`{}` names no trainable tensor", g.pattern),
+                "matches nothing",
+            )
+            .with_help(help));
+        }
         let tensors = self
             .decls
             .iter()

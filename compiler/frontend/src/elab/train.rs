@@ -7,7 +7,7 @@ use crate::ast::{Expr, ExprKind, Span, TrainBlock};
 use crate::diag::Diagnostic;
 use std::collections::HashMap;
 
-pub use graft_autodiff::{Optimizer, Schedule};
+pub use graft_autodiff::{Optimizer, ParamGroup, Schedule};
 
 /// Training settings.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,6 +45,8 @@ pub struct TrainConfig {
     pub epochs: Option<usize>,
     /// Micro-batches whose gradients are summed before each optimizer step.
     pub accumulate: usize,
+    /// Optimizer settings for the params a pattern names, with where each group is written.
+    pub param_groups: Vec<(ParamGroup, Span)>,
 }
 
 impl Default for TrainConfig {
@@ -72,6 +74,7 @@ impl Default for TrainConfig {
             shuffle: true,
             epochs: None,
             accumulate: 1,
+            param_groups: Vec::new(),
         }
     }
 }
@@ -93,6 +96,7 @@ const KEYS: &[&str] = &[
     "shuffle",
     "epochs",
     "accumulate",
+    "param_groups",
 ];
 
 impl<'a> Elaborator<'a> {
@@ -156,6 +160,7 @@ impl<'a> Elaborator<'a> {
                 "shuffle" => c.shuffle = self.flag(v)?,
                 "epochs" => c.epochs = Some(self.positive(v)?),
                 "accumulate" => c.accumulate = self.positive(v)?,
+                "param_groups" => c.param_groups = self.param_groups(v)?,
                 _ => {
                     let mut d = Diagnostic::error(
                         s.key.span,
@@ -308,6 +313,72 @@ impl<'a> Elaborator<'a> {
             "sgd" => Ok(Optimizer::Sgd { lr: get("lr", 1e-3), momentum: get("momentum", 0.0), weight_decay: get("weight_decay", 0.0) }),
             other => Err(Diagnostic::error(e.span, format!("unknown optimizer `{other}`"), "unknown").with_help("supported: adamw(lr, beta1, beta2, eps, weight_decay), lion(lr, beta1, beta2, weight_decay), sgd(lr, momentum, weight_decay)")),
         }
+    }
+
+    /// `[group("lora_B.weight", lr_scale: 16.0, weight_decay: 0.0), ...]`.
+    fn param_groups(&mut self, e: &'a Expr) -> Result<Vec<(ParamGroup, Span)>, Diagnostic> {
+        let help = "write `param_groups [group(\"lora_B.weight\", lr_scale: 16.0)]`: a param \
+                    path or its last components, then `lr_scale` and/or `weight_decay`";
+        let ExprKind::List(items) = &e.kind else {
+            return Err(
+                Diagnostic::error(e.span, "expected a list of `group(...)`", "here")
+                    .with_help(help),
+            );
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let ExprKind::Call(c, args) = &item.kind else {
+                return Err(
+                    Diagnostic::error(item.span, "expected `group(...)`", "here").with_help(help),
+                );
+            };
+            if word(c).as_deref() != Some("group") {
+                return Err(
+                    Diagnostic::error(item.span, "expected `group(...)`", "here").with_help(help),
+                );
+            }
+            let mut g = ParamGroup {
+                pattern: String::new(),
+                lr_scale: 1.0,
+                weight_decay: None,
+            };
+            let mut have_pattern = false;
+            for a in args {
+                match a.name.as_ref().map(|n| n.name.as_str()) {
+                    None if !have_pattern => {
+                        g.pattern = self.setting_str(&a.value)?;
+                        have_pattern = true;
+                    }
+                    Some("lr_scale") => g.lr_scale = self.number(&a.value)?,
+                    Some("weight_decay") => g.weight_decay = Some(self.number(&a.value)?),
+                    _ => {
+                        return Err(Diagnostic::error(
+                            a.value.span,
+                            "`group` takes a pattern, then `lr_scale:` and `weight_decay:`",
+                            "not one of them",
+                        )
+                        .with_help(help));
+                    }
+                }
+            }
+            if !have_pattern || g.pattern.is_empty() {
+                return Err(
+                    Diagnostic::error(item.span, "the group names no params", "here")
+                        .with_help(help),
+                );
+            }
+            if !(g.lr_scale.is_finite() && g.lr_scale >= 0.0)
+                || g.weight_decay.is_some_and(|w| !(w.is_finite() && w >= 0.0))
+            {
+                return Err(Diagnostic::error(
+                    item.span,
+                    "`lr_scale` and `weight_decay` must be non-negative numbers",
+                    "here",
+                ));
+            }
+            out.push((g, item.span));
+        }
+        Ok(out)
     }
 
     fn schedule(&mut self, e: &'a Expr, _c: &TrainConfig) -> Result<Schedule, Diagnostic> {
