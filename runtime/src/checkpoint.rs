@@ -119,6 +119,22 @@ impl Fingerprint {
         Fingerprint(m)
     }
 
+    /// Records a file the run depends on (the tokenizer) under `key`: its name and SHA-256.
+    ///
+    /// # Errors
+    /// The file cannot be read.
+    pub fn add_file(&mut self, key: &str, path: &Path) -> Result<(), String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let name = path
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into());
+        let sum = hex(&Sha256::digest(&bytes));
+        self.0
+            .insert(key.into(), format!("{name} (sha256 {})", &sum[..16]));
+        Ok(())
+    }
+
     /// The fields that differ from `other` (what a checkpoint was written with), as lines
     /// `field: old → new`, in field order.
     pub fn changes_from(&self, written: &Fingerprint) -> Vec<String> {

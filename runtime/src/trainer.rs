@@ -215,8 +215,13 @@ pub fn train(
     };
     program.train.steps = steps;
     let seed = program.train.seed;
-    let fingerprint =
+    let mut fingerprint =
         Fingerprint::with_data(&program, Some((data_path.as_path(), data_text.as_bytes())));
+    if let Some(t) = &tok {
+        fingerprint
+            .add_file("tokenizer", &t.path)
+            .map_err(TrainError::Input)?;
+    }
     drop(data_text);
     crate::memory::check_fits(&program).map_err(TrainError::Input)?;
     // Lock the checkpoint folder before anything is read from it.

@@ -241,3 +241,24 @@ fn bad_model_folders_get_one_clear_error_naming_the_file() {
     );
     assert!(!save.exists(), "a failed run wrote {}", save.display());
 }
+
+#[test]
+fn resuming_with_another_tokenizer_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let spec = broken_folder(tmp.path(), |_| {});
+    let ck = tmp.path().join("ck").display().to_string();
+    ok(&graft(
+        &["train", &spec, "--steps", "2", "--checkpoint", &ck],
+        &cache,
+    ));
+    // The same tokenizer written out again with other whitespace: other bytes.
+    let tok = tmp.path().join("model/tokenizer.json");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&tok).unwrap()).unwrap();
+    std::fs::write(&tok, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let e = failed(&graft(
+        &["train", &spec, "--steps", "4", "--checkpoint", &ck],
+        &cache,
+    ));
+    assert!(e.contains("tokenizer"), "{e}");
+}
