@@ -191,7 +191,10 @@ def main():
     with open(os.path.join(MODEL, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
     with open(os.path.join(MODEL, "generation_config.json"), "w") as f:
-        json.dump({"bos_token_id": ids[BOS], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]}, f, indent=2)
+        # Generation stops at the end of text and at the end of a chat turn, as chat models
+        # list both (Llama 3 Instruct: [128001, 128009]).
+        gen = {"bos_token_id": ids[BOS], "eos_token_id": [ids[EOS], ids[IM_END]], "pad_token_id": ids[PAD]}
+        json.dump(gen, f, indent=2)
 
     g = np.random.default_rng(0)
     h, f_, kv, hd, L = 64, 128, 2, 16, 2

@@ -6,7 +6,8 @@
 # backend. It prints a progress bar (plain lines when not on a terminal) and the held-out loss
 # and perplexity every 25 steps, saves the adapter in PEFT's format with metrics.jsonl and
 # loss.svg under target/example/adapter, evaluates it, exports a merged model that
-# transformers loads, and generates a few lines with the adapter.
+# transformers loads, and generates a few lines with the adapter; then trains the chat example
+# (assistant-only loss) and answers a question through the chat template.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -22,3 +23,7 @@ for prompt in "Every morning" "In the garden," "Mia asks"; do
     $graft generate "$spec" --adapter "$out/adapter" --prompt "$prompt" --max-new-tokens 40
 done
 $graft generate "$spec" --adapter "$out/adapter" --prompt "Leo asks" --temperature 0.8 --top-p 0.9 --seed 1
+# Chat: `messages` records through the chat template, the loss on the assistant's turns only.
+chat=dsl-examples/stories_chat.graft
+$graft train "$chat" --save "$out/chat-adapter"
+$graft generate "$chat" --adapter "$out/chat-adapter" --chat --prompt "What does Mia keep in the garden?"

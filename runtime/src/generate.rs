@@ -116,8 +116,8 @@ impl Generator {
         self.len
     }
 
-    /// Continues `prompt`, calling `on_token` with each new token; stops at `eos`, after
-    /// `max_new_tokens`, or when the window is full.
+    /// Continues `prompt`, calling `on_token` with each new token; stops at a token of
+    /// `stop` (eos), after `max_new_tokens`, or when the window is full.
     ///
     /// # Errors
     /// The prompt does not leave room for a token, or a run fails.
@@ -125,7 +125,7 @@ impl Generator {
         &self,
         session: &mut Session,
         prompt: &[u32],
-        eos: Option<u32>,
+        stop: &[u32],
         s: Sampling,
         on_token: &mut dyn FnMut(u32),
     ) -> Result<Generated, SessionError> {
@@ -177,7 +177,8 @@ impl Generator {
             on_token(next);
             out.tokens.push(next);
             ids.push(i64::from(next));
-            if Some(next) == eos || out.tokens.len() == s.max_new_tokens || ids.len() == self.len {
+            if stop.contains(&next) || out.tokens.len() == s.max_new_tokens || ids.len() == self.len
+            {
                 break;
             }
             if let Some((runner, state, last)) = &mut cache {
@@ -369,7 +370,11 @@ pub fn generate_spec(
             }
         };
     }
-    let eos = tok.eos.as_ref().map(|e| e.1).filter(|_| !req.ignore_eos);
+    let stop = if req.ignore_eos {
+        Vec::new()
+    } else {
+        stop_tokens(&tok, session.program.model_dir.as_deref())
+    };
     let mut reply = Vec::new();
     let mut shown = String::new();
     let mut failed = None;
@@ -383,7 +388,7 @@ pub fn generate_spec(
             *shown = text;
         }
     };
-    let done = g.generate(&mut session, &prompt, eos, req.sampling, &mut |t| {
+    let done = g.generate(&mut session, &prompt, &stop, req.sampling, &mut |t| {
         reply.push(t);
         match tok.decode(&reply) {
             Ok(text) => show(text, &mut shown),
@@ -399,6 +404,31 @@ pub fn generate_spec(
     let text = tok.decode(&reply).map_err(value)?;
     show(text.clone(), &mut shown);
     Ok((text, done))
+}
+
+/// The tokens generation stops at, as transformers' `generate` takes them: the tokenizer's
+/// eos and every `eos_token_id` of the model folder's `generation_config.json` (an id or a
+/// list: chat models list their end-of-turn token there).
+pub fn stop_tokens(tok: &crate::TextTokenizer, model_dir: Option<&std::path::Path>) -> Vec<u32> {
+    let mut stop: Vec<u32> = tok.eos.iter().map(|e| e.1).collect();
+    let config = model_dir
+        .map(|d| d.join("generation_config.json"))
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    if let Some(v) = config.as_ref().and_then(|c| c.get("eos_token_id")) {
+        let ids: Vec<&serde_json::Value> = match v {
+            serde_json::Value::Array(a) => a.iter().collect(),
+            one => vec![one],
+        };
+        for id in ids.into_iter().filter_map(serde_json::Value::as_u64) {
+            if let Ok(id) = u32::try_from(id)
+                && !stop.contains(&id)
+            {
+                stop.push(id);
+            }
+        }
+    }
+    stop
 }
 
 /// The next token from one position's logits.

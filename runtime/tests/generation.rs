@@ -102,7 +102,7 @@ fn greedy_generation_picks_the_argmax_of_the_exact_length_forward() {
         }
         let mut seen = Vec::new();
         let got = g
-            .generate(&mut s, &prompt, None, greedy(6), &mut |t| seen.push(t))
+            .generate(&mut s, &prompt, &[], greedy(6), &mut |t| seen.push(t))
             .unwrap();
         assert_eq!((got.cached, got.note.clone()), (cached, None));
         let got = got.tokens;
@@ -236,7 +236,7 @@ fn a_model_that_is_not_causal_is_not_decoded_with_a_cache() {
         .with_kv_cache(&s, &longer, &Interpreter, false)
         .unwrap();
     let got = g
-        .generate(&mut s, &[1, 2, 3, 4], None, greedy(3), &mut |_| {})
+        .generate(&mut s, &[1, 2, 3, 4], &[], greedy(3), &mut |_| {})
         .unwrap();
     assert!(!got.cached && got.tokens.len() == 3, "{got:?}");
     assert!(got.note.unwrap().contains("causal"));

@@ -137,3 +137,15 @@ fn chat_records_without_a_template_or_with_bad_messages_are_errors() {
     let e = parse_line(r#"{"text": "hi"}"#, Some(&t), 3).unwrap_err();
     assert!(e.contains("outside the model's vocabulary"), "{e}");
 }
+
+#[test]
+fn generation_stops_at_eos_and_at_the_end_of_a_chat_turn() {
+    let t = tok();
+    let dir = repo().join("dsl-examples/models/tiny-llama");
+    let stop = graft_runtime::generate::stop_tokens(&t, Some(&dir));
+    let id = |s: &str| t.encode(s, false).unwrap().ids;
+    assert_eq!(id("<|end_of_text|>").len(), 1);
+    let want = [id("<|end_of_text|>")[0], id("<|im_end|>")[0]];
+    assert_eq!(stop, want);
+    assert_eq!(graft_runtime::generate::stop_tokens(&t, None), want[..1]);
+}
