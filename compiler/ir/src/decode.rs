@@ -15,8 +15,10 @@
 //! - layout ops (reshape, transpose, broadcast) needed full are applied to their operand's
 //!   full value instead, so a cache sits before them (the keys before their heads are
 //!   repeated for grouped-query attention);
-//! - a constant with a sequence axis (rotary angles, the causal mask) is computed whole and
-//!   its row `t` picked by a select on the position and a sum.
+//! - a constant with a sequence axis (rotary angles, the causal mask) is computed at row `t`
+//!   only: an iota along that axis is the position itself; where that cannot be followed
+//!   (an input, random values), it is computed whole and its row picked by a select and a
+//!   sum.
 //!
 //! Rows after `t` of a cache hold zeros; the model's own causal mask keeps them out. The
 //! derivation is exact only for a causal model (earlier rows never change when a token is
@@ -160,20 +162,63 @@ impl Deriver<'_> {
         if let Some(&v) = self.memo.get(&(n, mode.clone())) {
             return Ok(v);
         }
-        let v = if !self.dep[n] {
-            let mut v = self.whole(n)?;
-            for (k, &axis) in self.seq[n].clone().iter().enumerate() {
-                if !mode[k] {
-                    v = self.pick_row(v, axis)?;
-                }
-            }
-            v
+        let v = if !self.dep[n] && mode.iter().all(|&m| m) {
+            self.whole(n)?
+        } else if !self.dep[n] {
+            self.const_rows(n, mode)?
         } else if !mode.is_empty() && mode.iter().all(|&m| m) {
             self.full(n)?
         } else {
             self.rows(n, mode)?
         };
         self.memo.insert((n, mode.clone()), v);
+        Ok(v)
+    }
+
+    /// A token-independent node at the position's row: a constant or iota made at that
+    /// size (an iota along a sequence axis is the position itself), other ops on their
+    /// operands' rows (so the causal mask's row costs O(L), not O(L²)), and what cannot be
+    /// sliced that way (an input, random values) computed whole and its row picked.
+    fn const_rows(&mut self, n: usize, mode: &Mode) -> Result<ValueId, DecodeError> {
+        let node = &self.f.nodes[n];
+        let mut ty = node.ty.clone();
+        let mut row_axes = Vec::new();
+        for (k, &axis) in self.seq[n].iter().enumerate() {
+            if !mode[k] {
+                ty.shape[axis] = 1;
+                row_axes.push(axis);
+            }
+        }
+        match node.op.clone() {
+            Op::Constant { value } => return self.emit(Op::Constant { value }, &[], ty),
+            Op::Iota { axis } if row_axes.contains(&axis) => {
+                let p = self.position();
+                let f = self.emit(
+                    Op::Broadcast,
+                    &[p],
+                    TensorType::new(DType::F32, ty.shape.clone()),
+                )?;
+                return if ty.dtype == DType::F32 {
+                    Ok(f)
+                } else {
+                    self.emit(Op::Cast, &[f], ty)
+                };
+            }
+            Op::Iota { axis } => return self.emit(Op::Iota { axis }, &[], ty),
+            Op::Input { .. } | Op::Random { .. } => {}
+            _ => {
+                let mark = self.out.nodes.len();
+                match self.rows(n, mode) {
+                    Ok(v) => return Ok(v),
+                    // Cannot follow it row by row: whole, then its row (what was built is dead).
+                    Err(_) => debug_assert!(self.out.nodes.len() >= mark),
+                }
+            }
+        }
+        let mut v = self.whole(n)?;
+        for axis in row_axes {
+            v = self.pick_row(v, axis)?;
+        }
         Ok(v)
     }
 
