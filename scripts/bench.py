@@ -325,8 +325,13 @@ def torch_setup(size: str, targets: str, threads: int):
     opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
     ids = torch.randint(0, s.vocab, (BATCH, SEQ))
 
+    # `--torch-compile`: the model's forward through torch.compile (inductor); the first
+    # warm-up step compiles it, and its time is reported as `compile_seconds`.
+    compiled = os.environ.get("GRAFT_BENCH_TORCH_COMPILE") == "1"
+    forward = torch.compile(model) if compiled else model
+
     def step() -> float:
-        loss = model(input_ids=ids, labels=ids).loss
+        loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -360,12 +365,17 @@ def torch_setup(size: str, targets: str, threads: int):
             "final_loss": loss,
             "attn_implementation": model.config._attn_implementation,
             "torch_threads": torch.get_num_threads(),
+            "torch_compile": compiled,
+            "compile_seconds": warmup_seconds[0],
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
                          "peft": peft.__version__},
         }
 
+    warmup_seconds = []
     for _ in range(WARMUP):
+        ts = time.perf_counter()
         step()
+        warmup_seconds.append(time.perf_counter() - ts)
     return step, start, summary
 
 
@@ -663,6 +673,8 @@ def progress(r: dict) -> str:
         prepared = (f"; first run: optimized in {first.get('optimize_seconds', 0):.1f} s, "
                     f"compiled in {first.get('compile_seconds', 0):.1f} s, "
                     f"{mib(first['working_set_bytes'])}")
+    if r.get("torch_compile"):
+        prepared = f"; torch.compile: first step (compiling) {r.get('compile_seconds', 0):.1f} s"
     return (f"{r['tokens_per_s']:.0f} tokens/s, {r['step_seconds']:.2f} s/step, "
             f"{mib(r['working_set_bytes'])}{backend}{prepared}")
 
@@ -845,6 +857,9 @@ def main() -> int:
                     help="subtract the RSS after `import torch` (default) or after also "
                          "importing transformers and peft")
     ap.add_argument("--skip-torch", action="store_true", help="do not run PyTorch + PEFT")
+    ap.add_argument("--torch-compile", action="store_true",
+                    help="run the PyTorch side's model through torch.compile (inductor); its "
+                         "first step's time is reported as the compile time")
     ap.add_argument("--skip-graft", action="store_true", help="do not run graft")
     ap.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     ap.add_argument("--graft-cache", metavar="DIR",
@@ -869,6 +884,8 @@ def main() -> int:
         return 0
     if args.steps < 1:
         ap.error("--steps must be at least 1")
+    if args.torch_compile:
+        os.environ["GRAFT_BENCH_TORCH_COMPILE"] = "1"  # inherited by the torch workers
 
     missing = have_torch_stack()
     torch_ok = not missing
