@@ -100,21 +100,7 @@ impl<'a> Elaborator<'a> {
             }
             outputs.push((format!("merge_residual.{path}"), resid));
         }
-        let mut fb = self.fb.take().ok_or_else(|| {
-            Diagnostic::error(
-                Span {
-                    file: self.loaded.entry,
-                    start: 0,
-                    end: 0,
-                },
-                "internal error: no function",
-                "here",
-            )
-        })?;
-        for (name, v) in outputs {
-            fb.func.add_output(name, v);
-        }
-        Ok(super::tidy(fb.func))
+        self.finish_function(outputs)
     }
 
     /// The adapted linear `inst` (all its adapters) on `x`, as a tensor.

@@ -603,6 +603,11 @@ impl<'a> Elaborator<'a> {
             };
             outputs.push((d.path.clone(), value));
         }
+        self.finish_function(outputs)
+    }
+
+    /// The function being built, with `outputs`, tidied.
+    fn finish_function(&mut self, outputs: Vec<(String, ValueId)>) -> Result<Function, Diagnostic> {
         let mut fb = self.fb.take().ok_or_else(|| {
             Diagnostic::error(
                 Span {
