@@ -100,6 +100,22 @@ impl Generator {
         backend: &dyn Backend,
         optimize: bool,
     ) -> Result<Generator, SessionError> {
+        self.add_kv_cache(session, longer, backend, optimize)?;
+        Ok(self)
+    }
+
+    /// [`Generator::with_kv_cache`] in place: on an error the generator is unchanged (it
+    /// recomputes the window).
+    ///
+    /// # Errors
+    /// As [`Generator::with_kv_cache`].
+    pub fn add_kv_cache(
+        &mut self,
+        session: &Session,
+        longer: &graft_frontend::Program,
+        backend: &dyn Backend,
+        optimize: bool,
+    ) -> Result<(), SessionError> {
         let f = crate::eval::logits_function(forward_of(&session.program)?)?;
         let g = crate::eval::logits_function(forward_of(longer)?)?;
         let d = graft_ir::decode::derive_decode(&f, &g, "input_ids", "logits")
@@ -108,7 +124,7 @@ impl Generator {
             .map_err(|e| SessionError::Value(e.to_string()))?;
         let runner = prepare(session, &d.function, backend, optimize)?;
         self.decode = Some((runner, d.caches));
-        Ok(self)
+        Ok(())
     }
 
     /// The window: prompt and reply together fit in it.
@@ -355,20 +371,11 @@ pub fn generate_spec(
     let mut g = Generator::new(&session, opts.backend, opts.optimize)?;
     if req.kv_cache {
         let longer = elaborate(len + 2)?;
-        g = match Generator::new(&session, opts.backend, opts.optimize)?.with_kv_cache(
-            &session,
-            &longer,
-            opts.backend,
-            opts.optimize,
-        ) {
-            Ok(cached) => cached,
-            Err(e) => {
-                on_note(&format!(
-                    "{e}; recomputing the window for every token instead"
-                ));
-                g
-            }
-        };
+        if let Err(e) = g.add_kv_cache(&session, &longer, opts.backend, opts.optimize) {
+            on_note(&format!(
+                "{e}; recomputing the window for every token instead"
+            ));
+        }
     }
     let stop = if req.ignore_eos {
         Vec::new()
