@@ -10,24 +10,17 @@
 //! is refused instead of exported wrong.
 
 use super::Elaborator;
-use super::FnBuilder;
 use super::eval::ArgVal;
 use super::value::Value;
 use crate::ast::Span;
 use crate::diag::Diagnostic;
 use graft_ir::{BinaryOp, DType, Function, Op, ReduceOp, TensorType, UnaryOp, ValueId};
-use std::collections::HashMap;
 
 impl<'a> Elaborator<'a> {
     /// Builds `@merge` (see the module docs): outputs `<path>.weight` (and `.bias` when the
     /// linear has one) for each adapted `linear`, and `merge_residual.<path>`.
     pub(super) fn build_merge(&mut self) -> Result<Function, Diagnostic> {
-        self.fb = Some(FnBuilder {
-            func: Function::new("merge"),
-            origins: Vec::new(),
-            decl_inputs: HashMap::new(),
-            is_init: false,
-        });
+        self.start_function("merge", false);
         let mut outputs = Vec::new();
         for inst in 0..self.instances.len() {
             let i = &self.instances[inst];

@@ -516,12 +516,7 @@ impl<'a> Elaborator<'a> {
             )
             .with_label(inst.def.name.span, "defined here"));
         };
-        self.fb = Some(FnBuilder {
-            func: Function::new("forward"),
-            origins: Vec::new(),
-            decl_inputs: HashMap::new(),
-            is_init: false,
-        });
+        self.start_function("forward", false);
         // The root's forward parameters are the batch inputs; `batch` and `seq` are visible in
         // their annotations.
         let mut args = Vec::new();
@@ -576,12 +571,7 @@ impl<'a> Elaborator<'a> {
     }
 
     fn build_init(&mut self) -> Result<Function, Diagnostic> {
-        self.fb = Some(FnBuilder {
-            func: Function::new("init"),
-            origins: Vec::new(),
-            decl_inputs: HashMap::new(),
-            is_init: true,
-        });
+        self.start_function("init", true);
         let mut outputs = Vec::new();
         for id in 0..self.decls.len() {
             if self.decls[id].kind != DeclKind::Param {
@@ -604,6 +594,16 @@ impl<'a> Elaborator<'a> {
             outputs.push((d.path.clone(), value));
         }
         self.finish_function(outputs)
+    }
+
+    /// Starts building the function `name` (`is_init`: every decl is read as a frozen input).
+    fn start_function(&mut self, name: &str, is_init: bool) {
+        self.fb = Some(FnBuilder {
+            func: Function::new(name),
+            origins: Vec::new(),
+            decl_inputs: HashMap::new(),
+            is_init,
+        });
     }
 
     /// The function being built, with `outputs`, tidied.
