@@ -163,8 +163,8 @@ def randomize_adapter(model, seed: int) -> None:
             if not p.requires_grad:
                 continue
             r = torch.randn(p.shape, generator=g)
-            if "lora_magnitude_vector" in n:
-                p.copy_(p * (1.0 + 0.1 * r))  # keep PEFT's init (row norms of W) and perturb it
+            if "lora_magnitude_vector" in n or "ln_tuning_layers" in n:
+                p.copy_(p * (1.0 + 0.1 * r))  # keep PEFT's init (row norms of W, a norm's weight) and perturb it
             elif "ia3_l" in n:
                 p.copy_(1.0 + 0.2 * r)
             elif "prompt_embeddings" in n or "embedding" in n:

@@ -23,9 +23,11 @@ import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHAS
 import torch
 from peft import (
     HRAConfig,
+    LNTuningConfig,
     LoHaConfig,
     LoKrConfig,
     LoraConfig,
+    OFTConfig,
     PeftModel,
     get_peft_model,
     get_peft_model_state_dict,
@@ -42,6 +44,14 @@ CASES = {
     # LoRA+ (Hayou et al., 2024): plain LoRA trained with PEFT's create_loraplus_optimizer,
     # lora_B at 16 times the learning rate.
     "loraplus": LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    # OFT with PEFT's default Cayley-Neumann series (5 terms); 16-wide blocks: 4 on q/v, 8 on
+    # down_proj. The shared variant: one block for all, and 3 terms.
+    "oft": OFTConfig(r=0, oft_block_size=16, target_modules=["q_proj", "v_proj", "down_proj"]),
+    "oft_shared": OFTConfig(
+        r=0, oft_block_size=16, block_share=True, num_cayley_neumann_terms=3, target_modules=["q_proj", "down_proj"]
+    ),
+    # LN tuning: trainable copies of every RMSNorm (both per layer and the final one).
+    "ln_tuning": LNTuningConfig(target_modules=["input_layernorm", "post_attention_layernorm", "norm"]),
 }
 
 # Optimizers other than make_fixtures.py's AdamW, per case.

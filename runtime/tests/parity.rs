@@ -218,6 +218,21 @@ fn lora_plus_trains_lora_b_at_its_own_learning_rate() {
 }
 
 #[test]
+fn oft_with_the_cayley_neumann_series() {
+    check_case("oft");
+}
+
+#[test]
+fn oft_with_one_block_shared_and_three_terms() {
+    check_case("oft_shared");
+}
+
+#[test]
+fn ln_tuning() {
+    check_case("ln_tuning");
+}
+
+#[test]
 fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
     let mut c = load_case("lora_qv");
     let (cfg, tensors) = load_adapter(&fixtures().join("peft_lora_qv")).expect("PEFT adapter");
@@ -236,7 +251,17 @@ fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
 
 #[test]
 fn adapters_save_in_pefts_format_and_load_back() {
-    for case in ["lora_qv", "ia3", "prompt_tuning", "loha", "lokr", "hra"] {
+    for case in [
+        "lora_qv",
+        "ia3",
+        "prompt_tuning",
+        "loha",
+        "lokr",
+        "hra",
+        "oft",
+        "oft_shared",
+        "ln_tuning",
+    ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
         save_adapter(&dir, &c.session.program.adapters, &c.session.params()).expect("save");
@@ -253,9 +278,16 @@ fn adapters_save_in_pefts_format_and_load_back() {
             "alpha",
             "num_virtual_tokens",
             "token_dim",
+            "oft_block_size",
+            "num_cayley_neumann_terms",
         ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");
+            }
+        }
+        for field in ["block_share", "use_cayley_neumann"] {
+            if let Some(v) = reference.get(field) {
+                assert_eq!(&cfg[field], v, "{case}: {field}");
             }
         }
         for field in ["target_modules", "feedforward_modules"] {

@@ -249,6 +249,14 @@ pub enum MemberKind {
     },
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
+    /// `require cond, "message"`: elaboration stops with `message` at this member, and the
+    /// place the module or adapter was instantiated, when the compile-time `cond` is false.
+    Require {
+        /// The condition.
+        cond: Expr,
+        /// What is wrong when it fails.
+        message: StrLit,
+    },
     /// `let name = expr` (compile time).
     Let {
         /// The name.

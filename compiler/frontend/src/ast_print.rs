@@ -192,6 +192,11 @@ impl Printer<'_> {
                     let names: Vec<&str> = ns.iter().map(|n| n.name.as_str()).collect();
                     self.line(depth, m.span, &format!("unfreeze {}", names.join(", ")));
                 }
+                MemberKind::Require { cond, message } => self.line(
+                    depth,
+                    m.span,
+                    &format!("require {}, {:?}", expr(cond), message.value),
+                ),
                 MemberKind::Let { name, value } => self.line(
                     depth,
                     m.span,

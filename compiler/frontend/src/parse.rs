@@ -691,6 +691,12 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
             }
         }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),
+        Rule::require_decl => {
+            it.next(); // the `require` keyword
+            let cond = expr(need(&mut it, mspan, "condition")?, file)?;
+            let message = string(need(&mut it, mspan, "message")?, file)?;
+            MemberKind::Require { cond, message }
+        }
         Rule::let_member => {
             let name = ident(need(&mut it, mspan, "name")?, file);
             let value = expr(need(&mut it, mspan, "value")?, file)?;

@@ -9,7 +9,7 @@ use super::{
     AdapterInst, ConfigValue, Decl, DeclKind, Elaborator, Instance, PeftExport, QuantSpec,
 };
 use crate::ast::*;
-use crate::diag::Diagnostic;
+use crate::diag::{Diagnostic, Label};
 use graft_ir::{DType, InputKind, Op, QuantFormat, TensorType, ValueId};
 use std::collections::{BTreeMap, HashMap};
 
@@ -363,6 +363,16 @@ impl<'a> Elaborator<'a> {
                                 ));
                             }
                         }
+                    }
+                }
+                MemberKind::Require { cond, message } => {
+                    if !self.eval_bool(cond, env)? {
+                        return Err(Diagnostic::error(
+                            message.span,
+                            message.value.clone(),
+                            "required here",
+                        )
+                        .with_label(cond.span, "this is false"));
                     }
                 }
                 MemberKind::Let { name, value } => {
@@ -750,7 +760,23 @@ impl<'a> Elaborator<'a> {
             forward: None,
             peft: None,
         };
-        self.walk_members(&def.members, &mut env, &mut cx)?;
+        // An error in the adapter's body also points at the rule that applied it; when the
+        // body is a library's, the rule in the spec is the primary location.
+        let entry = self.loaded.entry;
+        self.walk_members(&def.members, &mut env, &mut cx)
+            .map_err(|mut d| {
+                let label = Label {
+                    span,
+                    message: format!(
+                        "`{}` applied to `{}` here",
+                        def.name.name,
+                        cx_path(&self.instances[inst].path)
+                    ),
+                };
+                let at = usize::from(d.labels.first().is_some_and(|l| l.span.file == entry));
+                d.labels.insert(at.min(d.labels.len()), label);
+                d
+            })?;
         let forward = cx
             .forward
             .and_then(|i| match &def.members.get(i).map(|m| &m.kind) {
@@ -952,4 +978,9 @@ fn config_value(v: &Value) -> Option<ConfigValue> {
         }
         _ => return None,
     })
+}
+
+/// A module path as messages name it.
+fn cx_path(path: &str) -> &str {
+    if path.is_empty() { "the model" } else { path }
 }
