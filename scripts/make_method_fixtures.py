@@ -29,6 +29,7 @@ from peft import (
     LoraConfig,
     OFTConfig,
     PeftModel,
+    VeraConfig,
     get_peft_model,
     get_peft_model_state_dict,
 )
@@ -52,6 +53,9 @@ CASES = {
     ),
     # LN tuning: trainable copies of every RMSNorm (both per layer and the final one).
     "ln_tuning": LNTuningConfig(target_modules=["input_layernorm", "post_attention_layernorm", "norm"]),
+    # VeRA: one frozen A/B pair for q (64 × 64) and v (32 × 64), drawn from PyTorch's generator
+    # with PEFT's key; not saved (PEFT regenerates them), but recorded as `buffer.vera_A/B`.
+    "vera": VeraConfig(r=8, target_modules=["q_proj", "v_proj"], save_projection=False),
 }
 
 # Optimizers other than make_fixtures.py's AdamW, per case.
@@ -111,7 +115,10 @@ def main() -> int:
             rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
         else:
             rec = mf.train_record(model, input_ids, labels, key_of)
-        save_file({**saved, **rec}, str(out / f"{case}.safetensors"))
+        buffers = {}
+        if case == "vera":
+            buffers = {f"buffer.{n}": mf.c(getattr(model.base_model, n)["default"]) for n in ("vera_A", "vera_B")}
+        save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))
         reloaded = PeftModel.from_pretrained(copy.deepcopy(base), str(out / f"peft_{case}"))
         with torch.no_grad():
             again, _ = mf.forward(reloaded, input_ids, labels)

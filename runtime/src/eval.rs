@@ -185,6 +185,15 @@ impl Session {
         })
     }
 
+    /// The value of a frozen tensor that `@init` computes (a `shared` declaration), by path.
+    fn computed_buffer(&self, path: &str) -> Option<&Tensor> {
+        self.program
+            .tensors
+            .iter()
+            .find(|t| t.path == path && t.kind == graft_frontend::DeclKind::Buffer)
+            .and_then(|_| self.value(path))
+    }
+
     /// Sets the trainable tensors from a folder of trained tensors: a PEFT adapter
     /// (`adapter_config.json` + `adapter_model.safetensors`, as PEFT or `graft train --save`
     /// writes it) or graft's `trainable.safetensors`. Returns how many were set and the
@@ -224,6 +233,17 @@ impl Session {
         let n = tensors.len();
         let mut set = std::collections::HashSet::new();
         for (path, t) in tensors {
+            // A frozen tensor the spec computes itself (a `shared` projection PEFT saved too)
+            // must be the one this spec draws; it is not set.
+            if let Some(ours) = self.computed_buffer(&path) {
+                if ours.shape() != t.shape() || rel_diff(ours, &t) > 1e-6 {
+                    return Err(SessionError::Value(format!(
+                        "{}: `{path}` is not the tensor this spec computes (drawn with another seed?)",
+                        dir.display()
+                    )));
+                }
+                continue;
+            }
             self.set_param(&path, t)
                 .map_err(|e| SessionError::Value(format!("{}: {e}", dir.display())))?;
             set.insert(path);
@@ -302,4 +322,18 @@ pub fn evaluate_spec(
         crate::write_atomic(out, &bytes).map_err(|e| value(e.to_string()))?;
     }
     session.evaluate(all)
+}
+
+/// max |a − b| / max |b| (0 when b is all zero and a equals it).
+fn rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+    let scale = b
+        .iter()
+        .fold(0f64, |m, x| m.max(x.abs()))
+        .max(f64::MIN_POSITIVE);
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f64, f64::max)
+        / scale
 }

@@ -63,9 +63,13 @@ pub fn peft_key(path: &str) -> String {
     }
 }
 
-/// The graft path of a PEFT key.
+/// The graft path of a PEFT key: `base_model.model.<path>` for a module's tensor, and
+/// `base_model.<name>` for one the tuner holds itself (VeRA's shared `vera_A`).
 pub fn graft_path(key: &str) -> String {
-    key.strip_prefix(PREFIX).unwrap_or(key).to_string()
+    key.strip_prefix(PREFIX)
+        .or_else(|| key.strip_prefix("base_model."))
+        .unwrap_or(key)
+        .to_string()
 }
 
 fn json_of(v: &ConfigValue) -> Value {
@@ -165,7 +169,10 @@ pub fn config_mismatches(spec: &Value, folder: &Value) -> Vec<String> {
     };
     let mut out = Vec::new();
     for (k, want) in s {
+        // Dropout and the task do not change what a trained adapter computes, nor does how
+        // the file is stored (`save_projection`: VeRA's shared matrices written or drawn again).
         if k.contains("dropout")
+            || k.starts_with("save_")
             || k == "task_type"
             || !(want.is_number() || want.is_boolean() || want.is_string())
         {

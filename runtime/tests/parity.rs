@@ -72,7 +72,11 @@ fn load_case_with(name: &str, optimize: bool) -> Case {
         WeightsFile::open(&fixtures().join(format!("{name}.safetensors"))).expect("case fixture");
     let mut trainable = Vec::new();
     for key in fixture.entries().keys() {
-        if key == "logits" || key == "loss" || key.starts_with("grad.") || key.starts_with("step3.")
+        if key == "logits"
+            || key == "loss"
+            || key.starts_with("grad.")
+            || key.starts_with("step3.")
+            || key.starts_with("buffer.")
         {
             continue;
         }
@@ -228,6 +232,71 @@ fn oft_with_one_block_shared_and_three_terms() {
 }
 
 #[test]
+fn vera_with_pefts_projections_drawn_bit_for_bit() {
+    let c = load_case("vera");
+    for name in ["vera_A", "vera_B"] {
+        let ours = c.session.value(name).expect("the shared projection");
+        let want = c.fixture.read(&format!("buffer.{name}")).expect("PEFT's");
+        assert_eq!(ours.shape(), want.shape(), "{name}");
+        assert_eq!(
+            ours.to_f64_vec(),
+            want.to_f64_vec(),
+            "{name}: PyTorch's generator reproduced exactly"
+        );
+    }
+    check_case("vera");
+}
+
+/// PEFT's default `save_projection: true` writes the shared matrices as `base_model.vera_A`
+/// and `base_model.vera_B` beside the vectors: such a folder loads when they are the
+/// projections the spec draws, and is refused when they are not.
+#[test]
+fn a_vera_adapter_with_its_projections_saved_loads_when_they_match() {
+    let mut c = load_case("vera");
+    let peft = fixtures().join("peft_vera");
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(peft.join("adapter_config.json")).expect("config"),
+    )
+    .expect("json");
+    config["save_projection"] = serde_json::Value::Bool(true);
+    let saved = WeightsFile::open(&peft.join("adapter_model.safetensors")).expect("adapter");
+    let mut tensors: Vec<(String, Tensor)> = saved
+        .entries()
+        .keys()
+        .map(|k| (k.clone(), saved.read(k).expect("tensor")))
+        .collect();
+    let a = c.fixture.read("buffer.vera_A").expect("A");
+    let b = c.fixture.read("buffer.vera_B").expect("B");
+    let write = |name: &str, tensors: &[(String, Tensor)]| {
+        let dir = std::env::temp_dir().join(format!("graft-vera-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("adapter_config.json"), config.to_string()).expect("write");
+        let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
+        let bytes = graft_runtime::weights::to_safetensors(&refs).expect("encode");
+        std::fs::write(dir.join("adapter_model.safetensors"), bytes).expect("write");
+        dir
+    };
+    tensors.push(("base_model.vera_A".into(), a.clone()));
+    tensors.push(("base_model.vera_B".into(), b));
+    let dir = write("saved", &tensors);
+    let (n, missing) = c.session.load_trained(&dir).expect("loads");
+    assert_eq!((n, missing.len()), (10, 0));
+    let logits = c.session.forward(&c.input_ids).expect("forward");
+    let e = rel_err(&logits, &c.fixture.read("logits").expect("logits"));
+    assert!(e <= 1e-4, "logits differ by {e:e}");
+
+    let other: Vec<f32> = a.to_f64_vec().iter().map(|x| (x * 0.5) as f32).collect();
+    let k = tensors.len() - 2;
+    tensors[k].1 = Tensor::f32(a.shape().to_vec(), other).expect("tensor");
+    let dir = write("other", &tensors);
+    let err = c
+        .session
+        .load_trained(&dir)
+        .expect_err("another projection");
+    assert!(err.to_string().contains("vera_A"), "{err}");
+}
+
+#[test]
 fn ln_tuning() {
     check_case("ln_tuning");
 }
@@ -261,6 +330,7 @@ fn adapters_save_in_pefts_format_and_load_back() {
         "oft",
         "oft_shared",
         "ln_tuning",
+        "vera",
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
@@ -280,12 +350,14 @@ fn adapters_save_in_pefts_format_and_load_back() {
             "token_dim",
             "oft_block_size",
             "num_cayley_neumann_terms",
+            "projection_prng_key",
+            "d_initial",
         ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");
             }
         }
-        for field in ["block_share", "use_cayley_neumann"] {
+        for field in ["block_share", "use_cayley_neumann", "save_projection"] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(&cfg[field], v, "{case}: {field}");
             }

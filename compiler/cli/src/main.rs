@@ -881,9 +881,13 @@ fn summary(p: &Program) -> String {
     if quant > 0 {
         s += &format!(", {quant} quantized");
     }
+    let (nb, eb) = count(DeclKind::Buffer);
+    if nb > 0 {
+        s += &format!("; {nb} computed at init, {eb} elements");
+    }
     s += &format!(
         "), {np} trainable tensors ({ep} elements, {:.3}% of all), forward has {nodes} nodes",
-        100.0 * ep as f64 / (ew + ep).max(1) as f64
+        100.0 * ep as f64 / (ew + eb + ep).max(1) as f64
     );
     s
 }

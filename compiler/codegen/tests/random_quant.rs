@@ -452,3 +452,32 @@ fn fused_quantized_matmul_matches_dequantize_then_matmul() {
         }
     }
 }
+
+/// PyTorch's generator (`random_torch_uniform`) is sequential: compiled code refuses it with
+/// the reason, since only `@init` uses it and `@init` runs on the interpreter.
+#[test]
+fn pytorchs_sequential_generator_is_refused_with_its_reason() {
+    let mut f = Function::new("init");
+    let s = f.add_input(
+        "seed",
+        InputKind::Data,
+        TensorType::scalar(DType::I64),
+        None,
+    );
+    let r = f
+        .add_typed(
+            Op::Random {
+                dist: Distribution::TorchUniform { lo: -1.0, hi: 1.0 },
+                stream: 0,
+            },
+            &[s],
+            Some(ty(DType::F32, &[4, 8])),
+            None,
+        )
+        .unwrap();
+    f.add_output("r", r);
+    match compile(&f) {
+        Err(e) => assert!(e.to_string().contains("sequential"), "{e}"),
+        Ok(_) => panic!("compiled a sequential generator"),
+    }
+}

@@ -247,6 +247,19 @@ pub enum MemberKind {
         /// The initializer expression.
         init: Expr,
     },
+    /// `shared P: [r, in] as "/vera_A" = init`: a frozen tensor computed by `@init`, one per
+    /// path however many instances declare it; it is as large as the largest declaration
+    /// along each axis, and each instance reads its leading block.
+    Shared {
+        /// Name inside graft source.
+        name: Ident,
+        /// This instance's shape (and dtype).
+        ty: TensorTypeAnn,
+        /// Its path segment (`/…` for a path from the root, as sharing needs).
+        rename: Option<StrLit>,
+        /// The initializer expression, evaluated once for the whole tensor.
+        init: Expr,
+    },
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
     /// `require cond, "message"`: elaboration stops with `message` at this member, and the

@@ -173,12 +173,23 @@ impl Printer<'_> {
                     ty,
                     rename,
                     init,
+                }
+                | MemberKind::Shared {
+                    name,
+                    ty,
+                    rename,
+                    init,
                 } => {
+                    let kw = if matches!(m.kind, MemberKind::Shared { .. }) {
+                        "shared"
+                    } else {
+                        "param"
+                    };
                     self.line(
                         depth,
                         m.span,
                         &format!(
-                            "param {}: {}{} = {}",
+                            "{kw} {}: {}{} = {}",
                             name.name,
                             tensor_ty(ty),
                             rename

@@ -690,6 +690,19 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
                 init,
             }
         }
+        Rule::shared_decl => {
+            it.next(); // the `shared` keyword
+            let name = ident(need(&mut it, mspan, "name")?, file);
+            let ty = tensor_type(need(&mut it, mspan, "type")?, file)?;
+            let rename = rename(&mut it)?;
+            let init = expr(need(&mut it, mspan, "initializer")?, file)?;
+            MemberKind::Shared {
+                name,
+                ty,
+                rename,
+                init,
+            }
+        }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),
         Rule::require_decl => {
             it.next(); // the `require` keyword

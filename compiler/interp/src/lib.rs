@@ -31,6 +31,7 @@
 mod compute;
 mod elementwise;
 mod layout;
+pub mod mt19937;
 mod quant;
 pub mod random;
 mod tensor;

@@ -10,6 +10,8 @@
 //! - `random_normal{mean, std}`: element `i` is `mean + std · sqrt(-2 ln(1 - u(2i))) ·
 //!   cos(2π u(2i+1))` (Box–Muller; `1 - u` is in `(0, 1]`, so the log is finite)
 //! - `random_int{lo, hi}`: element `i` is `lo + bits(i) mod (hi - lo)`
+//! - `random_torch_uniform{lo, hi, stream}`: PyTorch's CPU `uniform_` (`mt19937.rs`), the
+//!   seed operand seeding the generator and `stream` the draws made before this tensor
 //! - `dropout{p}`: element `i` is kept iff `u(i) >= p`
 //!
 //! Values are computed in `f64` and rounded once to the node dtype (integers converted like
@@ -114,6 +116,11 @@ pub(crate) fn random(
             dt,
             (0..n).map(|i| Num::F(lo + (hi - lo) * unit(bits_at(key, i)))),
         ),
+        Distribution::TorchUniform { lo, hi } => {
+            let v =
+                crate::mt19937::torch_uniform(seed_of(ctx, 0)? as u64, stream, n as usize, lo, hi);
+            build(dt, v.into_iter().map(|x| Num::F(f64::from(x))))
+        }
         Distribution::Normal { mean, std } => {
             build(dt, (0..n).map(|i| Num::F(normal_at(key, i, mean, std))))
         }

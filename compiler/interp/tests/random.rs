@@ -180,3 +180,28 @@ fn dropout_keeps_the_right_fraction_and_scales_kept_values() {
     .unwrap();
     assert_eq!(y0[0].1, x3);
 }
+
+/// `random_torch_uniform` continues one MT19937 stream: `stream = k` is the draw after the
+/// first k, so a tensor of 2n equals the n-draw tensor followed by the one that skips n.
+/// (Bit-exactness against PyTorch itself is `runtime/tests/parity.rs`'s VeRA case.)
+#[test]
+fn torch_uniform_skips_draws_and_stays_in_range() {
+    let op =
+        |stream: usize| format!("random_torch_uniform{{lo = -0.25, hi = 0.75, stream = {stream}}}");
+    let whole = draw(&op(0), "f32[2, 500]", 7).to_f64_vec();
+    let head = draw(&op(0), "f32[500]", 7).to_f64_vec();
+    let tail = draw(&op(500), "f32[500]", 7).to_f64_vec();
+    assert_eq!(whole, [head, tail].concat());
+    assert!(whole.iter().all(|x| (-0.25..0.75).contains(x)));
+    assert_ne!(
+        whole,
+        draw(&op(0), "f32[2, 500]", 8).to_f64_vec(),
+        "the seed matters"
+    );
+    let (m, _) = mean_std(&draw(&op(0), &format!("f32[{N}]"), 1).to_f64_vec());
+    // mean 0.25, standard error 1/√12/√N ≈ 0.0009: within 5 of them.
+    assert!(
+        (m - 0.25).abs() < 5.0 * (1.0 / 12f64.sqrt()) / (N as f64).sqrt(),
+        "mean {m}"
+    );
+}

@@ -258,6 +258,16 @@ pub enum Distribution {
         /// Standard deviation.
         std: f64,
     },
+    /// Uniform on `[lo, hi)` as PyTorch's CPU generator draws it for `f32`:
+    /// `torch.empty(n).uniform_(lo, hi, generator=torch.Generator().manual_seed(seed))`
+    /// (MT19937). Draws are sequential, so the op's `stream` is the number of draws made
+    /// before this tensor's first, not an independent stream.
+    TorchUniform {
+        /// Lower bound.
+        lo: f64,
+        /// Upper bound.
+        hi: f64,
+    },
     /// Integers uniform on `[lo, hi)`.
     Int {
         /// Lower bound (inclusive).
@@ -468,6 +478,7 @@ impl Op {
             Op::Iota { .. } => "iota",
             Op::Random { dist, .. } => match dist {
                 Distribution::Uniform { .. } => "random_uniform",
+                Distribution::TorchUniform { .. } => "random_torch_uniform",
                 Distribution::Normal { .. } => "random_normal",
                 Distribution::Int { .. } => "random_int",
             },
@@ -524,7 +535,7 @@ impl Op {
             | Op::LogSoftmax { axis } => a.push("axis", AttrValue::Int(*axis as i64)),
             Op::Random { dist, stream } => {
                 match *dist {
-                    Distribution::Uniform { lo, hi } => {
+                    Distribution::Uniform { lo, hi } | Distribution::TorchUniform { lo, hi } => {
                         a.push("lo", AttrValue::Float(lo));
                         a.push("hi", AttrValue::Float(hi));
                     }
@@ -635,6 +646,13 @@ impl Op {
             },
             "random_uniform" => Op::Random {
                 dist: Distribution::Uniform {
+                    lo: a.take_float("lo")?,
+                    hi: a.take_float("hi")?,
+                },
+                stream: a.take_int("stream")? as u64,
+            },
+            "random_torch_uniform" => Op::Random {
+                dist: Distribution::TorchUniform {
                     lo: a.take_float("lo")?,
                     hi: a.take_float("hi")?,
                 },
@@ -811,7 +829,9 @@ impl Op {
                 let t = declared()?;
                 let ok = match dist {
                     Distribution::Int { lo, hi } => t.dtype.is_int() && lo < hi,
-                    Distribution::Uniform { lo, hi } => t.dtype.is_float() && lo <= hi,
+                    Distribution::Uniform { lo, hi } | Distribution::TorchUniform { lo, hi } => {
+                        t.dtype.is_float() && lo <= hi
+                    }
                     Distribution::Normal { std, .. } => t.dtype.is_float() && *std >= 0.0,
                 };
                 if !ok {

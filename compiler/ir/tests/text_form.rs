@@ -233,6 +233,16 @@ fn stream_ids_use_all_64_bits() -> Result<(), Box<dyn std::error::Error>> {
         None,
     )?;
     f.add_output("r", r);
+    let t = f.add_typed(
+        Op::Random {
+            dist: Distribution::TorchUniform { lo: -0.5, hi: 0.5 },
+            stream: u64::MAX - 1,
+        },
+        &[seed],
+        Some(TensorType::new(DType::F32, vec![3])),
+        None,
+    )?;
+    f.add_output("t", t);
     let m = Module {
         files: vec![],
         functions: vec![f],

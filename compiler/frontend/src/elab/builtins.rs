@@ -54,11 +54,14 @@ const BUILTINS: &[&str] = &[
     "kaiming_uniform",
     "normal",
     "uniform",
+    "torch_uniform",
     "randint",
     "dim",
     "shape",
     "numel",
     "rank",
+    "target_shape",
+    "shared_shape",
     "int",
     "float",
     "floor",
@@ -204,6 +207,11 @@ fn dtype_of(a: &ArgVal) -> Result<DType, Diagnostic> {
             "expected a dtype",
         )),
     }
+}
+
+/// A shape as a compile-time list.
+fn shape_list(shape: &[usize]) -> Value {
+    Value::List(shape.iter().map(|&d| Value::Int(d as i64)).collect())
 }
 
 /// Normalizes a possibly negative axis against `rank`.
@@ -872,6 +880,40 @@ impl<'a> Elaborator<'a> {
                 }
                 self.random(Distribution::Uniform { lo, hi }, ty, span)
             }
+            "torch_uniform" => {
+                // PyTorch's CPU generator, seeded by the source rather than the run's seed:
+                // `torch.Generator().manual_seed(seed)`, `skip` draws made before this tensor.
+                let lo = float_of(&a.need(0, "lo")?, "lo")?;
+                let hi = float_of(&a.need(1, "hi")?, "hi")?;
+                let seed_arg = a.need(2, "seed")?;
+                let seed = int_of(&seed_arg, "seed")?;
+                let skip = a
+                    .take(3, "skip")
+                    .map(|v| int_of(&v, "skip"))
+                    .transpose()?
+                    .unwrap_or(0);
+                let ty = self.target_shape(a.take(4, "shape"), span)?;
+                if hi < lo || !(0..1 << 53).contains(&seed) || skip < 0 {
+                    return Err(Diagnostic::error(
+                        span,
+                        format!(
+                            "torch_uniform({lo}, {hi}, seed: {seed}, skip: {skip}) needs lo ≤ hi, 0 ≤ seed < 2⁵³ and skip ≥ 0"
+                        ),
+                        "here",
+                    ));
+                }
+                let seed =
+                    self.splat(seed as f64, TensorType::scalar(DType::I64), seed_arg.span)?;
+                Ok(Value::Tensor(self.emit(
+                    Op::Random {
+                        dist: Distribution::TorchUniform { lo, hi },
+                        stream: skip as u64,
+                    },
+                    &[seed],
+                    Some(ty),
+                    span,
+                )?))
+            }
             "randint" => {
                 let lo = int_of(&a.need(0, "lo")?, "lo")?;
                 let hi = int_of(&a.need(1, "hi")?, "hi")?;
@@ -909,6 +951,30 @@ impl<'a> Elaborator<'a> {
                     "numel" => Value::Int(ty.numel() as i64),
                     _ => Value::Int(ty.rank() as i64),
                 })
+            }
+            "target_shape" => match &self.init_target {
+                Some((ty, _)) => Ok(shape_list(&ty.shape)),
+                None => Err(Diagnostic::error(
+                    span,
+                    "`target_shape()` is the shape of the tensor an initializer fills",
+                    "not in an initializer",
+                )),
+            },
+            "shared_shape" => {
+                let x = a.need(0, "x")?;
+                match x.value {
+                    Value::Part(id, _) | Value::Decl(id) => {
+                        Ok(shape_list(&self.decls[id].ty.shape))
+                    }
+                    _ => Err(Diagnostic::error(
+                        x.span,
+                        format!(
+                            "`shared_shape` takes a shared tensor, this is {}",
+                            x.value.kind()
+                        ),
+                        "not a shared tensor",
+                    )),
+                }
             }
             "int" | "float" | "floor" => {
                 let x = a.need(0, "x")?;

@@ -573,6 +573,7 @@ impl<'a> Elaborator<'a> {
         match v {
             Value::Tensor(t) => Ok(Some(*t)),
             Value::Decl(d) => self.decl_value(*d, span).map(Some),
+            Value::Part(d, shape) => self.part_value(*d, shape, span).map(Some),
             _ => Ok(None),
         }
     }
@@ -802,7 +803,8 @@ impl<'a> Elaborator<'a> {
         lspan: Span,
         rspan: Span,
     ) -> Result<Value, Diagnostic> {
-        let is_tensor = |v: &Value| matches!(v, Value::Tensor(_) | Value::Decl(_));
+        let is_tensor =
+            |v: &Value| matches!(v, Value::Tensor(_) | Value::Decl(_) | Value::Part(..));
         if !is_tensor(&l) && !is_tensor(&r) {
             return const_binary(op, &l, &r)
                 .map_err(|m| Diagnostic::error(span, m, "in this expression"));

@@ -327,6 +327,15 @@ impl<'a> Elaborator<'a> {
                     env.base
                         .insert(name.name.clone(), Value::Decl(self.decls.len() - 1));
                 }
+                MemberKind::Shared {
+                    name,
+                    ty,
+                    rename,
+                    init,
+                } => {
+                    let v = self.declare_shared(name, ty, rename.as_ref(), init, m, env, cx)?;
+                    env.base.insert(name.name.clone(), v);
+                }
                 MemberKind::Unfreeze(names) => {
                     if !cx.adapter {
                         return Err(Diagnostic::error(
@@ -740,7 +749,7 @@ impl<'a> Elaborator<'a> {
         }
         // The wrapped module's weights are visible by their member names.
         for (k, v) in &wrapped.members {
-            if matches!(v, Value::Decl(_)) {
+            if matches!(v, Value::Decl(_) | Value::Part(..)) {
                 base.entry(k.clone()).or_insert_with(|| v.clone());
             }
         }
@@ -852,6 +861,95 @@ impl<'a> Elaborator<'a> {
         })
     }
 
+    /// A `shared` member: the tensor at its path is declared by the first instance and grows
+    /// to the largest extent any later declaration asks for along each axis; the instance
+    /// gets a view of its own leading block (`Value::Part`).
+    #[allow(clippy::too_many_arguments)]
+    fn declare_shared(
+        &mut self,
+        name: &Ident,
+        ty: &'a TensorTypeAnn,
+        rename: Option<&StrLit>,
+        init: &'a Expr,
+        m: &'a Member,
+        env: &mut Env,
+        cx: &WalkCx,
+    ) -> Result<Value, Diagnostic> {
+        let mut shape = Vec::new();
+        for d in &ty.dims {
+            shape.push(self.eval_dim(d, env)?);
+        }
+        let dtype = ty.dtype.unwrap_or(DType::F32);
+        let seg = rename.map_or(name.name.as_str(), |r| r.value.as_str());
+        let path = match seg.strip_prefix('/') {
+            Some(abs) => abs.to_string(),
+            None => join(&cx.path, seg),
+        };
+        let Some(id) = self.decls.iter().position(|d| d.path == path) else {
+            self.decls.push(Decl {
+                path,
+                kind: DeclKind::Buffer,
+                ty: TensorType::new(dtype, shape.clone()),
+                span: m.span,
+                doc: m.doc.clone(),
+                init: Some((init, env.clone())),
+                quant: None,
+            });
+            return Ok(Value::Part(self.decls.len() - 1, shape));
+        };
+        let prev = &self.decls[id];
+        if prev.kind != DeclKind::Buffer || prev.ty.rank() != shape.len() || prev.ty.dtype != dtype
+        {
+            let message = if prev.kind == DeclKind::Buffer {
+                format!(
+                    "`{path}` is shared with a rank or dtype of its own: {} here, {} before",
+                    TensorType::new(dtype, shape.clone()),
+                    prev.ty
+                )
+            } else {
+                format!("`{path}` is declared twice: shared here, a weight or param before")
+            };
+            return Err(Diagnostic::error(name.span, message, "second declaration")
+                .with_label(prev.span, "first declaration"));
+        }
+        let grown: Vec<usize> = prev
+            .ty
+            .shape
+            .iter()
+            .zip(&shape)
+            .map(|(a, b)| *a.max(b))
+            .collect();
+        self.decls[id].ty = TensorType::new(dtype, grown);
+        Ok(Value::Part(id, shape))
+    }
+
+    /// One instance's block of a shared tensor: the whole tensor sliced to `shape` along
+    /// every axis where it is larger.
+    pub(crate) fn part_value(
+        &mut self,
+        id: DeclId,
+        shape: &[usize],
+        span: Span,
+    ) -> Result<ValueId, Diagnostic> {
+        let mut v = self.decl_value(id, span)?;
+        let full = self.decls[id].ty.shape.clone();
+        for (axis, (&want, &have)) in shape.iter().zip(&full).enumerate() {
+            if want < have {
+                v = self.emit(
+                    Op::Slice {
+                        axis,
+                        start: 0,
+                        end: want,
+                    },
+                    &[v],
+                    None,
+                    span,
+                )?;
+            }
+        }
+        Ok(v)
+    }
+
     /// The value of a declared tensor in the function being built: an input, dequantized if
     /// the weight is quantized.
     pub(crate) fn decl_value(&mut self, id: DeclId, span: Span) -> Result<ValueId, Diagnostic> {
@@ -862,7 +960,7 @@ impl<'a> Elaborator<'a> {
         let is_init = self.fb_ref(span)?.is_init;
         let kind = match d.kind {
             DeclKind::Param if !is_init => InputKind::Param,
-            DeclKind::Param if d.init.is_some() => {
+            DeclKind::Param | DeclKind::Buffer if is_init && d.init.is_some() => {
                 return Err(Diagnostic::error(
                     span,
                     format!(

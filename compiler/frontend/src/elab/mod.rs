@@ -39,6 +39,8 @@ pub enum DeclKind {
     Weight,
     /// Trainable, initialized by the `init` function.
     Param,
+    /// Frozen, computed by the `init` function (a `shared` tensor).
+    Buffer,
 }
 
 /// How a frozen weight is stored.
@@ -574,7 +576,7 @@ impl<'a> Elaborator<'a> {
         self.start_function("init", true);
         let mut outputs = Vec::new();
         for id in 0..self.decls.len() {
-            if self.decls[id].kind != DeclKind::Param {
+            if self.decls[id].kind == DeclKind::Weight {
                 continue;
             }
             let d = self.decls[id].clone();
