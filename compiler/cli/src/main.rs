@@ -373,6 +373,9 @@ fn compile(
 fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
     match cmd {
         Command::Check { file } => {
+            if let Some(code) = check_library(&file, stdlib, color)? {
+                return Ok(code);
+            }
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
@@ -861,6 +864,52 @@ fn check_weights(p: &Program) -> bool {
         Err(e) => {
             eprintln!("error: {e}");
             false
+        }
+    }
+}
+
+/// `graft check` on a file that declares no model: each adapter on a probe module. `None`
+/// when the file declares a model (or fails to load: `compile` reports that).
+fn check_library(file: &Path, stdlib: &Stdlib, color: bool) -> Result<Option<ExitCode>> {
+    let Ok(text) = graft_frontend::source::read_regular(file) else {
+        return Ok(None);
+    };
+    let name = file.display().to_string();
+    let Ok(loaded) = graft_frontend::load(&name, Some(file.to_path_buf()), text, stdlib) else {
+        return Ok(None);
+    };
+    let entry = loaded.files.iter().filter(|f| f.file == loaded.entry);
+    if entry
+        .flat_map(|f| f.items.iter())
+        .any(|i| matches!(i, graft_frontend::ast::Item::Model(_)))
+    {
+        return Ok(None);
+    }
+    match graft_frontend::check_library(&loaded) {
+        Ok(probes) => {
+            for p in probes {
+                let inputs: Vec<String> = p.input.iter().map(ToString::to_string).collect();
+                println!(
+                    "ok: adapter `{}` on {} (input {}): forward has {} nodes",
+                    p.adapter,
+                    p.module,
+                    inputs.join(", "),
+                    p.nodes
+                );
+                for (path, ty, kind) in p.tensors {
+                    let what = match kind {
+                        DeclKind::Param => "trainable",
+                        DeclKind::Buffer => "computed at init",
+                        DeclKind::Weight => "frozen",
+                    };
+                    println!("  {path}: {ty} ({what})");
+                }
+            }
+            Ok(Some(ExitCode::SUCCESS))
+        }
+        Err(d) => {
+            eprint!("{}", d.render(&loaded.sources, color));
+            Ok(Some(ExitCode::FAILURE))
         }
     }
 }

@@ -574,3 +574,62 @@ fn train_losses(spec: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// A library file (no model) is checked adapter by adapter on probe modules: every stdlib
+/// method passes and lists its tensors with their probe shapes; a broken adapter fails at
+/// its own line; a file with neither a model nor an adapter says so.
+#[test]
+fn check_probes_the_adapters_of_a_library_file() -> Result<(), Box<dyn std::error::Error>> {
+    for entry in std::fs::read_dir(repo().join("stdlib/peft"))?.flatten() {
+        let p = entry.path();
+        let out = graft(&["check", &p.display().to_string()]);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            p.display(),
+            text(&out.stderr)
+        );
+        assert!(stdout.starts_with("ok: adapter `"), "{stdout}");
+    }
+    let out = graft(&["check", "stdlib/peft/vera.graft"]);
+    let stdout = text(&out.stdout);
+    // The probe linear is in = 64, out = 96; VeRA's default r is 256.
+    assert!(
+        stdout.contains("on linear(in: 64, out: 96) (input f32[2, 4, 64])"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("vera_B: f32[96, 256] (computed at init)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("probe.vera_lambda_d: f32[256] (trainable)"),
+        "{stdout}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("graft-library-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let broken = dir.join("broken.graft");
+    std::fs::write(
+        &broken,
+        "use nn\n\nadapter fine() wraps linear(in, out) {\n    forward(x) = base(x)\n}\n\n\
+         adapter broken(r: int = 4) wraps linear(in, out) {\n    param A: [r, out] = zeros()\n    \
+         forward(x) = base(x) + x @ A^T\n}\n",
+    )?;
+    let out = graft(&["check", &broken.display().to_string(), "--color", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("broken.graft:9:"), "{err}");
+    let empty = dir.join("empty.graft");
+    std::fs::write(&empty, "fn twice(x) = 2.0 * x\n")?;
+    let out = graft(&["check", &empty.display().to_string(), "--color", "never"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("declares no model and no adapter"),
+        "{}",
+        text(&out.stderr)
+    );
+    std::fs::remove_dir_all(&dir)?;
+    Ok(())
+}

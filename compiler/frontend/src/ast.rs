@@ -130,7 +130,10 @@ impl ScalarType {
 /// unbound name bind that name to the actual extent; the others are checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorTypeAnn {
-    /// One expression per axis.
+    /// `[.., d]`: any number of leading axes of any extent before `dims` (parameter
+    /// annotations only).
+    pub rest: bool,
+    /// One expression per (trailing) axis.
     pub dims: Vec<Expr>,
     /// The element type, if stated.
     pub dtype: Option<DType>,

@@ -321,7 +321,8 @@ fn target(t: &Target) -> String {
 }
 
 fn tensor_ty(t: &TensorTypeAnn) -> String {
-    let dims: Vec<String> = t.dims.iter().map(expr).collect();
+    let rest = t.rest.then(|| "..".to_string());
+    let dims: Vec<String> = rest.into_iter().chain(t.dims.iter().map(expr)).collect();
     format!(
         "[{}]{}",
         dims.join(", "),

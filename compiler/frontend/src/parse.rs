@@ -577,14 +577,20 @@ fn tensor_type(p: Pair<Rule>, file: FileId) -> Result<TensorTypeAnn, Diagnostic>
     let span = span_of(&p, file);
     let mut dims = Vec::new();
     let mut dtype = None;
+    let mut rest = false;
     for q in p.into_inner() {
-        if q.as_rule() == Rule::dtype {
-            dtype = graft_ir::DType::from_name(q.as_str());
-        } else {
-            dims.push(expr(q, file)?);
+        match q.as_rule() {
+            Rule::dtype => dtype = graft_ir::DType::from_name(q.as_str()),
+            Rule::rest_dims => rest = true,
+            _ => dims.push(expr(q, file)?),
         }
     }
-    Ok(TensorTypeAnn { dims, dtype, span })
+    Ok(TensorTypeAnn {
+        rest,
+        dims,
+        dtype,
+        span,
+    })
 }
 
 fn body(p: Pair<Rule>, file: FileId) -> Result<Block, Diagnostic> {

@@ -520,18 +520,26 @@ impl<'a> Elaborator<'a> {
                     .with_label(t.span, "expected because of this")
                     .with_label(el.origin(id), format!("{ty} comes from here"))
                 };
-                if t.dims.len() != ty.rank() {
+                let fits = if t.rest {
+                    t.dims.len() <= ty.rank()
+                } else {
+                    t.dims.len() == ty.rank()
+                };
+                if !fits {
+                    let at_least = if t.rest { "at least " } else { "" };
                     return Err(mismatch(
                         self,
-                        format!("rank {} vs {}", ty.rank(), t.dims.len()),
+                        format!("rank {} vs {at_least}{}", ty.rank(), t.dims.len()),
                     ));
                 }
+                let lead = ty.rank() - t.dims.len();
                 if let Some(dt) = t.dtype {
                     if dt != ty.dtype {
                         return Err(mismatch(self, format!("dtype {} vs {dt}", ty.dtype)));
                     }
                 }
-                for (axis, (d, &actual)) in t.dims.iter().zip(&ty.shape).enumerate() {
+                for (k, (d, &actual)) in t.dims.iter().zip(&ty.shape[lead..]).enumerate() {
+                    let axis = lead + k;
                     if let ExprKind::Name(n) = &d.kind {
                         if env.get(n).is_none() && !self.consts.contains_key(n) {
                             env.bind(n, Value::Int(actual as i64));

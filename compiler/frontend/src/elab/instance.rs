@@ -287,6 +287,7 @@ impl<'a> Elaborator<'a> {
                     name, ty, rename, ..
                 } => {
                     let is_param = matches!(m.kind, MemberKind::Param { .. });
+                    no_rest(ty)?;
                     let mut shape = Vec::new();
                     for d in &ty.dims {
                         shape.push(self.eval_dim(d, env)?);
@@ -721,7 +722,7 @@ impl<'a> Elaborator<'a> {
         Ok(())
     }
 
-    fn attach_adapter(
+    pub(super) fn attach_adapter(
         &mut self,
         inst: InstId,
         def: &'a ModuleDef,
@@ -875,6 +876,7 @@ impl<'a> Elaborator<'a> {
         env: &mut Env,
         cx: &WalkCx,
     ) -> Result<Value, Diagnostic> {
+        no_rest(ty)?;
         let mut shape = Vec::new();
         for d in &ty.dims {
             shape.push(self.eval_dim(d, env)?);
@@ -1081,4 +1083,16 @@ fn config_value(v: &Value) -> Option<ConfigValue> {
 /// A module path as messages name it.
 fn cx_path(path: &str) -> &str {
     if path.is_empty() { "the model" } else { path }
+}
+
+/// A declared tensor's type names every axis: `[.., d]` is for parameter annotations.
+pub(crate) fn no_rest(ty: &TensorTypeAnn) -> Result<(), Diagnostic> {
+    if ty.rest {
+        return Err(Diagnostic::error(
+            ty.span,
+            "a declared tensor needs every axis: `..` only annotates parameters",
+            "`..` here",
+        ));
+    }
+    Ok(())
 }

@@ -12,6 +12,7 @@ mod eval;
 mod hf_config;
 mod instance;
 mod merge;
+mod probe;
 pub mod target;
 pub mod train;
 pub mod value;
@@ -20,6 +21,7 @@ use crate::ast::*;
 use crate::diag::Diagnostic;
 use crate::load::Loaded;
 use graft_ir::{Function, InputKind, Loc, Module, Op, TensorType, ValueId};
+pub use probe::{PROBE_SIZES, Probe, check_library};
 use std::collections::HashMap;
 use std::path::PathBuf;
 pub use train::{Optimizer, Schedule, TrainConfig};
@@ -258,29 +260,33 @@ fn elaborate_with(
     shape: Option<(usize, usize)>,
     merge: bool,
 ) -> Result<Program, Diagnostic> {
-    let mut el = Elaborator {
-        loaded,
-        defs: HashMap::new(),
-        consts: HashMap::new(),
-        instances: Vec::new(),
-        decls: Vec::new(),
-        fb: None,
-        module: Module::default(),
-        depth: 0,
-        init_target: None,
-        stream: 0,
-        batch: 1,
-        seq: 16,
-        shape,
-        merge,
-        iterations: 0,
-        warnings: Vec::new(),
-    };
+    let mut el = Elaborator::new(loaded, shape, merge);
     el.collect_defs()?;
     el.run()
 }
 
 impl<'a> Elaborator<'a> {
+    fn new(loaded: &'a Loaded, shape: Option<(usize, usize)>, merge: bool) -> Elaborator<'a> {
+        Elaborator {
+            loaded,
+            defs: HashMap::new(),
+            consts: HashMap::new(),
+            instances: Vec::new(),
+            decls: Vec::new(),
+            fb: None,
+            module: Module::default(),
+            depth: 0,
+            init_target: None,
+            stream: 0,
+            batch: 1,
+            seq: 16,
+            shape,
+            merge,
+            iterations: 0,
+            warnings: Vec::new(),
+        }
+    }
+
     fn collect_defs(&mut self) -> Result<(), Diagnostic> {
         for f in &self.loaded.files {
             for item in &f.items {
@@ -531,6 +537,7 @@ impl<'a> Elaborator<'a> {
                 )
                 .with_help("write e.g. `forward(input_ids: [batch, seq] i64)`"));
             };
+            instance::no_rest(t)?;
             let mut env = Env::new(self.instances[root].members.clone());
             env.bind("batch", Value::Int(self.batch));
             env.bind("seq", Value::Int(self.seq));
