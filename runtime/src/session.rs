@@ -97,6 +97,9 @@ pub struct Session {
     /// weights file) when the interpreter needs them ([`Session::forward`], [`Session::gradients`]).
     /// Whether each was a stand-in (else it is read from the weights file again).
     dropped: Vec<(String, TensorType, bool)>,
+    /// The frozen tensors `@init` computed (`shared` ones) that the backend let go of: kept
+    /// here, since neither the weights file nor the seed alone makes them again.
+    computed: HashMap<String, Tensor>,
     /// `@eval` and its runner, once prepared ([`crate::eval`]).
     pub(crate) eval: Option<(Function, Box<dyn Prepared>)>,
 }
@@ -290,6 +293,7 @@ impl Session {
             steps_done: 0,
             micro: 0,
             dropped: Vec::new(),
+            computed: HashMap::new(),
             eval: None,
         };
         session.bind_weights(stand_ins)?;
@@ -302,6 +306,13 @@ impl Session {
     /// stand-in tensor (`stand_ins`, made again from the seed if the interpreter needs it).
     /// The memory the weights take then stays about the same, in the backend's layout.
     fn bind_weights(&mut self, stand_ins: Vec<(String, TensorType)>) -> Result<(), SessionError> {
+        let computed: HashMap<String, Tensor> = self
+            .program
+            .tensors
+            .iter()
+            .filter(|t| t.kind == DeclKind::Buffer)
+            .filter_map(|t| Some((t.path.clone(), self.values.get(&t.path)?.clone())))
+            .collect();
         let inputs = mapped_inputs(self.file.as_ref(), &self.mapped);
         let (file, mapped) = (self.file.as_ref(), &self.mapped);
         let mut released = Vec::new();
@@ -320,6 +331,9 @@ impl Session {
             if self.values.contains_key(&name) || mapped.iter().any(|m| m.0 == name) {
                 continue;
             }
+            if let Some(t) = computed.get(&name) {
+                self.computed.insert(name.clone(), t.clone());
+            }
             let stand_in = stand_ins.iter().find(|s| s.0 == name);
             let ty = match (stand_in, self.step_fn.input(&name)) {
                 (Some((_, ty)), _) => ty.clone(),
@@ -336,6 +350,7 @@ impl Session {
     pub(crate) fn restore_dropped(&mut self) -> Result<(), SessionError> {
         for (name, ty, seeded) in std::mem::take(&mut self.dropped) {
             let t = match (&self.file, seeded) {
+                _ if self.computed.contains_key(&name) => self.computed[&name].clone(),
                 (_, true) => stand_in(&ty, self.seed, &name)?,
                 (Some(f), false) => f.read(&name)?,
                 (None, false) => return Err(SessionError::Missing("weights file")),

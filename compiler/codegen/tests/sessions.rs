@@ -80,9 +80,12 @@ fn trains_the_same(name: &str) {
         }
         let (gp, wp) = (got.params(), want.params());
         assert_eq!(gp.len(), wp.len());
+        // LoHa's params move the most under reassociated f32 sums (measured: hada_w2_b, which
+        // starts at zero, 1.4e-4 after the second step); every other spec stays within 1e-4.
+        let tol = if name == "loha" { 1e-3 } else { 1e-4 };
         for ((path, gv), (_, wv)) in gp.into_iter().zip(wp) {
             let e = rel(gv, wv);
-            assert!(e <= 1e-4, "{name} step {step}: `{path}` differs by {e:e}");
+            assert!(e <= tol, "{name} step {step}: `{path}` differs by {e:e}");
         }
     }
 }
@@ -96,7 +99,22 @@ macro_rules! parity_specs {
     )*};
 }
 
-parity_specs!(lora_qv, lora_all, qlora, dora, ia3, prompt_tuning, full_ft);
+parity_specs!(
+    lora_qv,
+    lora_all,
+    qlora,
+    dora,
+    ia3,
+    prompt_tuning,
+    full_ft,
+    loha,
+    lokr,
+    hra,
+    oft,
+    oft_shared,
+    ln_tuning,
+    vera
+);
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter
 /// values, the compiled (and optimized) step's first loss matches PyTorch's within 1e-4
@@ -114,6 +132,13 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
         "prompt_tuning",
         "full_ft",
         "qlora",
+        "loha",
+        "lokr",
+        "hra",
+        "oft",
+        "oft_shared",
+        "ln_tuning",
+        "vera",
     ] {
         let fixture =
             WeightsFile::open(&repo().join(format!("tests/fixtures/{name}.safetensors"))).unwrap();
@@ -125,7 +150,8 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
                 !(*k == "logits"
                     || *k == "loss"
                     || k.starts_with("grad.")
-                    || k.starts_with("step3."))
+                    || k.starts_with("step3.")
+                    || k.starts_with("buffer."))
             })
             .cloned()
             .collect();
@@ -258,7 +284,7 @@ fn compiled_eval_matches_the_interpreter() {
         base.read("input_ids").unwrap(),
         base.read("labels").unwrap(),
     );
-    for name in ["lora_qv", "qlora", "dora", "prompt_tuning"] {
+    for name in ["lora_qv", "qlora", "dora", "prompt_tuning", "vera"] {
         let mut want = session(name, &Interpreter);
         let mut got = session(name, &Cpu);
         got.prepare_eval(&Cpu, true).unwrap();
@@ -276,4 +302,18 @@ fn compiled_eval_matches_the_interpreter() {
             got.step(&ids, &labels).unwrap();
         }
     }
+}
+
+/// A frozen tensor `@init` computed (VeRA's shared projections) that the compiled step bound
+/// and let go of is kept by the session: the interpreted forward afterwards (what `graft eval
+/// --logits` runs) gets it back and matches the interpreter session's logits within 1e-5.
+#[test]
+fn computed_frozen_tensors_survive_binding() {
+    let base = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
+    let ids = base.read("input_ids").unwrap();
+    let mut want = session("vera", &Interpreter);
+    let mut got = session("vera", &Cpu);
+    let (w, g) = (want.forward(&ids).unwrap(), got.forward(&ids).unwrap());
+    let e = rel(&g, &w);
+    assert!(e <= 1e-5, "logits differ by {e:e}");
 }
