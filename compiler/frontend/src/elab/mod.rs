@@ -541,22 +541,8 @@ impl<'a> Elaborator<'a> {
             let mut env = Env::new(self.instances[root].members.clone());
             env.bind("batch", Value::Int(self.batch));
             env.bind("seq", Value::Int(self.seq));
-            let mut shape = Vec::new();
-            for d in &t.dims {
-                shape.push(self.eval_dim(d, &mut env)?);
-            }
-            let ty = TensorType::new(t.dtype.unwrap_or(graft_ir::DType::F32), shape);
-            let loc = self.loc(p.name.span);
-            let fb = self.fb_mut(p.name.span)?;
-            let id = fb
-                .func
-                .add_input(p.name.name.clone(), InputKind::Data, ty, Some(loc));
-            fb.origins.push(p.name.span);
-            args.push(eval::ArgVal {
-                name: None,
-                value: Value::Tensor(id),
-                span: p.name.span,
-            });
+            let (arg, _) = self.data_input(&p.name, t, Vec::new(), &mut env)?;
+            args.push(arg);
         }
         let out = self.call_instance(
             root,
@@ -577,6 +563,34 @@ impl<'a> Elaborator<'a> {
             .ok_or_else(|| Diagnostic::error(fwd.span, "internal error: no function", "here"))?;
         fb.func.add_output("logits", out);
         Ok(tidy(fb.func))
+    }
+
+    /// A batch input named and typed by a forward parameter's annotation (`lead` before its
+    /// dims), as the argument that passes it.
+    fn data_input(
+        &mut self,
+        name: &crate::ast::Ident,
+        t: &'a crate::ast::TensorTypeAnn,
+        lead: Vec<usize>,
+        env: &mut Env,
+    ) -> Result<(eval::ArgVal, TensorType), Diagnostic> {
+        let mut shape = lead;
+        for d in &t.dims {
+            shape.push(self.eval_dim(d, env)?);
+        }
+        let ty = TensorType::new(t.dtype.unwrap_or(graft_ir::DType::F32), shape);
+        let loc = self.loc(name.span);
+        let fb = self.fb_mut(name.span)?;
+        let id = fb
+            .func
+            .add_input(name.name.clone(), InputKind::Data, ty.clone(), Some(loc));
+        fb.origins.push(name.span);
+        let arg = eval::ArgVal {
+            name: None,
+            value: Value::Tensor(id),
+            span: name.span,
+        };
+        Ok((arg, ty))
     }
 
     fn build_init(&mut self) -> Result<Function, Diagnostic> {

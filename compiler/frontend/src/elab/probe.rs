@@ -14,7 +14,7 @@ use super::{DeclKind, Def, Elaborator};
 use crate::ast::{Ident, Item, ModuleDef, Param, ScalarType, Span, TypeAnn};
 use crate::diag::Diagnostic;
 use crate::load::Loaded;
-use graft_ir::{InputKind, TensorType};
+use graft_ir::TensorType;
 
 /// Sizes given, in order, to the probe module's int parameters that have no default.
 pub const PROBE_SIZES: [i64; 4] = [64, 96, 32, 48];
@@ -153,27 +153,14 @@ impl<'a> Elaborator<'a> {
                 .with_help("annotate it with its trailing axes, e.g. `x: [.., in]`"));
             };
             let mut env = Env::new(self.instances[inst].members.clone());
-            let mut shape = if t.rest {
+            let lead = if t.rest {
                 PROBE_LEADING.to_vec()
             } else {
                 Vec::new()
             };
-            for d in &t.dims {
-                shape.push(self.eval_dim(d, &mut env)?);
-            }
-            let ty = TensorType::new(t.dtype.unwrap_or(graft_ir::DType::F32), shape);
-            let loc = self.loc(p.name.span);
-            let fb = self.fb_mut(p.name.span)?;
-            let id = fb
-                .func
-                .add_input(p.name.name.clone(), InputKind::Data, ty.clone(), Some(loc));
-            fb.origins.push(p.name.span);
+            let (arg, ty) = self.data_input(&p.name, t, lead, &mut env)?;
             inputs.push(ty);
-            call.push(ArgVal {
-                name: None,
-                value: Value::Tensor(id),
-                span: p.name.span,
-            });
+            call.push(arg);
         }
         let y = self.call_instance(inst, 1, call, span)?;
         let Some(y) = self.as_tensor(&y, span)? else {
