@@ -292,14 +292,7 @@ impl<'a> Elaborator<'a> {
                     for d in &ty.dims {
                         shape.push(self.eval_dim(d, env)?);
                     }
-                    let seg = rename
-                        .as_ref()
-                        .map_or(name.name.as_str(), |r| r.value.as_str());
-                    // `as "/name"` gives a path from the root rather than from the module.
-                    let path = match seg.strip_prefix('/') {
-                        Some(abs) => abs.to_string(),
-                        None => join(&cx.path, seg),
-                    };
+                    let path = decl_path(&cx.path, name, rename.as_ref());
                     if let Some(prev) = self.decls.iter().find(|d| d.path == path) {
                         return Err(Diagnostic::error(
                             name.span,
@@ -882,11 +875,7 @@ impl<'a> Elaborator<'a> {
             shape.push(self.eval_dim(d, env)?);
         }
         let dtype = ty.dtype.unwrap_or(DType::F32);
-        let seg = rename.map_or(name.name.as_str(), |r| r.value.as_str());
-        let path = match seg.strip_prefix('/') {
-            Some(abs) => abs.to_string(),
-            None => join(&cx.path, seg),
-        };
+        let path = decl_path(&cx.path, name, rename);
         let Some(id) = self.decls.iter().position(|d| d.path == path) else {
             self.decls.push(Decl {
                 path,
@@ -1095,4 +1084,14 @@ pub(crate) fn no_rest(ty: &TensorTypeAnn) -> Result<(), Diagnostic> {
         ));
     }
     Ok(())
+}
+
+/// A declared tensor's path: its name (or `as` segment) under the module's path, or, for
+/// `as "/name"`, from the root.
+fn decl_path(module: &str, name: &Ident, rename: Option<&StrLit>) -> String {
+    let seg = rename.map_or(name.name.as_str(), |r| r.value.as_str());
+    match seg.strip_prefix('/') {
+        Some(abs) => abs.to_string(),
+        None => join(module, seg),
+    }
 }
