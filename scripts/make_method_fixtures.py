@@ -56,6 +56,16 @@ CASES = {
     # VeRA: one frozen A/B pair for q (64 × 64) and v (32 × 64), drawn from PyTorch's generator
     # with PEFT's key; not saved (PEFT regenerates them), but recorded as `buffer.vera_A/B`.
     "vera": VeraConfig(r=8, target_modules=["q_proj", "v_proj"], save_projection=False),
+    # PiSSA and OLoRA: LoRA initialized from the SVD / QR of the frozen weight, which becomes the
+    # residual. Square (q), wide (v: 32 x 64, down: 64 x 128) and tall (up: 128 x 64) layers;
+    # s = 16 / 4 = 4, so the residual's (s·B)·A order shows. PEFT's initial A/B and residual
+    # weights are recorded as `buffer.init.<key>` and `buffer.residual.<path>`.
+    "pissa": LoraConfig(
+        r=4, lora_alpha=16, init_lora_weights="pissa", target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]
+    ),
+    "olora": LoraConfig(
+        r=4, lora_alpha=16, init_lora_weights="olora", target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]
+    ),
 }
 
 # Optimizers other than make_fixtures.py's AdamW, per case.
@@ -106,6 +116,14 @@ def main() -> int:
     for i, (case, cfg) in enumerate(CASES.items()):
         torch.manual_seed(300 + i)
         model = get_peft_model(copy.deepcopy(base), cfg)
+        buffers = {}
+        if getattr(cfg, "init_lora_weights", True) in ("pissa", "olora"):
+            init = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
+            buffers.update({f"buffer.init.{k}": v for k, v in init.items()})
+            for n, p in model.named_parameters():
+                if n.endswith("base_layer.weight"):
+                    path = n.removeprefix("base_model.model.").replace("base_layer.", "")
+                    buffers[f"buffer.residual.{path}"] = mf.c(p)
         mf.randomize_adapter(model, seed=3000 + i)
         saved = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
         key_of = mf.peft_key_map(model, saved)
@@ -115,7 +133,6 @@ def main() -> int:
             rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
         else:
             rec = mf.train_record(model, input_ids, labels, key_of)
-        buffers = {}
         if case == "vera":
             buffers = {f"buffer.{n}": mf.c(getattr(model.base_model, n)["default"]) for n in ("vera_A", "vera_B")}
         save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))

@@ -189,8 +189,22 @@ pub fn config_mismatches(spec: &Value, folder: &Value) -> Vec<String> {
             out.push(format!("`{k}` is {got} there, {want} in the spec"));
         }
     }
+    // PEFT's initializations that also replace the base weight by a residual: the adapter
+    // only means what it was trained as on that residual, so the spec must make it too.
+    if let Some(init) = f.get("init_lora_weights").and_then(Value::as_str)
+        && RESIDUAL_INITS.iter().any(|r| init.starts_with(r))
+        && !s.contains_key("init_lora_weights")
+    {
+        out.push(format!(
+            "`init_lora_weights` is \"{init}\" there (the base weights were replaced by a \
+             residual), and the spec's adapter does not initialize so"
+        ));
+    }
     out
 }
+
+/// `init_lora_weights` values (prefixes) for which PEFT replaces the base weight.
+const RESIDUAL_INITS: [&str; 4] = ["pissa", "olora", "corda", "loftq"];
 
 /// Writes `adapter_config.json` and `adapter_model.safetensors` into `dir` (atomically, as a
 /// pair: a failure leaves the old pair).
@@ -227,4 +241,26 @@ pub fn load_adapter(dir: &Path) -> Result<(Value, Vec<(String, Tensor)>), PeftEr
         out.push((graft_path(key), t));
     }
     Ok((cfg, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_mismatches;
+    use serde_json::json;
+
+    /// A folder trained on a residual (PiSSA) is refused by a spec that keeps the original
+    /// weights, and accepted by one that makes the same residual; other initializations only
+    /// set the starting point and are not compared.
+    #[test]
+    fn residual_initializations_must_match() {
+        let plain = json!({"r": 4});
+        let pissa = json!({"r": 4, "init_lora_weights": "pissa"});
+        assert_eq!(config_mismatches(&plain, &pissa).len(), 1);
+        assert!(config_mismatches(&pissa, &pissa).is_empty());
+        let olora = json!({"r": 4, "init_lora_weights": "olora"});
+        assert_eq!(config_mismatches(&pissa, &olora).len(), 1);
+        let gaussian = json!({"r": 4, "init_lora_weights": "gaussian"});
+        assert!(config_mismatches(&plain, &gaussian).is_empty());
+        assert!(config_mismatches(&plain, &json!({"r": 4, "init_lora_weights": true})).is_empty());
+    }
 }

@@ -97,7 +97,8 @@ pub struct Session {
     /// weights file) when the interpreter needs them ([`Session::forward`], [`Session::gradients`]).
     /// Whether each was a stand-in (else it is read from the weights file again).
     dropped: Vec<(String, TensorType, bool)>,
-    /// The frozen tensors `@init` computed (`shared` ones) that the backend let go of: kept
+    /// The frozen tensors `@init` computed (`shared` ones, replaced weights) that the backend
+    /// let go of: kept
     /// here, since neither the weights file nor the seed alone makes them again.
     computed: HashMap<String, Tensor>,
     /// `@eval` and its runner, once prepared ([`crate::eval`]).
@@ -120,6 +121,21 @@ fn return_freed_memory() {
 }
 
 /// The inputs a backend reads in place: each mapped weight's bytes in `file`'s map.
+/// The frozen tensors `@init` computes: `shared` buffers, and weights an adapter replaces.
+fn computed_frozen(program: &Program) -> std::collections::HashSet<String> {
+    let init = program.module.function("init");
+    program
+        .tensors
+        .iter()
+        .filter(|t| {
+            t.kind == DeclKind::Buffer
+                || (t.kind == DeclKind::Weight
+                    && init.is_some_and(|f| f.outputs.iter().any(|o| o.name == t.path)))
+        })
+        .map(|t| t.path.clone())
+        .collect()
+}
+
 fn mapped_inputs<'a>(
     file: Option<&'a WeightsFile>,
     mapped: &'a [(String, TensorType, std::ops::Range<usize>)],
@@ -274,6 +290,9 @@ impl Session {
             values.insert(name, t);
         }
         values.remove("seed");
+        // A weight `@init` replaced is not read from the file.
+        let computed = computed_frozen(&program);
+        mapped.retain(|(name, _, _)| !computed.contains(name));
         for (name, _, _) in &mapped {
             values.remove(name);
         }
@@ -306,12 +325,9 @@ impl Session {
     /// stand-in tensor (`stand_ins`, made again from the seed if the interpreter needs it).
     /// The memory the weights take then stays about the same, in the backend's layout.
     fn bind_weights(&mut self, stand_ins: Vec<(String, TensorType)>) -> Result<(), SessionError> {
-        let computed: HashMap<String, Tensor> = self
-            .program
-            .tensors
-            .iter()
-            .filter(|t| t.kind == DeclKind::Buffer)
-            .filter_map(|t| Some((t.path.clone(), self.values.get(&t.path)?.clone())))
+        let computed: HashMap<String, Tensor> = computed_frozen(&self.program)
+            .into_iter()
+            .filter_map(|p| Some((p.clone(), self.values.get(&p)?.clone())))
             .collect();
         let inputs = mapped_inputs(self.file.as_ref(), &self.mapped);
         let (file, mapped) = (self.file.as_ref(), &self.mapped);

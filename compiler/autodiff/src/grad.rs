@@ -352,7 +352,8 @@ fn vjp(
         | Op::StopGrad => return Ok(None),
         // Quantized storage has no gradient; `qmatmul` only exists after the optimizer,
         // which runs on the finished training step.
-        Op::Dequantize { .. } | Op::Quantize { .. } | Op::QuantMatMul { .. } => {
+        // Factorizations run in `@init`, on frozen values.
+        Op::Dequantize { .. } | Op::Quantize { .. } | Op::QuantMatMul { .. } | Op::Factor(_) => {
             return Err(AdError::NotDifferentiable(op.name().to_string()));
         }
     };

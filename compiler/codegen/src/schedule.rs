@@ -758,7 +758,8 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                         let slices = ty.numel().checked_div(ext).unwrap_or(0);
                         step(StepKind::Softmax, out, slices, 3 * ext)
                     }
-                    Op::Quantize { .. } => step(StepKind::Host, out, 1, 1),
+                    // Run by the interpreter: sequential, or not worth a kernel.
+                    Op::Quantize { .. } | Op::Factor(_) => step(StepKind::Host, out, 1, 1),
                     op if fusable(op) => {
                         let cols = ty.shape.last().copied().unwrap_or(1);
                         step(StepKind::Fused, out, fused_range(&ty.shape), cols)

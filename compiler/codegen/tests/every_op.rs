@@ -17,8 +17,8 @@ use graft_autodiff::emit::Emitter;
 use graft_autodiff::{AdError, grad};
 use graft_interp::{Tensor, run};
 use graft_ir::{
-    BinaryOp, DType, Distribution, Function, InputKind, Module, Op, QuantFormat, QuantPart,
-    ReduceOp, TensorType, UnaryOp, ValueId,
+    BinaryOp, DType, Distribution, FactorOp, Function, InputKind, Module, Op, QuantFormat,
+    QuantPart, ReduceOp, TensorType, UnaryOp, ValueId,
 };
 use std::collections::{BTreeSet, HashMap};
 
@@ -29,6 +29,7 @@ fn kind(op: &Op) -> String {
     match op {
         Op::Unary(u) => format!("unary {}", u.name()),
         Op::Binary(b) => format!("binary {}", b.name()),
+        Op::Factor(f) => format!("factor {}", f.name()),
         Op::Input { .. } => "input".into(),
         Op::Constant { .. } => "constant".into(),
         Op::Iota { .. } => "iota".into(),
@@ -80,8 +81,10 @@ fn all_kinds() -> BTreeSet<String> {
     ];
     let unary = UnaryOp::ALL.iter().map(|u| kind(&Op::Unary(*u)));
     let binary = BinaryOp::ALL.iter().map(|b| kind(&Op::Binary(*b)));
+    let factor = FactorOp::ALL.iter().map(|f| kind(&Op::Factor(*f)));
     unary
         .chain(binary)
+        .chain(factor)
         .chain(other.iter().map(|o| o.to_string()))
         .collect()
 }
@@ -93,7 +96,7 @@ enum Grad {
     Fd,
     /// Zero by design (`stop_grad`).
     Blocked,
-    /// Autodiff refuses (quantized storage).
+    /// Autodiff refuses (quantized storage, a factorization).
     Refused,
 }
 
@@ -352,6 +355,52 @@ fn cases() -> Vec<Case> {
                 e.add(y, z)
             },
         ),
+        // x [5, 3] and xᵀ [3, 5]: U·diag(S)·Vh − x and Q·R − x (zero), UᵀU and QᵀQ (the
+        // identity), R's lower triangle (zero), all in one output.
+        Case::new(
+            "factor_svd_qr",
+            vec![(vec![5, 3], ANY)],
+            Grad::Refused,
+            |e, c| {
+                let mut parts = Vec::new();
+                for x in [c.x[0], e.transpose(c.x[0], vec![1, 0])?] {
+                    let f = |e: &mut Emitter, op| e.op(Op::Factor(op), &[x]);
+                    let (u, s, vh) = (
+                        f(e, FactorOp::SvdU)?,
+                        f(e, FactorOp::SvdS)?,
+                        f(e, FactorOp::SvdVh)?,
+                    );
+                    let (q, r) = (f(e, FactorOp::QrQ)?, f(e, FactorOp::QrR)?);
+                    let us = {
+                        let ut = e.ty(u);
+                        let sb = e.broadcast(s, &ut.shape)?;
+                        e.mul(u, sb)?
+                    };
+                    let usv = e.matmul(us, vh, false, false)?;
+                    let qr = e.matmul(q, r, false, false)?;
+                    let d1 = e.sub(usv, x)?;
+                    let d2 = e.sub(qr, x)?;
+                    parts.push(e.sum_all(d1)?);
+                    parts.push(e.sum_all(d2)?);
+                    for m in [u, q] {
+                        let mtm = e.matmul(m, m, true, false)?;
+                        parts.push(e.sum_all(mtm)?);
+                    }
+                    let rt = e.ty(r);
+                    let i = e.op_typed(Op::Iota { axis: 0 }, &[], rt.clone())?;
+                    let j = e.op_typed(Op::Iota { axis: 1 }, &[], rt)?;
+                    let below = e.bin(BinaryOp::Gt, i, j)?;
+                    let z = e.like(0.0, r)?;
+                    let low = e.select(below, r, z)?;
+                    parts.push(e.sum_all(low)?);
+                }
+                let parts: Vec<ValueId> = parts
+                    .into_iter()
+                    .map(|p| e.reshape(p, &[1]))
+                    .collect::<Result<_, _>>()?;
+                e.op(Op::Concat { axis: 0 }, &parts)
+            },
+        ),
     ]);
     v
 }
@@ -461,13 +510,16 @@ fn check_gradient(case: &Case) {
     let f = match (with_gradients(case), case.grad) {
         (Err(AdError::NotDifferentiable(op)), Grad::Refused) => {
             assert!(
-                ["quantize", "dequantize", "qmatmul"].contains(&op.as_str()),
+                ["quantize", "dequantize", "qmatmul"].contains(&op.as_str())
+                    || FactorOp::from_name(&op).is_some(),
                 "{name}: {op}"
             );
             return;
         }
         (Err(e), _) => panic!("{name}: {e}"),
-        (Ok(_), Grad::Refused) => panic!("{name}: differentiated through quantized storage"),
+        (Ok(_), Grad::Refused) => {
+            panic!("{name}: differentiated through quantized storage or a factorization")
+        }
         (Ok(f), _) => f,
     };
     text_and_cost(&f, name);
@@ -516,6 +568,20 @@ fn check_gradient(case: &Case) {
     }
 }
 
+/// The factorization case's oracle: in f64 its output is the identities' residuals,
+/// [0, 0, k, k, 0] per matrix (within 1e-12, k = 3).
+fn check_factor_identities(case: &Case) {
+    let (mut f, _, y) = build(case, DType::F64);
+    f.add_output("y", y);
+    let out = run(&f, &inputs(case, DType::F64, 0x5eed)).unwrap()[0]
+        .1
+        .to_f64_vec();
+    let want = [0.0, 0.0, 3.0, 3.0, 0.0];
+    for (i, (g, w)) in out.iter().zip(want.iter().cycle()).enumerate() {
+        assert!((g - w).abs() < 1e-12, "{}: part {i}: {g} vs {w}", case.name);
+    }
+}
+
 #[test]
 fn every_op_round_trips_runs_differentiates_compiles_and_costs() {
     let cases = cases();
@@ -529,6 +595,9 @@ fn every_op_round_trips_runs_differentiates_compiles_and_costs() {
         let vals = inputs(case, DType::F32, 0x5eed);
         run(&f, &vals).unwrap_or_else(|e| panic!("{}: interpreter: {e}", case.name));
         common::check_norm(&f, &vals, 1e-5);
+        if case.name == "factor_svd_qr" {
+            check_factor_identities(case);
+        }
         check_gradient(case);
     }
     let missing: Vec<String> = all_kinds().difference(&covered).cloned().collect();

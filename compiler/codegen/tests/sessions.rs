@@ -113,7 +113,9 @@ parity_specs!(
     oft,
     oft_shared,
     ln_tuning,
-    vera
+    vera,
+    pissa,
+    olora
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter
@@ -139,6 +141,8 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
         "oft_shared",
         "ln_tuning",
         "vera",
+        "pissa",
+        "olora",
     ] {
         let fixture =
             WeightsFile::open(&repo().join(format!("tests/fixtures/{name}.safetensors"))).unwrap();
@@ -304,16 +308,32 @@ fn compiled_eval_matches_the_interpreter() {
     }
 }
 
-/// A frozen tensor `@init` computed (VeRA's shared projections) that the compiled step bound
-/// and let go of is kept by the session: the interpreted forward afterwards (what `graft eval
-/// --logits` runs) gets it back and matches the interpreter session's logits within 1e-5.
+/// A frozen tensor `@init` computed (VeRA's shared projections, PiSSA's residual weights)
+/// that the compiled step bound and let go of is kept by the session: the interpreted forward
+/// afterwards (what `graft eval --logits` runs) gets it back, not the file's weight, and
+/// matches the interpreter session's logits within 1e-5.
 #[test]
 fn computed_frozen_tensors_survive_binding() {
     let base = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
     let ids = base.read("input_ids").unwrap();
-    let mut want = session("vera", &Interpreter);
-    let mut got = session("vera", &Cpu);
-    let (w, g) = (want.forward(&ids).unwrap(), got.forward(&ids).unwrap());
-    let e = rel(&g, &w);
-    assert!(e <= 1e-5, "logits differ by {e:e}");
+    for name in ["vera", "pissa"] {
+        let mut want = session(name, &Interpreter);
+        let mut got = session(name, &Cpu);
+        // A non-zero adapter, so that a base weight read back from the file would show.
+        for s in [&mut want, &mut got] {
+            let params: Vec<(String, Tensor)> = s
+                .params()
+                .into_iter()
+                .map(|(p, t)| (p, t.clone()))
+                .collect();
+            for (p, t) in params {
+                let d: Vec<f32> = t.to_f64_vec().iter().map(|x| (*x * 1.5) as f32).collect();
+                s.set_param(&p, Tensor::f32(t.shape().to_vec(), d).unwrap())
+                    .unwrap();
+            }
+        }
+        let (w, g) = (want.forward(&ids).unwrap(), got.forward(&ids).unwrap());
+        let e = rel(&g, &w);
+        assert!(e <= 1e-5, "{name}: logits differ by {e:e}");
+    }
 }

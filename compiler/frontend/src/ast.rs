@@ -265,6 +265,14 @@ pub enum MemberKind {
     },
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
+    /// `replace W = value`: `@init` computes the wrapped module's frozen weight `W` anew
+    /// (after every initializer, which `value` may read), and everything reads the new value.
+    Replace {
+        /// The wrapped module's weight.
+        name: Ident,
+        /// Its new value.
+        value: Expr,
+    },
     /// `require cond, "message"`: elaboration stops with `message` at this member, and the
     /// place the module or adapter was instantiated, when the compile-time `cond` is false.
     Require {

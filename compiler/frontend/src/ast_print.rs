@@ -203,6 +203,11 @@ impl Printer<'_> {
                     let names: Vec<&str> = ns.iter().map(|n| n.name.as_str()).collect();
                     self.line(depth, m.span, &format!("unfreeze {}", names.join(", ")));
                 }
+                MemberKind::Replace { name, value } => self.line(
+                    depth,
+                    m.span,
+                    &format!("replace {} = {}", name.name, expr(value)),
+                ),
                 MemberKind::Require { cond, message } => self.line(
                     depth,
                     m.span,

@@ -710,6 +710,12 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
             }
         }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),
+        Rule::replace_decl => {
+            it.next(); // the `replace` keyword
+            let name = ident(need(&mut it, mspan, "name")?, file);
+            let value = expr(need(&mut it, mspan, "value")?, file)?;
+            MemberKind::Replace { name, value }
+        }
         Rule::require_decl => {
             it.next(); // the `require` keyword
             let cond = expr(need(&mut it, mspan, "condition")?, file)?;

@@ -24,6 +24,7 @@
 //!   axes and repeats extent-1 axes; `gather` rejects negative and out-of-range indices.
 //! - **Randomness** ([`random`]): counter-based (splitmix64), reproducible from `(seed, stream,
 //!   element index)` alone.
+//! - **Factorizations** (`linalg.rs`): `svd_*` and `qr_*` in `f64`, signs as documented there.
 //! - **Quantization** (`quant.rs`): NF4 through `graft-quant`, bit-exact with bitsandbytes.
 //!
 //! [`run`] verifies the function first, so a malformed graph is an error, never a panic.
@@ -31,6 +32,7 @@
 mod compute;
 mod elementwise;
 mod layout;
+mod linalg;
 pub mod mt19937;
 mod quant;
 pub mod random;
@@ -323,6 +325,7 @@ fn eval(ctx: &Ctx<'_>, inputs: &HashMap<String, Tensor>) -> Result<Tensor, Inter
         Op::Random { dist, stream } => random::random(ctx, *dist, *stream),
         Op::Unary(u) => elementwise::unary(ctx, *u),
         Op::Binary(b) => elementwise::binary(ctx, *b),
+        Op::Factor(f) => linalg::factor(ctx, *f),
         Op::Select => elementwise::select(ctx),
         Op::Cast => elementwise::cast(ctx),
         Op::MatMul { ta, tb } => compute::matmul(ctx, *ta, *tb),

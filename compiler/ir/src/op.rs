@@ -209,6 +209,64 @@ impl ReduceOp {
     }
 }
 
+/// A matrix factorization of the last two axes `[.., m, n]` (`k = min(m, n)`), in reduced
+/// form as `torch.linalg` computes it. Each op is one factor; `@init` computes them (the
+/// interpreter, in f64), and they have no gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FactorOp {
+    /// `U` [.., m, k] of `x = U·diag(S)·Vh` (`torch.linalg.svd(x, full_matrices=False)`).
+    SvdU,
+    /// The singular values `S` [.., k], descending.
+    SvdS,
+    /// `Vh` [.., k, n].
+    SvdVh,
+    /// `Q` [.., m, k] of `x = Q·R` (`torch.linalg.qr(x)`, Householder as LAPACK's `geqrf`).
+    QrQ,
+    /// `R` [.., k, n], upper triangular.
+    QrR,
+}
+
+impl FactorOp {
+    /// Every factorization op.
+    pub const ALL: [FactorOp; 5] = [
+        FactorOp::SvdU,
+        FactorOp::SvdS,
+        FactorOp::SvdVh,
+        FactorOp::QrQ,
+        FactorOp::QrR,
+    ];
+
+    /// The op's name in the text form and in graft source.
+    pub fn name(self) -> &'static str {
+        match self {
+            FactorOp::SvdU => "svd_u",
+            FactorOp::SvdS => "svd_s",
+            FactorOp::SvdVh => "svd_vh",
+            FactorOp::QrQ => "qr_q",
+            FactorOp::QrR => "qr_r",
+        }
+    }
+
+    /// Looks a factorization op up by name.
+    pub fn from_name(name: &str) -> Option<FactorOp> {
+        FactorOp::ALL.into_iter().find(|o| o.name() == name)
+    }
+
+    /// The factor's shape for an operand of shape `[.., m, n]` (rank 2 or more).
+    pub fn shape(self, x: &[usize]) -> Vec<usize> {
+        let r = x.len();
+        let (m, n) = (x[r - 2], x[r - 1]);
+        let k = m.min(n);
+        let mut s = x[..r - 2].to_vec();
+        match self {
+            FactorOp::SvdU | FactorOp::QrQ => s.extend([m, k]),
+            FactorOp::SvdS => s.push(k),
+            FactorOp::SvdVh | FactorOp::QrR => s.extend([k, n]),
+        }
+        s
+    }
+}
+
 /// What an input of a function is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum InputKind {
@@ -341,6 +399,8 @@ pub enum Op {
     Unary(UnaryOp),
     /// An elementwise binary op on two operands of one type.
     Binary(BinaryOp),
+    /// One factor of a matrix factorization (`@init` only).
+    Factor(FactorOp),
     /// `select(c, a, b)`: `a` where `c` is true, else `b`.
     Select,
     /// Batched matrix product `[..., m, k] × [..., k, n]`; a rank-2 operand is shared by every
@@ -484,6 +544,7 @@ impl Op {
             },
             Op::Unary(u) => u.name(),
             Op::Binary(b) => b.name(),
+            Op::Factor(f) => f.name(),
             Op::Select => "select",
             Op::MatMul { .. } => "matmul",
             Op::Reduce { op, .. } => op.name(),
@@ -615,6 +676,7 @@ impl Op {
             }
             Op::Unary(_)
             | Op::Binary(_)
+            | Op::Factor(_)
             | Op::Select
             | Op::Reshape
             | Op::Broadcast
@@ -736,6 +798,8 @@ impl Op {
                     Op::Unary(u)
                 } else if let Some(b) = BinaryOp::from_name(name) {
                     Op::Binary(b)
+                } else if let Some(f) = FactorOp::from_name(name) {
+                    Op::Factor(f)
                 } else if let Some(r) = ReduceOp::ALL.into_iter().find(|r| r.name() == name) {
                     Op::Reduce {
                         op: r,
@@ -757,6 +821,7 @@ impl Op {
             Op::Input { .. } | Op::Constant { .. } | Op::Iota { .. } => Some(0),
             Op::Random { .. }
             | Op::Unary(_)
+            | Op::Factor(_)
             | Op::Reduce { .. }
             | Op::Reshape
             | Op::Transpose { .. }
@@ -868,6 +933,14 @@ impl Op {
                 } else {
                     Ok(x.clone())
                 }
+            }
+            Op::Factor(f) => {
+                let t = args[0];
+                float(t)?;
+                if t.rank() < 2 {
+                    return Err(err(format!("expects a matrix (rank 2 or more), got {t}")));
+                }
+                Ok(TensorType::new(t.dtype, f.shape(&t.shape)))
             }
             Op::Select => {
                 let (c, x, y) = (args[0], args[1], args[2]);

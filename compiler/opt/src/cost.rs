@@ -98,6 +98,19 @@ pub fn work(op: &Op, args: &[&TensorType], out: &TensorType) -> Work {
             bytes: io(),
             kernel: true,
         },
+        // Golub–Van Loan's count for a dense SVD (the largest of the two): 4m²n + 22n³ for
+        // m ≥ n, a few sweeps of m·n² for QR-class work.
+        Op::Factor(_) => {
+            let a = args[0];
+            let (m, k) = (a.shape[a.rank() - 2], a.shape[a.rank() - 1]);
+            let (big, small) = (m.max(k) as f64, m.min(k) as f64);
+            let batch = (a.numel() as f64) / (big * small).max(1.0);
+            Work {
+                flops: batch * (4.0 * big * big * small + 22.0 * small.powi(3)),
+                bytes: io(),
+                kernel: true,
+            }
+        }
         Op::Dequantize { .. } => Work {
             flops: 2.0 * n,
             bytes: io(),

@@ -7,7 +7,7 @@ use super::value::Value;
 use crate::ast::Span;
 use crate::diag::Diagnostic;
 use graft_ir::{
-    BinaryOp, DType, Distribution, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId,
+    BinaryOp, DType, Distribution, FactorOp, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId,
 };
 
 /// Every built-in function name.
@@ -65,6 +65,11 @@ const BUILTINS: &[&str] = &[
     "int",
     "float",
     "floor",
+    "svd_u",
+    "svd_s",
+    "svd_vh",
+    "qr_q",
+    "qr_r",
 ];
 
 /// True for a built-in function name.
@@ -372,6 +377,11 @@ impl<'a> Elaborator<'a> {
             }
             let t = self.tensor_arg(&x)?;
             return Ok(Value::Tensor(self.emit(Op::Unary(u), &[t], None, span)?));
+        }
+        if let Some(f) = FactorOp::from_name(name) {
+            let x = a.need(0, "x")?;
+            let t = self.tensor_arg(&x)?;
+            return Ok(Value::Tensor(self.emit(Op::Factor(f), &[t], None, span)?));
         }
         match name {
             "pow" | "max" | "min" => {

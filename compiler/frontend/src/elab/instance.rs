@@ -317,6 +317,7 @@ impl<'a> Elaborator<'a> {
                         doc: m.doc.clone(),
                         init,
                         quant: None,
+                        replace: None,
                     });
                     env.base
                         .insert(name.name.clone(), Value::Decl(self.decls.len() - 1));
@@ -367,6 +368,9 @@ impl<'a> Elaborator<'a> {
                             }
                         }
                     }
+                }
+                MemberKind::Replace { name, value } => {
+                    self.declare_replace(name, value, m.span, env, cx)?;
                 }
                 MemberKind::Require { cond, message } => {
                     if !self.eval_bool(cond, env)? {
@@ -885,6 +889,7 @@ impl<'a> Elaborator<'a> {
                 doc: m.doc.clone(),
                 init: Some((init, env.clone())),
                 quant: None,
+                replace: None,
             });
             return Ok(Value::Part(self.decls.len() - 1, shape));
         };
@@ -955,13 +960,16 @@ impl<'a> Elaborator<'a> {
                 return Err(Diagnostic::error(
                     span,
                     format!(
-                        "the initializer reads `{}`, which is itself initialized",
+                        "the initializer reads `{}`, which is initialized after it",
                         d.path
                     ),
                     "read here",
                 )
                 .with_label(d.span, "declared here")
-                .with_help("initializers may read frozen weights only"));
+                .with_help(
+                    "initializers run in declaration order: they may read frozen weights and \
+                     the tensors initialized before them",
+                ));
             }
             _ => InputKind::Weight,
         };
@@ -1023,6 +1031,53 @@ impl<'a> Elaborator<'a> {
         };
         self.fb_mut(span)?.decl_inputs.insert(id, v);
         Ok(v)
+    }
+
+    /// `replace name = value` in an adapter: `name` must be a frozen, unquantized weight of
+    /// the wrapped module that no other adapter replaces.
+    fn declare_replace(
+        &mut self,
+        name: &Ident,
+        value: &'a Expr,
+        span: Span,
+        env: &Env,
+        cx: &WalkCx,
+    ) -> Result<(), Diagnostic> {
+        if !cx.adapter {
+            return Err(Diagnostic::error(
+                span,
+                "`replace` is only allowed in adapters",
+                "in a module",
+            )
+            .with_help("a module computes its own tensors with `param` or `shared`"));
+        }
+        let Some(Value::Decl(id)) = env.get(&name.name) else {
+            return Err(Diagnostic::error(
+                name.span,
+                format!("`{}` is not a weight of the wrapped module", name.name),
+                "not a weight",
+            ));
+        };
+        let d = &self.decls[*id];
+        let problem = if d.kind != DeclKind::Weight {
+            Some("is trainable, not a frozen weight")
+        } else if d.quant.is_some() {
+            Some("is quantized: its codes are loaded as stored and cannot be replaced")
+        } else if d.replace.is_some() {
+            Some("is replaced twice")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            let mut e = Diagnostic::error(name.span, format!("`{}` {p}", d.path), "replaced here")
+                .with_label(d.span, "declared here");
+            if let Some((_, _, prev)) = &d.replace {
+                e = e.with_label(*prev, "first replaced here");
+            }
+            return Err(e);
+        }
+        self.decls[*id].replace = Some((value, env.clone(), span));
+        Ok(())
     }
 
     /// Reads a weight as a frozen input (for the initial value of an unfrozen weight).

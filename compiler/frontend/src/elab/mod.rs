@@ -73,6 +73,9 @@ pub struct Decl<'a> {
     pub init: Option<(&'a Expr, Env)>,
     /// Quantized storage (frozen weights only).
     pub quant: Option<QuantSpec>,
+    /// A frozen weight's new value (an adapter's `replace`), with its scope and the span of
+    /// the `replace` member.
+    pub replace: Option<(&'a Expr, Env, Span)>,
 }
 
 /// A module instance in the model tree.
@@ -602,21 +605,38 @@ impl<'a> Elaborator<'a> {
             }
             let d = self.decls[id].clone();
             let value = match &d.init {
-                Some((expr, env)) => {
-                    self.init_target = Some((d.ty.clone(), d.path.clone()));
-                    self.stream = 0;
-                    let mut env = env.clone();
-                    let v = self.eval(expr, &mut env);
-                    self.init_target = None;
-                    let v = v?;
-                    self.coerce_init(v, &d, expr.span)?
-                }
+                Some((expr, env)) => self.init_value(&d, expr, env)?,
                 // An unfrozen weight starts from its loaded value.
                 None => self.frozen_input(id, d.span)?,
             };
+            // Later initializers read this value.
+            self.fb_mut(d.span)?.decl_inputs.insert(id, value);
             outputs.push((d.path.clone(), value));
         }
+        // Replaced weights last: their new values may read every initialized tensor.
+        for id in 0..self.decls.len() {
+            let d = self.decls[id].clone();
+            if let Some((expr, env, _)) = &d.replace {
+                let value = self.init_value(&d, expr, env)?;
+                outputs.push((d.path.clone(), value));
+            }
+        }
         self.finish_function(outputs)
+    }
+
+    /// `expr`, evaluated in `env` as the initial value of `d`.
+    fn init_value(
+        &mut self,
+        d: &Decl<'a>,
+        expr: &'a Expr,
+        env: &Env,
+    ) -> Result<ValueId, Diagnostic> {
+        self.init_target = Some((d.ty.clone(), d.path.clone()));
+        self.stream = 0;
+        let mut env = env.clone();
+        let v = self.eval(expr, &mut env);
+        self.init_target = None;
+        self.coerce_init(v?, d, expr.span)
     }
 
     /// Starts building the function `name` (`is_init`: every decl is read as a frozen input).
