@@ -23,6 +23,7 @@ import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHAS
 import torch
 from peft import (
     HRAConfig,
+    FourierFTConfig,
     LNTuningConfig,
     LoHaConfig,
     LoKrConfig,
@@ -66,6 +67,9 @@ CASES = {
     "olora": LoraConfig(
         r=4, lora_alpha=16, init_lora_weights="olora", target_modules=["q_proj", "v_proj", "up_proj", "down_proj"]
     ),
+    # FourierFT: 64 spectral coefficients on q (64 × 64) and v (32 × 64) at PEFT's randperm
+    # locations (seed 777), recorded as `buffer.indices.<path>` (row · in + column).
+    "fourierft": FourierFTConfig(n_frequency=64, scaling=150.0, target_modules=["q_proj", "v_proj"]),
 }
 
 # Optimizers other than make_fixtures.py's AdamW, per case.
@@ -135,6 +139,12 @@ def main() -> int:
             rec = mf.train_record(model, input_ids, labels, key_of)
         if case == "vera":
             buffers = {f"buffer.{n}": mf.c(getattr(model.base_model, n)["default"]) for n in ("vera_A", "vera_B")}
+        if case == "fourierft":
+            for n, m in model.named_modules():
+                if hasattr(m, "indices") and "default" in getattr(m, "indices", {}):
+                    rows, cols = m.indices["default"]
+                    path = n.removeprefix("base_model.model.")
+                    buffers[f"buffer.indices.{path}"] = (rows * m.in_features + cols).contiguous()
         save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))
         reloaded = PeftModel.from_pretrained(copy.deepcopy(base), str(out / f"peft_{case}"))
         with torch.no_grad():

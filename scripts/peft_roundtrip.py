@@ -15,9 +15,9 @@ dsl-examples/models/tiny-llama), in f32 on the CPU:
 4. Tokenizer: transformers' `AutoTokenizer` on the folder gives the ids and chat renderings
    of tests/fixtures/tokenizer/expected.json (what graft's tests check graft against).
 5. Every method with a PEFT form on the tiny fixture model (tiny_lora, tiny_dora, tiny_ia3,
-   tiny_loha, tiny_lokr, tiny_hra, tiny_oft, tiny_ln_tuning, tiny_vera, tiny_pissa, tiny_olora): an
-   adapter graft trained for 5 steps gives graft's logits in PEFT (PiSSA and OLoRA: on the
-   original weights, from which PEFT makes the residual)
+   tiny_loha, tiny_lokr, tiny_hra, tiny_oft, tiny_ln_tuning, tiny_vera, tiny_pissa,
+   tiny_olora, tiny_fourierft): an adapter graft trained for 5 steps gives graft's logits in
+   PEFT (PiSSA and OLoRA: on the original weights, from which PEFT makes the residual)
    within 1e-4.
 Prints the largest difference of each and exits non-zero if one is over the tolerance. With
 `--fixture`, also writes PEFT's adapter of step 2 and its logits (first row) to
@@ -132,7 +132,7 @@ def main():
     ok &= same
     # 5. Each method's graft-trained adapter in PEFT, on the fixture model.
     fixture_model = os.path.join(ROOT, "tests", "fixtures", "tiny-llama-hf")
-    for method in ("lora", "dora", "ia3", "loha", "lokr", "hra", "oft", "ln_tuning", "vera", "pissa", "olora"):
+    for method in ("lora", "dora", "ia3", "loha", "lokr", "hra", "oft", "ln_tuning", "vera", "pissa", "olora", "fourierft"):
         spec = os.path.join(ROOT, "dsl-examples", f"tiny_{method}.graft")
         with tempfile.TemporaryDirectory() as w:
             graft(args.graft, "train", spec, "--steps", "5", "--save", w)

@@ -254,6 +254,38 @@ fn vera_with_pefts_projections_drawn_bit_for_bit() {
     check_case("vera");
 }
 
+/// FourierFT's spectral locations are PEFT's `torch.randperm` draw, reproduced exactly on
+/// every adapted layer (`buffer.indices.<path>`, row · in + column), then the usual parity.
+#[test]
+fn fourierft_at_pefts_random_locations() {
+    let c = load_case("fourierft");
+    let keys: Vec<String> = c.fixture.entries().keys().cloned().collect();
+    let mut checked = 0;
+    for path in keys
+        .iter()
+        .filter_map(|k| k.strip_prefix("buffer.indices."))
+    {
+        let name = format!("{path}.loc");
+        let ours = c
+            .session
+            .value(&name)
+            .unwrap_or_else(|| panic!("no buffer {name}"));
+        let want = c
+            .fixture
+            .read(&format!("buffer.indices.{path}"))
+            .expect("PEFT's");
+        assert_eq!(ours.shape(), want.shape(), "{name}");
+        assert_eq!(
+            ours.to_f64_vec(),
+            want.to_f64_vec(),
+            "{name}: torch.randperm reproduced"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 4, "q and v in both layers");
+    check_case("fourierft");
+}
+
 /// PiSSA and OLoRA: graft's initial `lora_A`/`lora_B` (from its SVD or QR of the frozen
 /// weight) and the residual weights it freezes in their place, against PEFT's before the
 /// fixture's adapter was randomized (`buffer.init.*`, `buffer.residual.*`): factors within
@@ -440,6 +472,7 @@ fn adapters_save_in_pefts_format_and_load_back() {
         "vera",
         "pissa",
         "olora",
+        "fourierft",
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
@@ -461,6 +494,9 @@ fn adapters_save_in_pefts_format_and_load_back() {
             "num_cayley_neumann_terms",
             "projection_prng_key",
             "d_initial",
+            "n_frequency",
+            "scaling",
+            "random_loc_seed",
         ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");
@@ -470,6 +506,13 @@ fn adapters_save_in_pefts_format_and_load_back() {
             if let Some(v) = reference.get(field) {
                 assert_eq!(&cfg[field], v, "{case}: {field}");
             }
+        }
+        // `init_weights` left out means PEFT's default, true.
+        if let Some(v) = reference.get("init_weights") {
+            let ours = cfg
+                .get("init_weights")
+                .unwrap_or(&serde_json::Value::Bool(true));
+            assert_eq!(ours, v, "{case}: init_weights");
         }
         // An initialization that makes a residual (PiSSA's, OLoRA's) is part of the adapter.
         if let Some(serde_json::Value::String(v)) = reference.get("init_lora_weights") {

@@ -443,10 +443,11 @@ impl<'a> KernelCx<'a> {
                 let x = self.b.op(format!("arith.addf {l}, {s} : f64"));
                 Ok(scalar::from_f64(&mut self.b, dt, &x))
             }
-            Distribution::TorchUniform { .. } => Err(self.unsupported(
-                v,
-                "PyTorch's generator is sequential: it runs in `@init`, on the interpreter",
-            )),
+            Distribution::TorchUniform { .. } | Distribution::TorchRandperm { .. } => Err(self
+                .unsupported(
+                    v,
+                    "PyTorch's generator is sequential: it runs in `@init`, on the interpreter",
+                )),
             Distribution::Normal { mean, std } => {
                 let two = self.b.int(2, "i64");
                 let one = self.b.int(1, "i64");

@@ -453,31 +453,35 @@ fn fused_quantized_matmul_matches_dequantize_then_matmul() {
     }
 }
 
-/// PyTorch's generator (`random_torch_uniform`) is sequential: compiled code refuses it with
-/// the reason, since only `@init` uses it and `@init` runs on the interpreter.
+/// PyTorch's generator (`random_torch_uniform`, `random_torch_randperm`) is sequential:
+/// compiled code refuses it with the reason, since only `@init` uses it and `@init` runs on
+/// the interpreter.
 #[test]
 fn pytorchs_sequential_generator_is_refused_with_its_reason() {
-    let mut f = Function::new("init");
-    let s = f.add_input(
-        "seed",
-        InputKind::Data,
-        TensorType::scalar(DType::I64),
-        None,
-    );
-    let r = f
-        .add_typed(
-            Op::Random {
-                dist: Distribution::TorchUniform { lo: -1.0, hi: 1.0 },
-                stream: 0,
-            },
-            &[s],
-            Some(ty(DType::F32, &[4, 8])),
+    for (dist, dtype) in [
+        (Distribution::TorchUniform { lo: -1.0, hi: 1.0 }, DType::F32),
+        (Distribution::TorchRandperm { n: 100 }, DType::I64),
+    ] {
+        let mut f = Function::new("init");
+        let s = f.add_input(
+            "seed",
+            InputKind::Data,
+            TensorType::scalar(DType::I64),
             None,
-        )
-        .unwrap();
-    f.add_output("r", r);
-    match compile(&f) {
-        Err(e) => assert!(e.to_string().contains("sequential"), "{e}"),
-        Ok(_) => panic!("compiled a sequential generator"),
+        );
+        let shape: &[usize] = if dtype == DType::I64 { &[32] } else { &[4, 8] };
+        let r = f
+            .add_typed(
+                Op::Random { dist, stream: 0 },
+                &[s],
+                Some(ty(dtype, shape)),
+                None,
+            )
+            .unwrap();
+        f.add_output("r", r);
+        match compile(&f) {
+            Err(e) => assert!(e.to_string().contains("sequential"), "{dist:?}: {e}"),
+            Ok(_) => panic!("compiled a sequential generator: {dist:?}"),
+        }
     }
 }

@@ -115,7 +115,8 @@ parity_specs!(
     ln_tuning,
     vera,
     pissa,
-    olora
+    olora,
+    fourierft
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter
@@ -143,6 +144,7 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
         "vera",
         "pissa",
         "olora",
+        "fourierft",
     ] {
         let fixture =
             WeightsFile::open(&repo().join(format!("tests/fixtures/{name}.safetensors"))).unwrap();
@@ -308,7 +310,8 @@ fn compiled_eval_matches_the_interpreter() {
     }
 }
 
-/// A frozen tensor `@init` computed (VeRA's shared projections, PiSSA's residual weights)
+/// A frozen tensor `@init` computed (VeRA's shared projections, PiSSA's residual weights,
+/// FourierFT's locations)
 /// that the compiled step bound and let go of is kept by the session: the interpreted forward
 /// afterwards (what `graft eval --logits` runs) gets it back, not the file's weight, and
 /// matches the interpreter session's logits within 1e-5.
@@ -316,7 +319,7 @@ fn compiled_eval_matches_the_interpreter() {
 fn computed_frozen_tensors_survive_binding() {
     let base = WeightsFile::open(&repo().join("tests/fixtures/base.safetensors")).unwrap();
     let ids = base.read("input_ids").unwrap();
-    for name in ["vera", "pissa"] {
+    for name in ["vera", "pissa", "fourierft"] {
         let mut want = session(name, &Interpreter);
         let mut got = session(name, &Cpu);
         // A non-zero adapter, so that a base weight read back from the file would show.

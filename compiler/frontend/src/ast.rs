@@ -263,6 +263,18 @@ pub enum MemberKind {
         /// The initializer expression, evaluated once for the whole tensor.
         init: Expr,
     },
+    /// `buffer P: [n] i64 = init`: a frozen tensor of this instance computed by `@init`
+    /// (PyTorch's `register_buffer`): read like a weight, never trained, not saved.
+    Buffer {
+        /// Name inside graft source.
+        name: Ident,
+        /// Its shape (and dtype).
+        ty: TensorTypeAnn,
+        /// Its path segment, if different from `name`.
+        rename: Option<StrLit>,
+        /// The initializer expression.
+        init: Expr,
+    },
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
     /// `replace W = value`: `@init` computes the wrapped module's frozen weight `W` anew

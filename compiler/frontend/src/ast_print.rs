@@ -179,11 +179,17 @@ impl Printer<'_> {
                     ty,
                     rename,
                     init,
+                }
+                | MemberKind::Buffer {
+                    name,
+                    ty,
+                    rename,
+                    init,
                 } => {
-                    let kw = if matches!(m.kind, MemberKind::Shared { .. }) {
-                        "shared"
-                    } else {
-                        "param"
+                    let kw = match m.kind {
+                        MemberKind::Shared { .. } => "shared",
+                        MemberKind::Buffer { .. } => "buffer",
+                        _ => "param",
                     };
                     self.line(
                         depth,

@@ -2,7 +2,8 @@
 //! exactly (VeRA's shared projections): MT19937 (Matsumoto & Nishimura, 1998) seeded as
 //! `torch.Generator().manual_seed(seed)` seeds it, and `uniform_` on `f32` as ATen's CPU
 //! kernel computes it: one 32-bit draw per element, in order, `x = (draw & (2²⁴ − 1)) · 2⁻²⁴`,
-//! and `(x · (hi − lo) + lo)` in `f64` with `lo`, `hi` and `hi − lo` in `f32`, rounded to `f32`.
+//! and `(x · (hi − lo) + lo)` in `f64` with `lo`, `hi` and `hi − lo` in `f32`, rounded to `f32`;
+//! and `randperm` (FourierFT's spectral locations).
 
 const N: usize = 624;
 const M: usize = 397;
@@ -67,6 +68,32 @@ pub fn torch_uniform(seed: u64, skip: u64, n: usize, lo: f64, hi: f64) -> Vec<f3
         .collect()
 }
 
+/// The first `k` entries of `torch.randperm(n, generator=…manual_seed(seed))` after `skip`
+/// earlier draws: Fisher–Yates from the front, position `i` swapped with `i + z % (n − i)`
+/// for one 32-bit draw `z` (ATen's CPU kernel for `n < u32::MAX / 20`). Position `i` is final
+/// after step `i`, so only `k` steps run, and only the positions they touch are stored.
+pub fn torch_randperm(seed: u64, skip: u64, n: u64, k: usize) -> Vec<u64> {
+    let mut g = Mt19937::new(seed);
+    for _ in 0..skip {
+        g.next_u32();
+    }
+    let mut moved = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(k);
+    for i in 0..k as u64 {
+        // The last position has nothing left to swap with and draws nothing.
+        let j = if i + 1 < n {
+            i + u64::from(g.next_u32()) % (n - i)
+        } else {
+            i
+        };
+        let at_j = moved.get(&j).copied().unwrap_or(j);
+        let at_i = moved.get(&i).copied().unwrap_or(i);
+        moved.insert(j, at_i);
+        out.push(at_j);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +108,19 @@ mod tests {
         let mut g = Mt19937::new(5489);
         let last = (0..10_000).map(|_| g.next_u32()).last();
         assert_eq!(last, Some(4_123_659_995));
+    }
+
+    #[test]
+    fn randperm_as_pytorch_draws_it() {
+        // `torch.randperm(n, generator=torch.Generator().manual_seed(seed))` (torch 2.15).
+        assert_eq!(torch_randperm(0, 0, 10, 10), [4, 1, 7, 5, 3, 9, 0, 8, 6, 2]);
+        assert_eq!(
+            torch_randperm(777, 0, 4096, 5),
+            [2151, 945, 3161, 4091, 1983]
+        );
+        assert_eq!(
+            torch_randperm(777, 0, 1 << 20, 5),
+            [325735, 902535, 477161, 185675, 107091]
+        );
     }
 }

@@ -12,6 +12,8 @@
 //! - `random_int{lo, hi}`: element `i` is `lo + bits(i) mod (hi - lo)`
 //! - `random_torch_uniform{lo, hi, stream}`: PyTorch's CPU `uniform_` (`mt19937.rs`), the
 //!   seed operand seeding the generator and `stream` the draws made before this tensor
+//! - `random_torch_randperm{n, stream}`: the leading entries of PyTorch's CPU `randperm(n)`
+//!   (`mt19937.rs`), seeded and skipped the same way
 //! - `dropout{p}`: element `i` is kept iff `u(i) >= p`
 //!
 //! Values are computed in `f64` and rounded once to the node dtype (integers converted like
@@ -120,6 +122,15 @@ pub(crate) fn random(
             let v =
                 crate::mt19937::torch_uniform(seed_of(ctx, 0)? as u64, stream, n as usize, lo, hi);
             build(dt, v.into_iter().map(|x| Num::F(f64::from(x))))
+        }
+        Distribution::TorchRandperm { n: range } => {
+            let v = crate::mt19937::torch_randperm(
+                seed_of(ctx, 0)? as u64,
+                stream,
+                range as u64,
+                n as usize,
+            );
+            build(dt, v.into_iter().map(|x| Num::I(x as i64)))
         }
         Distribution::Normal { mean, std } => {
             build(dt, (0..n).map(|i| Num::F(normal_at(key, i, mean, std))))

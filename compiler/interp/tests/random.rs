@@ -181,6 +181,38 @@ fn dropout_keeps_the_right_fraction_and_scales_kept_values() {
     assert_eq!(y0[0].1, x3);
 }
 
+/// `random_torch_randperm` gives distinct entries of `0..n`; with k = n all of them; the seed
+/// and the skipped draws change it. (Its values against PyTorch's: `mt19937.rs`'s unit test
+/// and `runtime/tests/parity.rs`'s FourierFT case.)
+#[test]
+fn torch_randperm_is_a_permutation_prefix() {
+    let op =
+        |n: usize, stream: usize| format!("random_torch_randperm{{n = {n}, stream = {stream}}}");
+    let mut all: Vec<i64> = draw(&op(50, 0), "i64[50]", 3)
+        .to_f64_vec()
+        .iter()
+        .map(|x| *x as i64)
+        .collect();
+    all.sort();
+    assert_eq!(all, (0..50).collect::<Vec<i64>>());
+    let head = draw(&op(1000, 0), "i64[40]", 3).to_f64_vec();
+    let mut seen = head.clone();
+    seen.sort_by(f64::total_cmp);
+    seen.dedup();
+    assert_eq!(seen.len(), 40, "distinct");
+    assert!(head.iter().all(|x| (0.0..1000.0).contains(x)));
+    assert_ne!(
+        head,
+        draw(&op(1000, 0), "i64[40]", 4).to_f64_vec(),
+        "the seed matters"
+    );
+    assert_ne!(
+        head,
+        draw(&op(1000, 1), "i64[40]", 3).to_f64_vec(),
+        "so does the skip"
+    );
+}
+
 /// `random_torch_uniform` continues one MT19937 stream: `stream = k` is the draw after the
 /// first k, so a tensor of 2n equals the n-draw tensor followed by the one that skips n.
 /// (Bit-exactness against PyTorch itself is `runtime/tests/parity.rs`'s VeRA case.)

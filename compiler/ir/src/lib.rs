@@ -18,8 +18,8 @@ pub use attr::{AttrValue, Attrs};
 pub use dtype::{DType, Shape, TensorType, shape_str};
 pub use graph::{Function, InputRef, Loc, Module, Node, Output, ValueId};
 pub use op::{
-    BinaryOp, Distribution, FactorOp, InputKind, Op, QuantFormat, QuantPart, ReduceOp, TypeError,
-    UnaryOp, broadcastable,
+    BinaryOp, Distribution, FactorOp, InputKind, Op, QuantFormat, QuantPart, ReduceOp,
+    TORCH_RANDPERM_MAX, TypeError, UnaryOp, broadcastable,
 };
 pub use text::{ParseError, parse_module, print_function, print_module};
 pub use verify::{VerifyError, verify_function, verify_module};

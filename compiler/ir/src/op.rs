@@ -299,6 +299,10 @@ impl InputKind {
     }
 }
 
+/// The largest `n` for which PyTorch's CPU `randperm` makes 32-bit draws (it switches to
+/// 64-bit draws from `u32::MAX / 20` on), the range `Distribution::TorchRandperm` reproduces.
+pub const TORCH_RANDPERM_MAX: i64 = (u32::MAX / 20) as i64 - 1;
+
 /// A random distribution, for initializers.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Distribution {
@@ -325,6 +329,14 @@ pub enum Distribution {
         lo: f64,
         /// Upper bound.
         hi: f64,
+    },
+    /// The leading entries of a random permutation of `0..n` as PyTorch's CPU generator draws
+    /// it: `torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k]` (MT19937,
+    /// Fisher–Yates from the front, one 32-bit draw `z % (n − i)` per position), a rank-1
+    /// result of `k ≤ n` entries. `stream` counts earlier draws, as for `TorchUniform`.
+    TorchRandperm {
+        /// The size of the permuted range.
+        n: i64,
     },
     /// Integers uniform on `[lo, hi)`.
     Int {
@@ -539,6 +551,7 @@ impl Op {
             Op::Random { dist, .. } => match dist {
                 Distribution::Uniform { .. } => "random_uniform",
                 Distribution::TorchUniform { .. } => "random_torch_uniform",
+                Distribution::TorchRandperm { .. } => "random_torch_randperm",
                 Distribution::Normal { .. } => "random_normal",
                 Distribution::Int { .. } => "random_int",
             },
@@ -608,6 +621,7 @@ impl Op {
                         a.push("lo", AttrValue::Int(lo));
                         a.push("hi", AttrValue::Int(hi));
                     }
+                    Distribution::TorchRandperm { n } => a.push("n", AttrValue::Int(n)),
                 }
                 a.push("stream", AttrValue::Int(*stream as i64));
             }
@@ -717,6 +731,12 @@ impl Op {
                 dist: Distribution::TorchUniform {
                     lo: a.take_float("lo")?,
                     hi: a.take_float("hi")?,
+                },
+                stream: a.take_int("stream")? as u64,
+            },
+            "random_torch_randperm" => Op::Random {
+                dist: Distribution::TorchRandperm {
+                    n: a.take_int("n")?,
                 },
                 stream: a.take_int("stream")? as u64,
             },
@@ -898,6 +918,9 @@ impl Op {
                         t.dtype.is_float() && lo <= hi
                     }
                     Distribution::Normal { std, .. } => t.dtype.is_float() && *std >= 0.0,
+                    Distribution::TorchRandperm { n } => {
+                        t.rank() == 1 && (t.numel() as i64) <= *n && *n <= TORCH_RANDPERM_MAX
+                    }
                 };
                 if !ok {
                     return Err(err(format!("distribution does not fit result type {t}")));

@@ -243,6 +243,16 @@ fn stream_ids_use_all_64_bits() -> Result<(), Box<dyn std::error::Error>> {
         None,
     )?;
     f.add_output("t", t);
+    let p = f.add_typed(
+        Op::Random {
+            dist: Distribution::TorchRandperm { n: 10 },
+            stream: 7,
+        },
+        &[seed],
+        Some(TensorType::new(DType::I64, vec![5])),
+        None,
+    )?;
+    f.add_output("p", p);
     let m = Module {
         files: vec![],
         functions: vec![f],

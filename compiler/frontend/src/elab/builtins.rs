@@ -55,6 +55,7 @@ const BUILTINS: &[&str] = &[
     "normal",
     "uniform",
     "torch_uniform",
+    "torch_randperm",
     "randint",
     "dim",
     "shape",
@@ -917,6 +918,46 @@ impl<'a> Elaborator<'a> {
                 Ok(Value::Tensor(self.emit(
                     Op::Random {
                         dist: Distribution::TorchUniform { lo, hi },
+                        stream: skip as u64,
+                    },
+                    &[seed],
+                    Some(ty),
+                    span,
+                )?))
+            }
+            "torch_randperm" => {
+                // `torch.randperm(n, generator=torch.Generator().manual_seed(seed))`, its first
+                // entries: as many as the target's one axis holds.
+                let n_arg = a.need(0, "n")?;
+                let n = int_of(&n_arg, "n")?;
+                let seed_arg = a.need(1, "seed")?;
+                let seed = int_of(&seed_arg, "seed")?;
+                let skip = a
+                    .take(2, "skip")
+                    .map(|v| int_of(&v, "skip"))
+                    .transpose()?
+                    .unwrap_or(0);
+                let ty = self.target_shape(a.take(3, "shape"), span)?;
+                if ty.rank() != 1
+                    || ty.numel() as i64 > n
+                    || !(1..=graft_ir::TORCH_RANDPERM_MAX).contains(&n)
+                    || !(0..1 << 53).contains(&seed)
+                    || skip < 0
+                {
+                    return Err(Diagnostic::error(
+                        span,
+                        format!(
+                            "torch_randperm({n}, seed: {seed}, skip: {skip}) into {ty} needs a rank-1 target of at most n entries, 1 ≤ n ≤ {}, 0 ≤ seed < 2⁵³ and skip ≥ 0",
+                            graft_ir::TORCH_RANDPERM_MAX
+                        ),
+                        "here",
+                    ));
+                }
+                let seed =
+                    self.splat(seed as f64, TensorType::scalar(DType::I64), seed_arg.span)?;
+                Ok(Value::Tensor(self.emit(
+                    Op::Random {
+                        dist: Distribution::TorchRandperm { n },
                         stream: skip as u64,
                     },
                     &[seed],

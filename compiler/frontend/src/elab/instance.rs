@@ -285,8 +285,10 @@ impl<'a> Elaborator<'a> {
                 MemberKind::Weight { name, ty, rename }
                 | MemberKind::Param {
                     name, ty, rename, ..
+                }
+                | MemberKind::Buffer {
+                    name, ty, rename, ..
                 } => {
-                    let is_param = matches!(m.kind, MemberKind::Param { .. });
                     no_rest(ty)?;
                     let mut shape = Vec::new();
                     for d in &ty.dims {
@@ -301,17 +303,18 @@ impl<'a> Elaborator<'a> {
                         )
                         .with_label(prev.span, "first declaration"));
                     }
-                    let init = match &m.kind {
-                        MemberKind::Param { init, .. } => Some((init, env.clone())),
-                        _ => None,
+                    let (kind, init) = match &m.kind {
+                        MemberKind::Param { init, .. } => {
+                            (DeclKind::Param, Some((init, env.clone())))
+                        }
+                        MemberKind::Buffer { init, .. } => {
+                            (DeclKind::Buffer, Some((init, env.clone())))
+                        }
+                        _ => (DeclKind::Weight, None),
                     };
                     self.decls.push(Decl {
                         path,
-                        kind: if is_param {
-                            DeclKind::Param
-                        } else {
-                            DeclKind::Weight
-                        },
+                        kind,
                         ty: TensorType::new(ty.dtype.unwrap_or(DType::F32), shape),
                         span: m.span,
                         doc: m.doc.clone(),
