@@ -70,7 +70,14 @@ CASES = {
     # FourierFT: 64 spectral coefficients on q (64 × 64) and v (32 × 64) at PEFT's randperm
     # locations (seed 777), recorded as `buffer.indices.<path>` (row · in + column).
     "fourierft": FourierFTConfig(n_frequency=64, scaling=150.0, target_modules=["q_proj", "v_proj"]),
+    # DoRA on an NF4 base (QDoRA): bitsandbytes Linear4bit (NF4, double quant, blocks of 64) on
+    # every linear layer, as the qlora fixture; DoRA on q, v and down_proj, its magnitude the
+    # row norms of the dequantized weight.
+    "qdora": LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"]),
 }
+
+# Cases on an NF4-quantized base.
+QUANTIZED = {"qdora"}
 
 # Optimizers other than make_fixtures.py's AdamW, per case.
 ADAMW = torch.optim.AdamW
@@ -119,7 +126,10 @@ def main() -> int:
     manifest = {"peft": mf.peft.__version__, "torch": torch.__version__, "cases": {}}
     for i, (case, cfg) in enumerate(CASES.items()):
         torch.manual_seed(300 + i)
-        model = get_peft_model(copy.deepcopy(base), cfg)
+        start = copy.deepcopy(base)
+        if case in QUANTIZED:
+            mf.replace_with_linear4bit(start)
+        model = get_peft_model(start, cfg)
         buffers = {}
         if getattr(cfg, "init_lora_weights", True) in ("pissa", "olora"):
             init = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
@@ -146,10 +156,16 @@ def main() -> int:
                     path = n.removeprefix("base_model.model.")
                     buffers[f"buffer.indices.{path}"] = (rows * m.in_features + cols).contiguous()
         save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))
-        reloaded = PeftModel.from_pretrained(copy.deepcopy(base), str(out / f"peft_{case}"))
+        again_base = copy.deepcopy(base)
+        if case in QUANTIZED:
+            mf.replace_with_linear4bit(again_base)
+        reloaded = PeftModel.from_pretrained(again_base, str(out / f"peft_{case}"))
+        # Train mode, as the record: in eval mode bitsandbytes' CPU Linear4bit repacks its
+        # weight for an inference kernel on the first forward, whose logits differ (0.92 on qdora).
+        reloaded.train()
         with torch.no_grad():
             again, _ = mf.forward(reloaded, input_ids, labels)
-        assert torch.allclose(again, rec["logits"], rtol=0, atol=1e-5)
+        assert torch.allclose(again, rec["logits"], rtol=0, atol=1e-5), (again - rec["logits"]).abs().max()
         mf.check_loss(rec["logits"], labels, rec["loss"])
         manifest["cases"][case] = {"saved_keys": mf.describe(saved)}
         print(f"{case}: loss {rec['loss'].item():.6f}, {len(saved)} adapter tensors")

@@ -208,6 +208,12 @@ fn lora_on_an_nf4_quantized_base() {
     check_case("qlora");
 }
 
+/// DoRA on an NF4 base: its magnitude and norms are those of bitsandbytes' dequantized weight.
+#[test]
+fn dora_on_an_nf4_quantized_base() {
+    check_case("qdora");
+}
+
 #[test]
 fn loha() {
     check_case("loha");
@@ -473,6 +479,7 @@ fn adapters_save_in_pefts_format_and_load_back() {
         "pissa",
         "olora",
         "fourierft",
+        "qdora",
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));

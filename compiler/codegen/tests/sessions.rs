@@ -80,9 +80,14 @@ fn trains_the_same(name: &str) {
         }
         let (gp, wp) = (got.params(), want.params());
         assert_eq!(gp.len(), wp.len());
-        // LoHa's params move the most under reassociated f32 sums (measured: hada_w2_b, which
-        // starts at zero, 1.4e-4 after the second step); every other spec stays within 1e-4.
-        let tol = if name == "loha" { 1e-3 } else { 1e-4 };
+        // LoHa's and QDoRA's params move the most under reassociated f32 sums (measured:
+        // LoHa's hada_w2_b and QDoRA's lora_B, which start at zero, 1.4e-4 and 1.7e-4 after
+        // the second step); every other spec stays within 1e-4.
+        let tol = if matches!(name, "loha" | "qdora") {
+            1e-3
+        } else {
+            1e-4
+        };
         for ((path, gv), (_, wv)) in gp.into_iter().zip(wp) {
             let e = rel(gv, wv);
             assert!(e <= tol, "{name} step {step}: `{path}` differs by {e:e}");
@@ -116,7 +121,8 @@ parity_specs!(
     vera,
     pissa,
     olora,
-    fourierft
+    fourierft,
+    qdora
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter
@@ -145,6 +151,7 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
         "pissa",
         "olora",
         "fourierft",
+        "qdora",
     ] {
         let fixture =
             WeightsFile::open(&repo().join(format!("tests/fixtures/{name}.safetensors"))).unwrap();
