@@ -22,6 +22,7 @@ from pathlib import Path
 import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHASHSEED)
 import torch
 from peft import (
+    BOFTConfig,
     HRAConfig,
     FourierFTConfig,
     LNTuningConfig,
@@ -35,6 +36,7 @@ from peft import (
     get_peft_model_state_dict,
 )
 from peft.optimizers import create_loraplus_optimizer
+from peft_cpu import butterfly_on_cpu
 from safetensors.torch import load_file, save_file
 from transformers import LlamaForCausalLM
 
@@ -74,10 +76,25 @@ CASES = {
     # every linear layer, as the qlora fixture; DoRA on q, v and down_proj, its magnitude the
     # row norms of the dequantized weight.
     "qdora": LoraConfig(r=4, lora_alpha=8, use_dora=True, target_modules=["q_proj", "v_proj", "down_proj"]),
+    # OFT with the exact Cayley transform (PEFT's linear solve) instead of the series.
+    "oft_exact": OFTConfig(
+        r=0, oft_block_size=16, use_cayley_neumann=False, target_modules=["q_proj", "v_proj", "down_proj"]
+    ),
+    # BOFT: 4-wide blocks; one butterfly factor (what PEFT trains on a CPU), and three, with
+    # PEFT's CUDA path emulated on the CPU (BUTTERFLY).
+    "boft": BOFTConfig(boft_block_size=4, boft_n_butterfly_factor=1, target_modules=["q_proj", "v_proj"]),
+    "boft_butterfly": BOFTConfig(
+        boft_block_size=4, boft_n_butterfly_factor=3, target_modules=["q_proj", "v_proj", "down_proj"]
+    ),
 }
 
 # Cases on an NF4-quantized base.
 QUANTIZED = {"qdora"}
+
+
+# PEFT's CUDA path for butterfly factors, emulated on the CPU (scripts/peft_cpu.py).
+BUTTERFLY = {"boft_butterfly"}
+
 
 # Optimizers other than make_fixtures.py's AdamW, per case.
 ADAMW = torch.optim.AdamW
@@ -114,6 +131,57 @@ def committed_base(fixtures: Path):
     return model, sd["input_ids"], sd["labels"], sd["logits"]
 
 
+def run_case(case, cfg, i, base, input_ids, labels, out, manifest):
+    """One case's fixture, adapter folder and manifest entry."""
+    torch.manual_seed(300 + i)
+    start = copy.deepcopy(base)
+    if case in QUANTIZED:
+        mf.replace_with_linear4bit(start)
+    model = get_peft_model(start, cfg)
+    if case in BUTTERFLY:
+        factors = {m.boft_P.shape[0] for m in model.modules() if hasattr(m, "boft_P")}
+        assert factors == {cfg.boft_n_butterfly_factor}, factors
+    buffers = {}
+    if getattr(cfg, "init_lora_weights", True) in ("pissa", "olora"):
+        init = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
+        buffers.update({f"buffer.init.{k}": v for k, v in init.items()})
+        for n, p in model.named_parameters():
+            if n.endswith("base_layer.weight"):
+                path = n.removeprefix("base_model.model.").replace("base_layer.", "")
+                buffers[f"buffer.residual.{path}"] = mf.c(p)
+    mf.randomize_adapter(model, seed=3000 + i)
+    saved = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
+    key_of = mf.peft_key_map(model, saved)
+    mf.save_adapter_dir(model, out / f"peft_{case}", saved)
+    model.train()  # no dropout is configured: train() == eval() numerically
+    if case in OPTIMIZERS:
+        rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
+    else:
+        rec = mf.train_record(model, input_ids, labels, key_of)
+    if case == "vera":
+        buffers = {f"buffer.{n}": mf.c(getattr(model.base_model, n)["default"]) for n in ("vera_A", "vera_B")}
+    if case == "fourierft":
+        for n, m in model.named_modules():
+            if hasattr(m, "indices") and "default" in getattr(m, "indices", {}):
+                rows, cols = m.indices["default"]
+                path = n.removeprefix("base_model.model.")
+                buffers[f"buffer.indices.{path}"] = (rows * m.in_features + cols).contiguous()
+    save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))
+    again_base = copy.deepcopy(base)
+    if case in QUANTIZED:
+        mf.replace_with_linear4bit(again_base)
+    reloaded = PeftModel.from_pretrained(again_base, str(out / f"peft_{case}"))
+    # Train mode, as the record: in eval mode bitsandbytes' CPU Linear4bit repacks its
+    # weight for an inference kernel on the first forward, whose logits differ (0.92 on qdora).
+    reloaded.train()
+    with torch.no_grad():
+        again, _ = mf.forward(reloaded, input_ids, labels)
+    assert torch.allclose(again, rec["logits"], rtol=0, atol=1e-5), (again - rec["logits"]).abs().max()
+    mf.check_loss(rec["logits"], labels, rec["loss"])
+    manifest["cases"][case] = {"saved_keys": mf.describe(saved)}
+    print(f"{case}: loss {rec['loss'].item():.6f}, {len(saved)} adapter tensors")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(mf.REPO / "tests" / "fixtures"))
@@ -125,50 +193,8 @@ def main() -> int:
     assert torch.allclose(logits, base_logits, rtol=0, atol=1e-5), "not the committed base"
     manifest = {"peft": mf.peft.__version__, "torch": torch.__version__, "cases": {}}
     for i, (case, cfg) in enumerate(CASES.items()):
-        torch.manual_seed(300 + i)
-        start = copy.deepcopy(base)
-        if case in QUANTIZED:
-            mf.replace_with_linear4bit(start)
-        model = get_peft_model(start, cfg)
-        buffers = {}
-        if getattr(cfg, "init_lora_weights", True) in ("pissa", "olora"):
-            init = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
-            buffers.update({f"buffer.init.{k}": v for k, v in init.items()})
-            for n, p in model.named_parameters():
-                if n.endswith("base_layer.weight"):
-                    path = n.removeprefix("base_model.model.").replace("base_layer.", "")
-                    buffers[f"buffer.residual.{path}"] = mf.c(p)
-        mf.randomize_adapter(model, seed=3000 + i)
-        saved = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
-        key_of = mf.peft_key_map(model, saved)
-        mf.save_adapter_dir(model, out / f"peft_{case}", saved)
-        model.train()  # no dropout is configured: train() == eval() numerically
-        if case in OPTIMIZERS:
-            rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
-        else:
-            rec = mf.train_record(model, input_ids, labels, key_of)
-        if case == "vera":
-            buffers = {f"buffer.{n}": mf.c(getattr(model.base_model, n)["default"]) for n in ("vera_A", "vera_B")}
-        if case == "fourierft":
-            for n, m in model.named_modules():
-                if hasattr(m, "indices") and "default" in getattr(m, "indices", {}):
-                    rows, cols = m.indices["default"]
-                    path = n.removeprefix("base_model.model.")
-                    buffers[f"buffer.indices.{path}"] = (rows * m.in_features + cols).contiguous()
-        save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))
-        again_base = copy.deepcopy(base)
-        if case in QUANTIZED:
-            mf.replace_with_linear4bit(again_base)
-        reloaded = PeftModel.from_pretrained(again_base, str(out / f"peft_{case}"))
-        # Train mode, as the record: in eval mode bitsandbytes' CPU Linear4bit repacks its
-        # weight for an inference kernel on the first forward, whose logits differ (0.92 on qdora).
-        reloaded.train()
-        with torch.no_grad():
-            again, _ = mf.forward(reloaded, input_ids, labels)
-        assert torch.allclose(again, rec["logits"], rtol=0, atol=1e-5), (again - rec["logits"]).abs().max()
-        mf.check_loss(rec["logits"], labels, rec["loss"])
-        manifest["cases"][case] = {"saved_keys": mf.describe(saved)}
-        print(f"{case}: loss {rec['loss'].item():.6f}, {len(saved)} adapter tensors")
+        with butterfly_on_cpu(case in BUTTERFLY):
+            run_case(case, cfg, i, base, input_ids, labels, out, manifest)
     with open(out / "methods.json", "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")

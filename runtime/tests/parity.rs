@@ -245,6 +245,25 @@ fn oft_with_one_block_shared_and_three_terms() {
 }
 
 #[test]
+fn oft_with_the_exact_cayley_transform() {
+    check_case("oft_exact");
+}
+
+/// BOFT with one butterfly factor: block-diagonal exact-Cayley rotations and an output scale
+/// (what PEFT trains on a CPU).
+#[test]
+fn boft_with_one_factor() {
+    check_case("boft");
+}
+
+/// BOFT with three butterfly factors, against PEFT's CUDA path emulated on the CPU
+/// (scripts/make_method_fixtures.py's `CpuBlockDiag`).
+#[test]
+fn boft_with_three_butterfly_factors() {
+    check_case("boft_butterfly");
+}
+
+#[test]
 fn vera_with_pefts_projections_drawn_bit_for_bit() {
     let c = load_case("vera");
     for name in ["vera_A", "vera_B"] {
@@ -480,6 +499,9 @@ fn adapters_save_in_pefts_format_and_load_back() {
         "olora",
         "fourierft",
         "qdora",
+        "oft_exact",
+        "boft",
+        "boft_butterfly",
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
@@ -504,6 +526,9 @@ fn adapters_save_in_pefts_format_and_load_back() {
             "n_frequency",
             "scaling",
             "random_loc_seed",
+            "boft_block_size",
+            "boft_block_num",
+            "boft_n_butterfly_factor",
         ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");

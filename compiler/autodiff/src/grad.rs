@@ -230,6 +230,20 @@ fn vjp(
             }
         }
         Op::MatMul { ta, tb } => matmul_vjp(e, args, g, *ta, *tb, k)?,
+        // X = A⁻¹B: gB = A⁻ᵀ·g (a solve with Aᵀ), gA = −gB·Xᵀ.
+        Op::Solve => {
+            let r = e.ty(a).rank();
+            let mut perm: Vec<usize> = (0..r).collect();
+            perm.swap(r - 2, r - 1);
+            let at = e.transpose(a, perm)?;
+            let gb = e.op(Op::Solve, &[at, g])?;
+            if k == 1 {
+                gb
+            } else {
+                let t = e.matmul(gb, out, false, true)?;
+                e.neg(t)?
+            }
+        }
         Op::Reduce { op, axes, keepdim } => {
             let in_ty = e.ty(a);
             let kept: Vec<usize> = in_ty
@@ -401,8 +415,10 @@ fn matmul_vjp(
     Ok(d)
 }
 
-/// The adjoint of a gathered table: Σ over the positions that read each row. Written with a
-/// one-hot matrix so the IR needs no scatter op: dT = onehot(idx)ᵀ · G (axis 0 tables).
+/// The adjoint of `gather(table, idx, axis)`: a scatter-add of `g` into the table's rows on
+/// `axis`, as the one-hot product onehot(idx)ᵀ·g. With the table's axes split as
+/// pre × rows × post, `g` (pre × idx × post) is moved to idx × pre × post and flattened to
+/// [n, pre·post], and the product [rows, pre·post] is moved back to pre × rows × post.
 fn gather_vjp(
     e: &mut Emitter,
     args: &[ValueId],
@@ -412,14 +428,17 @@ fn gather_vjp(
     let (table, idx) = (args[0], args[1]);
     let tt = e.ty(table);
     let it = e.ty(idx);
-    if axis != 0 || tt.rank() != 2 {
-        return Err(AdError::NotDifferentiable(format!(
-            "gather on axis {axis} of a rank-{} table",
-            tt.rank()
-        )));
-    }
-    let (rows, cols) = (tt.shape[0], tt.shape[1]);
+    let (pre, rows, post) = (&tt.shape[..axis], tt.shape[axis], &tt.shape[axis + 1..]);
+    let (ni, np) = (it.rank(), pre.len());
     let n = it.numel();
+    let rest: usize = pre.iter().chain(post).product();
+    // g's axes: pre (0..np), idx (np..np+ni), post; idx first.
+    let perm: Vec<usize> = (np..np + ni)
+        .chain(0..np)
+        .chain(np + ni..np + ni + post.len())
+        .collect();
+    let gt = e.transpose(g, perm)?;
+    let g2 = e.reshape(gt, &[n, rest])?;
     let flat = e.reshape(idx, &[n, 1])?;
     let flat = e.broadcast(flat, &[n, rows])?;
     let iota = e.op_typed(
@@ -429,8 +448,14 @@ fn gather_vjp(
     )?;
     let hit = e.bin(BinaryOp::Eq, flat, iota)?;
     let onehot = e.cast(hit, tt.dtype)?;
-    let g2 = e.reshape(g, &[n, cols])?;
-    e.matmul(onehot, g2, true, false)
+    let d = e.matmul(onehot, g2, true, false)?;
+    let mut moved = vec![rows];
+    moved.extend(pre);
+    moved.extend(post);
+    let d = e.reshape(d, &moved)?;
+    // Axes now rows, pre, post: rows back to position `axis`.
+    let back: Vec<usize> = (1..=np).chain([0]).chain(np + 1..tt.rank()).collect();
+    e.transpose(d, back)
 }
 
 /// Same dtype, another shape.

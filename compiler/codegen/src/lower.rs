@@ -174,7 +174,16 @@ pub(crate) fn lower(
         let name = format!("k{i}_{}", node.op.name());
         let mut args = Vec::new();
         let symbol = match &kind {
-            StepKind::Host => continue,
+            // Run by the interpreter, no kernel; its operands are still its arguments, which
+            // the memory plan keeps live until it runs.
+            StepKind::Host => {
+                plan.steps[i].args = node
+                    .args
+                    .iter()
+                    .map(|&a| slot(plan, a))
+                    .collect::<Result<_, _>>()?;
+                continue;
+            }
             StepKind::Pack(s) if s.quant.is_none() && !s.fused_b => {
                 args.push(slot(plan, s.b_src)?);
                 add(&mut funcs, emit_pack(&name, s, target))

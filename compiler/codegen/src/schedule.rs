@@ -759,7 +759,9 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                         step(StepKind::Softmax, out, slices, 3 * ext)
                     }
                     // Run by the interpreter: sequential, or not worth a kernel.
-                    Op::Quantize { .. } | Op::Factor(_) => step(StepKind::Host, out, 1, 1),
+                    Op::Quantize { .. } | Op::Factor(_) | Op::Solve => {
+                        step(StepKind::Host, out, 1, 1)
+                    }
                     op if fusable(op) => {
                         let cols = ty.shape.last().copied().unwrap_or(1);
                         step(StepKind::Fused, out, fused_range(&ty.shape), cols)

@@ -30,6 +30,7 @@ fn kind(op: &Op) -> String {
         Op::Unary(u) => format!("unary {}", u.name()),
         Op::Binary(b) => format!("binary {}", b.name()),
         Op::Factor(f) => format!("factor {}", f.name()),
+        Op::Solve => "solve".into(),
         Op::Input { .. } => "input".into(),
         Op::Constant { .. } => "constant".into(),
         Op::Iota { .. } => "iota".into(),
@@ -78,6 +79,7 @@ fn all_kinds() -> BTreeSet<String> {
         "quantize",
         "dequantize",
         "qmatmul",
+        "solve",
     ];
     let unary = UnaryOp::ALL.iter().map(|u| kind(&Op::Unary(*u)));
     let binary = BinaryOp::ALL.iter().map(|b| kind(&Op::Binary(*b)));
@@ -290,6 +292,18 @@ fn cases() -> Vec<Case> {
             let g = e.op(Op::Gather { axis: 0 }, &[c.x[0], c.idx])?; // [2, 4]
             e.mul(g, g)
         }),
+        // A middle axis of a rank-3 table, indices of rank 2 (`idx` twice, one row repeated).
+        Case::new(
+            "gather_axis_1",
+            vec![(vec![2, 3, 4], ANY)],
+            Grad::Fd,
+            |e, c| {
+                let i2 = e.reshape(c.idx, &[1, 2])?;
+                let i2 = e.broadcast(i2, &[2, 2])?;
+                let g = e.op(Op::Gather { axis: 1 }, &[c.x[0], i2])?; // [2, 2, 2, 4]
+                e.mul(g, g)
+            },
+        ),
         Case::new(
             "softmax_log_softmax",
             vec![(vec![2, 5], ANY)],
@@ -401,8 +415,45 @@ fn cases() -> Vec<Case> {
                 e.op(Op::Concat { axis: 0 }, &parts)
             },
         ),
+        // X = (A + 8·I)⁻¹B for A [2, 3, 3] on (−2, 2) (diagonally dominant, so well
+        // conditioned) and B [2, 3, 2].
+        Case::new(
+            "solve",
+            vec![(vec![2, 3, 3], ANY), (vec![2, 3, 2], ANY)],
+            Grad::Fd,
+            |e, c| {
+                let a = shifted(e, c.x[0])?;
+                e.op(Op::Solve, &[a, c.x[1]])
+            },
+        ),
     ]);
     v
+}
+
+/// `a + 8·I` for a batch of square matrices `a`.
+fn shifted(e: &mut Emitter, a: ValueId) -> Result<ValueId, AdError> {
+    let t = e.ty(a);
+    let r = t.rank();
+    let i = e.op_typed(Op::Iota { axis: r - 2 }, &[], t.clone())?;
+    let j = e.op_typed(Op::Iota { axis: r - 1 }, &[], t)?;
+    let on = e.bin(BinaryOp::Eq, i, j)?;
+    let (eight, zero) = (e.like(8.0, a)?, e.like(0.0, a)?);
+    let d = e.select(on, eight, zero)?;
+    e.add(a, d)
+}
+
+/// The solve case's oracle: in f64, (A + 8·I)·X − B is zero within 1e-12.
+fn check_solve_residual(case: &Case) {
+    let (mut f, x, y) = build(case, DType::F64);
+    let mut e = Emitter { f: &mut f };
+    let a = shifted(&mut e, x[0]).unwrap();
+    let ax = e.matmul(a, y, false, false).unwrap();
+    let d = e.sub(ax, x[1]).unwrap();
+    f.add_output("d", d);
+    let out = run(&f, &inputs(case, DType::F64, 0x5eed)).unwrap()[0]
+        .1
+        .to_f64_vec();
+    assert!(out.iter().all(|d| d.abs() < 1e-12), "residual {out:?}");
 }
 
 /// The case's function in `dt`: inputs x0, x1, … (params), `seed`, `idx`; output `y`.
@@ -487,9 +538,13 @@ fn text_and_cost(f: &Function, name: &str) {
     }
 }
 
-/// The loss Σ y·w over the case's output and its gradients with respect to every x.
+/// The loss Σ y·w over the case's output and its gradients with respect to every x, in f64.
 fn with_gradients(case: &Case) -> Result<Function, AdError> {
-    let (mut f, x, y) = build(case, DType::F64);
+    with_gradients_in(case, DType::F64)
+}
+
+fn with_gradients_in(case: &Case, dt: DType) -> Result<Function, AdError> {
+    let (mut f, x, y) = build(case, dt);
     let yt = f.ty(y).clone();
     let w = f.add_input("w", InputKind::Data, yt, None);
     let loss = {
@@ -568,6 +623,37 @@ fn check_gradient(case: &Case) {
     }
 }
 
+/// The gradient function in f32, compiled for the CPU, against the interpreter: within 1e-5
+/// norm-wise relative, as the forward.
+fn compiled_gradients_match(case: &Case) {
+    let f = with_gradients_in(case, DType::F32).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let mut vals = inputs(case, DType::F32, 0x5eed);
+    let yt = build(case, DType::F32)
+        .0
+        .ty(build(case, DType::F32).2)
+        .clone();
+    let mut rng = common::Rng(77);
+    let wd: Vec<f32> = (0..yt.numel())
+        .map(|_| rng.uniform(-1.0, 1.0) as f32)
+        .collect();
+    vals.insert("w".into(), Tensor::f32(yt.shape.clone(), wd).unwrap());
+    let name = &case.name;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        common::check_norm(&f, &vals, 1e-5)
+    }));
+    if let Err(e) = r {
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        panic!(
+            "{name}: compiled gradients: {msg}\n{}",
+            graft_ir::print_function(&f)
+        );
+    }
+}
+
 /// The factorization case's oracle: in f64 its output is the identities' residuals,
 /// [0, 0, k, k, 0] per matrix (within 1e-12, k = 3).
 fn check_factor_identities(case: &Case) {
@@ -598,7 +684,13 @@ fn every_op_round_trips_runs_differentiates_compiles_and_costs() {
         if case.name == "factor_svd_qr" {
             check_factor_identities(case);
         }
+        if case.name == "solve" {
+            check_solve_residual(case);
+        }
         check_gradient(case);
+        if case.grad == Grad::Fd {
+            compiled_gradients_match(case);
+        }
     }
     let missing: Vec<String> = all_kinds().difference(&covered).cloned().collect();
     assert!(missing.is_empty(), "ops no case uses: {missing:?}");

@@ -122,7 +122,10 @@ parity_specs!(
     pissa,
     olora,
     fourierft,
-    qdora
+    qdora,
+    oft_exact,
+    boft,
+    boft_butterfly
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter
@@ -152,6 +155,9 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
         "olora",
         "fourierft",
         "qdora",
+        "oft_exact",
+        "boft",
+        "boft_butterfly",
     ] {
         let fixture =
             WeightsFile::open(&repo().join(format!("tests/fixtures/{name}.safetensors"))).unwrap();

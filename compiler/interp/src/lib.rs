@@ -94,6 +94,14 @@ pub enum InterpError {
         /// The node index.
         node: usize,
     },
+    /// `solve` met a matrix with no inverse (a zero pivot after partial pivoting).
+    #[error("%{node}: `solve`: matrix {batch} of A is singular")]
+    Singular {
+        /// The node index.
+        node: usize,
+        /// Which matrix of the batch (row-major over the leading axes).
+        batch: usize,
+    },
     /// Quantization or dequantization rejected its operands (for example a NaN weight).
     #[error("%{node}: `{op}`: {error}")]
     Quant {
@@ -326,6 +334,7 @@ fn eval(ctx: &Ctx<'_>, inputs: &HashMap<String, Tensor>) -> Result<Tensor, Inter
         Op::Unary(u) => elementwise::unary(ctx, *u),
         Op::Binary(b) => elementwise::binary(ctx, *b),
         Op::Factor(f) => linalg::factor(ctx, *f),
+        Op::Solve => linalg::solve(ctx),
         Op::Select => elementwise::select(ctx),
         Op::Cast => elementwise::cast(ctx),
         Op::MatMul { ta, tb } => compute::matmul(ctx, *ta, *tb),

@@ -1,5 +1,5 @@
-//! Matrix factorizations: `svd_u`/`svd_s`/`svd_vh` and `qr_q`/`qr_r`, on the last two axes,
-//! in `f64`, rounded once to the node dtype.
+//! Matrix factorizations (`svd_u`/`svd_s`/`svd_vh`, `qr_q`/`qr_r`) and linear solves
+//! (`solve`), on the last two axes, in `f64`, rounded once to the node dtype.
 //!
 //! - **QR** is Householder's, with LAPACK's reflector convention (`dlarfg`): column `j`'s
 //!   reflector maps `x = A[j.., j]` to `β·e₀` with `β = −sign(x₀)·‖x‖` (no reflection when
@@ -10,6 +10,9 @@
 //!   each singular pair is signed so that the entry of largest magnitude in its column of `U`
 //!   is positive (LAPACK leaves the sign open; callers that compare with it match signs).
 //!   Columns for a zero singular value are completed to an orthonormal set.
+//! - **Solve** is Gaussian elimination with partial pivoting (LAPACK's `getrf`/`getrs`, as
+//!   `torch.linalg.solve` calls): the row of largest magnitude in each column is the pivot;
+//!   an exactly zero pivot is [`InterpError::Singular`].
 
 use crate::tensor::{Data, round_f64};
 use crate::{Ctx, InterpError, Tensor};
@@ -78,6 +81,82 @@ pub(crate) fn factor(ctx: &Ctx<'_>, op: FactorOp) -> Result<Tensor, InterpError>
         _ => Data::F32(out.into_iter().map(|x| round_f64(dt, x)).collect()),
     };
     ctx.result(data)
+}
+
+/// `solve(A, B)`: X with A·X = B for every matrix of the batch.
+pub(crate) fn solve(ctx: &Ctx<'_>) -> Result<Tensor, InterpError> {
+    let (a, b) = (ctx.arg(0)?, ctx.arg(1)?);
+    let (sa, sb) = (a.shape(), b.shape());
+    let r = sa.len();
+    if r < 2 || sb.len() != r {
+        return Err(ctx.unsupported("expects matrices"));
+    }
+    let (n, k) = (sa[r - 1], sb[r - 1]);
+    let (av, bv) = (a.to_f64_vec(), b.to_f64_vec());
+    let batches = if n == 0 { 0 } else { av.len() / (n * n) };
+    let mut out = Vec::with_capacity(ctx.ty.numel());
+    for i in 0..batches {
+        let x = lu_solve(
+            &av[i * n * n..(i + 1) * n * n],
+            &bv[i * n * k..(i + 1) * n * k],
+            n,
+            k,
+        )
+        .ok_or(InterpError::Singular {
+            node: ctx.node,
+            batch: i,
+        })?;
+        out.extend(x);
+    }
+    let dt = ctx.ty.dtype;
+    let data = match dt {
+        DType::F64 => Data::F64(out),
+        _ => Data::F32(out.into_iter().map(|x| round_f64(dt, x)).collect()),
+    };
+    ctx.result(data)
+}
+
+/// X [n, k] with A·X = B for row-major A [n, n] and B [n, k]; `None` if A is singular.
+fn lu_solve(a: &[f64], b: &[f64], n: usize, k: usize) -> Option<Vec<f64>> {
+    let (mut a, mut x) = (a.to_vec(), b.to_vec());
+    for c in 0..n {
+        let p = (c..n).max_by(|&i, &j| a[i * n + c].abs().total_cmp(&a[j * n + c].abs()))?;
+        if a[p * n + c] == 0.0 || !a[p * n + c].is_finite() {
+            return None;
+        }
+        if p != c {
+            for j in 0..n {
+                a.swap(c * n + j, p * n + j);
+            }
+            for j in 0..k {
+                x.swap(c * k + j, p * k + j);
+            }
+        }
+        let d = a[c * n + c];
+        for i in c + 1..n {
+            let f = a[i * n + c] / d;
+            if f == 0.0 {
+                continue;
+            }
+            for j in c..n {
+                a[i * n + j] -= f * a[c * n + j];
+            }
+            for j in 0..k {
+                x[i * k + j] -= f * x[c * k + j];
+            }
+        }
+    }
+    for c in (0..n).rev() {
+        let d = a[c * n + c];
+        for j in 0..k {
+            let mut v = x[c * k + j];
+            for t in c + 1..n {
+                v -= a[c * n + t] * x[t * k + j];
+            }
+            x[c * k + j] = v / d;
+        }
+    }
+    Some(x)
 }
 
 /// `(Q [m, k], [], R [k, n])` of the row-major `a` [m, n].

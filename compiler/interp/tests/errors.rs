@@ -113,3 +113,20 @@ fn undefined_op_dtype_combinations_are_errors() {
     .unwrap_err();
     assert!(e.to_string().contains("empty axis"), "{e}");
 }
+
+/// `solve` on a singular matrix is an error naming the matrix, and pivots where the leading
+/// entry is zero: [[0, 1], [1, 0]]·X = B swaps B's rows (exact); the second matrix, with two
+/// equal rows, is singular.
+#[test]
+fn solve_pivots_and_reports_a_singular_matrix() {
+    let body = "  %0: f32[2, 2, 2] = input{name = \"a\", kind = data}\n  %1: f32[2, 2, 1] = input{name = \"b\", kind = data}\n  %2: f32[2, 2, 1] = solve(%0, %1)\n  return x = %2";
+    let b = Tensor::f32([2, 2, 1], vec![3.0, 5.0, 1.0, 1.0]).unwrap();
+    let swap = vec![0.0, 1.0, 1.0, 0.0];
+    let ok = Tensor::f32([2, 2, 2], [swap.clone(), swap.clone()].concat()).unwrap();
+    let x = run_body(body, vec![("a", ok), ("b", b.clone())]).unwrap();
+    assert_eq!(x[0].1.to_f64_vec(), vec![5.0, 3.0, 1.0, 1.0]);
+    let bad = Tensor::f32([2, 2, 2], [swap, vec![1.0, 2.0, 1.0, 2.0]].concat()).unwrap();
+    let e = run_body(body, vec![("a", bad), ("b", b)]).unwrap_err();
+    assert!(matches!(e, InterpError::Singular { batch: 1, .. }), "{e}");
+    assert_eq!(e.to_string(), "%2: `solve`: matrix 1 of A is singular");
+}

@@ -413,6 +413,9 @@ pub enum Op {
     Binary(BinaryOp),
     /// One factor of a matrix factorization (`@init` only).
     Factor(FactorOp),
+    /// `solve(A, B)`: the X with A·X = B, for square A `[..., n, n]` and B `[..., n, k]` with
+    /// the same leading axes (`torch.linalg.solve`); differentiable.
+    Solve,
     /// `select(c, a, b)`: `a` where `c` is true, else `b`.
     Select,
     /// Batched matrix product `[..., m, k] × [..., k, n]`; a rank-2 operand is shared by every
@@ -558,6 +561,7 @@ impl Op {
             Op::Unary(u) => u.name(),
             Op::Binary(b) => b.name(),
             Op::Factor(f) => f.name(),
+            Op::Solve => "solve",
             Op::Select => "select",
             Op::MatMul { .. } => "matmul",
             Op::Reduce { op, .. } => op.name(),
@@ -691,6 +695,7 @@ impl Op {
             Op::Unary(_)
             | Op::Binary(_)
             | Op::Factor(_)
+            | Op::Solve
             | Op::Select
             | Op::Reshape
             | Op::Broadcast
@@ -755,6 +760,7 @@ impl Op {
                 stream: a.take_int("stream")? as u64,
             },
             "select" => Op::Select,
+            "solve" => Op::Solve,
             "matmul" => Op::MatMul {
                 ta: a.take_bool_or("ta", false)?,
                 tb: a.take_bool_or("tb", false)?,
@@ -852,7 +858,11 @@ impl Op {
             | Op::Cast
             | Op::StopGrad
             | Op::Quantize { .. } => Some(1),
-            Op::Binary(_) | Op::MatMul { .. } | Op::Gather { .. } | Op::Dropout { .. } => Some(2),
+            Op::Binary(_)
+            | Op::MatMul { .. }
+            | Op::Solve
+            | Op::Gather { .. }
+            | Op::Dropout { .. } => Some(2),
             Op::Select => Some(3),
             Op::Concat { .. } | Op::Dequantize { .. } | Op::QuantMatMul { .. } => None,
         }
@@ -964,6 +974,22 @@ impl Op {
                     return Err(err(format!("expects a matrix (rank 2 or more), got {t}")));
                 }
                 Ok(TensorType::new(t.dtype, f.shape(&t.shape)))
+            }
+            Op::Solve => {
+                let (a, b) = (args[0], args[1]);
+                float(a)?;
+                let r = a.rank();
+                if r < 2
+                    || a.shape[r - 1] != a.shape[r - 2]
+                    || b.rank() != r
+                    || b.dtype != a.dtype
+                    || b.shape[..r - 1] != a.shape[..r - 1]
+                {
+                    return Err(err(format!(
+                        "expects a square A [..., n, n] and B [..., n, k] of its dtype and leading axes, got {a} and {b}"
+                    )));
+                }
+                Ok(b.clone())
             }
             Op::Select => {
                 let (c, x, y) = (args[0], args[1], args[2]);

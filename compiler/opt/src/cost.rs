@@ -111,6 +111,18 @@ pub fn work(op: &Op, args: &[&TensorType], out: &TensorType) -> Work {
                 kernel: true,
             }
         }
+        // LU with partial pivoting: ⅔n³ to factor, 2n²k to solve, per matrix.
+        Op::Solve => {
+            let (a, b) = (args[0], args[1]);
+            let n = a.shape[a.rank() - 1] as f64;
+            let k = b.shape[b.rank() - 1] as f64;
+            let batch = (a.numel() as f64) / (n * n).max(1.0);
+            Work {
+                flops: batch * (2.0 / 3.0 * n.powi(3) + 2.0 * n * n * k),
+                bytes: io(),
+                kernel: true,
+            }
+        }
         Op::Dequantize { .. } => Work {
             flops: 2.0 * n,
             bytes: io(),

@@ -71,6 +71,7 @@ const BUILTINS: &[&str] = &[
     "svd_vh",
     "qr_q",
     "qr_r",
+    "solve",
 ];
 
 /// True for a built-in function name.
@@ -662,6 +663,11 @@ impl<'a> Elaborator<'a> {
                     None,
                     span,
                 )?))
+            }
+            "solve" => {
+                let (m, r) = (a.need(0, "a")?, a.need(1, "b")?);
+                let (m, r) = (self.tensor_arg(&m)?, self.tensor_arg(&r)?);
+                Ok(Value::Tensor(self.emit(Op::Solve, &[m, r], None, span)?))
             }
             "gather" => {
                 let table = a.need(0, "table")?;
