@@ -4,6 +4,10 @@
 Both sides train the same Llama-style model (fp32, random weights, random token ids,
 labels = input ids) with LoRA r=8, alpha=16, dropout 0 and AdamW (lr 2e-4, weight decay 0),
 batch 4 x seq 128, on 2 CPU threads, and the script prints throughput, memory and ratios.
+`--methods` benchmarks other PEFT methods on the same targets, one row each (METHODS below:
+PEFT's config and graft's adapter call, with the same hyperparameters on both sides); the
+FLOP model counts LoRA's and DoRA's factors, and only the base's work for the others, so
+their %peak/%sgemm understate the work a little.
 
 Shapes (`--sizes`):
     tiny   hidden 256,  4 layers,  4 heads (kv 4),  ffn 688,  vocab 2048
@@ -103,6 +107,7 @@ Run (from the repository root; PyTorch side needs torch, transformers, peft):
     .venv/bin/python scripts/bench.py                          # all sizes, both target sets
     .venv/bin/python scripts/bench.py --sizes tiny,small --targets qv --steps 5
     .venv/bin/python scripts/bench.py --sizes mid --steps 2 --json out.json
+    .venv/bin/python scripts/bench.py --sizes tiny,small --targets qv --methods lora,dora,oft
     .venv/bin/python scripts/bench.py --steps 8 --rounds 2     # 16 paired steps per config
     .venv/bin/python scripts/bench.py --mode rounds --rounds 3  # whole runs, keep the fastest
     python3 scripts/bench.py --skip-torch --graft target/release/graft
@@ -153,6 +158,37 @@ SIZES = {
     "mid": Size("mid", hidden=1024, layers=8, heads=16, kv_heads=16, ffn=2752, vocab=16384),
 }
 
+# method -> (PEFT config from target_modules, graft `use` name, graft adapter call). The
+# PyTorch worker builds the config; BOFT runs one butterfly factor, all PEFT computes
+# without its CUDA extension.
+METHODS = {
+    "lora": ("LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.0, bias='none', target_modules=t)",
+             "lora", "lora(r: 8, alpha: 16.0)"),
+    "dora": ("LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.0, use_dora=True, target_modules=t)",
+             "dora", "dora(r: 8, alpha: 16.0)"),
+    "loha": ("LoHaConfig(r=8, alpha=16.0, target_modules=t)", "loha", "loha(r: 8, alpha: 16.0)"),
+    "lokr": ("LoKrConfig(r=8, alpha=16.0, target_modules=t)", "lokr", "lokr(r: 8, alpha: 16.0)"),
+    "hra": ("HRAConfig(r=8, target_modules=t)", "hra", "hra(r: 8)"),
+    "oft": ("OFTConfig(r=0, oft_block_size=32, target_modules=t)", "oft", "oft(block_size: 32)"),
+    "boft": ("BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=1, target_modules=t)",
+             "boft", "boft(block_size: 8)"),
+    "vera": ("VeraConfig(r=256, target_modules=t)", "vera", "vera(r: 256)"),
+    "fourierft": ("FourierFTConfig(n_frequency=1000, scaling=150.0, target_modules=t)",
+                  "fourierft", "fourierft(n_frequency: 1000, scaling: 150.0)"),
+    "ia3": ("IA3Config(target_modules=t, feedforward_modules=[])", "ia3", "ia3()"),
+}
+
+
+def method() -> str:
+    """The method of this process's rows (GRAFT_BENCH_METHOD, set per row by main)."""
+    return os.environ.get("GRAFT_BENCH_METHOD", "lora")
+
+
+def factor_rank() -> int:
+    """The rank of the low-rank factors the FLOP model counts: LoRA's and DoRA's, else 0."""
+    return LORA_R if method() in ("lora", "dora") else 0
+
+
 # target set -> (PEFT target_modules, graft `at` clause, adapted projections per layer)
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 TARGETS = {
@@ -181,7 +217,7 @@ def forward_flops(s: Size, targets: str) -> tuple[float, float]:
     """(forward FLOPs, of which LoRA's): see the module docstring."""
     shapes = proj_shapes(s)
     w_layer = sum(i * o for i, o in shapes.values())
-    lora_layer = sum(LORA_R * (shapes[p][0] + shapes[p][1]) for p in TARGETS[targets][2])
+    lora_layer = sum(factor_rank() * (shapes[p][0] + shapes[p][1]) for p in TARGETS[targets][2])
     w_lin = s.layers * (w_layer + lora_layer) + s.vocab * s.hidden  # + lm_head
     tokens = BATCH * SEQ
     forward = 2.0 * tokens * w_lin + 4.0 * BATCH * SEQ * SEQ * s.hidden * s.layers
@@ -201,11 +237,11 @@ def step_gemms(s: Size, targets: str) -> list[tuple[int, int, int, int, str]]:
     attention product (both of its operands need one), and the LoRA factors' weight
     gradients. Frozen weights get none. Layer 0's input gradients are listed though nothing
     needs them (< 1%)."""
-    tokens, r = BATCH * SEQ, LORA_R
+    tokens, r = BATCH * SEQ, factor_rank()
     out = []
     for p, (i, o) in proj_shapes(s).items():
         out += [(tokens, i, o, s.layers, f"{p} x.W^T"), (tokens, o, i, s.layers, f"{p} dy.W")]
-        if p in TARGETS[targets][2]:
+        if p in TARGETS[targets][2] and r > 0:
             out += [(tokens, i, r, s.layers, f"{p} LoRA x.A^T"),
                     (tokens, r, o, s.layers, f"{p} LoRA (xA^T).B^T"),
                     (tokens, o, r, s.layers, f"{p} LoRA dy.B"),
@@ -302,7 +338,7 @@ def torch_setup(size: str, targets: str, threads: int):
     rss_after_torch = current_rss_bytes()
     import peft
     import transformers
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
     rss_after_imports = current_rss_bytes()
@@ -317,9 +353,9 @@ def torch_setup(size: str, targets: str, threads: int):
         attn_implementation="eager",
     )
     model = LlamaForCausalLM(config).to(torch.float32)
-    lora = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, bias="none",
-                      target_modules=TARGETS[targets][0], task_type="CAUSAL_LM")
-    model = get_peft_model(model, lora)
+    config = eval(METHODS[method()][0], vars(peft), {"t": TARGETS[targets][0]})
+    config.task_type = "CAUSAL_LM"
+    model = get_peft_model(model, config)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=LR, weight_decay=0.0)
@@ -507,7 +543,7 @@ def run_paired(graft: str, tmp: str, size: str, targets: str, pairs: int, thread
     times the GEMM floor (`worker_floor_serve`). Returns the PyTorch result, the graft result
     (each with its median step time as `step_seconds`) and the pairing."""
     env = thread_env(threads)
-    spec = os.path.join(tmp, f"{size}_{targets}.graft")
+    spec = os.path.join(tmp, f"{size}_{targets}_{method()}.graft")
     with open(spec, "w") as f:
         f.write(graft_spec(SIZES[size], targets))
     genv = dict(env, GRAFT_CACHE_DIR=cache_dir)
@@ -599,14 +635,15 @@ def run_worker(args: list[str], threads: int, timeout: float) -> dict:
 # ----------------------------------------------------------------------------- graft side
 
 def graft_spec(s: Size, targets: str) -> str:
+    _, use, call = METHODS[method()]
     return (
-        f"// Written by scripts/bench.py: {s.name}, LoRA on {targets}\n"
+        f"// Written by scripts/bench.py: {s.name}, {method()} on {targets}\n"
         "use models.llama\n"
-        "use peft.lora\n\n"
+        f"use peft.{use}\n\n"
         f"model base = llama(vocab: {s.vocab}, hidden: {s.hidden}, layers: {s.layers}, "
         f"heads: {s.heads}, ffn: {s.ffn})\n\n"
         "adapt base {\n"
-        f"    lora(r: {LORA_R}, alpha: {LORA_ALPHA}) at {TARGETS[targets][1]}\n"
+        f"    {call} at {TARGETS[targets][1]}\n"
         "}\n\n"
         "train {\n"
         f"    optimizer adamw(lr: {LR}, weight_decay: 0.0)\n"
@@ -619,7 +656,7 @@ def run_graft(graft: str, tmp: str, size: str, targets: str, steps: int, threads
               timeout: float, cache_dir: str | None = None) -> dict:
     if not (os.path.isfile(graft) and os.access(graft, os.X_OK)):
         return {"error": f"binary not found: {graft}"}
-    spec = os.path.join(tmp, f"{size}_{targets}.graft")
+    spec = os.path.join(tmp, f"{size}_{targets}_{method()}.graft")
     with open(spec, "w") as f:
         f.write(graft_spec(SIZES[size], targets))
     env = thread_env(threads)
@@ -840,6 +877,9 @@ def main() -> int:
                     help="comma list of tiny,small,mid (default: all)")
     ap.add_argument("--targets", type=lambda v: parse_list(v, TARGETS), default=list(TARGETS),
                     help="comma list of qv,all (default: both)")
+    ap.add_argument("--methods", type=lambda v: parse_list(v, METHODS), default=["lora"],
+                    help=f"comma-separated PEFT methods, one row each: {','.join(METHODS)} "
+                         "(default lora)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps (after 2 warm-up steps)")
     ap.add_argument("--graft", default=os.path.join(REPO, "target", "release", "graft"),
                     help="graft binary (default: target/release/graft)")
@@ -905,7 +945,9 @@ def main() -> int:
     if torch_ok:
         sgemm_info = run_worker(["sgemm", str(args.threads)], args.threads, args.timeout)
         sgemm = sgemm_info.get("flops_per_s")
-    print(f"batch {BATCH} x seq {SEQ}, fp32, LoRA r={LORA_R} alpha={LORA_ALPHA:g}, "
+    what = (f"LoRA r={LORA_R} alpha={LORA_ALPHA:g}" if args.methods == ["lora"]
+            else "methods " + ", ".join(f"{m} ({METHODS[m][2]})" for m in args.methods))
+    print(f"batch {BATCH} x seq {SEQ}, fp32, {what}, "
           f"{args.threads} threads, {args.steps} timed steps after {WARMUP} warm-up")
     if not args.skip_graft:
         print(f"graft: {args.graft}")
@@ -917,48 +959,50 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
-        for size in args.sizes:
-            for targets in args.targets:
-                row = {"size": size, "targets": targets, "threads": args.threads,
-                       "step_flops": step_flops(SIZES[size], targets),
-                       "required_flops": required_flops(SIZES[size], targets)}
-                # With --rounds N the two sides run alternately N times and each keeps its
-                # fastest run: the machine's speed drifts over minutes, and alternating
-                # exposes both sides to the same drift.
-                paired = args.mode == "paired" and run_torch and not args.skip_graft
-                if paired:
-                    print(f"[{size}/{targets}] paired, {args.steps * args.rounds} steps "
-                          "each ... ", end="", file=sys.stderr, flush=True)
-                    rt, rg, pairing = run_paired(
-                        args.graft, tmp, size, targets, args.steps * args.rounds,
-                        args.threads, args.graft_cache or os.path.join(tmp, "cache"))
-                    row["torch"], row["graft"], row["pairing"] = rt, rg, pairing
-                    if pairing:
-                        print(f"PyTorch {progress(rt)}; graft {progress(rg)}; per-step "
-                              f"ratio median {pairing['ratio_median']:.2f}", file=sys.stderr,
-                              flush=True)
-                    else:
-                        print(progress(rg if "error" in rg else rt), file=sys.stderr,
-                              flush=True)
-                for rnd in range(0 if paired else args.rounds):
-                    tag = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
-                    if run_torch:
-                        print(f"[{size}/{targets}] PyTorch + PEFT{tag} ... ", end="",
-                              file=sys.stderr, flush=True)
-                        r = run_worker(
-                            ["torch", size, targets, str(args.steps), str(args.threads)],
-                            args.threads, args.timeout)
-                        print(progress(r), file=sys.stderr, flush=True)
-                        keep_faster(row, "torch", r)
-                    if not args.skip_graft:
-                        print(f"[{size}/{targets}] graft{tag} ... ", end="", file=sys.stderr,
-                              flush=True)
-                        r = run_graft(args.graft, tmp, size, targets, args.steps,
-                                      args.threads, args.timeout,
-                                      args.graft_cache or os.path.join(tmp, "cache"))
-                        print(progress(r), file=sys.stderr, flush=True)
-                        keep_faster(row, "graft", r)
-                rows.append(row)
+        for size, targets, m in [(s, t, m) for m in args.methods for s in args.sizes
+                                 for t in args.targets]:
+            os.environ["GRAFT_BENCH_METHOD"] = m  # read by this process and the workers
+            label = targets if args.methods == ["lora"] else f"{targets} {m}"
+            row = {"size": size, "targets": label, "method": m, "threads": args.threads,
+                   "step_flops": step_flops(SIZES[size], targets),
+                   "required_flops": required_flops(SIZES[size], targets)}
+            # With --rounds N the two sides run alternately N times and each keeps its
+            # fastest run: the machine's speed drifts over minutes, and alternating
+            # exposes both sides to the same drift.
+            paired = args.mode == "paired" and run_torch and not args.skip_graft
+            if paired:
+                print(f"[{size}/{label}] paired, {args.steps * args.rounds} steps "
+                      "each ... ", end="", file=sys.stderr, flush=True)
+                rt, rg, pairing = run_paired(
+                    args.graft, tmp, size, targets, args.steps * args.rounds,
+                    args.threads, args.graft_cache or os.path.join(tmp, "cache"))
+                row["torch"], row["graft"], row["pairing"] = rt, rg, pairing
+                if pairing:
+                    print(f"PyTorch {progress(rt)}; graft {progress(rg)}; per-step "
+                          f"ratio median {pairing['ratio_median']:.2f}", file=sys.stderr,
+                          flush=True)
+                else:
+                    print(progress(rg if "error" in rg else rt), file=sys.stderr,
+                          flush=True)
+            for rnd in range(0 if paired else args.rounds):
+                tag = f" (round {rnd + 1}/{args.rounds})" if args.rounds > 1 else ""
+                if run_torch:
+                    print(f"[{size}/{label}] PyTorch + PEFT{tag} ... ", end="",
+                          file=sys.stderr, flush=True)
+                    r = run_worker(
+                        ["torch", size, targets, str(args.steps), str(args.threads)],
+                        args.threads, args.timeout)
+                    print(progress(r), file=sys.stderr, flush=True)
+                    keep_faster(row, "torch", r)
+                if not args.skip_graft:
+                    print(f"[{size}/{label}] graft{tag} ... ", end="", file=sys.stderr,
+                          flush=True)
+                    r = run_graft(args.graft, tmp, size, targets, args.steps,
+                                  args.threads, args.timeout,
+                                  args.graft_cache or os.path.join(tmp, "cache"))
+                    print(progress(r), file=sys.stderr, flush=True)
+                    keep_faster(row, "graft", r)
+            rows.append(row)
         if torch_ok:  # once more at the end; keep the better figure (less disturbed)
             again = run_worker(["sgemm", str(args.threads)], args.threads, args.timeout)
             if again.get("flops_per_s", 0) > (sgemm or 0):
