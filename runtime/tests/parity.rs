@@ -72,11 +72,14 @@ fn new_session(name: &str, optimize: bool) -> Session {
     session
 }
 
+/// The spec `tests/parity/{name}.graft` against fixture `{name}.safetensors`, or, for a name
+/// `spec@fixture`, another spec of the same computation against that fixture.
 fn load_case_with(name: &str, optimize: bool) -> Case {
+    let (name, fixture_name) = name.split_once('@').unwrap_or((name, name));
     let mut session = new_session(name, optimize);
     let base = WeightsFile::open(&fixtures().join("base.safetensors")).expect("base fixture");
-    let fixture =
-        WeightsFile::open(&fixtures().join(format!("{name}.safetensors"))).expect("case fixture");
+    let fixture = WeightsFile::open(&fixtures().join(format!("{fixture_name}.safetensors")))
+        .expect("case fixture");
     let mut trainable = Vec::new();
     for key in fixture.entries().keys() {
         if key == "logits"
@@ -309,6 +312,13 @@ fn fourierft_at_pefts_random_locations() {
     }
     assert_eq!(checked, 4, "q and v in both layers");
     check_case("fourierft");
+}
+
+/// The same FourierFT with ΔW formed (`delta_weight: "formed"`; the fixture's shapes pick the
+/// factored order), against the same fixture.
+#[test]
+fn fourierft_with_its_delta_weight_formed() {
+    check_case("fourierft_formed@fourierft");
 }
 
 /// PiSSA and OLoRA: graft's initial `lora_A`/`lora_B` (from its SVD or QR of the frozen

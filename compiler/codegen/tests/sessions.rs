@@ -122,6 +122,7 @@ parity_specs!(
     pissa,
     olora,
     fourierft,
+    fourierft_formed,
     qdora,
     oft_exact,
     boft,
