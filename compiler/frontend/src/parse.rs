@@ -696,30 +696,26 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
                 init,
             }
         }
-        Rule::shared_decl => {
-            it.next(); // the `shared` keyword
+        Rule::shared_decl | Rule::buffer_decl => {
+            it.next(); // the `shared` or `buffer` keyword
             let name = ident(need(&mut it, mspan, "name")?, file);
             let ty = tensor_type(need(&mut it, mspan, "type")?, file)?;
             let rename = rename(&mut it)?;
             let init = expr(need(&mut it, mspan, "initializer")?, file)?;
-            MemberKind::Shared {
-                name,
-                ty,
-                rename,
-                init,
-            }
-        }
-        Rule::buffer_decl => {
-            it.next(); // the `buffer` keyword
-            let name = ident(need(&mut it, mspan, "name")?, file);
-            let ty = tensor_type(need(&mut it, mspan, "type")?, file)?;
-            let rename = rename(&mut it)?;
-            let init = expr(need(&mut it, mspan, "initializer")?, file)?;
-            MemberKind::Buffer {
-                name,
-                ty,
-                rename,
-                init,
+            if rule == Rule::shared_decl {
+                MemberKind::Shared {
+                    name,
+                    ty,
+                    rename,
+                    init,
+                }
+            } else {
+                MemberKind::Buffer {
+                    name,
+                    ty,
+                    rename,
+                    init,
+                }
             }
         }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),

@@ -327,6 +327,46 @@ impl<'a> Elaborator<'a> {
         )?))
     }
 
+    /// A draw from PyTorch's CPU generator (`torch_uniform`, `torch_randperm`): arguments
+    /// `seed` (at position `at`), `skip` and `shape` after the distribution's own; `dist`
+    /// checks those against the target type and gives the distribution, or the reason not.
+    fn torch_generator(
+        &mut self,
+        a: &mut Args,
+        at: usize,
+        span: Span,
+        dist: impl FnOnce(&TensorType) -> Result<Distribution, String>,
+    ) -> Result<Value, Diagnostic> {
+        let seed_arg = a.need(at, "seed")?;
+        let seed = int_of(&seed_arg, "seed")?;
+        let skip = a
+            .take(at + 1, "skip")
+            .map(|v| int_of(&v, "skip"))
+            .transpose()?
+            .unwrap_or(0);
+        let ty = self.target_shape(a.take(at + 2, "shape"), span)?;
+        let dist = dist(&ty).map_err(|m| Diagnostic::error(span, m, "here"))?;
+        if !(0..1 << 53).contains(&seed) || skip < 0 {
+            return Err(Diagnostic::error(
+                span,
+                format!(
+                    "PyTorch's generator needs 0 ≤ seed < 2⁵³ and skip ≥ 0, got seed {seed} and skip {skip}"
+                ),
+                "here",
+            ));
+        }
+        let seed = self.splat(seed as f64, TensorType::scalar(DType::I64), seed_arg.span)?;
+        Ok(Value::Tensor(self.emit(
+            Op::Random {
+                dist,
+                stream: skip as u64,
+            },
+            &[seed],
+            Some(ty),
+            span,
+        )?))
+    }
+
     /// Calls a built-in.
     pub(crate) fn call_builtin(
         &mut self,
@@ -902,74 +942,26 @@ impl<'a> Elaborator<'a> {
                 // `torch.Generator().manual_seed(seed)`, `skip` draws made before this tensor.
                 let lo = float_of(&a.need(0, "lo")?, "lo")?;
                 let hi = float_of(&a.need(1, "hi")?, "hi")?;
-                let seed_arg = a.need(2, "seed")?;
-                let seed = int_of(&seed_arg, "seed")?;
-                let skip = a
-                    .take(3, "skip")
-                    .map(|v| int_of(&v, "skip"))
-                    .transpose()?
-                    .unwrap_or(0);
-                let ty = self.target_shape(a.take(4, "shape"), span)?;
-                if hi < lo || !(0..1 << 53).contains(&seed) || skip < 0 {
-                    return Err(Diagnostic::error(
-                        span,
-                        format!(
-                            "torch_uniform({lo}, {hi}, seed: {seed}, skip: {skip}) needs lo ≤ hi, 0 ≤ seed < 2⁵³ and skip ≥ 0"
-                        ),
-                        "here",
-                    ));
-                }
-                let seed =
-                    self.splat(seed as f64, TensorType::scalar(DType::I64), seed_arg.span)?;
-                Ok(Value::Tensor(self.emit(
-                    Op::Random {
-                        dist: Distribution::TorchUniform { lo, hi },
-                        stream: skip as u64,
-                    },
-                    &[seed],
-                    Some(ty),
-                    span,
-                )?))
+                self.torch_generator(a, 2, span, |ty| {
+                    (hi >= lo)
+                        .then_some(Distribution::TorchUniform { lo, hi })
+                        .ok_or_else(|| format!("torch_uniform({lo}, {hi}) into {ty} needs lo ≤ hi"))
+                })
             }
             "torch_randperm" => {
                 // `torch.randperm(n, generator=torch.Generator().manual_seed(seed))`, its first
                 // entries: as many as the target's one axis holds.
-                let n_arg = a.need(0, "n")?;
-                let n = int_of(&n_arg, "n")?;
-                let seed_arg = a.need(1, "seed")?;
-                let seed = int_of(&seed_arg, "seed")?;
-                let skip = a
-                    .take(2, "skip")
-                    .map(|v| int_of(&v, "skip"))
-                    .transpose()?
-                    .unwrap_or(0);
-                let ty = self.target_shape(a.take(3, "shape"), span)?;
-                if ty.rank() != 1
-                    || ty.numel() as i64 > n
-                    || !(1..=graft_ir::TORCH_RANDPERM_MAX).contains(&n)
-                    || !(0..1 << 53).contains(&seed)
-                    || skip < 0
-                {
-                    return Err(Diagnostic::error(
-                        span,
-                        format!(
-                            "torch_randperm({n}, seed: {seed}, skip: {skip}) into {ty} needs a rank-1 target of at most n entries, 1 ≤ n ≤ {}, 0 ≤ seed < 2⁵³ and skip ≥ 0",
-                            graft_ir::TORCH_RANDPERM_MAX
-                        ),
-                        "here",
-                    ));
-                }
-                let seed =
-                    self.splat(seed as f64, TensorType::scalar(DType::I64), seed_arg.span)?;
-                Ok(Value::Tensor(self.emit(
-                    Op::Random {
-                        dist: Distribution::TorchRandperm { n },
-                        stream: skip as u64,
-                    },
-                    &[seed],
-                    Some(ty),
-                    span,
-                )?))
+                let n = int_of(&a.need(0, "n")?, "n")?;
+                self.torch_generator(a, 1, span, |ty| {
+                    let max = graft_ir::TORCH_RANDPERM_MAX;
+                    (ty.rank() == 1 && ty.numel() as i64 <= n && (1..=max).contains(&n))
+                        .then_some(Distribution::TorchRandperm { n })
+                        .ok_or_else(|| {
+                            format!(
+                                "torch_randperm({n}) into {ty} needs a rank-1 target of at most n entries and 1 ≤ n ≤ {max}"
+                            )
+                        })
+                })
             }
             "randint" => {
                 let lo = int_of(&a.need(0, "lo")?, "lo")?;
