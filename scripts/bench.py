@@ -158,24 +158,24 @@ SIZES = {
     "mid": Size("mid", hidden=1024, layers=8, heads=16, kv_heads=16, ffn=2752, vocab=16384),
 }
 
-# method -> (PEFT config from target_modules, graft `use` name, graft adapter call). The
-# PyTorch worker builds the config; BOFT runs one butterfly factor, all PEFT computes
-# without its CUDA extension.
+# method -> (PEFT config from the peft module and target_modules, graft `use` name, graft
+# adapter call). The PyTorch worker builds the config; BOFT runs one butterfly factor, all
+# PEFT computes without its CUDA extension.
 METHODS = {
-    "lora": ("LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.0, bias='none', target_modules=t)",
+    "lora": (lambda p, t: p.LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.0, bias='none', target_modules=t),
              "lora", "lora(r: 8, alpha: 16.0)"),
-    "dora": ("LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.0, use_dora=True, target_modules=t)",
+    "dora": (lambda p, t: p.LoraConfig(r=8, lora_alpha=16.0, lora_dropout=0.0, use_dora=True, target_modules=t),
              "dora", "dora(r: 8, alpha: 16.0)"),
-    "loha": ("LoHaConfig(r=8, alpha=16.0, target_modules=t)", "loha", "loha(r: 8, alpha: 16.0)"),
-    "lokr": ("LoKrConfig(r=8, alpha=16.0, target_modules=t)", "lokr", "lokr(r: 8, alpha: 16.0)"),
-    "hra": ("HRAConfig(r=8, target_modules=t)", "hra", "hra(r: 8)"),
-    "oft": ("OFTConfig(r=0, oft_block_size=32, target_modules=t)", "oft", "oft(block_size: 32)"),
-    "boft": ("BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=1, target_modules=t)",
+    "loha": (lambda p, t: p.LoHaConfig(r=8, alpha=16.0, target_modules=t), "loha", "loha(r: 8, alpha: 16.0)"),
+    "lokr": (lambda p, t: p.LoKrConfig(r=8, alpha=16.0, target_modules=t), "lokr", "lokr(r: 8, alpha: 16.0)"),
+    "hra": (lambda p, t: p.HRAConfig(r=8, target_modules=t), "hra", "hra(r: 8)"),
+    "oft": (lambda p, t: p.OFTConfig(r=0, oft_block_size=32, target_modules=t), "oft", "oft(block_size: 32)"),
+    "boft": (lambda p, t: p.BOFTConfig(boft_block_size=8, boft_n_butterfly_factor=1, target_modules=t),
              "boft", "boft(block_size: 8)"),
-    "vera": ("VeraConfig(r=256, target_modules=t)", "vera", "vera(r: 256)"),
-    "fourierft": ("FourierFTConfig(n_frequency=1000, scaling=150.0, target_modules=t)",
+    "vera": (lambda p, t: p.VeraConfig(r=256, target_modules=t), "vera", "vera(r: 256)"),
+    "fourierft": (lambda p, t: p.FourierFTConfig(n_frequency=1000, scaling=150.0, target_modules=t),
                   "fourierft", "fourierft(n_frequency: 1000, scaling: 150.0)"),
-    "ia3": ("IA3Config(target_modules=t, feedforward_modules=[])", "ia3", "ia3()"),
+    "ia3": (lambda p, t: p.IA3Config(target_modules=t, feedforward_modules=[]), "ia3", "ia3()"),
 }
 
 
@@ -353,7 +353,7 @@ def torch_setup(size: str, targets: str, threads: int):
         attn_implementation="eager",
     )
     model = LlamaForCausalLM(config).to(torch.float32)
-    config = eval(METHODS[method()][0], vars(peft), {"t": TARGETS[targets][0]})
+    config = METHODS[method()][0](peft, TARGETS[targets][0])
     config.task_type = "CAUSAL_LM"
     model = get_peft_model(model, config)
     model.train()

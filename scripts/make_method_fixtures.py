@@ -131,13 +131,18 @@ def committed_base(fixtures: Path):
     return model, sd["input_ids"], sd["labels"], sd["logits"]
 
 
+def base_for(case, base):
+    """A fresh copy of the committed base, NF4-quantized for the QUANTIZED cases."""
+    model = copy.deepcopy(base)
+    if case in QUANTIZED:
+        mf.replace_with_linear4bit(model)
+    return model
+
+
 def run_case(case, cfg, i, base, input_ids, labels, out, manifest):
     """One case's fixture, adapter folder and manifest entry."""
     torch.manual_seed(300 + i)
-    start = copy.deepcopy(base)
-    if case in QUANTIZED:
-        mf.replace_with_linear4bit(start)
-    model = get_peft_model(start, cfg)
+    model = get_peft_model(base_for(case, base), cfg)
     if case in BUTTERFLY:
         factors = {m.boft_P.shape[0] for m in model.modules() if hasattr(m, "boft_P")}
         assert factors == {cfg.boft_n_butterfly_factor}, factors
@@ -167,10 +172,7 @@ def run_case(case, cfg, i, base, input_ids, labels, out, manifest):
                 path = n.removeprefix("base_model.model.")
                 buffers[f"buffer.indices.{path}"] = (rows * m.in_features + cols).contiguous()
     save_file({**saved, **rec, **buffers}, str(out / f"{case}.safetensors"))
-    again_base = copy.deepcopy(base)
-    if case in QUANTIZED:
-        mf.replace_with_linear4bit(again_base)
-    reloaded = PeftModel.from_pretrained(again_base, str(out / f"peft_{case}"))
+    reloaded = PeftModel.from_pretrained(base_for(case, base), str(out / f"peft_{case}"))
     # Train mode, as the record: in eval mode bitsandbytes' CPU Linear4bit repacks its
     # weight for an inference kernel on the first forward, whose logits differ (0.92 on qdora).
     reloaded.train()

@@ -75,6 +75,11 @@ pub(crate) fn factor(ctx: &Ctx<'_>, op: FactorOp) -> Result<Tensor, InterpError>
             FactorOp::QrR | FactorOp::SvdVh => f.2,
         });
     }
+    f64_result(ctx, out)
+}
+
+/// The node's result from values computed in `f64`, rounded once to its dtype.
+fn f64_result(ctx: &Ctx<'_>, out: Vec<f64>) -> Result<Tensor, InterpError> {
     let dt = ctx.ty.dtype;
     let data = match dt {
         DType::F64 => Data::F64(out),
@@ -108,12 +113,7 @@ pub(crate) fn solve(ctx: &Ctx<'_>) -> Result<Tensor, InterpError> {
         })?;
         out.extend(x);
     }
-    let dt = ctx.ty.dtype;
-    let data = match dt {
-        DType::F64 => Data::F64(out),
-        _ => Data::F32(out.into_iter().map(|x| round_f64(dt, x)).collect()),
-    };
-    ctx.result(data)
+    f64_result(ctx, out)
 }
 
 /// X [n, k] with A·X = B for row-major A [n, n] and B [n, k]; `None` if A is singular.

@@ -15,6 +15,15 @@ pub struct Mt19937 {
 }
 
 impl Mt19937 {
+    /// The generator seeded with `seed`, after `skip` 32-bit draws.
+    fn skipped(seed: u64, skip: u64) -> Self {
+        let mut g = Mt19937::new(seed);
+        for _ in 0..skip {
+            g.next_u32();
+        }
+        g
+    }
+
     /// Seeded as `at::mt19937(seed)` (the reference `init_genrand` on the low 32 bits).
     pub fn new(seed: u64) -> Mt19937 {
         let mut state = [0u32; N];
@@ -54,10 +63,7 @@ impl Mt19937 {
 /// `n` values of `uniform_(lo, hi)` on an `f32` tensor from a generator seeded with `seed`,
 /// after `skip` earlier draws from it.
 pub fn torch_uniform(seed: u64, skip: u64, n: usize, lo: f64, hi: f64) -> Vec<f32> {
-    let mut g = Mt19937::new(seed);
-    for _ in 0..skip {
-        g.next_u32();
-    }
+    let mut g = Mt19937::skipped(seed, skip);
     let (lo, hi) = (lo as f32, hi as f32);
     let width = f64::from(hi - lo);
     (0..n)
@@ -73,10 +79,7 @@ pub fn torch_uniform(seed: u64, skip: u64, n: usize, lo: f64, hi: f64) -> Vec<f3
 /// for one 32-bit draw `z` (ATen's CPU kernel for `n < u32::MAX / 20`). Position `i` is final
 /// after step `i`, so only `k` steps run, and only the positions they touch are stored.
 pub fn torch_randperm(seed: u64, skip: u64, n: u64, k: usize) -> Vec<u64> {
-    let mut g = Mt19937::new(seed);
-    for _ in 0..skip {
-        g.next_u32();
-    }
+    let mut g = Mt19937::skipped(seed, skip);
     let mut moved = std::collections::HashMap::new();
     let mut out = Vec::with_capacity(k);
     for i in 0..k as u64 {
