@@ -22,6 +22,7 @@ from pathlib import Path
 import make_fixtures as mf  # noqa: E402  (sets the seeds, threads and PYTHONHASHSEED)
 import torch
 from peft import (
+    AdaLoraConfig,
     BOFTConfig,
     HRAConfig,
     FourierFTConfig,
@@ -86,7 +87,28 @@ CASES = {
     "boft_butterfly": BOFTConfig(
         boft_block_size=4, boft_n_butterfly_factor=3, target_modules=["q_proj", "v_proj", "down_proj"]
     ),
+    # AdaLoRA: rank 6 on q/v of both layers (a budget of 24 triplets) pruned to 16 on the
+    # schedule tinit = 1, T = total_step - tfinal = 4: no pruning after steps 0 and 1, budget
+    # 18 after step 2 and 16 after step 3 (deltaT = 1), the final allocation after step 4 and
+    # its fixed mask after step 5; the orthogonality penalty at PEFT's default weight 0.5.
+    # Trained ADALORA_STEPS steps with update_and_allocate after each (see adalora_record).
+    # The task type matters: only PeftModelForCausalLM's forward goes through AdaLoraModel's,
+    # which adds the penalty (a bare PeftModel calls the base model and skips it).
+    "adalora": AdaLoraConfig(
+        init_r=6,
+        target_r=4,
+        lora_alpha=8,
+        tinit=1,
+        tfinal=2,
+        deltaT=1,
+        total_step=6,
+        target_modules=["q_proj", "v_proj"],
+        task_type="CAUSAL_LM",
+    ),
 }
+
+# Steps of the AdaLoRA record: every phase of its schedule.
+ADALORA_STEPS = 6
 
 # Cases on an NF4-quantized base.
 QUANTIZED = {"qdora"}
@@ -119,6 +141,48 @@ def train_record(model, input_ids, labels, key_of, make_optimizer):
         return mf.train_record(model, input_ids, labels, key_of)
     finally:
         torch.optim.AdamW = original
+
+
+def adalora_record(model, input_ids, labels, key_of):
+    """make_fixtures.train_record for AdaLoRA, as PEFT documents its loop: after each AdamW
+    step, update_and_allocate(step) (steps from 0), before the gradients are cleared. Adds
+    `losses` (each step's loss before its update) and `step6.*` (after ADALORA_STEPS), and
+    prints each allocation's budget and the triplets pruned."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert set(params) == set(key_of), (sorted(params), sorted(key_of))
+    opt = torch.optim.AdamW(list(params.values()), **mf.ADAMW)
+    alloc = model.base_model.rankallocator
+    out, losses = {}, []
+    for step in range(ADALORA_STEPS):
+        opt.zero_grad(set_to_none=True)
+        logits, loss = mf.forward(model, input_ids, labels)
+        loss.backward()
+        if step == 0:
+            out["logits"] = mf.c(logits)
+            out["loss"] = mf.c(loss)
+            for n, p in params.items():
+                out[f"grad.{key_of[n]}"] = mf.c(p.grad)
+        losses.append(loss.item())
+        opt.step()
+        budget, mask = alloc.budget_schedule(step)
+        model.base_model.update_and_allocate(step)
+        if mask or step == 4:
+            print(f"  step {step}: budget {budget}, pruned {(torch.cat([p.view(-1) for n, p in params.items() if 'lora_E' in n]) == 0).sum().item()}")
+    for n, p in params.items():
+        out[f"step{ADALORA_STEPS}.{key_of[n]}"] = mf.c(p)
+    out["losses"] = torch.tensor(losses, dtype=torch.float32)
+    return out
+
+
+def orth_penalty(saved, weight):
+    """AdaLoRA's documented regularizer: weight · mean over the A's and B's of ‖AAᵀ − I‖_F and
+    ‖BᵀB − I‖_F."""
+    norms = []
+    for k, p in saved.items():
+        if k.endswith("lora_A") or k.endswith("lora_B"):
+            cov = p @ p.T if k.endswith("lora_A") else p.T @ p
+            norms.append(torch.linalg.matrix_norm(cov - torch.eye(cov.shape[0])))
+    return weight * torch.stack(norms).mean()
 
 
 def committed_base(fixtures: Path):
@@ -159,7 +223,9 @@ def run_case(case, cfg, i, base, input_ids, labels, out, manifest):
     key_of = mf.peft_key_map(model, saved)
     mf.save_adapter_dir(model, out / f"peft_{case}", saved)
     model.train()  # no dropout is configured: train() == eval() numerically
-    if case in OPTIMIZERS:
+    if case == "adalora":
+        rec = adalora_record(model, input_ids, labels, key_of)
+    elif case in OPTIMIZERS:
         rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
     else:
         rec = mf.train_record(model, input_ids, labels, key_of)
@@ -177,9 +243,12 @@ def run_case(case, cfg, i, base, input_ids, labels, out, manifest):
     # weight for an inference kernel on the first forward, whose logits differ (0.92 on qdora).
     reloaded.train()
     with torch.no_grad():
-        again, _ = mf.forward(reloaded, input_ids, labels)
+        # A reloaded AdaLoRA (inference mode) fails on labels: its penalty needs a trainable
+        # adapter. The logits are what this checks.
+        again, _ = mf.forward(reloaded, input_ids, None if case == "adalora" else labels)
     assert torch.allclose(again, rec["logits"], rtol=0, atol=1e-5), (again - rec["logits"]).abs().max()
-    mf.check_loss(rec["logits"], labels, rec["loss"])
+    penalty = orth_penalty(saved, cfg.orth_reg_weight) if case == "adalora" else 0.0
+    mf.check_loss(rec["logits"], labels, rec["loss"] - penalty)
     manifest["cases"][case] = {"saved_keys": mf.describe(saved)}
     print(f"{case}: loss {rec['loss'].item():.6f}, {len(saved)} adapter tensors")
 

@@ -17,7 +17,7 @@ pub fn estimate(program: &Program) -> u128 {
             let n = t.ty.numel() as u128;
             match (t.kind, t.quant) {
                 (DeclKind::Weight, Some(q)) => n / 2 + 4 * n / q.block.max(1) as u128,
-                (DeclKind::Weight, None) => 4 * n,
+                (DeclKind::Weight, None) | (DeclKind::State, _) => 4 * n,
                 (_, _) => 16 * n,
             }
         })

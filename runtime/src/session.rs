@@ -6,7 +6,7 @@
 use crate::backend::{Backend, Interpreter, MappedInput, Prepared, RunProfile};
 use crate::weights::{WeightsError, WeightsFile};
 use graft_autodiff::{AdError, StepConfig, train_step};
-use graft_frontend::{DeclKind, Program, TrainConfig};
+use graft_frontend::{DeclKind, Program};
 use graft_interp::{InterpError, Tensor, run};
 use graft_ir::{Function, InputKind, TensorType};
 use std::collections::HashMap;
@@ -60,8 +60,10 @@ pub struct StepStats {
     pub lr: f32,
 }
 
-/// The autodiff crate's step configuration for a `train` block.
-pub fn step_config(t: &TrainConfig) -> StepConfig {
+/// The autodiff crate's step configuration for a program: its `train` block, and the
+/// `@penalty` and `@after_step` its adapters add.
+pub fn step_config(p: &Program) -> StepConfig {
+    let t = &p.train;
     StepConfig {
         optimizer: t.optimizer.clone(),
         schedule: t.schedule,
@@ -70,6 +72,8 @@ pub fn step_config(t: &TrainConfig) -> StepConfig {
         ignore_index: -100,
         accumulate: t.accumulate,
         groups: t.param_groups.iter().map(|(g, _)| g.clone()).collect(),
+        penalty: p.module.function("penalty").cloned(),
+        after_step: p.module.function("after_step").cloned(),
     }
 }
 
@@ -197,7 +201,7 @@ impl Session {
             .module
             .function("forward")
             .ok_or(SessionError::Missing("forward"))?;
-        let mut step_fn = train_step(forward, &step_config(&program.train))?;
+        let mut step_fn = train_step(forward, &step_config(&program))?;
         let mut optimized = None;
         if opts.optimize {
             let started = std::time::Instant::now();
@@ -587,11 +591,13 @@ impl Session {
             .map(|i| (i.name.to_string(), i.value))
             .collect();
         let lab = f.add_input("labels", InputKind::Data, ids_ty, None);
-        let loss = graft_autodiff::causal_lm_loss(
+        let penalty = self.program.module.function("penalty");
+        let loss = graft_autodiff::training_loss(
             &mut graft_autodiff::emit::Emitter { f: &mut f },
             logits,
             lab,
             -100,
+            penalty,
         )?;
         let wrt: Vec<graft_ir::ValueId> = params.iter().map(|p| p.1).collect();
         let grads = graft_autodiff::grad(&mut f, loss, &wrt)?;
@@ -629,7 +635,7 @@ impl Session {
     ) -> Result<Option<String>, SessionError> {
         self.restore_dropped()?;
         let forward = self.forward_fn()?;
-        let step = train_step(forward, &step_config(&self.program.train))?;
+        let step = train_step(forward, &step_config(&self.program))?;
         let after: Vec<(String, Tensor)> = state
             .into_iter()
             .filter_map(|(k, v)| self.values.insert(k.clone(), v).map(|old| (k, old)))

@@ -63,7 +63,7 @@ fn new_session(name: &str, optimize: bool) -> Session {
             session.step_fn,
             graft_autodiff::train_step(
                 session.program.module.function("forward").expect("forward"),
-                &graft_runtime::step_config(&session.program.train)
+                &graft_runtime::step_config(&session.program)
             )
             .expect("step"),
             "the optimizer changed nothing"
@@ -84,8 +84,9 @@ fn load_case_with(name: &str, optimize: bool) -> Case {
     for key in fixture.entries().keys() {
         if key == "logits"
             || key == "loss"
+            || key == "losses"
             || key.starts_with("grad.")
-            || key.starts_with("step3.")
+            || key.starts_with("step")
             || key.starts_with("buffer.")
         {
             continue;
@@ -114,7 +115,10 @@ fn check_case(name: &str) {
     check_case_with(name, false);
 }
 
-fn check_case_with(name: &str, optimize: bool) {
+/// Logits, loss and gradients at the fixture's params, then its AdamW steps (3, or as many as
+/// its `losses`, each step's loss checked against them) and the params after them; returns the
+/// case after its steps.
+fn check_case_with(name: &str, optimize: bool) -> Case {
     let mut c = load_case_with(name, optimize);
     let logits = c
         .session
@@ -152,12 +156,23 @@ fn check_case_with(name: &str, optimize: bool) {
         );
     }
 
-    for _ in 0..3 {
+    let losses = c.fixture.read("losses").ok().map(|l| l.to_f64_vec());
+    let steps = losses.as_ref().map_or(3, Vec::len);
+    for i in 0..steps {
         let s = c
             .session
             .step(&c.input_ids, &c.labels)
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(s.loss.is_finite(), "{name}: loss {}", s.loss);
+        if let Some(l) = &losses {
+            let e = (f64::from(s.loss) - l[i]).abs() / l[i].abs();
+            assert!(
+                e <= 1e-4,
+                "{name}: step {i}'s loss {} vs PyTorch {} (relative {e:e})",
+                s.loss,
+                l[i]
+            );
+        }
     }
     let params = c.session.params();
     for key in &c.trainable {
@@ -167,13 +182,17 @@ fn check_case_with(name: &str, optimize: bool) {
             .find(|(q, _)| *q == path)
             .map(|(_, t)| *t)
             .expect("param");
-        let want = c.fixture.read(&format!("step3.{key}")).expect("step3");
+        let want = c
+            .fixture
+            .read(&format!("step{steps}.{key}"))
+            .expect("params after the steps");
         let e = rel_err(p, &want);
         assert!(
             e <= 1e-3,
-            "{name}: {key} after 3 AdamW steps differs from PyTorch by {e:e}"
+            "{name}: {key} after {steps} AdamW steps differs from PyTorch by {e:e}"
         );
     }
+    c
 }
 
 #[test]
@@ -215,6 +234,33 @@ fn lora_on_an_nf4_quantized_base() {
 #[test]
 fn dora_on_an_nf4_quantized_base() {
     check_case("qdora");
+}
+
+/// AdaLoRA over every phase of its schedule (6 steps: no pruning, budgets 18 and 16, the
+/// final allocation and its fixed mask), with the orthogonality penalty in the loss: the usual
+/// parity at every step, and the singular values pruned to zero are exactly PEFT's.
+#[test]
+fn adalora_prunes_pefts_triplets_on_its_budget_schedule() {
+    let c = check_case_with("adalora", false);
+    let params = c.session.params();
+    let mut pruned = 0;
+    for key in c.trainable.iter().filter(|k| k.ends_with("lora_E")) {
+        let path = graft_path(key);
+        let ours = params
+            .iter()
+            .find(|(q, _)| *q == path)
+            .map(|(_, t)| t.to_f64_vec())
+            .expect("lora_E");
+        let want = c
+            .fixture
+            .read(&format!("step6.{key}"))
+            .expect("E")
+            .to_f64_vec();
+        let zeros = |v: &[f64]| v.iter().map(|x| *x == 0.0).collect::<Vec<_>>();
+        assert_eq!(zeros(&ours), zeros(&want), "{key}: pruned triplets");
+        pruned += zeros(&want).iter().filter(|z| **z).count();
+    }
+    assert_eq!(pruned, 8, "24 triplets pruned to the target budget of 16");
 }
 
 #[test]
@@ -470,6 +516,21 @@ fn a_peft_saved_adapter_loads_and_gives_the_same_logits() {
     );
 }
 
+/// PEFT's saved AdaLoRA folder (full size: no allocation had run) loads into graft's adalora,
+/// and the logits are PyTorch's (tolerance 1e-4).
+#[test]
+fn a_peft_saved_adalora_adapter_loads_and_gives_the_same_logits() {
+    let c = load_case("adalora");
+    let mut s = c.session;
+    let (n, missing) = s
+        .load_trained(&fixtures().join("peft_adalora"))
+        .expect("PEFT's AdaLoRA folder");
+    assert_eq!((n, missing.len()), (12, 0));
+    let logits = s.forward(&c.input_ids).expect("forward");
+    let e = rel_err(&logits, &c.fixture.read("logits").expect("logits"));
+    assert!(e <= 1e-4, "logits differ by {e:e}");
+}
+
 /// A PiSSA or OLoRA adapter saved by PEFT loads onto the original weights: graft computes the
 /// same residual, and the logits are PyTorch's (tolerance 1e-4).
 #[test]
@@ -512,6 +573,7 @@ fn adapters_save_in_pefts_format_and_load_back() {
         "oft_exact",
         "boft",
         "boft_butterfly",
+        "adalora",
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
@@ -539,6 +601,15 @@ fn adapters_save_in_pefts_format_and_load_back() {
             "boft_block_size",
             "boft_block_num",
             "boft_n_butterfly_factor",
+            "init_r",
+            "target_r",
+            "tinit",
+            "tfinal",
+            "deltaT",
+            "total_step",
+            "beta1",
+            "beta2",
+            "orth_reg_weight",
         ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");

@@ -366,8 +366,13 @@ fn vjp(
         | Op::StopGrad => return Ok(None),
         // Quantized storage has no gradient; `qmatmul` only exists after the optimizer,
         // which runs on the finished training step.
-        // Factorizations run in `@init`, on frozen values.
-        Op::Dequantize { .. } | Op::Quantize { .. } | Op::QuantMatMul { .. } | Op::Factor(_) => {
+        // Factorizations run in `@init`, on frozen values; `sort` ranks values (an
+        // adapter's `after_step` uses it, after the gradient).
+        Op::Dequantize { .. }
+        | Op::Quantize { .. }
+        | Op::QuantMatMul { .. }
+        | Op::Factor(_)
+        | Op::Sort { .. } => {
             return Err(AdError::NotDifferentiable(op.name().to_string()));
         }
     };

@@ -10,7 +10,9 @@ pub mod grad;
 pub mod step;
 
 pub use grad::{grad, needs_grad};
-pub use step::{Optimizer, ParamGroup, Schedule, StepConfig, causal_lm_loss, train_step};
+pub use step::{
+    Optimizer, ParamGroup, Schedule, StepConfig, causal_lm_loss, train_step, training_loss,
+};
 
 /// Why differentiation or step construction failed.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,13 @@
 //! (`adam.m.<path>`, `adam.v.<path>` or `sgd.momentum.<path>`). Outputs: `loss`, `grad_norm`,
 //! `lr`, every param under its path, every state under its name, and `step` + 1.
 //!
+//! Two functions the front end builds from adapters join the step when present: `@penalty`
+//! (its `penalty` output is added to the loss before differentiation, so `loss` is Hugging
+//! Face's loss with the adapters' regularizers) and `@after_step`, inlined after the
+//! optimizer. It reads each param as the optimizer left it, `grad.<path>` (the gradient the
+//! optimizer used), `step` (steps done before this one) and its own states (state inputs,
+//! zero at first); the params it outputs replace the optimizer's, its states are outputs.
+//!
 //! With gradient accumulation over k > 1 micro-batches the step runs once per micro-batch
 //! and has three more kinds of input: `loss_weight` (`f32[]`: this micro-batch's share of
 //! the targets of the whole accumulated batch, so the sum is Hugging Face's loss over every
@@ -124,6 +131,10 @@ pub struct StepConfig {
     /// Per-param learning-rate scales and weight decays; the first group that matches a
     /// param applies to it.
     pub groups: Vec<ParamGroup>,
+    /// `@penalty` (output `penalty`, `f32[]`), added to the loss: adapters' `penalty` terms.
+    pub penalty: Option<Function>,
+    /// `@after_step`, run on the optimizer's results (see the module docs).
+    pub after_step: Option<Function>,
 }
 
 /// Causal-LM cross-entropy as Hugging Face computes it: logits `[B, S', V]`, labels `[B, S]`
@@ -194,6 +205,28 @@ pub fn causal_lm_loss(
     let count = e.sum_all(mask)?;
     let mean = e.div(total, count)?;
     e.neg(mean)
+}
+
+/// The loss the step differentiates: [`causal_lm_loss`], plus `@penalty`'s output (inlined,
+/// reading the function's params by name) when the adapters have penalties.
+pub fn training_loss(
+    e: &mut Emitter,
+    logits: ValueId,
+    labels: ValueId,
+    ignore: i64,
+    penalty: Option<&Function>,
+) -> Result<ValueId, AdError> {
+    let loss = causal_lm_loss(e, logits, labels, ignore)?;
+    let Some(pen) = penalty else {
+        return Ok(loss);
+    };
+    let outs = e.f.inline(pen, |_, _| None)?;
+    let p = outs
+        .iter()
+        .find(|(n, _)| n == "penalty")
+        .map(|(_, v)| *v)
+        .ok_or_else(|| AdError::Missing("output `penalty` of @penalty".into()))?;
+    e.add(loss, p)
 }
 
 fn scalar(e: &mut Emitter, x: f64) -> Result<ValueId, AdError> {
@@ -301,7 +334,13 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     };
 
     let mut e = Emitter { f: &mut f };
-    let loss = causal_lm_loss(&mut e, logits, labels, cfg.ignore_index)?;
+    let loss = training_loss(
+        &mut e,
+        logits,
+        labels,
+        cfg.ignore_index,
+        cfg.penalty.as_ref(),
+    )?;
     let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();
     let mut grads = grad(e.f, loss, &wrt)?;
     if let Some((weight, _, sums)) = &accum {
@@ -495,6 +534,9 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
             }
         }
     }
+    if let Some(after) = &cfg.after_step {
+        after_step(&mut e, after, &mut outputs, &params, &grads, step)?;
+    }
     outputs.push(("step".into(), t));
     if let Some((_, micro, sums)) = &accum {
         outputs = accumulate(&mut e, outputs, *micro, sums, &grads, k)?;
@@ -503,6 +545,39 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         f.add_output(name, v);
     }
     Ok(f)
+}
+
+/// Inlines `@after_step` on the optimizer's results: its params are the updated ones, its
+/// `grad.<path>` inputs the gradients; the params it outputs replace those in `outputs`,
+/// and its states are added.
+fn after_step(
+    e: &mut Emitter,
+    after: &Function,
+    outputs: &mut Vec<(String, ValueId)>,
+    params: &[(String, ValueId)],
+    grads: &[ValueId],
+    step: ValueId,
+) -> Result<(), AdError> {
+    let updated: Vec<(String, ValueId)> = outputs.clone();
+    let outs = e.f.inline(after, |name, kind| match kind {
+        InputKind::Param => updated.iter().find(|(n, _)| n == name).map(|(_, v)| *v),
+        InputKind::State if name == "step" => Some(step),
+        _ => name
+            .strip_prefix("grad.")
+            .and_then(|p| params.iter().position(|(q, _)| q == p).map(|i| grads[i])),
+    })?;
+    for (name, v) in outs {
+        match outputs.iter_mut().find(|(n, _)| *n == name) {
+            Some(slot) if params.iter().any(|(p, _)| *p == name) => slot.1 = v,
+            Some(_) => {
+                return Err(AdError::Shape(format!(
+                    "@after_step outputs `{name}`, which the training step already has"
+                )));
+            }
+            None => outputs.push((name, v)),
+        }
+    }
+    Ok(())
 }
 
 /// Gradient accumulation's outputs (see the module docs): every update taken only on the

@@ -734,7 +734,7 @@ fn optimize_program(
         (forward.clone(), graft_opt::Mode::Merge)
     } else {
         (
-            graft_autodiff::train_step(forward, &graft_runtime::step_config(&p.train))?,
+            graft_autodiff::train_step(forward, &graft_runtime::step_config(&p))?,
             graft_opt::Mode::Train,
         )
     };
@@ -901,6 +901,7 @@ fn check_library(file: &Path, stdlib: &Stdlib, color: bool) -> Result<Option<Exi
                         DeclKind::Param => "trainable",
                         DeclKind::Buffer => "computed at init",
                         DeclKind::Weight => "frozen",
+                        DeclKind::State => "training state",
                     };
                     println!("  {path}: {ty} ({what})");
                 }

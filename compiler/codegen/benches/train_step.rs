@@ -32,7 +32,7 @@ fn main() {
     let forward = program.module.function("forward").unwrap();
     let init = program.module.function("init").unwrap();
     let mut step_fn =
-        graft_autodiff::train_step(forward, &graft_runtime::step_config(&program.train)).unwrap();
+        graft_autodiff::train_step(forward, &graft_runtime::step_config(&program)).unwrap();
     if std::env::var_os("GRAFT_OPTIMIZE").is_some() {
         let t = Instant::now();
         let (f, cached) = graft_runtime::cache::optimized_step(

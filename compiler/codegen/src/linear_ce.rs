@@ -794,7 +794,7 @@ mod tests {
             .function("forward")
             .unwrap_or_else(|| panic!("no forward"))
             .clone();
-        let cfg = graft_runtime::step_config(&program.train);
+        let cfg = graft_runtime::step_config(&program);
         let step = graft_autodiff::train_step(&forward, &cfg).unwrap_or_else(|e| panic!("{e}"));
         (program, forward, step)
     }

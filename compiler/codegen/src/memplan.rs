@@ -253,7 +253,7 @@ mod tests {
         let (_, program) =
             graft_frontend::compile_file(&spec, &stdlib).unwrap_or_else(|e| panic!("{e}"));
         let forward = program.module.function("forward").unwrap();
-        let cfg = graft_runtime::step_config(&program.train);
+        let cfg = graft_runtime::step_config(&program);
         let step = graft_autodiff::train_step(forward, &cfg).unwrap();
         let (plan, mem) = planned(&step);
         assert_eq!(overlapping(&plan, &mem), None);

@@ -759,7 +759,7 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                         step(StepKind::Softmax, out, slices, 3 * ext)
                     }
                     // Run by the interpreter: sequential, or not worth a kernel.
-                    Op::Quantize { .. } | Op::Factor(_) | Op::Solve => {
+                    Op::Quantize { .. } | Op::Factor(_) | Op::Solve | Op::Sort { .. } => {
                         step(StepKind::Host, out, 1, 1)
                     }
                     op if fusable(op) => {

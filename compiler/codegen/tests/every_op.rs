@@ -31,6 +31,7 @@ fn kind(op: &Op) -> String {
         Op::Binary(b) => format!("binary {}", b.name()),
         Op::Factor(f) => format!("factor {}", f.name()),
         Op::Solve => "solve".into(),
+        Op::Sort { .. } => "sort".into(),
         Op::Input { .. } => "input".into(),
         Op::Constant { .. } => "constant".into(),
         Op::Iota { .. } => "iota".into(),
@@ -80,6 +81,7 @@ fn all_kinds() -> BTreeSet<String> {
         "dequantize",
         "qmatmul",
         "solve",
+        "sort",
     ];
     let unary = UnaryOp::ALL.iter().map(|u| kind(&Op::Unary(*u)));
     let binary = BinaryOp::ALL.iter().map(|b| kind(&Op::Binary(*b)));
@@ -426,8 +428,42 @@ fn cases() -> Vec<Case> {
                 e.op(Op::Solve, &[a, c.x[1]])
             },
         ),
+        // x [3, 4] sorted along each axis, both in one output.
+        Case::new("sort", vec![(vec![3, 4], ANY)], Grad::Refused, |e, c| {
+            let a = e.op(Op::Sort { axis: 0 }, &[c.x[0]])?;
+            let b = e.op(Op::Sort { axis: 1 }, &[c.x[0]])?;
+            let a = e.reshape(a, &[12])?;
+            let b = e.reshape(b, &[12])?;
+            e.op(Op::Concat { axis: 0 }, &[a, b])
+        }),
     ]);
     v
+}
+
+/// The sort case's oracle: each lane of the result is non-decreasing and holds the same
+/// values as the operand's lane (compared exactly, after sorting both in f64 here).
+fn check_sorted(case: &Case) {
+    let (mut f, x, y) = build(case, DType::F32);
+    f.add_output("y", y);
+    f.add_output("x", x[0]);
+    let vals = inputs(case, DType::F32, 0x5eed);
+    let out = run(&f, &vals).unwrap();
+    let (y, x) = (out[0].1.to_f64_vec(), out[1].1.to_f64_vec());
+    let lane = |v: &[f64], axis: usize, i: usize| -> Vec<f64> {
+        if axis == 0 {
+            (0..3).map(|r| v[r * 4 + i]).collect()
+        } else {
+            v[i * 4..i * 4 + 4].to_vec()
+        }
+    };
+    for (axis, lanes, off) in [(0, 4, 0), (1, 3, 12)] {
+        for i in 0..lanes {
+            let got = lane(&y[off..off + 12], axis, i);
+            let mut want = lane(&x, axis, i);
+            want.sort_by(f64::total_cmp);
+            assert_eq!(got, want, "axis {axis}, lane {i}");
+        }
+    }
 }
 
 /// `a + 8·I` for a batch of square matrices `a`.
@@ -565,7 +601,7 @@ fn check_gradient(case: &Case) {
     let f = match (with_gradients(case), case.grad) {
         (Err(AdError::NotDifferentiable(op)), Grad::Refused) => {
             assert!(
-                ["quantize", "dequantize", "qmatmul"].contains(&op.as_str())
+                ["quantize", "dequantize", "qmatmul", "sort"].contains(&op.as_str())
                     || FactorOp::from_name(&op).is_some(),
                 "{name}: {op}"
             );
@@ -686,6 +722,9 @@ fn every_op_round_trips_runs_differentiates_compiles_and_costs() {
         }
         if case.name == "solve" {
             check_solve_residual(case);
+        }
+        if case.name == "sort" {
+            check_sorted(case);
         }
         check_gradient(case);
         if case.grad == Grad::Fd {

@@ -142,7 +142,7 @@ fn steps_match(
     values.remove("seed");
 
     let forward = program.module.function("forward").unwrap();
-    let mut step_fn = graft_autodiff::train_step(forward, &step_config(&program.train)).unwrap();
+    let mut step_fn = graft_autodiff::train_step(forward, &step_config(&program)).unwrap();
     if optimize {
         step_fn = graft_opt::optimize(&step_fn, &graft_opt::Options::default())
             .unwrap()

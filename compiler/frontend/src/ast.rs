@@ -275,6 +275,24 @@ pub enum MemberKind {
         /// The initializer expression.
         init: Expr,
     },
+    /// `state S: [r, in]`: a per-instance tensor of training state, zero before the first
+    /// step, read and given a new value by `after_step`, saved in checkpoints (never in the
+    /// adapter file).
+    State {
+        /// Name inside graft source.
+        name: Ident,
+        /// Its shape (and dtype).
+        ty: TensorTypeAnn,
+        /// Its path segment, if different from `name`.
+        rename: Option<StrLit>,
+    },
+    /// `penalty expr`: a scalar the training loss adds, once per instance.
+    Penalty(Expr),
+    /// `after_step(step) { ... }`: runs after every optimizer step with the updated params,
+    /// their gradients (`grad(p)`) and the states; assigning a param or state gives its new
+    /// value. Statements run in lockstep over every instance of the adapter, so `across(x)`
+    /// lists a name's value in each of them.
+    AfterStep(FnDef),
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
     /// `replace W = value`: `@init` computes the wrapped module's frozen weight `W` anew
@@ -602,4 +620,16 @@ pub enum ExprKind {
     If(Box<Expr>, Block, Block),
     /// `{ stmts; result }`.
     Block(Block),
+}
+
+impl MemberKind {
+    /// The keyword of a member only adapters may have.
+    pub fn adapter_only(&self) -> Option<&'static str> {
+        match self {
+            MemberKind::State { .. } => Some("state"),
+            MemberKind::Penalty(_) => Some("penalty"),
+            MemberKind::AfterStep(_) => Some("after_step"),
+            _ => None,
+        }
+    }
 }

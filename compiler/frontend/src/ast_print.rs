@@ -205,6 +205,27 @@ impl Printer<'_> {
                         ),
                     );
                 }
+                MemberKind::State { name, ty, rename } => self.line(
+                    depth,
+                    m.span,
+                    &format!(
+                        "state {}: {}{}",
+                        name.name,
+                        tensor_ty(ty),
+                        rename
+                            .as_ref()
+                            .map_or(String::new(), |r| format!(" as {:?}", r.value))
+                    ),
+                ),
+                MemberKind::Penalty(e) => self.line(depth, m.span, &format!("penalty {}", expr(e))),
+                MemberKind::AfterStep(f) => {
+                    self.line(
+                        depth,
+                        m.span,
+                        &format!("after_step({})", fn_params(&f.params)),
+                    );
+                    self.block(depth + 1, &f.body);
+                }
                 MemberKind::Unfreeze(ns) => {
                     let names: Vec<&str> = ns.iter().map(|n| n.name.as_str()).collect();
                     self.line(depth, m.span, &format!("unfreeze {}", names.join(", ")));

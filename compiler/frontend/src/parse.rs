@@ -718,6 +718,30 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
                 }
             }
         }
+        Rule::state_decl => {
+            it.next(); // the `state` keyword
+            let name = ident(need(&mut it, mspan, "name")?, file);
+            let ty = tensor_type(need(&mut it, mspan, "type")?, file)?;
+            let rename = rename(&mut it)?;
+            MemberKind::State { name, ty, rename }
+        }
+        Rule::penalty_decl => {
+            it.next(); // the `penalty` keyword
+            MemberKind::Penalty(expr(need(&mut it, mspan, "value")?, file)?)
+        }
+        Rule::after_step_decl => {
+            let kw = need(&mut it, mspan, "keyword")?;
+            let name = ident(kw, file);
+            let params = fn_params(need(&mut it, mspan, "params")?, file)?;
+            let body = block(need(&mut it, mspan, "body")?, file)?;
+            MemberKind::AfterStep(FnDef {
+                doc: doc.clone(),
+                name,
+                params,
+                body,
+                span: mspan,
+            })
+        }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),
         Rule::replace_decl => {
             it.next(); // the `replace` keyword

@@ -1,5 +1,6 @@
 //! Layout ops, which move elements without computing on them: `reshape`, `transpose`,
-//! `broadcast`, `concat`, `slice` and `gather`.
+//! `broadcast`, `concat`, `slice`, `gather` and `sort` (which moves each lane's elements into
+//! ascending order).
 //!
 //! Each op computes, for every result element in row-major order, the flat index of the
 //! operand element it copies, then picks those elements. Simple and obviously correct.
@@ -205,6 +206,40 @@ pub(crate) fn gather(ctx: &Ctx<'_>, axis: usize) -> Result<Tensor, InterpError> 
         }
     }
     ctx.result(table.data().take(&src))
+}
+
+/// `sort`: every lane along `axis` in ascending order, NaN last (IEEE total order on the
+/// magnitudes, so -0 sorts before +0 as in `torch.sort`); the sort is stable.
+pub(crate) fn sort(ctx: &Ctx<'_>, axis: usize) -> Result<Tensor, InterpError> {
+    let x = ctx.arg(0)?;
+    let key: Vec<f64> = match x.data() {
+        Data::F32(v) => v.iter().map(|&a| f64::from(a)).collect(),
+        Data::F64(v) => v.clone(),
+        _ => return Err(ctx.unsupported("sort needs a float operand")),
+    };
+    let shape = x.shape();
+    let Some(&ext) = shape.get(axis) else {
+        return Err(ctx.unsupported(format!("axis {axis} is out of range")));
+    };
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut src = vec![0usize; key.len()];
+    let mut lane: Vec<usize> = Vec::with_capacity(ext);
+    for o in 0..outer {
+        for k in 0..inner {
+            let at = |j: usize| (o * ext + j) * inner + k;
+            lane.clear();
+            lane.extend((0..ext).map(at));
+            lane.sort_by(|&a, &b| match (key[a].is_nan(), key[b].is_nan()) {
+                (false, false) => key[a].total_cmp(&key[b]),
+                (na, nb) => na.cmp(&nb),
+            });
+            for (j, &from) in lane.iter().enumerate() {
+                src[at(j)] = from;
+            }
+        }
+    }
+    ctx.result(x.data().take(&src))
 }
 
 #[cfg(test)]

@@ -335,6 +335,7 @@ fn eval(ctx: &Ctx<'_>, inputs: &HashMap<String, Tensor>) -> Result<Tensor, Inter
         Op::Binary(b) => elementwise::binary(ctx, *b),
         Op::Factor(f) => linalg::factor(ctx, *f),
         Op::Solve => linalg::solve(ctx),
+        Op::Sort { axis } => layout::sort(ctx, *axis),
         Op::Select => elementwise::select(ctx),
         Op::Cast => elementwise::cast(ctx),
         Op::MatMul { ta, tb } => compute::matmul(ctx, *ta, *tb),

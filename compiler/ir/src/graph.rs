@@ -186,6 +186,59 @@ impl Function {
             .find(|o| o.name == name)
             .map(|o| o.value)
     }
+
+    /// Appends `callee`'s nodes to this function and returns its outputs, by name. Each of
+    /// the callee's inputs becomes `bind(name, kind)` when that gives a value, else this
+    /// function's input of that name, else a new input like it.
+    ///
+    /// # Errors
+    /// A bound value's type differs from the callee input's.
+    pub fn inline(
+        &mut self,
+        callee: &Function,
+        mut bind: impl FnMut(&str, InputKind) -> Option<ValueId>,
+    ) -> Result<Vec<(String, ValueId)>, TypeError> {
+        let mut map = Vec::with_capacity(callee.nodes.len());
+        for n in &callee.nodes {
+            let v = match &n.op {
+                Op::Input { name, kind } => {
+                    let found = bind(name, *kind).or_else(|| self.input(name).map(|i| i.value));
+                    match found {
+                        Some(v) if *self.ty(v) == n.ty => v,
+                        Some(v) => {
+                            return Err(TypeError {
+                                op: "input".into(),
+                                message: format!(
+                                    "`{name}` of the inlined `@{}` is {}, bound to {}",
+                                    callee.name,
+                                    n.ty,
+                                    self.ty(v)
+                                ),
+                                operands: Vec::new(),
+                            });
+                        }
+                        None => self.add_input(name.clone(), *kind, n.ty.clone(), n.loc),
+                    }
+                }
+                op => {
+                    let id = ValueId(self.nodes.len() as u32);
+                    self.nodes.push(Node {
+                        op: op.clone(),
+                        args: n.args.iter().map(|a| map[a.index()]).collect(),
+                        ty: n.ty.clone(),
+                        loc: n.loc,
+                    });
+                    id
+                }
+            };
+            map.push(v);
+        }
+        Ok(callee
+            .outputs
+            .iter()
+            .map(|o| (o.name.clone(), map[o.value.index()]))
+            .collect())
+    }
 }
 
 /// A compiled program: the source files its locations point into, and its functions.

@@ -416,6 +416,13 @@ pub enum Op {
     /// `solve(A, B)`: the X with A·X = B, for square A `[..., n, n]` and B `[..., n, k]` with
     /// the same leading axes (`torch.linalg.solve`); differentiable.
     Solve,
+    /// `sort(x, axis)`: `x` sorted ascending along `axis` (NaN last; `torch.sort`'s values);
+    /// not differentiable. With a gather at a runtime index it gives the k-th smallest value
+    /// (`torch.kthvalue`), with slices the k smallest or largest.
+    Sort {
+        /// The sorted axis.
+        axis: usize,
+    },
     /// `select(c, a, b)`: `a` where `c` is true, else `b`.
     Select,
     /// Batched matrix product `[..., m, k] × [..., k, n]`; a rank-2 operand is shared by every
@@ -562,6 +569,7 @@ impl Op {
             Op::Binary(b) => b.name(),
             Op::Factor(f) => f.name(),
             Op::Solve => "solve",
+            Op::Sort { .. } => "sort",
             Op::Select => "select",
             Op::MatMul { .. } => "matmul",
             Op::Reduce { op, .. } => op.name(),
@@ -609,6 +617,7 @@ impl Op {
             Op::Iota { axis }
             | Op::Concat { axis }
             | Op::Gather { axis }
+            | Op::Sort { axis }
             | Op::Softmax { axis }
             | Op::LogSoftmax { axis } => a.push("axis", AttrValue::Int(*axis as i64)),
             Op::Random { dist, stream } => {
@@ -761,6 +770,9 @@ impl Op {
             },
             "select" => Op::Select,
             "solve" => Op::Solve,
+            "sort" => Op::Sort {
+                axis: a.take_usize("axis")?,
+            },
             "matmul" => Op::MatMul {
                 ta: a.take_bool_or("ta", false)?,
                 tb: a.take_bool_or("tb", false)?,
@@ -848,6 +860,7 @@ impl Op {
             Op::Random { .. }
             | Op::Unary(_)
             | Op::Factor(_)
+            | Op::Sort { .. }
             | Op::Reduce { .. }
             | Op::Reshape
             | Op::Transpose { .. }
@@ -990,6 +1003,12 @@ impl Op {
                     )));
                 }
                 Ok(b.clone())
+            }
+            Op::Sort { axis } => {
+                let t = args[0];
+                float(t)?;
+                axis_ok(*axis, t)?;
+                Ok(t.clone())
             }
             Op::Select => {
                 let (c, x, y) = (args[0], args[1], args[2]);

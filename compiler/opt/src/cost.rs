@@ -111,6 +111,15 @@ pub fn work(op: &Op, args: &[&TensorType], out: &TensorType) -> Work {
                 kernel: true,
             }
         }
+        // A comparison sort: n·log₂(n) comparisons per lane of n.
+        Op::Sort { axis } => {
+            let ext = args[0].shape[*axis].max(2) as f64;
+            Work {
+                flops: n * ext.log2(),
+                bytes: io(),
+                kernel: true,
+            }
+        }
         // LU with partial pivoting: ⅔n³ to factor, 2n²k to solve, per matrix.
         Op::Solve => {
             let (a, b) = (args[0], args[1]);

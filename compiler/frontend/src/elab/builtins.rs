@@ -72,6 +72,9 @@ const BUILTINS: &[&str] = &[
     "qr_q",
     "qr_r",
     "solve",
+    "sort",
+    "grad",
+    "across",
 ];
 
 /// True for a built-in function name.
@@ -709,6 +712,31 @@ impl<'a> Elaborator<'a> {
                 let (m, r) = (self.tensor_arg(&m)?, self.tensor_arg(&r)?);
                 Ok(Value::Tensor(self.emit(Op::Solve, &[m, r], None, span)?))
             }
+            "sort" => {
+                let x = a.need(0, "x")?;
+                let t = self.tensor_arg(&x)?;
+                let rank = self.ty(t, span)?.rank();
+                let ax = match a.take(1, "axis") {
+                    Some(v) => axis(int_of(&v, "axis")?, rank, v.span)?,
+                    None => axis(-1, rank, span)?,
+                };
+                Ok(Value::Tensor(self.emit(
+                    Op::Sort { axis: ax },
+                    &[t],
+                    None,
+                    span,
+                )?))
+            }
+            "grad" => {
+                let x = a.need(0, "param")?;
+                let t = self.tensor_arg(&x)?;
+                Ok(Value::Tensor(self.grad_of(t, span)?))
+            }
+            "across" => Err(Diagnostic::error(
+                span,
+                "`across` is only available in `after_step`",
+                "here",
+            )),
             "gather" => {
                 let table = a.need(0, "table")?;
                 let idx = a.need(1, "indices")?;

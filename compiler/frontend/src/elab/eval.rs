@@ -109,6 +109,9 @@ impl<'a> Elaborator<'a> {
             ExprKind::Call(callee, args) => {
                 // A built-in is called by a name that nothing else binds.
                 if let ExprKind::Name(n) = &callee.kind {
+                    if n == "across" && env.get(n).is_none() && self.after.is_some() {
+                        return self.across(args, e.span);
+                    }
                     if env.get(n).is_none()
                         && !self.defs.contains_key(n)
                         && !self.consts.contains_key(n)
@@ -231,7 +234,7 @@ impl<'a> Elaborator<'a> {
         }
     }
 
-    fn run_stmts(&mut self, stmts: &'a [Stmt], env: &mut Env) -> Result<(), Diagnostic> {
+    pub(crate) fn run_stmts(&mut self, stmts: &'a [Stmt], env: &mut Env) -> Result<(), Diagnostic> {
         for s in stmts {
             match s {
                 Stmt::Let { name, ty, value } => {

@@ -14,7 +14,7 @@ use graft_ir::{DType, InputKind, Op, QuantFormat, TensorType, ValueId};
 use std::collections::{BTreeMap, HashMap};
 
 /// Where a member walk declares things.
-struct WalkCx {
+struct WalkCx<'a> {
     /// Path prefix for declared tensors and child instances.
     path: String,
     /// True inside an adapter body.
@@ -23,6 +23,10 @@ struct WalkCx {
     forward: Option<usize>,
     /// The adapter's `peft` declaration, evaluated.
     peft: Option<PeftExport>,
+    /// The adapter's `penalty` terms.
+    penalties: Vec<&'a Expr>,
+    /// The adapter's `after_step`.
+    after_step: Option<&'a FnDef>,
 }
 
 fn join(prefix: &str, seg: &str) -> String {
@@ -261,6 +265,8 @@ impl<'a> Elaborator<'a> {
             adapter: false,
             forward: None,
             peft: None,
+            penalties: Vec::new(),
+            after_step: None,
         };
         self.walk_members(&def.members, &mut env, &mut cx)?;
         self.instances[id].members = env.base;
@@ -278,11 +284,20 @@ impl<'a> Elaborator<'a> {
         &mut self,
         members: &'a [Member],
         env: &mut Env,
-        cx: &mut WalkCx,
+        cx: &mut WalkCx<'a>,
     ) -> Result<(), Diagnostic> {
         for (i, m) in members.iter().enumerate() {
+            if let (false, Some(what)) = (cx.adapter, m.kind.adapter_only()) {
+                return Err(Diagnostic::error(
+                    m.span,
+                    format!("`{what}` is only allowed in adapters"),
+                    "in a module",
+                )
+                .with_help("training state, penalties and after-step updates belong to adapters"));
+            }
             match &m.kind {
                 MemberKind::Weight { name, ty, rename }
+                | MemberKind::State { name, ty, rename }
                 | MemberKind::Param {
                     name, ty, rename, ..
                 }
@@ -310,6 +325,7 @@ impl<'a> Elaborator<'a> {
                         MemberKind::Buffer { init, .. } => {
                             (DeclKind::Buffer, Some((init, env.clone())))
                         }
+                        MemberKind::State { .. } => (DeclKind::State, None),
                         _ => (DeclKind::Weight, None),
                     };
                     self.decls.push(Decl {
@@ -408,6 +424,18 @@ impl<'a> Elaborator<'a> {
                 } => {
                     let c = self.eval_bool(cond, env)?;
                     self.walk_members(if c { then } else { otherwise }, env, cx)?;
+                }
+                MemberKind::Penalty(e) => cx.penalties.push(e),
+                MemberKind::AfterStep(f) => {
+                    if let Some(prev) = cx.after_step {
+                        return Err(Diagnostic::error(
+                            f.name.span,
+                            "an adapter has one `after_step`",
+                            "second after_step",
+                        )
+                        .with_label(prev.name.span, "first after_step"));
+                    }
+                    cx.after_step = Some(f);
                 }
                 MemberKind::Forward(f) => {
                     if let Some(prev) = cx.forward.and_then(|p| members.get(p)) {
@@ -769,6 +797,8 @@ impl<'a> Elaborator<'a> {
             adapter: true,
             forward: None,
             peft: None,
+            penalties: Vec::new(),
+            after_step: None,
         };
         // An error in the adapter's body also points at the rule that applied it; when the
         // body is a library's, the rule in the spec is the primary location.
@@ -798,6 +828,8 @@ impl<'a> Elaborator<'a> {
             members: env.base,
             forward,
             peft: cx.peft,
+            penalties: cx.penalties,
+            after_step: cx.after_step,
         });
         Ok(())
     }
@@ -958,6 +990,16 @@ impl<'a> Elaborator<'a> {
         let d = self.decls[id].clone();
         let is_init = self.fb_ref(span)?.is_init;
         let kind = match d.kind {
+            DeclKind::State if self.after.is_some() => InputKind::State,
+            DeclKind::State => {
+                return Err(Diagnostic::error(
+                    span,
+                    format!("`{}` is training state, read only by `after_step`", d.path),
+                    "read here",
+                )
+                .with_label(d.span, "declared here")
+                .with_help("a value `forward` needs is a param or a buffer"));
+            }
             DeclKind::Param if !is_init => InputKind::Param,
             DeclKind::Param | DeclKind::Buffer if is_init && d.init.is_some() => {
                 return Err(Diagnostic::error(

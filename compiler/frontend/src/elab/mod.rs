@@ -13,6 +13,7 @@ mod hf_config;
 mod instance;
 mod merge;
 mod probe;
+mod step_hooks;
 pub mod target;
 pub mod train;
 pub mod value;
@@ -43,6 +44,9 @@ pub enum DeclKind {
     Param,
     /// Frozen, computed by the `init` function (a `shared` tensor).
     Buffer,
+    /// Training state of an adapter's `after_step`: zero before the first step, kept in
+    /// checkpoints, never in the adapter file.
+    State,
 }
 
 /// How a frozen weight is stored.
@@ -108,6 +112,10 @@ pub struct AdapterInst<'a> {
     pub forward: Option<&'a FnDef>,
     /// Its `peft` declaration, evaluated for this module.
     pub peft: Option<PeftExport>,
+    /// Its `penalty` terms, added to the training loss.
+    pub penalties: Vec<&'a Expr>,
+    /// Its `after_step`, run after every optimizer step.
+    pub after_step: Option<&'a FnDef>,
 }
 
 /// A config value from a `peft` declaration.
@@ -235,6 +243,8 @@ pub(crate) struct Elaborator<'a> {
     /// Compile-time loop iterations run so far.
     iterations: u64,
     warnings: Vec<Diagnostic>,
+    /// While `@after_step` is built: what `grad` and `across` read.
+    after: Option<step_hooks::AfterCx>,
 }
 
 /// Compiles a loaded spec into a [`Program`].
@@ -287,6 +297,7 @@ impl<'a> Elaborator<'a> {
             merge,
             iterations: 0,
             warnings: Vec::new(),
+            after: None,
         }
     }
 
@@ -429,6 +440,11 @@ impl<'a> Elaborator<'a> {
         let forward = self.build_forward(root, model)?;
         let init = self.build_init()?;
         self.module.functions = vec![forward, init];
+        let penalty = self.build_penalty()?;
+        let after_step = self.build_after_step()?;
+        self.module
+            .functions
+            .extend(penalty.into_iter().chain(after_step));
         if self.merge {
             let merge = self.build_merge()?;
             self.module.functions.push(merge);
@@ -475,7 +491,8 @@ impl<'a> Elaborator<'a> {
                 kind: d.kind,
                 ty: d.ty.clone(),
                 quant: d.quant,
-                from_weights: d.kind == DeclKind::Weight || d.init.is_none(),
+                from_weights: d.kind == DeclKind::Weight
+                    || (d.kind != DeclKind::State && d.init.is_none()),
                 declared_at: self.loaded.sources.describe(d.span),
             })
             .collect();
@@ -600,7 +617,7 @@ impl<'a> Elaborator<'a> {
         self.start_function("init", true);
         let mut outputs = Vec::new();
         for id in 0..self.decls.len() {
-            if self.decls[id].kind == DeclKind::Weight {
+            if matches!(self.decls[id].kind, DeclKind::Weight | DeclKind::State) {
                 continue;
             }
             let d = self.decls[id].clone();

@@ -26,7 +26,7 @@ pub fn program(rel: &str) -> Program {
 /// The training step of a spec.
 pub fn train_step(p: &Program) -> Function {
     let forward = p.module.function("forward").expect("forward");
-    graft_autodiff::train_step(forward, &graft_runtime::step_config(&p.train)).expect("train step")
+    graft_autodiff::train_step(forward, &graft_runtime::step_config(&p)).expect("train step")
 }
 
 /// Deterministic pseudo-random inputs for every input of `f` (weights, params and state
