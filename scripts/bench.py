@@ -176,6 +176,10 @@ METHODS = {
     "fourierft": (lambda p, t: p.FourierFTConfig(n_frequency=1000, scaling=150.0, target_modules=t),
                   "fourierft", "fourierft(n_frequency: 1000, scaling: 150.0)"),
     "ia3": (lambda p, t: p.IA3Config(target_modules=t, feedforward_modules=[]), "ia3", "ia3()"),
+    # AdaLoRA's budget schedule spans 20 steps; PyTorch calls update_and_allocate after each
+    # optimizer step, as PEFT documents (past step 18 the fixed mask applies).
+    "adalora": (lambda p, t: p.AdaLoraConfig(init_r=12, target_r=8, tinit=2, tfinal=2, total_step=20, target_modules=t),
+                "adalora", "adalora(init_r: 12, target_r: 8, tinit: 2, tfinal: 2, total_step: 20)"),
 }
 
 
@@ -366,10 +370,16 @@ def torch_setup(size: str, targets: str, threads: int):
     compiled = os.environ.get("GRAFT_BENCH_TORCH_COMPILE") == "1"
     forward = torch.compile(model) if compiled else model
 
+    steps_done = [0]
+    allocate = method() == "adalora"
+
     def step() -> float:
         loss = forward(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
+        if allocate:
+            model.base_model.update_and_allocate(steps_done[0])
+        steps_done[0] += 1
         opt.zero_grad(set_to_none=True)
         return loss.item()
 
