@@ -65,7 +65,10 @@ fn a_penalty_adds_its_value_to_the_loss_and_its_gradient_to_the_params() {
     let mut p = 0.0f64;
     for ((path, x), (_, y)) in ga.iter().zip(&gb) {
         let g = f32s(a.value(path).unwrap());
-        p += g.iter().map(|v| 0.5 * f64::from(v - 1.0).powi(2)).sum::<f64>();
+        p += g
+            .iter()
+            .map(|v| 0.5 * f64::from(v - 1.0).powi(2))
+            .sum::<f64>();
         let want: Vec<f32> = f32s(x).iter().zip(&g).map(|(d, v)| d + (v - 1.0)).collect();
         close(&f32s(y), &want, path);
     }
@@ -165,7 +168,10 @@ fn a_checkpoint_resumes_adaloras_schedule_exactly() {
         .iter()
         .map(|p| {
             let e = p.replace("tilt_g", "lora_E");
-            f32s(whole.value(&e).unwrap()).iter().filter(|x| **x == 0.0).count()
+            f32s(whole.value(&e).unwrap())
+                .iter()
+                .filter(|x| **x == 0.0)
+                .count()
         })
         .sum();
     assert_eq!(pruned, 8, "24 triplets pruned to the budget of 16");
