@@ -1,7 +1,7 @@
 //! `graft check` on a library file (a file that declares no model): every adapter the file
 //! defines is applied, with its default arguments, to a probe instance of the module kind it
-//! wraps, and the probe's `forward` and `init` are elaborated, so the adapter's names, shapes
-//! and `require`s are checked as a spec that used it would check them.
+//! wraps, and the probe's `forward`, `init`, `penalty` and `after_step` are elaborated, so the
+//! adapter's names, shapes and `require`s are checked as a spec that used it would check them.
 //!
 //! The probe instance gets its kind's defaults and, for each int parameter without one, a
 //! size from [`PROBE_SIZES`] (different sizes, so a swapped `in` and `out` shows). Its input
@@ -172,6 +172,9 @@ impl<'a> Elaborator<'a> {
         };
         let forward = self.finish_function(vec![("y".into(), y)])?;
         self.build_init()?;
+        // Penalties and after-step blocks are checked too (on the one probe instance).
+        self.build_penalty()?;
+        self.build_after_step()?;
         let tensors = self
             .decls
             .iter()
