@@ -225,6 +225,12 @@ def run_case(case, cfg, i, base, input_ids, labels, out, manifest):
     model.train()  # no dropout is configured: train() == eval() numerically
     if case == "adalora":
         rec = adalora_record(model, input_ids, labels, key_of)
+        # The trained adapter as PEFT saves it after the final allocation: each layer's
+        # tensors cut to its kept triplets, and `rank_pattern` in the config; and its logits.
+        pruned = {k: mf.c(v) for k, v in get_peft_model_state_dict(model).items()}
+        mf.save_adapter_dir(model, out / "peft_adalora_pruned", pruned)
+        with torch.no_grad():
+            buffers["buffer.pruned_logits"] = mf.c(model(input_ids=input_ids).logits)
     elif case in OPTIMIZERS:
         rec = train_record(model, input_ids, labels, key_of, OPTIMIZERS[case])
     else:

@@ -204,8 +204,17 @@ impl Session {
     /// this spec or has another shape.
     pub fn load_trained(&mut self, dir: &Path) -> Result<(usize, Vec<String>), SessionError> {
         let tensors = if dir.join("adapter_model.safetensors").is_file() {
-            let (config, tensors) =
+            let (config, mut tensors) =
                 crate::load_adapter(dir).map_err(|e| SessionError::Value(e.to_string()))?;
+            let full = |path: &str| {
+                self.program
+                    .tensors
+                    .iter()
+                    .find(|t| t.path == path)
+                    .map(|t| t.ty.shape.clone())
+            };
+            crate::peft::restore_cut(&self.program.adapters, &config, &mut tensors, full)
+                .map_err(|e| SessionError::Value(format!("{}: {e}", dir.display())))?;
             if let Ok(spec) = crate::adapter_config(&self.program.adapters) {
                 let diff = crate::peft::config_mismatches(&spec, &config);
                 if !diff.is_empty() {

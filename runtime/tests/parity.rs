@@ -531,6 +531,30 @@ fn a_peft_saved_adalora_adapter_loads_and_gives_the_same_logits() {
     assert!(e <= 1e-4, "logits differ by {e:e}");
 }
 
+/// PEFT's AdaLoRA folder saved after the 6 steps (each layer cut to the triplets its final
+/// allocation kept, `rank_pattern` in the config) loads back in place: the logits are
+/// PyTorch's after those steps (tolerance 1e-4), with 8 of the 24 triplets zero.
+#[test]
+fn a_pruned_peft_adalora_folder_loads_in_place() {
+    let c = load_case("adalora");
+    let mut s = c.session;
+    let (n, missing) = s
+        .load_trained(&fixtures().join("peft_adalora_pruned"))
+        .expect("PEFT's pruned AdaLoRA folder");
+    assert_eq!((n, missing.len()), (12, 0));
+    let logits = s.forward(&c.input_ids).expect("forward");
+    let want = c.fixture.read("buffer.pruned_logits").expect("logits");
+    let e = rel_err(&logits, &want);
+    assert!(e <= 1e-4, "logits differ by {e:e}");
+    let zeros: usize = s
+        .params()
+        .iter()
+        .filter(|(p, _)| p.ends_with("lora_E"))
+        .map(|(_, t)| t.to_f64_vec().iter().filter(|x| **x == 0.0).count())
+        .sum();
+    assert_eq!(zeros, 8);
+}
+
 /// A PiSSA or OLoRA adapter saved by PEFT loads onto the original weights: graft computes the
 /// same residual, and the logits are PyTorch's (tolerance 1e-4).
 #[test]

@@ -293,6 +293,17 @@ pub enum MemberKind {
     /// value. Statements run in lockstep over every instance of the adapter, so `across(x)`
     /// lists a name's value in each of them.
     AfterStep(FnDef),
+    /// `peft_mask "rank_pattern" at E { A: 0, E: 0, B: 1 }`: a PEFT folder whose config's
+    /// `rank_pattern` maps E's path to a list of bools stores A, E and B holding only the
+    /// true indices along the given axes; they load to full size with zeros elsewhere.
+    PeftMask {
+        /// The config field holding the masks, keyed by path.
+        field: StrLit,
+        /// The tensor whose path keys this module's mask.
+        key: Ident,
+        /// Each cut tensor and its axis.
+        axes: Vec<Arg>,
+    },
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
     /// `replace W = value`: `@init` computes the wrapped module's frozen weight `W` anew
@@ -629,6 +640,7 @@ impl MemberKind {
             MemberKind::State { .. } => Some("state"),
             MemberKind::Penalty(_) => Some("penalty"),
             MemberKind::AfterStep(_) => Some("after_step"),
+            MemberKind::PeftMask { .. } => Some("peft_mask"),
             _ => None,
         }
     }

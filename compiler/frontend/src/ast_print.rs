@@ -226,6 +226,16 @@ impl Printer<'_> {
                     );
                     self.block(depth + 1, &f.body);
                 }
+                MemberKind::PeftMask { field, key, axes } => self.line(
+                    depth,
+                    m.span,
+                    &format!(
+                        "peft_mask {:?} at {} {{{}}}",
+                        field.value,
+                        key.name,
+                        args(axes)
+                    ),
+                ),
                 MemberKind::Unfreeze(ns) => {
                     let names: Vec<&str> = ns.iter().map(|n| n.name.as_str()).collect();
                     self.line(depth, m.span, &format!("unfreeze {}", names.join(", ")));

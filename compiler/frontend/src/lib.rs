@@ -15,8 +15,9 @@ pub mod source;
 
 pub use diag::{Diagnostic, Label, Severity};
 pub use elab::{
-    AdapterRecord, ConfigValue, DeclKind, Optimizer, PeftExport, Probe, Program, QuantSpec,
-    Schedule, TensorInfo, TrainConfig, check_library, elaborate, elaborate_for, elaborate_merged,
+    AdapterRecord, ConfigValue, DeclKind, Optimizer, PeftExport, PeftMask, Probe, Program,
+    QuantSpec, Schedule, TensorInfo, TrainConfig, check_library, elaborate, elaborate_for,
+    elaborate_merged,
 };
 pub use load::{Loaded, load};
 pub use parse::parse_source;

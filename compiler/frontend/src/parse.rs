@@ -742,6 +742,14 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
                 span: mspan,
             })
         }
+        Rule::peft_mask_decl => {
+            it.next(); // the `peft_mask` keyword
+            let field = string(need(&mut it, mspan, "config field")?, file)?;
+            it.next(); // `at`
+            let key = ident(need(&mut it, mspan, "key tensor")?, file);
+            let axes = it.map(|a| arg(a, file)).collect::<Result<_, _>>()?;
+            MemberKind::PeftMask { field, key, axes }
+        }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),
         Rule::replace_decl => {
             it.next(); // the `replace` keyword

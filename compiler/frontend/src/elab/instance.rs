@@ -27,6 +27,8 @@ struct WalkCx<'a> {
     penalties: Vec<&'a Expr>,
     /// The adapter's `after_step`.
     after_step: Option<&'a FnDef>,
+    /// The adapter's `peft_mask` declarations.
+    masks: Vec<super::PeftMask>,
 }
 
 fn join(prefix: &str, seg: &str) -> String {
@@ -267,6 +269,7 @@ impl<'a> Elaborator<'a> {
             peft: None,
             penalties: Vec::new(),
             after_step: None,
+            masks: Vec::new(),
         };
         self.walk_members(&def.members, &mut env, &mut cx)?;
         self.instances[id].members = env.base;
@@ -426,6 +429,10 @@ impl<'a> Elaborator<'a> {
                     self.walk_members(if c { then } else { otherwise }, env, cx)?;
                 }
                 MemberKind::Penalty(e) => cx.penalties.push(e),
+                MemberKind::PeftMask { field, key, axes } => {
+                    let mask = self.peft_mask(field, key, axes, env)?;
+                    cx.masks.push(mask);
+                }
                 MemberKind::AfterStep(f) => {
                     if let Some(prev) = cx.after_step {
                         return Err(Diagnostic::error(
@@ -799,6 +806,7 @@ impl<'a> Elaborator<'a> {
             peft: None,
             penalties: Vec::new(),
             after_step: None,
+            masks: Vec::new(),
         };
         // An error in the adapter's body also points at the rule that applied it; when the
         // body is a library's, the rule in the spec is the primary location.
@@ -830,6 +838,7 @@ impl<'a> Elaborator<'a> {
             peft: cx.peft,
             penalties: cx.penalties,
             after_step: cx.after_step,
+            masks: cx.masks,
         });
         Ok(())
     }
@@ -891,6 +900,56 @@ impl<'a> Elaborator<'a> {
                 ));
             }
             d
+        })
+    }
+
+    /// A `peft_mask` member: the key tensor's path and each cut tensor's path and axis.
+    fn peft_mask(
+        &mut self,
+        field: &StrLit,
+        key: &Ident,
+        axes: &'a [Arg],
+        env: &mut Env,
+    ) -> Result<super::PeftMask, Diagnostic> {
+        let decl = |el: &Self, env: &Env, n: &Ident| match env.get(&n.name) {
+            Some(Value::Decl(id)) if el.decls[*id].kind == DeclKind::Param => Ok(*id),
+            _ => Err(Diagnostic::error(
+                n.span,
+                format!("`{}` is not a trainable param of this adapter", n.name),
+                "not a param",
+            )
+            .with_help("`peft_mask` names params declared before it")),
+        };
+        let key = self.decls[decl(self, env, key)?].path.clone();
+        let mut cut = Vec::new();
+        for a in axes {
+            let Some(name) = &a.name else {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    "`peft_mask` lists `param: axis` pairs",
+                    "unnamed",
+                )
+                .with_help("e.g. `peft_mask \"rank_pattern\" at E { A: 0, E: 0, B: 1 }`"));
+            };
+            let id = decl(self, env, name)?;
+            let axis = self.eval_int(&a.value, env)?;
+            let rank = self.decls[id].ty.rank() as i64;
+            if !(0..rank).contains(&axis) {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    format!(
+                        "axis {axis} is out of range for `{}`, of rank {rank}",
+                        name.name
+                    ),
+                    "bad axis",
+                ));
+            }
+            cut.push((self.decls[id].path.clone(), axis as usize));
+        }
+        Ok(super::PeftMask {
+            field: field.value.clone(),
+            key,
+            cut,
         })
     }
 

@@ -116,6 +116,8 @@ pub struct AdapterInst<'a> {
     pub penalties: Vec<&'a Expr>,
     /// Its `after_step`, run after every optimizer step.
     pub after_step: Option<&'a FnDef>,
+    /// Its `peft_mask` declarations.
+    pub masks: Vec<PeftMask>,
 }
 
 /// A config value from a `peft` declaration.
@@ -142,6 +144,19 @@ pub struct PeftExport {
     pub fields: Vec<(String, ConfigValue)>,
 }
 
+/// A PEFT folder's cut tensors (an adapter's `peft_mask`): when the config's `field` maps
+/// `key` (a tensor path) to a list of bools, each of `cut` (path, axis) is stored with only the
+/// indices that are true along that axis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftMask {
+    /// The config field (`rank_pattern`).
+    pub field: String,
+    /// The path that keys the mask in it.
+    pub key: String,
+    /// The cut tensors: path and axis.
+    pub cut: Vec<(String, usize)>,
+}
+
 /// One adapter applied to one module.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterRecord {
@@ -151,6 +166,8 @@ pub struct AdapterRecord {
     pub adapter: String,
     /// Its PEFT description, if it declares one.
     pub peft: Option<PeftExport>,
+    /// How PEFT may store some of its tensors cut (`peft_mask`).
+    pub masks: Vec<PeftMask>,
 }
 
 /// A tensor the compiled program reads or trains, as reported to users and the runtime.
@@ -504,6 +521,7 @@ impl<'a> Elaborator<'a> {
                     module_path: i.path.clone(),
                     adapter: a.def.name.name.clone(),
                     peft: a.peft.clone(),
+                    masks: a.masks.clone(),
                 })
             })
             .collect();
