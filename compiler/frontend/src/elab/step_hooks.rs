@@ -233,6 +233,22 @@ impl<'a> Elaborator<'a> {
                 if d.kind == DeclKind::Param && v == Value::Tensor(v0) {
                     continue;
                 }
+                if let Some(t) = self.as_tensor(&v, f.span)? {
+                    let got = self.fb_ref(f.span)?.func.ty(t).clone();
+                    if got.dtype != d.ty.dtype || !graft_ir::broadcastable(&got.shape, &d.ty.shape)
+                    {
+                        let e = Diagnostic::error(
+                            f.name.span,
+                            format!(
+                                "`after_step` gives `{}` a {got}, but it is {}",
+                                d.path, d.ty
+                            ),
+                            "assigned in this after_step",
+                        )
+                        .with_label(d.span, format!("declared as {}", d.ty));
+                        return Err(with_context(e, self.hook_context("after_step", at)));
+                    }
+                }
                 let t = self
                     .coerce_init(v, &d, f.span)
                     .map_err(|e| with_context(e, self.hook_context("after_step", at)))?;
