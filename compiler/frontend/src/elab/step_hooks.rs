@@ -237,8 +237,9 @@ impl<'a> Elaborator<'a> {
                     let got = self.fb_ref(f.span)?.func.ty(t).clone();
                     if got.dtype != d.ty.dtype || !graft_ir::broadcastable(&got.shape, &d.ty.shape)
                     {
+                        let at_span = last_assignment(&f.body.stmts, &k).unwrap_or(f.name.span);
                         let e = Diagnostic::error(
-                            f.name.span,
+                            at_span,
                             format!(
                                 "`after_step` gives `{}` a {got}, but it is {}",
                                 d.path, d.ty
@@ -357,4 +358,12 @@ fn with_context(mut d: Diagnostic, context: String) -> Diagnostic {
         d.context.push(context);
     }
     d
+}
+
+/// The span of the last top-level `name = ...` in `stmts`.
+fn last_assignment(stmts: &[crate::ast::Stmt], name: &str) -> Option<Span> {
+    stmts.iter().rev().find_map(|s| match s {
+        crate::ast::Stmt::Assign { name: n, .. } if n.name == name => Some(n.span),
+        _ => None,
+    })
 }
