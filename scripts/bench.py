@@ -180,7 +180,14 @@ METHODS = {
     # optimizer step, as PEFT documents (past step 18 the fixed mask applies).
     "adalora": (lambda p, t: p.AdaLoraConfig(init_r=12, target_r=8, tinit=2, tfinal=2, total_step=20, target_modules=t),
                 "adalora", "adalora(init_r: 12, target_r: 8, tinit: 2, tfinal: 2, total_step: 20)"),
+    # Prefix tuning has no target modules: 16 virtual keys and values in every attention
+    # (graft: on each attention's `kv`), whatever --targets says.
+    "prefix_tuning": (lambda p, t: p.PrefixTuningConfig(num_virtual_tokens=16),
+                      "prefix_tuning", "prefix_tuning(tokens: 16)"),
 }
+
+# Methods whose graft adapter goes on fixed modules rather than the --targets set.
+FIXED_TARGETS = {"prefix_tuning": '["kv"]'}
 
 
 def method() -> str:
@@ -653,7 +660,7 @@ def graft_spec(s: Size, targets: str) -> str:
         f"model base = llama(vocab: {s.vocab}, hidden: {s.hidden}, layers: {s.layers}, "
         f"heads: {s.heads}, ffn: {s.ffn})\n\n"
         "adapt base {\n"
-        f"    {call} at {TARGETS[targets][1]}\n"
+        f"    {call} at {FIXED_TARGETS.get(method(), TARGETS[targets][1])}\n"
         "}\n\n"
         "train {\n"
         f"    optimizer adamw(lr: {LR}, weight_decay: 0.0)\n"

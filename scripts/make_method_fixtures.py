@@ -32,6 +32,7 @@ from peft import (
     LoraConfig,
     OFTConfig,
     PeftModel,
+    PrefixTuningConfig,
     VeraConfig,
     get_peft_model,
     get_peft_model_state_dict,
@@ -105,6 +106,10 @@ CASES = {
         target_modules=["q_proj", "v_proj"],
         task_type="CAUSAL_LM",
     ),
+    # Prefix tuning: 4 virtual keys and values in both layers, without the reparameterizing
+    # MLP; the GQA base (2 KV heads of 16) makes PEFT's `prompt_embeddings` [4, 2 · 2 · 32].
+    # The sequence's positions start at 4, after the prefix, as Hugging Face's cache puts them.
+    "prefix_tuning": PrefixTuningConfig(num_virtual_tokens=4, task_type="CAUSAL_LM"),
 }
 
 # Steps of the AdaLoRA record: every phase of its schedule.

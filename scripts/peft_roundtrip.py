@@ -16,7 +16,7 @@ dsl-examples/models/tiny-llama), in f32 on the CPU:
    of tests/fixtures/tokenizer/expected.json (what graft's tests check graft against).
 5. Every method with a PEFT form on the tiny fixture model (tiny_lora, tiny_dora, tiny_ia3,
    tiny_loha, tiny_lokr, tiny_hra, tiny_oft, tiny_ln_tuning, tiny_vera, tiny_pissa,
-   tiny_olora, tiny_fourierft, tiny_boft, tiny_adalora): an adapter graft trained for 5 steps gives graft's logits in
+   tiny_olora, tiny_fourierft, tiny_boft, tiny_adalora, tiny_prefix_tuning): an adapter graft trained for 5 steps gives graft's logits in
    PEFT (PiSSA and OLoRA: on the original weights, from which PEFT makes the residual)
    within 1e-4.
 Prints the largest difference of each and exits non-zero if one is over the tolerance. With
@@ -135,7 +135,7 @@ def main():
     # 5. Each method's graft-trained adapter in PEFT, on the fixture model.
     fixture_model = os.path.join(ROOT, "tests", "fixtures", "tiny-llama-hf")
     methods = ("lora", "dora", "ia3", "loha", "lokr", "hra", "oft", "ln_tuning", "vera", "pissa", "olora", "fourierft",
-               "boft", "adalora")
+               "boft", "adalora", "prefix_tuning")
     for method in methods:
         spec = os.path.join(ROOT, "dsl-examples", f"tiny_{method}.graft")
         with tempfile.TemporaryDirectory() as w:

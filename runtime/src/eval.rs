@@ -213,8 +213,10 @@ impl Session {
                     .find(|t| t.path == path)
                     .map(|t| t.ty.shape.clone())
             };
-            crate::peft::restore_cut(&self.program.adapters, &config, &mut tensors, full)
-                .map_err(|e| SessionError::Value(format!("{}: {e}", dir.display())))?;
+            let at = |e: crate::PeftError| SessionError::Value(format!("{}: {e}", dir.display()));
+            crate::peft_storage::restore_cut(&self.program.adapters, &config, &mut tensors, full)
+                .map_err(at)?;
+            crate::peft_storage::unstack(&self.program.adapters, &mut tensors, full).map_err(at)?;
             if let Ok(spec) = crate::adapter_config(&self.program.adapters) {
                 let diff = crate::peft::config_mismatches(&spec, &config);
                 if !diff.is_empty() {

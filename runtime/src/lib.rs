@@ -16,6 +16,7 @@ pub mod generate;
 pub mod memory;
 pub mod metrics;
 pub mod peft;
+pub mod peft_storage;
 pub mod plot;
 pub mod records;
 pub mod session;

@@ -214,7 +214,8 @@ pub fn save_adapter(
     params: &[(String, &Tensor)],
 ) -> Result<(), PeftError> {
     let cfg = adapter_config(records)?;
-    let keyed: Vec<(String, &Tensor)> = params.iter().map(|(p, t)| (peft_key(p), *t)).collect();
+    let stored = crate::peft_storage::peft_form(records, params)?;
+    let keyed: Vec<(String, &Tensor)> = stored.iter().map(|(p, t)| (peft_key(p), t)).collect();
     let bytes = to_safetensors(&keyed).map_err(PeftError::Io)?;
     let text = serde_json::to_string_pretty(&cfg).map_err(|e| PeftError::Io(e.to_string()))?;
     let io = |e: std::io::Error| PeftError::Io(format!("cannot write into {}: {e}", dir.display()));
@@ -243,127 +244,10 @@ pub fn load_adapter(dir: &Path) -> Result<(Value, Vec<(String, Tensor)>), PeftEr
     Ok((cfg, out))
 }
 
-/// Restores tensors a PEFT folder stores cut (an adapter's `peft_mask`: AdaLoRA's tensors
-/// after its final allocation keep only the triplets its config's `rank_pattern` marks true):
-/// each goes back to its full size, `full(path)`, with zeros at the false indices. A folder
-/// without the mask field, or without this module's entry, is left as it is.
-///
-/// # Errors
-/// A mask that is not a list of bools of the full extent, or a tensor whose extent is not its
-/// count of trues.
-pub fn restore_cut(
-    records: &[AdapterRecord],
-    cfg: &Value,
-    tensors: &mut [(String, Tensor)],
-    full: impl Fn(&str) -> Option<Vec<usize>>,
-) -> Result<(), PeftError> {
-    let bad = |m: String| PeftError::Io(m);
-    for mask in records.iter().flat_map(|r| &r.masks) {
-        let Some(list) = cfg.get(&mask.field).and_then(|f| f.get(&mask.key)) else {
-            continue;
-        };
-        let keep: Vec<bool> = list
-            .as_array()
-            .and_then(|a| a.iter().map(Value::as_bool).collect())
-            .ok_or_else(|| {
-                bad(format!(
-                    "`{}` of `{}` is not a list of bools",
-                    mask.field, mask.key
-                ))
-            })?;
-        for (path, axis) in &mask.cut {
-            let (Some((_, t)), Some(shape)) =
-                (tensors.iter_mut().find(|(p, _)| p == path), full(path))
-            else {
-                continue;
-            };
-            let kept = keep.iter().filter(|k| **k).count();
-            if keep.len() != shape[*axis] || t.shape().get(*axis) != Some(&kept) {
-                return Err(bad(format!(
-                    "`{path}` is stored {:?} with {kept} of {} indices kept on axis {axis}, but the spec's is {shape:?}",
-                    t.shape(),
-                    keep.len()
-                )));
-            }
-            let src = t.to_f64_vec();
-            let (outer, inner): (usize, usize) = (
-                shape[..*axis].iter().product(),
-                shape[axis + 1..].iter().product(),
-            );
-            let mut out = vec![0f32; shape.iter().product()];
-            for o in 0..outer {
-                let mut j = 0;
-                for (i, k) in keep.iter().enumerate() {
-                    if !k {
-                        continue;
-                    }
-                    for n in 0..inner {
-                        out[(o * keep.len() + i) * inner + n] =
-                            src[(o * kept + j) * inner + n] as f32;
-                    }
-                    j += 1;
-                }
-            }
-            *t = Tensor::f32(shape, out).map_err(|e| bad(e.to_string()))?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{config_mismatches, restore_cut};
-    use graft_frontend::{AdapterRecord, PeftMask};
-    use graft_interp::Tensor;
+    use super::config_mismatches;
     use serde_json::json;
-
-    fn masked() -> Vec<AdapterRecord> {
-        vec![AdapterRecord {
-            module_path: "m".into(),
-            adapter: "a".into(),
-            peft: None,
-            masks: vec![PeftMask {
-                field: "rank_pattern".into(),
-                key: "m.E".into(),
-                cut: vec![("m.E".into(), 0), ("m.B".into(), 1)],
-            }],
-        }]
-    }
-
-    /// Rows (E, axis 0) and columns (B, axis 1) go back to the true indices, zeros between;
-    /// a mask of another extent, or a tensor with another count than its trues, is refused.
-    #[test]
-    fn cut_tensors_are_restored_in_place() {
-        let cfg = json!({"rank_pattern": {"m.E": [false, true, false, true]}});
-        let full = |p: &str| Some(if p == "m.E" { vec![4, 1] } else { vec![2, 4] });
-        let mut t = vec![
-            (
-                "m.E".to_string(),
-                Tensor::f32(vec![2, 1], vec![1.0, 2.0]).unwrap(),
-            ),
-            (
-                "m.B".to_string(),
-                Tensor::f32(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap(),
-            ),
-        ];
-        restore_cut(&masked(), &cfg, &mut t, full).unwrap();
-        assert_eq!(t[0].1.to_f64_vec(), vec![0.0, 1.0, 0.0, 2.0]);
-        assert_eq!(
-            t[1].1.to_f64_vec(),
-            vec![0.0, 1.0, 0.0, 2.0, 0.0, 3.0, 0.0, 4.0]
-        );
-        let mut again = vec![(
-            "m.E".to_string(),
-            Tensor::f32(vec![3, 1], vec![1.0; 3]).unwrap(),
-        )];
-        let e = restore_cut(&masked(), &cfg, &mut again, full).unwrap_err();
-        assert!(e.to_string().contains("2 of 4 indices kept"), "{e}");
-        let short = json!({"rank_pattern": {"m.E": [true, false]}});
-        assert!(restore_cut(&masked(), &short, &mut t, full).is_err());
-        // No mask for this module: nothing changes.
-        let none = json!({"rank_pattern": null});
-        restore_cut(&masked(), &none, &mut t, full).unwrap();
-    }
 
     /// A folder trained on a residual (PiSSA) is refused by a spec that keeps the original
     /// weights, and accepted by one that makes the same residual; other initializations only

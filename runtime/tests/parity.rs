@@ -7,7 +7,7 @@
 
 use graft_frontend::{Stdlib, compile_file};
 use graft_interp::Tensor;
-use graft_runtime::{Session, WeightsFile, graft_path, load_adapter, save_adapter};
+use graft_runtime::{Session, WeightsFile, graft_path, load_adapter, peft_storage, save_adapter};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -81,6 +81,7 @@ fn load_case_with(name: &str, optimize: bool) -> Case {
     let fixture = WeightsFile::open(&fixtures().join(format!("{fixture_name}.safetensors")))
         .expect("case fixture");
     let mut trainable = Vec::new();
+    let mut tensors = Vec::new();
     for key in fixture.entries().keys() {
         if key == "logits"
             || key == "loss"
@@ -91,14 +92,24 @@ fn load_case_with(name: &str, optimize: bool) -> Case {
         {
             continue;
         }
-        let t = fixture.read(key).expect("fixture tensor");
-        session
-            .set_param(&graft_path(key), t)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        tensors.push((graft_path(key), fixture.read(key).expect("fixture tensor")));
         trainable.push(key.clone());
     }
+    // PEFT's keys, as a PEFT folder's are read: a stacked tensor splits into its parts.
+    let shapes: Vec<(String, Vec<usize>)> = (session.program.tensors.iter())
+        .map(|t| (t.path.clone(), t.ty.shape.clone()))
+        .collect();
+    let full = |p: &str| shapes.iter().find(|(q, _)| q == p).map(|(_, s)| s.clone());
+    peft_storage::unstack(&session.program.adapters, &mut tensors, full)
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let set = tensors.len();
+    for (path, t) in tensors {
+        session
+            .set_param(&path, t)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
     assert_eq!(
-        trainable.len(),
+        set,
         session.params().len(),
         "{name}: every trainable tensor of the spec is in the fixture"
     );
@@ -109,6 +120,16 @@ fn load_case_with(name: &str, optimize: bool) -> Case {
         fixture,
         trainable,
     }
+}
+
+/// Tensors by graft path as the fixture keys them (PEFT's form): the parts of a `peft_stack`
+/// joined under its key.
+fn fixture_form<'t>(
+    session: &Session,
+    tensors: impl Iterator<Item = (String, &'t Tensor)>,
+) -> Vec<(String, Tensor)> {
+    let tensors: Vec<(String, &Tensor)> = tensors.collect();
+    peft_storage::peft_form(&session.program.adapters, &tensors).expect("PEFT's form")
 }
 
 fn check_case(name: &str) {
@@ -141,6 +162,7 @@ fn check_case_with(name: &str, optimize: bool) -> Case {
         le <= 1e-4,
         "{name}: loss {loss} vs PyTorch {want_loss} (relative {le:e})"
     );
+    let grads = fixture_form(&c.session, grads.iter().map(|(p, t)| (p.clone(), t)));
     for key in &c.trainable {
         let path = graft_path(key);
         let g = grads
@@ -174,13 +196,13 @@ fn check_case_with(name: &str, optimize: bool) -> Case {
             );
         }
     }
-    let params = c.session.params();
+    let params = fixture_form(&c.session, c.session.params().into_iter());
     for key in &c.trainable {
         let path = graft_path(key);
         let p = params
             .iter()
             .find(|(q, _)| *q == path)
-            .map(|(_, t)| *t)
+            .map(|(_, t)| t)
             .expect("param");
         let want = c
             .fixture
@@ -555,6 +577,44 @@ fn a_pruned_peft_adalora_folder_loads_in_place() {
     assert_eq!(zeros, 8);
 }
 
+/// Prefix tuning (4 virtual keys and values in both layers of a GQA base, the sequence's
+/// positions after them), with PEFT's one stacked `prompt_embeddings` split per layer: the
+/// usual parity.
+#[test]
+fn prefix_tuning() {
+    check_case("prefix_tuning");
+}
+
+/// PEFT's prefix-tuning folder (one `prompt_embeddings` [4, 128]) loads into the per-layer
+/// prefixes: the logits are PyTorch's (tolerance 1e-4); a folder whose prefix is shorter than
+/// the spec's is refused with both shapes.
+#[test]
+fn a_peft_prefix_tuning_folder_loads_per_layer() {
+    let c = load_case("prefix_tuning");
+    let mut s = new_session("prefix_tuning", false);
+    let (n, missing) = s
+        .load_trained(&fixtures().join("peft_prefix_tuning"))
+        .expect("PEFT's prefix-tuning folder");
+    assert_eq!((n, missing.len()), (4, 0));
+    let logits = s.forward(&c.input_ids).expect("forward");
+    let e = rel_err(&logits, &c.fixture.read("logits").expect("logits"));
+    assert!(e <= 1e-4, "logits differ by {e:e}");
+
+    let dir = std::env::temp_dir().join(format!("graft-prefix-short-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixtures().join("peft_prefix_tuning/adapter_config.json"),
+        dir.join("adapter_config.json"),
+    )
+    .unwrap();
+    let short = Tensor::f32(vec![4, 64], vec![0.0; 256]).unwrap();
+    let bytes = graft_runtime::weights::to_safetensors(&[("prompt_embeddings".into(), &short)])
+        .expect("bytes");
+    std::fs::write(dir.join("adapter_model.safetensors"), bytes).unwrap();
+    let e = s.load_trained(&dir).unwrap_err().to_string();
+    assert!(e.contains("[4, 64]") && e.contains("[4, 128]"), "{e}");
+}
+
 /// A PiSSA or OLoRA adapter saved by PEFT loads onto the original weights: graft computes the
 /// same residual, and the logits are PyTorch's (tolerance 1e-4).
 #[test]
@@ -598,6 +658,7 @@ fn adapters_save_in_pefts_format_and_load_back() {
         "boft",
         "boft_butterfly",
         "adalora",
+        "prefix_tuning",
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
@@ -634,18 +695,30 @@ fn adapters_save_in_pefts_format_and_load_back() {
             "beta1",
             "beta2",
             "orth_reg_weight",
+            "num_transformer_submodules",
         ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(cfg[field].as_f64(), v.as_f64(), "{case}: {field}");
             }
         }
-        for field in ["block_share", "use_cayley_neumann", "save_projection"] {
+        // Fields PEFT fills from the model's config when a config leaves them out.
+        for field in ["num_attention_heads", "num_layers"] {
+            if let (Some(v), Some(ours)) = (reference.get(field), cfg.get(field)) {
+                assert_eq!(ours.as_f64(), v.as_f64(), "{case}: {field}");
+            }
+        }
+        for field in [
+            "block_share",
+            "use_cayley_neumann",
+            "save_projection",
+            "prefix_projection",
+        ] {
             if let Some(v) = reference.get(field) {
                 assert_eq!(&cfg[field], v, "{case}: {field}");
             }
         }
-        // `init_weights` left out means PEFT's default, true.
-        if let Some(v) = reference.get("init_weights") {
+        // `init_weights` left out means PEFT's default, true (null: the method has none).
+        if let Some(v) = reference.get("init_weights").filter(|v| !v.is_null()) {
             let ours = cfg
                 .get("init_weights")
                 .unwrap_or(&serde_json::Value::Bool(true));
@@ -687,13 +760,13 @@ fn adapters_save_in_pefts_format_and_load_back() {
             ours, peft_keys,
             "{case}: the same keys as PEFT's save_pretrained"
         );
-        let params = c.session.params();
+        let params = fixture_form(&c.session, c.session.params().into_iter());
         assert_eq!(tensors.len(), params.len());
         for (path, t) in &tensors {
             let p = params
                 .iter()
                 .find(|(q, _)| q == path)
-                .map(|(_, t)| *t)
+                .map(|(_, t)| t)
                 .expect("saved param");
             assert_eq!(
                 t.to_f64_vec(),

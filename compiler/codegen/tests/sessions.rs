@@ -10,7 +10,7 @@
 
 use graft_frontend::{Stdlib, compile_file};
 use graft_interp::Tensor;
-use graft_runtime::{Backend, Interpreter, Session, SessionOptions, WeightsFile};
+use graft_runtime::{Backend, Interpreter, Session, SessionOptions, WeightsFile, peft_storage};
 use std::path::{Path, PathBuf};
 
 fn repo() -> PathBuf {
@@ -127,7 +127,8 @@ parity_specs!(
     oft_exact,
     boft,
     boft_butterfly,
-    adalora
+    adalora,
+    prefix_tuning
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter
@@ -162,6 +163,7 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
         "boft",
         "boft_butterfly",
         "adalora",
+        "prefix_tuning",
     ] {
         let fixture =
             WeightsFile::open(&repo().join(format!("tests/fixtures/{name}.safetensors"))).unwrap();
@@ -179,8 +181,17 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
             })
             .cloned()
             .collect();
-        for k in &keys {
-            s.set_param(&graft_runtime::graft_path(k), fixture.read(k).unwrap())
+        // PEFT's keys, split where PEFT stacks several params in one tensor.
+        let mut tensors: Vec<(String, Tensor)> = (keys.iter())
+            .map(|k| (graft_runtime::graft_path(k), fixture.read(k).unwrap()))
+            .collect();
+        let shapes: Vec<(String, Vec<usize>)> = (s.program.tensors.iter())
+            .map(|t| (t.path.clone(), t.ty.shape.clone()))
+            .collect();
+        let full = |p: &str| shapes.iter().find(|(q, _)| q == p).map(|(_, s)| s.clone());
+        peft_storage::unstack(&s.program.adapters, &mut tensors, full).unwrap();
+        for (path, t) in tensors {
+            s.set_param(&path, t)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
         let first = s
@@ -199,13 +210,13 @@ fn pytorch_fixtures_pass_through_the_compiled_path() {
             s.step(&ids, &labels)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         }
-        let params = s.params();
+        let params = peft_storage::peft_form(&s.program.adapters, &s.params()).unwrap();
         for k in &keys {
             let path = graft_runtime::graft_path(k);
             let p = params
                 .iter()
                 .find(|(q, _)| *q == path)
-                .map(|(_, t)| *t)
+                .map(|(_, t)| t)
                 .unwrap();
             let e = rel(p, &fixture.read(&format!("step{steps}.{k}")).unwrap());
             assert!(

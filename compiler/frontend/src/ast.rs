@@ -304,6 +304,15 @@ pub enum MemberKind {
         /// Each cut tensor and its axis.
         axes: Vec<Arg>,
     },
+    /// `peft_stack "prompt_embeddings" { K: 1, V: 1 }`: PEFT stores these params of every
+    /// instance of the adapter as one root tensor under that key, concatenated along the
+    /// given axis in instance order (and member order within one); they load back split.
+    PeftStack {
+        /// The PEFT key of the whole tensor.
+        key: StrLit,
+        /// Each part and the axis it is concatenated along.
+        parts: Vec<Arg>,
+    },
     /// `unfreeze W`: the wrapped module's weights become trainable.
     Unfreeze(Vec<Ident>),
     /// `replace W = value`: `@init` computes the wrapped module's frozen weight `W` anew
@@ -641,6 +650,7 @@ impl MemberKind {
             MemberKind::Penalty(_) => Some("penalty"),
             MemberKind::AfterStep(_) => Some("after_step"),
             MemberKind::PeftMask { .. } => Some("peft_mask"),
+            MemberKind::PeftStack { .. } => Some("peft_stack"),
             _ => None,
         }
     }

@@ -236,6 +236,11 @@ impl Printer<'_> {
                         args(axes)
                     ),
                 ),
+                MemberKind::PeftStack { key, parts } => self.line(
+                    depth,
+                    m.span,
+                    &format!("peft_stack {:?} {{{}}}", key.value, args(parts)),
+                ),
                 MemberKind::Unfreeze(ns) => {
                     let names: Vec<&str> = ns.iter().map(|n| n.name.as_str()).collect();
                     self.line(depth, m.span, &format!("unfreeze {}", names.join(", ")));

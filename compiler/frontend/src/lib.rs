@@ -15,8 +15,8 @@ pub mod source;
 
 pub use diag::{Diagnostic, Label, Severity};
 pub use elab::{
-    AdapterRecord, ConfigValue, DeclKind, Optimizer, PeftExport, PeftMask, Probe, Program,
-    QuantSpec, Schedule, TensorInfo, TrainConfig, check_library, elaborate, elaborate_for,
+    AdapterRecord, ConfigValue, DeclKind, Optimizer, PeftExport, PeftMask, PeftStack, Probe,
+    Program, QuantSpec, Schedule, TensorInfo, TrainConfig, check_library, elaborate, elaborate_for,
     elaborate_merged,
 };
 pub use load::{Loaded, load};

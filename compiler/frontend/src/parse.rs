@@ -750,6 +750,12 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
             let axes = it.map(|a| arg(a, file)).collect::<Result<_, _>>()?;
             MemberKind::PeftMask { field, key, axes }
         }
+        Rule::peft_stack_decl => {
+            it.next(); // the `peft_stack` keyword
+            let key = string(need(&mut it, mspan, "PEFT key")?, file)?;
+            let parts = it.map(|a| arg(a, file)).collect::<Result<_, _>>()?;
+            MemberKind::PeftStack { key, parts }
+        }
         Rule::unfreeze_decl => MemberKind::Unfreeze(it.map(|i| ident(i, file)).collect()),
         Rule::replace_decl => {
             it.next(); // the `replace` keyword

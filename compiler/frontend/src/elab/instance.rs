@@ -29,6 +29,8 @@ struct WalkCx<'a> {
     after_step: Option<&'a FnDef>,
     /// The adapter's `peft_mask` declarations.
     masks: Vec<super::PeftMask>,
+    /// The adapter's `peft_stack` declarations.
+    stacks: Vec<super::PeftStack>,
 }
 
 fn join(prefix: &str, seg: &str) -> String {
@@ -270,6 +272,7 @@ impl<'a> Elaborator<'a> {
             penalties: Vec::new(),
             after_step: None,
             masks: Vec::new(),
+            stacks: Vec::new(),
         };
         self.walk_members(&def.members, &mut env, &mut cx)?;
         self.instances[id].members = env.base;
@@ -432,6 +435,10 @@ impl<'a> Elaborator<'a> {
                 MemberKind::PeftMask { field, key, axes } => {
                     let mask = self.peft_mask(field, key, axes, env)?;
                     cx.masks.push(mask);
+                }
+                MemberKind::PeftStack { key, parts } => {
+                    let stack = self.peft_stack(key, parts, env)?;
+                    cx.stacks.push(stack);
                 }
                 MemberKind::AfterStep(f) => {
                     if let Some(prev) = cx.after_step {
@@ -807,6 +814,7 @@ impl<'a> Elaborator<'a> {
             penalties: Vec::new(),
             after_step: None,
             masks: Vec::new(),
+            stacks: Vec::new(),
         };
         // An error in the adapter's body also points at the rule that applied it; when the
         // body is a library's, the rule in the spec is the primary location.
@@ -839,6 +847,7 @@ impl<'a> Elaborator<'a> {
             penalties: cx.penalties,
             after_step: cx.after_step,
             masks: cx.masks,
+            stacks: cx.stacks,
         });
         Ok(())
     }
@@ -900,6 +909,84 @@ impl<'a> Elaborator<'a> {
                 ));
             }
             d
+        })
+    }
+
+    /// A `peft_stack` member: its key, its parts' paths and their one axis.
+    fn peft_stack(
+        &mut self,
+        key: &StrLit,
+        parts: &'a [Arg],
+        env: &mut Env,
+    ) -> Result<super::PeftStack, Diagnostic> {
+        if key.value.is_empty() || key.value.contains('.') {
+            return Err(Diagnostic::error(
+                key.span,
+                format!("`{}` is not a root-level PEFT key", key.value),
+                "key",
+            )
+            .with_help(
+                "a stacked tensor is stored at the root of the file, like `prompt_embeddings`",
+            ));
+        }
+        let mut paths = Vec::new();
+        let mut axis: Option<(i64, Span)> = None;
+        for a in parts {
+            let Some(name) = &a.name else {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    "`peft_stack` lists `param: axis` pairs",
+                    "unnamed",
+                )
+                .with_help("e.g. `peft_stack \"prompt_embeddings\" { K: 1, V: 1 }`"));
+            };
+            let id = match env.get(&name.name) {
+                Some(Value::Decl(id)) if self.decls[*id].kind == DeclKind::Param => *id,
+                _ => {
+                    return Err(Diagnostic::error(
+                        name.span,
+                        format!("`{}` is not a trainable param of this adapter", name.name),
+                        "not a param",
+                    )
+                    .with_help("`peft_stack` names params declared before it"));
+                }
+            };
+            let ax = self.eval_int(&a.value, env)?;
+            let rank = self.decls[id].ty.rank() as i64;
+            if !(0..rank).contains(&ax) {
+                return Err(Diagnostic::error(
+                    a.value.span,
+                    format!(
+                        "axis {ax} is out of range for `{}`, of rank {rank}",
+                        name.name
+                    ),
+                    "bad axis",
+                ));
+            }
+            match axis {
+                Some((first, at)) if first != ax => {
+                    return Err(Diagnostic::error(
+                        a.value.span,
+                        format!("the parts of a stack share one axis; this is {ax}, the first is {first}"),
+                        "another axis",
+                    )
+                    .with_label(at, "the first part's"));
+                }
+                _ => axis = Some((ax, a.value.span)),
+            }
+            paths.push(self.decls[id].path.clone());
+        }
+        let Some((axis, _)) = axis else {
+            return Err(Diagnostic::error(
+                key.span,
+                "`peft_stack` lists no params",
+                "empty",
+            ));
+        };
+        Ok(super::PeftStack {
+            key: key.value.clone(),
+            axis: axis as usize,
+            parts: paths,
         })
     }
 

@@ -118,6 +118,8 @@ pub struct AdapterInst<'a> {
     pub after_step: Option<&'a FnDef>,
     /// Its `peft_mask` declarations.
     pub masks: Vec<PeftMask>,
+    /// Its `peft_stack` declarations.
+    pub stacks: Vec<PeftStack>,
 }
 
 /// A config value from a `peft` declaration.
@@ -157,6 +159,19 @@ pub struct PeftMask {
     pub cut: Vec<(String, usize)>,
 }
 
+/// Params PEFT stores as one root tensor (an adapter's `peft_stack`): the tensor at `key` is
+/// every instance's `parts`, concatenated along `axis` in instance order (the order of
+/// [`Program::adapters`]) and in this order within one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeftStack {
+    /// The PEFT key (a root-level name, like `prompt_embeddings`).
+    pub key: String,
+    /// The axis the parts are concatenated along.
+    pub axis: usize,
+    /// This instance's parts: param paths.
+    pub parts: Vec<String>,
+}
+
 /// One adapter applied to one module.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AdapterRecord {
@@ -168,6 +183,8 @@ pub struct AdapterRecord {
     pub peft: Option<PeftExport>,
     /// How PEFT may store some of its tensors cut (`peft_mask`).
     pub masks: Vec<PeftMask>,
+    /// Which of its tensors PEFT stores stacked with other instances' (`peft_stack`).
+    pub stacks: Vec<PeftStack>,
 }
 
 /// A tensor the compiled program reads or trains, as reported to users and the runtime.
@@ -522,6 +539,7 @@ impl<'a> Elaborator<'a> {
                     adapter: a.def.name.name.clone(),
                     peft: a.peft.clone(),
                     masks: a.masks.clone(),
+                    stacks: a.stacks.clone(),
                 })
             })
             .collect();

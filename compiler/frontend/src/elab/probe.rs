@@ -11,7 +11,7 @@ use super::eval::ArgVal;
 use super::value::Env;
 use super::value::Value;
 use super::{DeclKind, Def, Elaborator};
-use crate::ast::{Ident, Item, ModuleDef, Param, ScalarType, Span, TypeAnn};
+use crate::ast::{ExprKind, Ident, Item, ModuleDef, Param, ScalarType, Span, TypeAnn};
 use crate::diag::Diagnostic;
 use crate::load::Loaded;
 use graft_ir::TensorType;
@@ -21,6 +21,10 @@ pub const PROBE_SIZES: [i64; 4] = [64, 96, 32, 48];
 
 /// Leading axes that a `..` annotation stands for in a probe input.
 const PROBE_LEADING: [usize; 2] = [2, 4];
+
+/// Extents given, in order, to the names a probe input's annotation binds (`B` and `S` in
+/// `k: [B, heads, S, d]`).
+const PROBE_FREE: [i64; 4] = [2, 5, 3, 7];
 
 /// One adapter checked on its probe.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,6 +144,9 @@ impl<'a> Elaborator<'a> {
         self.start_function("forward", false);
         let mut inputs = Vec::new();
         let mut call = Vec::new();
+        // One scope for every input, so a name bound by one annotation has its extent in all.
+        let mut env = Env::new(self.instances[inst].members.clone());
+        let mut free = PROBE_FREE.iter();
         for p in &fwd.params {
             let Some(TypeAnn::Tensor(t)) = &p.ty else {
                 return Err(Diagnostic::error(
@@ -152,7 +159,13 @@ impl<'a> Elaborator<'a> {
                 )
                 .with_help("annotate it with its trailing axes, e.g. `x: [.., in]`"));
             };
-            let mut env = Env::new(self.instances[inst].members.clone());
+            for d in &t.dims {
+                if let ExprKind::Name(n) = &d.kind
+                    && env.get(n).is_none()
+                {
+                    env.bind(n, Value::Int(*free.next().unwrap_or(&2)));
+                }
+            }
             let lead = if t.rest {
                 PROBE_LEADING.to_vec()
             } else {
@@ -163,14 +176,28 @@ impl<'a> Elaborator<'a> {
             call.push(arg);
         }
         let y = self.call_instance(inst, 1, call, span)?;
-        let Some(y) = self.as_tensor(&y, span)? else {
-            return Err(Diagnostic::error(
-                span,
-                "the adapted module's forward must return a tensor",
-                format!("returns {}", y.kind()),
-            ));
+        // A tensor, or a list of them (a module that passes several on, like `attention_kv`).
+        let ys = match &y {
+            Value::List(items) => items.clone(),
+            _ => vec![y.clone()],
         };
-        let forward = self.finish_function(vec![("y".into(), y)])?;
+        let mut outputs = Vec::new();
+        for (i, v) in ys.iter().enumerate() {
+            let Some(t) = self.as_tensor(v, span)? else {
+                return Err(Diagnostic::error(
+                    span,
+                    "the adapted module's forward must return a tensor or a list of tensors",
+                    format!("returns {}", y.kind()),
+                ));
+            };
+            let name = if ys.len() == 1 {
+                "y".to_string()
+            } else {
+                format!("y{i}")
+            };
+            outputs.push((name, t));
+        }
+        let forward = self.finish_function(outputs)?;
         self.build_init()?;
         // Penalties and after-step blocks are checked too (on the one probe instance).
         self.build_penalty()?;
