@@ -96,6 +96,10 @@ enum Emit {
     Ir,
     /// The training step after the e-graph optimizer.
     Opt,
+    /// The optimized training step after each lowering pass (or those `--print-after` names).
+    Lowered,
+    /// The kernel schedule of the optimized training step: buffers and one line per launch.
+    Schedule,
     /// The optimized training step lowered to MLIR (linalg/vector/scf on memrefs).
     Mlir,
     /// The optimized training step as LLVM IR, after the MLIR pass pipeline.
@@ -120,6 +124,11 @@ enum Command {
         /// Which stage to print.
         #[arg(long, default_value = "ir")]
         emit: Emit,
+        /// With `--emit=lowered`: only the IR after these lowering passes (comma-separated:
+        /// chunk-vocabulary, decompose-log-softmax, hoist-reductions, rematerialize).
+        /// `GRAFT_PRINT_AFTER=<passes>|all` prints them to stderr on every compile.
+        #[arg(long, value_delimiter = ',')]
+        print_after: Vec<String>,
     },
     /// Train a spec on its `train` block's data: a progress bar on a terminal (loss, tokens/s,
     /// ETA), a line per step otherwise.
@@ -392,7 +401,11 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             println!("{}", summary(&program));
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ir { file, emit } => match emit {
+        Command::Ir {
+            file,
+            emit,
+            print_after,
+        } => match emit {
             Emit::Ast => {
                 let text = graft_frontend::source::read_regular(&file)
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
@@ -425,6 +438,31 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 };
                 let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
                 print!("{}", graft_ir::print_function(&opt.func));
+                Ok(ExitCode::SUCCESS)
+            }
+            Emit::Lowered | Emit::Schedule => {
+                if let Some(p) = print_after
+                    .iter()
+                    .find(|p| graft_codegen::pass(p).is_none())
+                {
+                    let names: Vec<&str> = graft_codegen::PASSES.iter().map(|p| p.name).collect();
+                    anyhow::bail!("no lowering pass `{p}` (passes: {})", names.join(", "));
+                }
+                let Some((_, program)) = compile(&file, stdlib, color)? else {
+                    return Ok(ExitCode::FAILURE);
+                };
+                let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
+                let target = graft_codegen::CpuTarget::host();
+                if matches!(emit, Emit::Schedule) {
+                    print!("{}", graft_codegen::schedule_text(&opt.func, &target)?);
+                    return Ok(ExitCode::SUCCESS);
+                }
+                graft_codegen::run_passes(&opt.func, &target, true, &mut |name, f| {
+                    if print_after.is_empty() || print_after.iter().any(|p| p == name) {
+                        println!("// IR after {name}");
+                        print!("{}", graft_ir::print_function(f));
+                    }
+                })?;
                 Ok(ExitCode::SUCCESS)
             }
             Emit::Mlir | Emit::Llvm => {

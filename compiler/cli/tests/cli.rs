@@ -82,6 +82,49 @@ fn ir_prints_a_module_that_parses_and_verifies() {
     );
 }
 
+/// `--emit=lowered` prints the step after each named lowering pass as IR that parses and
+/// verifies; an unknown pass name is an error naming the passes; `--emit=schedule` lists the
+/// kernel launches.
+#[test]
+fn ir_prints_the_step_after_lowering_passes_and_its_schedule() {
+    let out = graft(&[
+        "ir",
+        "dsl-examples/tiny_lora.graft",
+        "--emit=lowered",
+        "--print-after",
+        "rematerialize",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ir = text(&out.stdout);
+    let body = ir
+        .strip_prefix("// IR after rematerialize\n")
+        .unwrap_or_else(|| panic!("{ir}"));
+    let m = graft_ir::parse_module(body).unwrap_or_else(|e| panic!("{e}"));
+    graft_ir::verify_module(&m).unwrap_or_else(|e| panic!("{e}"));
+    let all = graft(&["ir", "dsl-examples/tiny_lora.graft", "--emit=lowered"]);
+    assert_eq!(text(&all.stdout).matches("// IR after ").count(), 4);
+    let bad = graft(&[
+        "ir",
+        "dsl-examples/tiny_lora.graft",
+        "--emit=lowered",
+        "--print-after",
+        "nope",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(
+        text(&bad.stderr).contains("hoist-reductions"),
+        "{}",
+        text(&bad.stderr)
+    );
+    let plan = graft(&["ir", "dsl-examples/tiny_lora.graft", "--emit=schedule"]);
+    assert!(plan.status.success(), "{}", text(&plan.stderr));
+    let plan = text(&plan.stdout);
+    assert!(
+        plan.contains(": gemm ") && plan.contains("output loss"),
+        "{plan}"
+    );
+}
+
 #[test]
 fn ir_emits_the_ast() {
     let out = graft(&["ir", "dsl-examples/tiny_custom_adapter.graft", "--emit=ast"]);

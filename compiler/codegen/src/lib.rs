@@ -41,7 +41,9 @@ mod kernels;
 mod linear_ce;
 mod lower;
 mod memplan;
+mod passes;
 mod peak;
+mod plan_text;
 mod remat;
 mod reorder;
 mod scalar;
@@ -54,9 +56,10 @@ pub use exec::{CompiledFunction, KernelTime, Outputs};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
 pub use memplan::MemoryReport;
+pub use passes::{PASSES, Pass, pass, run_passes};
 pub use peak::{Peak, fma_peak};
 
-use graft_ir::{DType, Function, InputKind, Op, TensorType, VerifyError, verify_function};
+use graft_ir::{DType, Function, InputKind, Op, TensorType, VerifyError};
 use rayon::prelude::*;
 
 /// Why a function could not be compiled or run.
@@ -127,17 +130,13 @@ fn lowered(
     f: &Function,
     target: &CpuTarget,
 ) -> Result<(Function, schedule::Plan, lower::Lowered), CodegenError> {
-    verify_function(f, usize::MAX)?;
-    let f = match target.vocab_chunk {
-        0 => f.clone(),
-        bytes => linear_ce::chunk_vocabulary(f, linear_ce::MIN_ELEMS, bytes),
-    };
-    let f = decompose::log_softmax(&f, decompose::LOG_SOFTMAX_MIN);
-    let f = reorder::hoist_reductions(&f);
-    let f = remat::rematerialize(&f);
     // The rewrites keep the graph well typed and in order; checked in debug builds (tests).
-    #[cfg(debug_assertions)]
-    verify_function(&f, usize::MAX)?;
+    let f = passes::run_passes(
+        f,
+        target,
+        cfg!(debug_assertions),
+        &mut passes::print_after_env(),
+    )?;
     let mut plan = schedule::plan(&f, target)?;
     let lowered = lower::lower(&f, &mut plan, target)?;
     Ok((f, plan, lowered))
@@ -320,6 +319,24 @@ enum Cached {
 /// As [`compile`], except for the JIT.
 pub fn emit_mlir(f: &Function) -> Result<String, CodegenError> {
     Ok(lowered(f, &CpuTarget::host())?.2.module())
+}
+
+/// [`emit_mlir`] for another vector shape than the host's (the file tests fix one).
+///
+/// # Errors
+/// As [`emit_mlir`].
+pub fn emit_mlir_for(f: &Function, target: &CpuTarget) -> Result<String, CodegenError> {
+    Ok(lowered(f, target)?.2.module())
+}
+
+/// The schedule of `f` for `target` after lowering, as text: its buffers, the values fused
+/// into their consumers, and one line per kernel launch.
+///
+/// # Errors
+/// As [`emit_mlir`].
+pub fn schedule_text(f: &Function, target: &CpuTarget) -> Result<String, CodegenError> {
+    let (f, plan, _) = lowered(f, target)?;
+    Ok(plan.describe(&f))
 }
 
 /// The LLVM IR of `f`'s kernels after lowering.
