@@ -1,7 +1,7 @@
 //! Accumulating ops and layout ops compiled through MLIR/LLVM against the interpreter:
 //! `matmul` (every transpose flag, batched and shared operands, tails, threading, f64/bf16),
-//! reductions, `softmax`/`log_softmax`, and `reshape`, `transpose`, `broadcast`, `concat`,
-//! `slice`, `gather`, `stop_grad`, alone and fused into consumers.
+//! reductions, `softmax`/`log_softmax`, and `gather`. Layout ops alone and fused into
+//! consumers are a file test (`tests/filetests/schedule/layout_ops.ir`).
 //!
 //! Tolerances: matmul 1e-4 norm-wise relative (`f32` GEMM accumulates in `f32` with FMA; the
 //! interpreter in `f64`); reductions and softmax 1e-5 element-wise (both accumulate in `f64`);
@@ -559,75 +559,6 @@ fn long_lived_attention_probabilities_are_recomputed() {
             .count()
     };
     assert_eq!((readers(softmaxes[0]), readers(softmaxes[1])), (1, 1));
-}
-
-#[test]
-fn layout_ops_materialized_and_fused() {
-    let mut f = Function::new("layout");
-    let x = f.add_input("x", InputKind::Data, ty(DType::F32, &[2, 3, 4]), None);
-    let y = f.add_input("y", InputKind::Data, ty(DType::F32, &[2, 5, 4]), None);
-    let v = f.add_input("v", InputKind::Data, ty(DType::F32, &[3, 1]), None);
-    let r = f
-        .add_typed(Op::Reshape, &[x], Some(ty(DType::F32, &[6, 4])), None)
-        .unwrap();
-    let t = f
-        .add(
-            Op::Transpose {
-                perm: vec![2, 0, 1],
-            },
-            &[x],
-            None,
-        )
-        .unwrap();
-    let b = f
-        .add_typed(Op::Broadcast, &[v], Some(ty(DType::F32, &[2, 3, 4])), None)
-        .unwrap();
-    let c = f.add(Op::Concat { axis: 1 }, &[x, y, x], None).unwrap();
-    let s = f
-        .add(
-            Op::Slice {
-                axis: 1,
-                start: 2,
-                end: 7,
-            },
-            &[c],
-            None,
-        )
-        .unwrap();
-    let g = f.add(Op::StopGrad, &[s], None).unwrap();
-    // Fused: exp(transpose(x)) reshaped, concat of computed values, slice of a sum.
-    let e = f.add(Op::Unary(UnaryOp::Exp), &[t], None).unwrap();
-    let er = f
-        .add_typed(Op::Reshape, &[e], Some(ty(DType::F32, &[4, 6])), None)
-        .unwrap();
-    let bx = f.add(Op::Binary(BinaryOp::Add), &[x, b], None).unwrap();
-    let neg = f.add(Op::Unary(UnaryOp::Neg), &[y], None).unwrap();
-    let cc = f.add(Op::Concat { axis: 1 }, &[bx, neg], None).unwrap();
-    let sl = f
-        .add(
-            Op::Slice {
-                axis: 2,
-                start: 1,
-                end: 3,
-            },
-            &[cc],
-            None,
-        )
-        .unwrap();
-    let sq = f.add(Op::Unary(UnaryOp::Sqrt), &[sl], None).unwrap();
-    for (name, v) in [
-        ("r", r),
-        ("t", t),
-        ("b", b),
-        ("c", c),
-        ("g", g),
-        ("er", er),
-        ("sq", sq),
-    ] {
-        f.add_output(name, v);
-    }
-    // Layout ops are exact; `exp` of f32 is graft's arithmetic expf, within 2 ulp of libm's.
-    check(&f, &random_inputs(&f, 12, -2.0, 2.0), 1e-6);
 }
 
 #[test]
