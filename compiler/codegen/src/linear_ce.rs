@@ -93,7 +93,7 @@ struct Site {
 /// outputs, same input order); `f` itself when there is none. `chunk_bytes` sets the
 /// chunks' size (at least two chunks, at most [`MAX_CHUNKS`]).
 pub(crate) fn chunk_vocabulary(f: &Function, min_elems: usize, chunk_bytes: usize) -> Function {
-    let users = crate::remat::users(f);
+    let users = f.users();
     let mut output = vec![false; f.nodes.len()];
     for o in &f.outputs {
         output[o.value.index()] = true;
@@ -104,7 +104,7 @@ pub(crate) fn chunk_vocabulary(f: &Function, min_elems: usize, chunk_bytes: usiz
     if sites.is_empty() {
         return f.clone();
     }
-    rewrite(f, &sites).map_or_else(|| f.clone(), |g| prune(&g))
+    rewrite(f, &sites).map_or_else(|| f.clone(), |g| g.without_dead(true))
 }
 
 /// Whether `v` is all zeros: a zero constant, or a broadcast or reshape of one.
@@ -549,13 +549,7 @@ fn copy(
         .iter()
         .map(|a| new_id[a.index()])
         .collect::<Option<Vec<_>>>()?;
-    b.g.nodes.push(Node {
-        op: node.op.clone(),
-        args,
-        ty: node.ty.clone(),
-        loc: node.loc,
-    });
-    new_id[v] = Some(ValueId((b.g.nodes.len() - 1) as u32));
+    new_id[v] = Some(b.g.add_copy(node, &args).ok()?);
     Some(())
 }
 
@@ -738,41 +732,6 @@ fn gradient(
         d = b.add(Op::Concat { axis: *axis }, &args)?;
     }
     Some(d)
-}
-
-/// `g` without the nodes no output depends on (inputs stay: they are the signature).
-fn prune(g: &Function) -> Function {
-    let mut live = vec![false; g.nodes.len()];
-    for o in &g.outputs {
-        live[o.value.index()] = true;
-    }
-    for v in (0..g.nodes.len()).rev() {
-        if live[v] || matches!(g.nodes[v].op, Op::Input { .. }) {
-            live[v] = true;
-            for a in &g.nodes[v].args {
-                live[a.index()] = true;
-            }
-        }
-    }
-    let mut out = Function {
-        name: g.name.clone(),
-        nodes: Vec::with_capacity(g.nodes.len()),
-        outputs: g.outputs.clone(),
-    };
-    let mut new_id = vec![ValueId(u32::MAX); g.nodes.len()];
-    for (v, node) in g.nodes.iter().enumerate().filter(|&(v, _)| live[v]) {
-        out.nodes.push(Node {
-            op: node.op.clone(),
-            args: node.args.iter().map(|a| new_id[a.index()]).collect(),
-            ty: node.ty.clone(),
-            loc: node.loc,
-        });
-        new_id[v] = ValueId((out.nodes.len() - 1) as u32);
-    }
-    for o in &mut out.outputs {
-        o.value = new_id[o.value.index()];
-    }
-    out
 }
 
 #[cfg(test)]

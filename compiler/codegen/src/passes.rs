@@ -24,7 +24,7 @@ use graft_ir::{Function, verify_function};
 pub struct Pass {
     /// Its name, as `--print-after` and the file tests use it.
     pub name: &'static str,
-    run: fn(&Function, &CpuTarget) -> Function,
+    run: fn(&Function, &CpuTarget) -> Result<Function, String>,
 }
 
 impl std::fmt::Debug for Pass {
@@ -34,9 +34,13 @@ impl std::fmt::Debug for Pass {
 }
 
 impl Pass {
-    /// This pass on `f` for `target`, unverified.
-    pub fn run(&self, f: &Function, target: &CpuTarget) -> Function {
+    /// This pass on `f` (verified) for `target`; its result is not verified here.
+    ///
+    /// # Errors
+    /// [`CodegenError::Internal`] naming the pass, when it built an ill-typed node.
+    pub fn run(&self, f: &Function, target: &CpuTarget) -> Result<Function, CodegenError> {
         (self.run)(f, target)
+            .map_err(|e| CodegenError::Internal(format!("pass `{}`: {e}", self.name)))
     }
 }
 
@@ -44,22 +48,26 @@ impl Pass {
 pub const PASSES: [Pass; 4] = [
     Pass {
         name: "chunk-vocabulary",
-        run: |f, t| match t.vocab_chunk {
-            0 => f.clone(),
-            bytes => linear_ce::chunk_vocabulary(f, linear_ce::MIN_ELEMS, bytes),
+        run: |f, t| {
+            Ok(match t.vocab_chunk {
+                0 => f.clone(),
+                bytes => linear_ce::chunk_vocabulary(f, linear_ce::MIN_ELEMS, bytes),
+            })
         },
     },
     Pass {
         name: "decompose-log-softmax",
-        run: |f, _| decompose::log_softmax(f, decompose::LOG_SOFTMAX_MIN),
+        run: |f, _| {
+            decompose::log_softmax(f, decompose::LOG_SOFTMAX_MIN).map_err(|e| e.to_string())
+        },
     },
     Pass {
         name: "hoist-reductions",
-        run: |f, _| reorder::hoist_reductions(f),
+        run: |f, _| Ok(reorder::hoist_reductions(f)),
     },
     Pass {
         name: "rematerialize",
-        run: |f, _| remat::rematerialize(f),
+        run: |f, _| remat::rematerialize(f).map_err(|e| e.to_string()),
     },
 ];
 
@@ -83,7 +91,7 @@ pub fn run_passes(
     verify_function(f, usize::MAX)?;
     let mut f = f.clone();
     for p in &PASSES {
-        f = p.run(&f, target);
+        f = p.run(&f, target)?;
         if verify {
             verify_function(&f, usize::MAX).map_err(|e| {
                 CodegenError::Internal(format!("the IR after pass `{}` is invalid: {e}", p.name))

@@ -9,7 +9,7 @@
 //! backward besides the MLP's gate and up projections (whose recomputation would cost a
 //! full GEMM and is not done).
 
-use graft_ir::{Function, Node, Op, ValueId};
+use graft_ir::{Function, Node, Op, TypeError, ValueId};
 
 /// Values below this many elements are not worth recomputing.
 const MIN_ELEMS: usize = 1 << 12;
@@ -34,25 +34,15 @@ fn repeatable(op: &Op) -> bool {
         )
 }
 
-/// Each node's users (deduplicated, ascending).
-pub(crate) fn users(f: &Function) -> Vec<Vec<usize>> {
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); f.nodes.len()];
-    for (u, node) in f.nodes.iter().enumerate() {
-        for a in &node.args {
-            if users[a.index()].last() != Some(&u) {
-                users[a.index()].push(u);
-            }
-        }
-    }
-    users
-}
-
 /// `f` with its long-lived recomputable values recomputed for their late readers (same
 /// outputs; the clones are inserted before the first late reader). `f` itself when nothing
 /// qualifies.
-pub(crate) fn rematerialize(f: &Function) -> Function {
+///
+/// # Errors
+/// A copied node that does not type-check (`f` was not verified).
+pub(crate) fn rematerialize(f: &Function) -> Result<Function, TypeError> {
     let n = f.nodes.len();
-    let users = users(f);
+    let users = f.users();
     let mut output = vec![false; n];
     for o in &f.outputs {
         output[o.value.index()] = true;
@@ -79,7 +69,7 @@ pub(crate) fn rematerialize(f: &Function) -> Function {
         }
     }
     if plans.is_empty() {
-        return f.clone();
+        return Ok(f.clone());
     }
     // Rebuild: at each plan's first late reader, emit its clones, then route the late
     // readers of the value to its clone.
@@ -95,7 +85,7 @@ pub(crate) fn rematerialize(f: &Function) -> Function {
         for (v, clones, first_late) in plans.iter().filter(|p| p.2 == u) {
             let mut local: Vec<(usize, ValueId)> = Vec::new();
             for &c in clones {
-                let id = copy_node(&mut g, &f.nodes[c], &new_id, &local);
+                let id = copy_node(&mut g, &f.nodes[c], &new_id, &local)?;
                 local.push((c, id));
             }
             let clone_of_v = local.iter().find(|(o, _)| o == v).map(|&(_, id)| id);
@@ -105,13 +95,13 @@ pub(crate) fn rematerialize(f: &Function) -> Function {
                 }
             }
         }
-        let id = copy_node(&mut g, &f.nodes[u], &new_id, &redirect[u]);
+        let id = copy_node(&mut g, &f.nodes[u], &new_id, &redirect[u])?;
         new_id.push(id);
     }
     for o in &mut g.outputs {
         o.value = new_id[o.value.index()];
     }
-    g
+    Ok(g)
 }
 
 /// Appends a copy of `src` to `g`, its operands renamed: those listed in `instead` (original
@@ -121,7 +111,7 @@ fn copy_node(
     src: &Node,
     new_id: &[ValueId],
     instead: &[(usize, ValueId)],
-) -> ValueId {
+) -> Result<ValueId, TypeError> {
     let args = src
         .args
         .iter()
@@ -131,12 +121,8 @@ fn copy_node(
                 .find(|(o, _)| *o == a.index())
                 .map_or(new_id[a.index()], |&(_, id)| id)
         })
-        .collect();
-    g.nodes.push(Node {
-        args,
-        ..src.clone()
-    });
-    ValueId((g.nodes.len() - 1) as u32)
+        .collect::<Vec<_>>();
+    g.add_copy(src, &args)
 }
 
 /// The first reader of the late phase: the reader after the widest gap between consecutive

@@ -271,7 +271,7 @@ fn gemm_shape(f: &Function, v: ValueId) -> Option<GemmShape> {
 /// for the loss) would hold it twice.
 fn frozen_values(f: &Function, live: &[bool], is_output: &[bool]) -> Vec<bool> {
     let n = f.nodes.len();
-    let users = crate::remat::users(f);
+    let users = f.users();
     let layout = |op: &Op| {
         matches!(
             op,
@@ -502,23 +502,11 @@ fn gemm_epilogues(
 pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenError> {
     let n = f.nodes.len();
     let numel = |v: usize| f.nodes[v].ty.numel();
-    let mut live = vec![false; n];
+    let live = f.live();
     let mut is_output = vec![false; n];
     for o in &f.outputs {
-        if let Some(l) = live.get_mut(o.value.index()) {
-            *l = true;
-        }
         if let Some(x) = is_output.get_mut(o.value.index()) {
             *x = true;
-        }
-    }
-    for v in (0..n).rev() {
-        if live[v] {
-            for a in &f.nodes[v].args {
-                if let Some(l) = live.get_mut(a.index()) {
-                    *l = true;
-                }
-            }
         }
     }
     let mut inline = vec![false; n];

@@ -66,7 +66,7 @@ fn run_test(test: &str, f: &Function, file: &Path) -> Option<String> {
                 let names: Vec<&str> = PASSES.iter().map(|p| p.name).collect();
                 at(&format!("no pass `{name}` (passes: {})", names.join(", ")))
             });
-            let g = p.run(f, &target());
+            let g = p.run(f, &target()).unwrap_or_else(|e| at(&e));
             verify_function(&g, usize::MAX).unwrap_or_else(|e| at(&e));
             Some(print_function(&g))
         }

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod dtype;
 pub mod graph;
 pub mod op;
+pub mod rewrite;
 pub mod text;
 pub mod verify;
 

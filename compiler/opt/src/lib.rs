@@ -40,7 +40,7 @@ pub const SOURCE: &[&str] = &[
 
 pub use run::{Limits, RunReport};
 
-use graft_ir::{Function, Op, ValueId};
+use graft_ir::{Function, Op};
 use std::collections::HashMap;
 
 /// What the optimizer is optimizing for.
@@ -126,7 +126,8 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
         },
     )
     .map_err(OptError::Invalid)?;
-    let func = inputs_first(f, out);
+    let func = inputs_first(f, &out)
+        .ok_or_else(|| OptError::Invalid("its inputs cannot be moved first".into()))?;
     graft_ir::verify_function(&func, usize::MAX).map_err(|e| OptError::Invalid(e.to_string()))?;
     Ok(Optimized {
         before: summarize(f, &opts.target),
@@ -140,7 +141,7 @@ pub fn optimize(f: &Function, opts: &Options) -> Result<Optimized, OptError> {
 }
 
 /// Reorders `out` so its inputs come first, in the order `original` declares them.
-fn inputs_first(original: &Function, out: Function) -> Function {
+fn inputs_first(original: &Function, out: &Function) -> Option<Function> {
     let order: HashMap<&str, usize> = original
         .inputs()
         .enumerate()
@@ -155,22 +156,7 @@ fn inputs_first(original: &Function, out: Function) -> Function {
         _ => usize::MAX,
     });
     idx.extend((0..n).filter(|&i| !matches!(out.nodes[i].op, Op::Input { .. })));
-    let mut remap = vec![ValueId(0); n];
-    for (new, &old) in idx.iter().enumerate() {
-        remap[old] = ValueId(new as u32);
-    }
-    let mut f = Function::new(out.name.clone());
-    for &old in &idx {
-        let mut node = out.nodes[old].clone();
-        for a in &mut node.args {
-            *a = remap[a.index()];
-        }
-        f.nodes.push(node);
-    }
-    for o in &out.outputs {
-        f.add_output(o.name.clone(), remap[o.value.index()]);
-    }
-    f
+    out.reordered(&idx)
 }
 
 #[cfg(test)]

@@ -805,37 +805,5 @@ impl<'a> Elaborator<'a> {
 
 /// Moves every input to the front (keeping their order) and drops nodes no output needs.
 fn tidy(f: Function) -> Function {
-    let n = f.nodes.len();
-    let mut live = vec![false; n];
-    for o in &f.outputs {
-        live[o.value.index()] = true;
-    }
-    for i in (0..n).rev() {
-        if live[i] {
-            for a in &f.nodes[i].args {
-                live[a.index()] = true;
-            }
-        }
-    }
-    let is_input = |i: usize| matches!(f.nodes[i].op, Op::Input { .. });
-    let order: Vec<usize> = (0..n)
-        .filter(|&i| is_input(i))
-        .chain((0..n).filter(|&i| !is_input(i) && live[i]))
-        .collect();
-    let mut remap = vec![ValueId(0); n];
-    for (new, &old) in order.iter().enumerate() {
-        remap[old] = ValueId(new as u32);
-    }
-    let mut out = Function::new(f.name.clone());
-    for &old in &order {
-        let mut node = f.nodes[old].clone();
-        for a in &mut node.args {
-            *a = remap[a.index()];
-        }
-        out.nodes.push(node);
-    }
-    for o in &f.outputs {
-        out.add_output(o.name.clone(), remap[o.value.index()]);
-    }
-    out
+    f.select(|v| matches!(f.nodes[v].op, Op::Input { .. }), true)
 }
