@@ -34,12 +34,8 @@ pub fn eval_function(forward: &Function) -> Result<Function, SessionError> {
         .ty
         .clone();
     let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
-    let loss = graft_autodiff::causal_lm_loss(
-        &mut graft_autodiff::emit::Emitter { f: &mut f },
-        logits,
-        labels,
-        -100,
-    )?;
+    let loss =
+        graft_autodiff::causal_lm_loss(&mut graft_ir::Emitter::new(&mut f), logits, labels, -100)?;
     f.add_output("loss", loss);
     graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
     Ok(f)

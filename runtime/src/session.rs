@@ -593,7 +593,7 @@ impl Session {
         let lab = f.add_input("labels", InputKind::Data, ids_ty, None);
         let penalty = self.program.module.function("penalty");
         let loss = graft_autodiff::training_loss(
-            &mut graft_autodiff::emit::Emitter { f: &mut f },
+            &mut graft_ir::Emitter::new(&mut f),
             logits,
             lab,
             -100,

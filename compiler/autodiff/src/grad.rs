@@ -4,7 +4,7 @@
 //! a gradient computed for it: the graph contains no dW for it at all.
 
 use crate::AdError;
-use crate::emit::Emitter;
+use graft_ir::Emitter;
 use graft_ir::{BinaryOp, Function, Op, ReduceOp, UnaryOp, ValueId};
 
 /// Which values depend on one of `wrt` through differentiable ops.
@@ -40,7 +40,7 @@ pub fn grad(f: &mut Function, loss: ValueId, wrt: &[ValueId]) -> Result<Vec<Valu
     let n_fwd = f.nodes.len();
     let need = needs_grad(f, wrt);
     let mut adj: Vec<Option<ValueId>> = vec![None; n_fwd];
-    let mut e = Emitter { f };
+    let mut e = Emitter::new(f);
     adj[loss.index()] = Some(e.constant(1.0, lt)?);
     for i in (0..n_fwd).rev() {
         let Some(g) = adj[i] else { continue };
@@ -65,7 +65,7 @@ pub fn grad(f: &mut Function, loss: ValueId, wrt: &[ValueId]) -> Result<Vec<Valu
     wrt.iter()
         .map(|w| match adj[w.index()] {
             Some(g) => Ok(g),
-            None => e.like(0.0, *w),
+            None => Ok(e.like(0.0, *w)?),
         })
         .collect()
 }
@@ -387,7 +387,7 @@ fn unbroadcast(e: &mut Emitter, g: ValueId, shape: &[usize]) -> Result<ValueId, 
         .filter(|&i| i < lead || (shape[i - lead] == 1 && gs[i] != 1))
         .collect();
     let s = e.reduce(ReduceOp::Sum, g, axes, false)?;
-    e.reshape(s, shape)
+    Ok(e.reshape(s, shape)?)
 }
 
 /// C = A'·B' with A' = ta ? Aᵀ : A, B' = tb ? Bᵀ : B: dA' = G·B'ᵀ, dB' = A'ᵀ·G. A rank-2
@@ -415,7 +415,7 @@ fn matmul_vjp(
     let got = e.ty(d).shape;
     if got.len() > target.len() {
         let axes: Vec<usize> = (0..got.len() - target.len()).collect();
-        return e.reduce(ReduceOp::Sum, d, axes, false);
+        return Ok(e.reduce(ReduceOp::Sum, d, axes, false)?);
     }
     Ok(d)
 }
@@ -460,7 +460,7 @@ fn gather_vjp(
     let d = e.reshape(d, &moved)?;
     // Axes now rows, pre, post: rows back to position `axis`.
     let back: Vec<usize> = (1..=np).chain([0]).chain(np + 1..tt.rank()).collect();
-    e.transpose(d, back)
+    Ok(e.transpose(d, back)?)
 }
 
 /// Same dtype, another shape.

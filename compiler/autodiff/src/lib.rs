@@ -5,7 +5,6 @@
 //! Frozen weights get no gradient computation at all: only values that depend on a trainable
 //! param carry adjoints.
 
-pub mod emit;
 pub mod grad;
 pub mod step;
 

@@ -24,8 +24,8 @@
 //! and `accum` keeps g.
 
 use crate::AdError;
-use crate::emit::Emitter;
 use crate::grad::grad;
+use graft_ir::Emitter;
 use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId};
 
 /// The optimizer.
@@ -204,7 +204,7 @@ pub fn causal_lm_loss(
     let total = e.sum_all(kept)?;
     let count = e.sum_all(mask)?;
     let mean = e.div(total, count)?;
-    e.neg(mean)
+    Ok(e.neg(mean)?)
 }
 
 /// The loss the step differentiates: [`causal_lm_loss`], plus `@penalty`'s output (inlined,
@@ -226,11 +226,11 @@ pub fn training_loss(
         .find(|(n, _)| n == "penalty")
         .map(|(_, v)| *v)
         .ok_or_else(|| AdError::Missing("output `penalty` of @penalty".into()))?;
-    e.add(loss, p)
+    Ok(e.add(loss, p)?)
 }
 
 fn scalar(e: &mut Emitter, x: f64) -> Result<ValueId, AdError> {
-    e.constant(x, TensorType::scalar(DType::F32))
+    Ok(e.constant(x, TensorType::scalar(DType::F32))?)
 }
 
 /// The schedule's factor for step `s` (an `f32[]` value).
@@ -270,7 +270,7 @@ fn schedule_factor(
     }
     let wv = scalar(e, w)?;
     let in_warmup = e.bin(BinaryOp::Lt, s, wv)?;
-    e.select(in_warmup, warm, after)
+    Ok(e.select(in_warmup, warm, after)?)
 }
 
 /// Builds `@train_step` from `@forward` (which must output `logits` and read `input_ids`).
@@ -333,7 +333,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         None
     };
 
-    let mut e = Emitter { f: &mut f };
+    let mut e = Emitter::new(&mut f);
     let loss = training_loss(
         &mut e,
         logits,

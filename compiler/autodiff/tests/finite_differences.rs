@@ -5,9 +5,9 @@
 //! gradient element must match (L(x + h·eᵢ) − L(x − h·eᵢ)) / 2h with h = 1e-6 to within
 //! 1e-6 · (1 + |g|) (absolute + relative, f64).
 
-use graft_autodiff::emit::Emitter;
 use graft_autodiff::grad;
 use graft_interp::{Tensor, run};
+use graft_ir::Emitter;
 use graft_ir::{BinaryOp, DType, Function, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId};
 use std::collections::HashMap;
 
@@ -40,11 +40,11 @@ fn check(name: &str, inputs: &[(&[usize], (f64, f64))], build: Build) {
             )
         })
         .collect();
-    let y = build(&mut Emitter { f: &mut f }, &xs);
+    let y = build(&mut Emitter::new(&mut f), &xs);
     let yt = f.ty(y).clone();
     let w = f.add_input("w", InputKind::Data, yt.clone(), None);
     let loss = {
-        let mut e = Emitter { f: &mut f };
+        let mut e = Emitter::new(&mut f);
         let yw = e.mul(y, w).expect("y·w");
         e.sum_all(yw).expect("Σ")
     };
@@ -286,7 +286,7 @@ fn stop_grad_blocks_the_gradient() {
         TensorType::new(DType::F64, vec![3]),
         None,
     );
-    let mut e = Emitter { f: &mut f };
+    let mut e = Emitter::new(&mut f);
     let s = e.op(Op::StopGrad, &[x]).expect("stop");
     let s = e.un(UnaryOp::Exp, s).expect("exp");
     let y = e.mul(s, x).expect("mul");
@@ -329,7 +329,7 @@ fn frozen_inputs_get_no_gradient_nodes() {
         TensorType::new(DType::F32, vec![2, 4]),
         None,
     );
-    let mut e = Emitter { f: &mut f };
+    let mut e = Emitter::new(&mut f);
     let y = e.matmul(x, w, false, true).expect("xWᵀ");
     let z = e.matmul(y, a, false, true).expect("·Aᵀ");
     let loss = e.sum_all(z).expect("Σ");

@@ -33,7 +33,9 @@
 //! label's pick and a masked mean, with or without the causal shift); any other use of the
 //! logits or the log-probabilities leaves the graph as it is.
 
-use graft_ir::{BinaryOp, DType, Function, Loc, Node, Op, ReduceOp, TensorType, UnaryOp, ValueId};
+use graft_ir::{
+    BinaryOp, DType, Emitter, Function, Loc, Node, Op, ReduceOp, TensorType, UnaryOp, ValueId,
+};
 
 /// The logits' size (elements) from which they are chunked: nothing to save below, and low
 /// enough that the tiny parity specs' training steps (`[2, 7, 256]` logits), checked against
@@ -408,52 +410,43 @@ fn row_shape(full: &TensorType) -> Vec<usize> {
     s
 }
 
-/// Appends nodes to the rewritten graph; `None` on a type error (the rewrite is dropped).
+/// Appends nodes to the rewritten graph through graft-ir's [`Emitter`] (each type-checked);
+/// `None` on a type error (the rewrite is dropped).
 struct Builder {
     g: Function,
     loc: Option<Loc>,
 }
 
 impl Builder {
-    fn add(&mut self, op: Op, args: &[ValueId]) -> Option<ValueId> {
-        self.g.add(op, args, self.loc).ok()
+    fn e(&mut self) -> Emitter<'_> {
+        Emitter::at(&mut self.g, self.loc)
     }
-    fn typed(&mut self, op: Op, args: &[ValueId], ty: TensorType) -> Option<ValueId> {
-        self.g.add_typed(op, args, Some(ty), self.loc).ok()
+    fn add(&mut self, op: Op, args: &[ValueId]) -> Option<ValueId> {
+        self.e().op(op, args).ok()
     }
     fn constant(&mut self, value: f64, ty: TensorType) -> Option<ValueId> {
-        self.typed(Op::Constant { value }, &[], ty)
+        self.e().constant(value, ty).ok()
     }
     fn bin(&mut self, op: BinaryOp, a: ValueId, b: ValueId) -> Option<ValueId> {
-        self.add(Op::Binary(op), &[a, b])
+        self.e().bin(op, a, b).ok()
     }
     fn un(&mut self, op: UnaryOp, a: ValueId) -> Option<ValueId> {
-        self.add(Op::Unary(op), &[a])
+        self.e().un(op, a).ok()
     }
     fn cast(&mut self, a: ValueId, dtype: DType) -> Option<ValueId> {
-        let ty = self.g.ty(a).with_dtype(dtype);
-        self.typed(Op::Cast, &[a], ty)
+        self.e().cast(a, dtype).ok()
     }
     fn broadcast(&mut self, a: ValueId, shape: &[usize]) -> Option<ValueId> {
-        let ty = TensorType::new(self.g.ty(a).dtype, shape.to_vec());
-        self.typed(Op::Broadcast, &[a], ty)
+        self.e().broadcast(a, shape).ok()
     }
     fn reshape(&mut self, a: ValueId, shape: &[usize]) -> Option<ValueId> {
-        let ty = TensorType::new(self.g.ty(a).dtype, shape.to_vec());
-        self.typed(Op::Reshape, &[a], ty)
+        self.e().reshape(a, shape).ok()
     }
     fn reduce(&mut self, op: ReduceOp, a: ValueId, axis: usize, keepdim: bool) -> Option<ValueId> {
-        self.add(
-            Op::Reduce {
-                op,
-                axes: vec![axis],
-                keepdim,
-            },
-            &[a],
-        )
+        self.e().reduce(op, a, vec![axis], keepdim).ok()
     }
     fn slice(&mut self, a: ValueId, axis: usize, start: usize, end: usize) -> Option<ValueId> {
-        self.add(Op::Slice { axis, start, end }, &[a])
+        self.e().slice(a, axis, start, end).ok()
     }
     /// `a + b` written as a reduction over the two stacked terms, so that the scheduler
     /// stores it where it stands: an elementwise `add` would be fused into its consumer, and

@@ -100,25 +100,8 @@ pub(crate) fn hoist_reductions(f: &Function) -> Function {
     if order.len() != n || order.iter().enumerate().all(|(i, &v)| i == v) {
         return f.clone();
     }
-    let mut new_index = vec![0u32; n];
-    for (i, &v) in order.iter().enumerate() {
-        new_index[v] = i as u32;
-    }
-    let mut g = f.clone();
-    g.nodes = order
-        .iter()
-        .map(|&v| {
-            let mut node = f.nodes[v].clone();
-            for a in &mut node.args {
-                *a = graft_ir::ValueId(new_index[a.index()]);
-            }
-            node
-        })
-        .collect();
-    for o in &mut g.outputs {
-        o.value = graft_ir::ValueId(new_index[o.value.index()]);
-    }
-    g
+    // `order` is a topological order of every node: renumbering it cannot fail.
+    f.reordered(&order).unwrap_or_else(|| f.clone())
 }
 
 #[cfg(test)]

@@ -13,13 +13,13 @@
 
 mod common;
 
-use graft_autodiff::emit::Emitter;
 use graft_autodiff::{AdError, grad};
 use graft_interp::{Tensor, run};
 use graft_ir::{
     BinaryOp, DType, Distribution, FactorOp, Function, InputKind, Module, Op, QuantFormat,
     QuantPart, ReduceOp, TensorType, UnaryOp, ValueId,
 };
+use graft_ir::{Emitter, TypeError};
 use std::collections::{BTreeSet, HashMap};
 
 /// The name of an op's kind; exhaustive over ops, so that a new op must be named (and
@@ -111,7 +111,7 @@ struct Case {
     /// Also the function's name: an IR identifier.
     name: String,
     floats: Vec<(Vec<usize>, (f64, f64))>,
-    body: fn(&mut Emitter, &Ctx) -> Result<ValueId, AdError>,
+    body: fn(&mut Emitter, &Ctx) -> Result<ValueId, TypeError>,
     grad: Grad,
     /// The operator of a unary or binary case.
     unary: Option<UnaryOp>,
@@ -123,7 +123,7 @@ impl Case {
         name: &str,
         floats: Vec<(Vec<usize>, (f64, f64))>,
         grad: Grad,
-        body: fn(&mut Emitter, &Ctx) -> Result<ValueId, AdError>,
+        body: fn(&mut Emitter, &Ctx) -> Result<ValueId, TypeError>,
     ) -> Case {
         Case {
             name: name.to_string(),
@@ -467,7 +467,7 @@ fn check_sorted(case: &Case) {
 }
 
 /// `a + 8·I` for a batch of square matrices `a`.
-fn shifted(e: &mut Emitter, a: ValueId) -> Result<ValueId, AdError> {
+fn shifted(e: &mut Emitter, a: ValueId) -> Result<ValueId, TypeError> {
     let t = e.ty(a);
     let r = t.rank();
     let i = e.op_typed(Op::Iota { axis: r - 2 }, &[], t.clone())?;
@@ -481,7 +481,7 @@ fn shifted(e: &mut Emitter, a: ValueId) -> Result<ValueId, AdError> {
 /// The solve case's oracle: in f64, (A + 8·I)·X − B is zero within 1e-12.
 fn check_solve_residual(case: &Case) {
     let (mut f, x, y) = build(case, DType::F64);
-    let mut e = Emitter { f: &mut f };
+    let mut e = Emitter::new(&mut f);
     let a = shifted(&mut e, x[0]).unwrap();
     let ax = e.matmul(a, y, false, false).unwrap();
     let d = e.sub(ax, x[1]).unwrap();
@@ -528,7 +528,7 @@ fn build(case: &Case, dt: DType) -> (Function, Vec<ValueId>, ValueId) {
         unary: case.unary,
         binary: case.binary,
     };
-    let y = (case.body)(&mut Emitter { f: &mut f }, &ctx)
+    let y = (case.body)(&mut Emitter::new(&mut f), &ctx)
         .unwrap_or_else(|e| panic!("{}: {e}", case.name));
     (f, x, y)
 }
@@ -584,7 +584,7 @@ fn with_gradients_in(case: &Case, dt: DType) -> Result<Function, AdError> {
     let yt = f.ty(y).clone();
     let w = f.add_input("w", InputKind::Data, yt, None);
     let loss = {
-        let mut e = Emitter { f: &mut f };
+        let mut e = Emitter::new(&mut f);
         let yw = e.mul(y, w)?;
         e.sum_all(yw)?
     };

@@ -7,6 +7,7 @@
 //! against them, and [`text`] gives a text form with `print(parse(s)) == s`.
 
 pub mod attr;
+pub mod build;
 pub mod decode;
 pub mod dtype;
 pub mod graph;
@@ -16,6 +17,7 @@ pub mod text;
 pub mod verify;
 
 pub use attr::{AttrValue, Attrs};
+pub use build::Emitter;
 pub use dtype::{DType, Shape, TensorType, shape_str};
 pub use graph::{Function, InputRef, Loc, Module, Node, Output, ValueId};
 pub use op::{

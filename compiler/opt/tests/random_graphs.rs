@@ -5,7 +5,7 @@
 
 mod common;
 
-use graft_autodiff::emit::Emitter;
+use graft_ir::Emitter;
 use graft_ir::{DType, Function, InputKind, Op, TensorType, UnaryOp, ValueId};
 use graft_opt::{Mode, Options, optimize};
 
@@ -37,7 +37,7 @@ fn generate(seed: u64) -> Function {
         .collect();
     let a = f.add_input("a", InputKind::Param, t(&[2, 8]), None);
     let b = f.add_input("b", InputKind::Param, t(&[8, 2]), None);
-    let mut e = Emitter { f: &mut f };
+    let mut e = Emitter::new(&mut f);
     let mut pool: Vec<ValueId> = vec![x];
     for _ in 0..8 {
         let v = pool[rng.below(pool.len())];
