@@ -5,7 +5,7 @@
 
 use crate::AdError;
 use graft_ir::Emitter;
-use graft_ir::{BinaryOp, Function, Op, ReduceOp, UnaryOp, ValueId};
+use graft_ir::{BinaryOp, Function, Op, OpClass, ReduceOp, UnaryOp, ValueId};
 
 /// Which values depend on one of `wrt` through differentiable ops.
 pub fn needs_grad(f: &Function, wrt: &[ValueId]) -> Vec<bool> {
@@ -14,15 +14,10 @@ pub fn needs_grad(f: &Function, wrt: &[ValueId]) -> Vec<bool> {
         need[w.index()] = true;
     }
     for (i, n) in f.nodes.iter().enumerate() {
+        // Inputs and generated values start no gradient path; `stop_grad` ends one.
         let differentiable = n.ty.dtype.is_float()
-            && !matches!(
-                n.op,
-                Op::StopGrad
-                    | Op::Input { .. }
-                    | Op::Constant { .. }
-                    | Op::Iota { .. }
-                    | Op::Random { .. }
-            );
+            && !matches!(n.op.class(), OpClass::Input | OpClass::Generator)
+            && n.op != Op::StopGrad;
         if differentiable && n.args.iter().any(|a| need[a.index()]) {
             need[i] = true;
         }

@@ -27,7 +27,7 @@ const MAX_CONTRACTION: usize = 128;
 /// gathers, random draws, which are functions of their seed), reductions, softmax, matmuls
 /// (further limited in [`closure`]).
 fn repeatable(op: &Op) -> bool {
-    crate::schedule::fusable(op)
+    op.class().fuses()
         || matches!(
             op,
             Op::Reduce { .. } | Op::Softmax { .. } | Op::MatMul { .. }

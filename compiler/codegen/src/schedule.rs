@@ -24,7 +24,7 @@ use crate::CodegenError;
 use crate::gemm::GemmShape;
 use crate::host::CpuTarget;
 use crate::kernels::{fused_range, reduce_rows, scalar_matmul};
-use graft_ir::{BinaryOp, DType, Function, InputKind, Op, TensorType, ValueId};
+use graft_ir::{BinaryOp, DType, Function, InputKind, Op, OpClass, TensorType, ValueId};
 
 /// What one step of a compiled function does.
 #[derive(Clone, Debug, PartialEq)]
@@ -158,46 +158,16 @@ impl Plan {
     }
 }
 
-/// True for ops that can be computed inside a consumer's loop.
+/// True for ops that can be computed inside a consumer's loop (their class fuses).
 pub(crate) fn fusable(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Constant { .. }
-            | Op::Iota { .. }
-            | Op::Unary(_)
-            | Op::Binary(_)
-            | Op::Select
-            | Op::Cast
-            | Op::Broadcast
-            | Op::Transpose { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Gather { .. }
-            | Op::Random { .. }
-            | Op::Dropout { .. }
-            | Op::Dequantize { .. }
-            | Op::Reshape
-            | Op::StopGrad
-    )
+    op.class().fuses()
 }
 
 /// True for ops cheap enough to recompute in every consumer: a constant, an index remap, or
 /// a `select` (a compare and a choice; storing a large masked value, as the loss's, costs
 /// more than choosing again in each pass of its consumer).
 fn cheap(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Constant { .. }
-            | Op::Iota { .. }
-            | Op::Broadcast
-            | Op::Transpose { .. }
-            | Op::Slice { .. }
-            | Op::Concat { .. }
-            | Op::Gather { .. }
-            | Op::Reshape
-            | Op::StopGrad
-            | Op::Select
-    )
+    op.class().is_layout() || matches!(op, Op::Constant { .. } | Op::Iota { .. } | Op::Select)
 }
 
 /// Whether `node` costs one operand load and one operation per element: a unary op, a cast,
@@ -272,15 +242,14 @@ fn gemm_shape(f: &Function, v: ValueId) -> Option<GemmShape> {
 fn frozen_values(f: &Function, live: &[bool], is_output: &[bool]) -> Vec<bool> {
     let n = f.nodes.len();
     let users = f.users();
+    // The layout ops a pack reads through: views, and remaps that neither repeat nor pick
+    // elements (broadcast, gather) .
     let layout = |op: &Op| {
-        matches!(
-            op,
-            Op::Concat { .. }
-                | Op::Slice { .. }
-                | Op::Transpose { .. }
-                | Op::Reshape
-                | Op::StopGrad
-        )
+        op.class() == OpClass::View
+            || matches!(
+                op,
+                Op::Concat { .. } | Op::Slice { .. } | Op::Transpose { .. }
+            )
     };
     // `b_only[v]`: every live reader of v is a matmul reading it as B, or a layout op whose
     // value is itself b_only (readers come after v: decided from the end).
@@ -302,11 +271,9 @@ fn frozen_values(f: &Function, live: &[bool], is_output: &[bool]) -> Vec<bool> {
     for (v, node) in f.nodes.iter().enumerate() {
         frozen[v] = match &node.op {
             Op::Input { kind, .. } => *kind == InputKind::Weight && b_only[v],
-            Op::Concat { .. }
-            | Op::Slice { .. }
-            | Op::Transpose { .. }
-            | Op::Reshape
-            | Op::StopGrad => !node.args.is_empty() && node.args.iter().all(|a| frozen[a.index()]),
+            op if layout(op) => {
+                !node.args.is_empty() && node.args.iter().all(|a| frozen[a.index()])
+            }
             _ => false,
         };
     }

@@ -8,6 +8,7 @@
 
 pub mod attr;
 pub mod build;
+pub mod class;
 pub mod decode;
 pub mod dtype;
 pub mod graph;
@@ -18,6 +19,7 @@ pub mod verify;
 
 pub use attr::{AttrValue, Attrs};
 pub use build::Emitter;
+pub use class::OpClass;
 pub use dtype::{DType, Shape, TensorType, shape_str};
 pub use graph::{Function, InputRef, Loc, Module, Node, Output, ValueId};
 pub use op::{

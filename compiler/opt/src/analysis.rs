@@ -96,11 +96,12 @@ impl Analysis<G> for TensorAnalysis {
         let splats: Vec<Option<f64>> = arg_info.iter().map(|i| i.splat()).collect();
         let splat = match &op {
             Op::Constant { value } => Some(*value),
-            Op::Broadcast
-            | Op::Reshape
-            | Op::Transpose { .. }
-            | Op::Slice { .. }
-            | Op::StopGrad => splats[0],
+            // A layout op of one operand that neither picks nor joins elements keeps a splat.
+            op if op.class().is_layout()
+                && !matches!(op, Op::Concat { .. } | Op::Gather { .. }) =>
+            {
+                splats[0]
+            }
             Op::Binary(b) if splats.iter().all(Option::is_some) && ty.dtype.is_float() => {
                 let (x, y) = (splats[0].unwrap_or(0.0), splats[1].unwrap_or(0.0));
                 match b {
