@@ -232,7 +232,14 @@ pub(crate) fn lower(
                     (StepKind::MatMulScalar(m), _) => emit_matmul_scalar(&mut k, root, m)?,
                     (StepKind::Pack(s), _) => emit_pack_computed(&mut k, root, s, target)?,
                     (StepKind::PackA(s), _) => emit_pack_a(&mut k, s, target)?,
-                    _ => emit_fused(&mut k, root)?,
+                    (StepKind::Fused, _) => emit_fused(&mut k, root)?,
+                    (kind, op) => {
+                        return Err(CodegenError::Internal(format!(
+                            "%{}: the schedule made a {kind:?} step of `{}`, which lowering has no kernel for",
+                            root.index(),
+                            op.name()
+                        )));
+                    }
                 };
                 let mut params: Vec<String> = k
                     .args
