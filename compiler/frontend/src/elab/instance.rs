@@ -912,6 +912,52 @@ impl<'a> Elaborator<'a> {
         })
     }
 
+    /// The trainable param of this adapter called `n` (a `peft_mask`/`peft_stack` entry).
+    fn adapter_param(&self, env: &Env, n: &Ident, member: &str) -> Result<DeclId, Diagnostic> {
+        match env.get(&n.name) {
+            Some(Value::Decl(id)) if self.decls[*id].kind == DeclKind::Param => Ok(*id),
+            _ => Err(Diagnostic::error(
+                n.span,
+                format!("`{}` is not a trainable param of this adapter", n.name),
+                "not a param",
+            )
+            .with_help(format!("`{member}` names params declared before it"))),
+        }
+    }
+
+    /// A `param: axis` entry of `member`: the param and an axis in range for it. `example`
+    /// completes the help's `member "…`.
+    fn param_axis(
+        &mut self,
+        a: &'a Arg,
+        env: &mut Env,
+        member: &str,
+        example: &str,
+    ) -> Result<(DeclId, usize), Diagnostic> {
+        let Some(name) = &a.name else {
+            return Err(Diagnostic::error(
+                a.value.span,
+                format!("`{member}` lists `param: axis` pairs"),
+                "unnamed",
+            )
+            .with_help(format!("e.g. `{member} \"{example}`")));
+        };
+        let id = self.adapter_param(env, name, member)?;
+        let axis = self.eval_int(&a.value, env)?;
+        let rank = self.decls[id].ty.rank() as i64;
+        if !(0..rank).contains(&axis) {
+            return Err(Diagnostic::error(
+                a.value.span,
+                format!(
+                    "axis {axis} is out of range for `{}`, of rank {rank}",
+                    name.name
+                ),
+                "bad axis",
+            ));
+        }
+        Ok((id, axis as usize))
+    }
+
     /// A `peft_stack` member: its key, its parts' paths and their one axis.
     fn peft_stack(
         &mut self,
@@ -932,37 +978,9 @@ impl<'a> Elaborator<'a> {
         let mut paths = Vec::new();
         let mut axis: Option<(i64, Span)> = None;
         for a in parts {
-            let Some(name) = &a.name else {
-                return Err(Diagnostic::error(
-                    a.value.span,
-                    "`peft_stack` lists `param: axis` pairs",
-                    "unnamed",
-                )
-                .with_help("e.g. `peft_stack \"prompt_embeddings\" { K: 1, V: 1 }`"));
-            };
-            let id = match env.get(&name.name) {
-                Some(Value::Decl(id)) if self.decls[*id].kind == DeclKind::Param => *id,
-                _ => {
-                    return Err(Diagnostic::error(
-                        name.span,
-                        format!("`{}` is not a trainable param of this adapter", name.name),
-                        "not a param",
-                    )
-                    .with_help("`peft_stack` names params declared before it"));
-                }
-            };
-            let ax = self.eval_int(&a.value, env)?;
-            let rank = self.decls[id].ty.rank() as i64;
-            if !(0..rank).contains(&ax) {
-                return Err(Diagnostic::error(
-                    a.value.span,
-                    format!(
-                        "axis {ax} is out of range for `{}`, of rank {rank}",
-                        name.name
-                    ),
-                    "bad axis",
-                ));
-            }
+            let (id, ax) =
+                self.param_axis(a, env, "peft_stack", "prompt_embeddings\" { K: 1, V: 1 }")?;
+            let ax = ax as i64;
             match axis {
                 Some((first, at)) if first != ax => {
                     return Err(Diagnostic::error(
@@ -998,40 +1016,18 @@ impl<'a> Elaborator<'a> {
         axes: &'a [Arg],
         env: &mut Env,
     ) -> Result<super::PeftMask, Diagnostic> {
-        let decl = |el: &Self, env: &Env, n: &Ident| match env.get(&n.name) {
-            Some(Value::Decl(id)) if el.decls[*id].kind == DeclKind::Param => Ok(*id),
-            _ => Err(Diagnostic::error(
-                n.span,
-                format!("`{}` is not a trainable param of this adapter", n.name),
-                "not a param",
-            )
-            .with_help("`peft_mask` names params declared before it")),
-        };
-        let key = self.decls[decl(self, env, key)?].path.clone();
+        let key = self.decls[self.adapter_param(env, key, "peft_mask")?]
+            .path
+            .clone();
         let mut cut = Vec::new();
         for a in axes {
-            let Some(name) = &a.name else {
-                return Err(Diagnostic::error(
-                    a.value.span,
-                    "`peft_mask` lists `param: axis` pairs",
-                    "unnamed",
-                )
-                .with_help("e.g. `peft_mask \"rank_pattern\" at E { A: 0, E: 0, B: 1 }`"));
-            };
-            let id = decl(self, env, name)?;
-            let axis = self.eval_int(&a.value, env)?;
-            let rank = self.decls[id].ty.rank() as i64;
-            if !(0..rank).contains(&axis) {
-                return Err(Diagnostic::error(
-                    a.value.span,
-                    format!(
-                        "axis {axis} is out of range for `{}`, of rank {rank}",
-                        name.name
-                    ),
-                    "bad axis",
-                ));
-            }
-            cut.push((self.decls[id].path.clone(), axis as usize));
+            let (id, axis) = self.param_axis(
+                a,
+                env,
+                "peft_mask",
+                "rank_pattern\" at E { A: 0, E: 0, B: 1 }",
+            )?;
+            cut.push((self.decls[id].path.clone(), axis));
         }
         Ok(super::PeftMask {
             field: field.value.clone(),
