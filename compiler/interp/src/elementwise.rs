@@ -7,6 +7,7 @@
 
 use crate::tensor::{Data, Num, build, round_f32};
 use crate::{Ctx, InterpError, Tensor};
+use graft_ir::scalar::IntError;
 use graft_ir::{BinaryOp, UnaryOp};
 
 /// `constant{value}`: every element is `value` converted to the node dtype like `cast`.
@@ -26,41 +27,9 @@ pub(crate) fn iota(ctx: &Ctx<'_>, axis: usize) -> Result<Tensor, InterpError> {
     ctx.result(build(ctx.ty.dtype, vals))
 }
 
-/// Generates the unary float function for one float type.
-macro_rules! unary_float {
-    ($name:ident, $t:ty) => {
-        /// The unary op on one float, or `None` for ops undefined on floats.
-        fn $name(u: UnaryOp, x: $t) -> Option<$t> {
-            Some(match u {
-                UnaryOp::Neg => -x,
-                UnaryOp::Exp => x.exp(),
-                UnaryOp::Log => x.ln(),
-                UnaryOp::Sqrt => x.sqrt(),
-                UnaryOp::Rsqrt => 1.0 / x.sqrt(),
-                UnaryOp::Sin => x.sin(),
-                UnaryOp::Cos => x.cos(),
-                UnaryOp::Tanh => x.tanh(),
-                UnaryOp::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-                UnaryOp::Silu => x / (1.0 + (-x).exp()),
-                UnaryOp::Relu => {
-                    if x < 0.0 {
-                        0.0
-                    } else {
-                        x
-                    }
-                }
-                UnaryOp::Abs => x.abs(),
-                UnaryOp::Recip => 1.0 / x,
-                UnaryOp::Not => return None,
-            })
-        }
-    };
-}
-unary_float!(unary_f32, f32);
-unary_float!(unary_f64, f64);
-
-/// An elementwise unary op. Floats: see [`unary_f32`]. `neg`/`abs` on `i64`/`i32` wrap
-/// (`i64::MIN` stays `i64::MIN`); `abs` on `u8`/`u4` is the identity; `not` on bool.
+/// An elementwise unary op, each element by [`UnaryOp`]'s scalar formulas
+/// ([`graft_ir::scalar`]): floats in `f32` (rounded to the node dtype) or `f64`, `neg`/`abs`
+/// on `i64`/`i32` wrapping; `abs` on `u8`/`u4` is the identity; `not` on bool.
 pub(crate) fn unary(ctx: &Ctx<'_>, u: UnaryOp) -> Result<Tensor, InterpError> {
     let x = ctx.arg(0)?;
     let dt = ctx.ty.dtype;
@@ -68,103 +37,39 @@ pub(crate) fn unary(ctx: &Ctx<'_>, u: UnaryOp) -> Result<Tensor, InterpError> {
     let data = match (x.data(), u) {
         (Data::F32(v), _) => Data::F32(
             v.iter()
-                .map(|&a| unary_f32(u, a).map(|r| round_f32(dt, r)))
+                .map(|&a| u.eval_float(a).map(|r| round_f32(dt, r)))
                 .collect::<Option<_>>()
                 .ok_or_else(undefined)?,
         ),
         (Data::F64(v), _) => Data::F64(
             v.iter()
-                .map(|&a| unary_f64(u, a))
+                .map(|&a| u.eval_float(a))
                 .collect::<Option<_>>()
                 .ok_or_else(undefined)?,
         ),
-        (Data::I64(v), UnaryOp::Neg) => Data::I64(v.iter().map(|a| a.wrapping_neg()).collect()),
-        (Data::I64(v), UnaryOp::Abs) => Data::I64(v.iter().map(|a| a.wrapping_abs()).collect()),
-        (Data::I32(v), UnaryOp::Neg) => Data::I32(v.iter().map(|a| a.wrapping_neg()).collect()),
-        (Data::I32(v), UnaryOp::Abs) => Data::I32(v.iter().map(|a| a.wrapping_abs()).collect()),
+        (Data::I64(v), _) => Data::I64(
+            v.iter()
+                .map(|&a| u.eval_int(a))
+                .collect::<Option<_>>()
+                .ok_or_else(undefined)?,
+        ),
+        (Data::I32(v), _) => Data::I32(
+            v.iter()
+                .map(|&a| u.eval_int(a))
+                .collect::<Option<_>>()
+                .ok_or_else(undefined)?,
+        ),
         (Data::U8(_) | Data::U4(_), UnaryOp::Abs) => x.data().clone(),
-        (Data::Bool(v), UnaryOp::Not) => Data::Bool(v.iter().map(|a| !a).collect()),
+        (Data::Bool(v), _) => Data::Bool(
+            v.iter()
+                .map(|&a| u.eval_bool(a))
+                .collect::<Option<_>>()
+                .ok_or_else(undefined)?,
+        ),
         _ => return Err(undefined()),
     };
     ctx.result(data)
 }
-
-/// Generates the binary float function for one float type.
-macro_rules! binary_float {
-    ($name:ident, $t:ty) => {
-        /// The arithmetic binary op on two floats, or `None` for comparisons and logic.
-        /// `max`/`min` return NaN when either operand is NaN (and `a` on ties).
-        fn $name(b: BinaryOp, x: $t, y: $t) -> Option<$t> {
-            Some(match b {
-                BinaryOp::Add => x + y,
-                BinaryOp::Sub => x - y,
-                BinaryOp::Mul => x * y,
-                BinaryOp::Div => x / y,
-                BinaryOp::Pow => x.powf(y),
-                BinaryOp::Max => {
-                    if x.is_nan() || y.is_nan() {
-                        <$t>::NAN
-                    } else if y > x {
-                        y
-                    } else {
-                        x
-                    }
-                }
-                BinaryOp::Min => {
-                    if x.is_nan() || y.is_nan() {
-                        <$t>::NAN
-                    } else if y < x {
-                        y
-                    } else {
-                        x
-                    }
-                }
-                _ => return None,
-            })
-        }
-    };
-}
-binary_float!(binary_f32, f32);
-binary_float!(binary_f64, f64);
-
-/// A comparison on any ordered element type (IEEE semantics for floats).
-fn compare<T: PartialOrd>(b: BinaryOp, x: T, y: T) -> Option<bool> {
-    Some(match b {
-        BinaryOp::Eq => x == y,
-        BinaryOp::Ne => x != y,
-        BinaryOp::Lt => x < y,
-        BinaryOp::Le => x <= y,
-        BinaryOp::Gt => x > y,
-        BinaryOp::Ge => x >= y,
-        _ => return None,
-    })
-}
-
-/// Generates integer arithmetic for one signed integer type.
-macro_rules! binary_int {
-    ($name:ident, $t:ty) => {
-        /// Integer `add`/`sub`/`mul` (wrapping), `div` (toward zero; `Err` on zero; `MIN / -1`
-        /// wraps), `max`, `min`; `Ok(None)` for ops undefined on integers.
-        fn $name(b: BinaryOp, x: $t, y: $t) -> Result<Option<$t>, ()> {
-            Ok(Some(match b {
-                BinaryOp::Add => x.wrapping_add(y),
-                BinaryOp::Sub => x.wrapping_sub(y),
-                BinaryOp::Mul => x.wrapping_mul(y),
-                BinaryOp::Div => {
-                    if y == 0 {
-                        return Err(());
-                    }
-                    x.wrapping_div(y)
-                }
-                BinaryOp::Max => x.max(y),
-                BinaryOp::Min => x.min(y),
-                _ => return Ok(None),
-            }))
-        }
-    };
-}
-binary_int!(binary_i64, i64);
-binary_int!(binary_i32, i32);
 
 /// Applies `f` pairwise, mapping `None` to "undefined" and `Err` to division by zero.
 fn zip_map<T: Copy, R>(
@@ -195,9 +100,9 @@ pub(crate) fn binary(ctx: &Ctx<'_>, b: BinaryOp) -> Result<Tensor, InterpError> 
             let n = x.numel().min(y.numel());
             let v: Vec<bool> = (0..n)
                 .map(|i| match (x.data().num(i), y.data().num(i)) {
-                    (Num::F(p), Num::F(q)) => compare(b, p, q),
-                    (Num::I(p), Num::I(q)) => compare(b, p, q),
-                    (Num::B(p), Num::B(q)) => compare(b, p, q),
+                    (Num::F(p), Num::F(q)) => b.compare(p, q),
+                    (Num::I(p), Num::I(q)) => b.compare(p, q),
+                    (Num::B(p), Num::B(q)) => b.compare(p, q),
                     _ => None,
                 })
                 .collect::<Option<_>>()
@@ -205,41 +110,37 @@ pub(crate) fn binary(ctx: &Ctx<'_>, b: BinaryOp) -> Result<Tensor, InterpError> 
             Data::Bool(v)
         }
         (Data::F32(p), Data::F32(q)) => Data::F32(zip_map(ctx, b, p, q, |a, c| {
-            Ok(binary_f32(b, a, c).map(|r| round_f32(dt, r)))
+            Ok(b.eval_float(a, c).map(|r| round_f32(dt, r)))
         })?),
         (Data::F64(p), Data::F64(q)) => {
-            Data::F64(zip_map(ctx, b, p, q, |a, c| Ok(binary_f64(b, a, c)))?)
+            Data::F64(zip_map(ctx, b, p, q, |a, c| Ok(b.eval_float(a, c)))?)
         }
         (Data::I64(p), Data::I64(q)) => {
-            Data::I64(zip_map(ctx, b, p, q, |a, c| binary_i64(b, a, c))?)
+            Data::I64(zip_map(ctx, b, p, q, |a, c| int(b.eval_int(a, c)))?)
         }
         (Data::I32(p), Data::I32(q)) => {
-            Data::I32(zip_map(ctx, b, p, q, |a, c| binary_i32(b, a, c))?)
+            Data::I32(zip_map(ctx, b, p, q, |a, c| int(b.eval_int(a, c)))?)
         }
         (Data::U8(p), Data::U8(q)) => {
-            Data::U8(zip_map(ctx, b, p, q, |a, c| Ok(unsigned(b, a, c)))?)
+            Data::U8(zip_map(ctx, b, p, q, |a, c| Ok(b.eval_unsigned(a, c)))?)
         }
         (Data::U4(p), Data::U4(q)) => {
-            Data::U4(zip_map(ctx, b, p, q, |a, c| Ok(unsigned(b, a, c)))?)
+            Data::U4(zip_map(ctx, b, p, q, |a, c| Ok(b.eval_unsigned(a, c)))?)
         }
-        (Data::Bool(p), Data::Bool(q)) => Data::Bool(zip_map(ctx, b, p, q, |a, c| {
-            Ok(match b {
-                BinaryOp::And | BinaryOp::Min => Some(a && c),
-                BinaryOp::Or | BinaryOp::Max => Some(a || c),
-                _ => None,
-            })
-        })?),
+        (Data::Bool(p), Data::Bool(q)) => {
+            Data::Bool(zip_map(ctx, b, p, q, |a, c| Ok(b.eval_bool(a, c)))?)
+        }
         _ => return Err(ctx.unsupported("operands have different storage")),
     };
     ctx.result(data)
 }
 
-/// `max`/`min` on unsigned codes; other ops are undefined on `u8`/`u4`.
-fn unsigned(b: BinaryOp, x: u8, y: u8) -> Option<u8> {
-    match b {
-        BinaryOp::Max => Some(x.max(y)),
-        BinaryOp::Min => Some(x.min(y)),
-        _ => None,
+/// An integer result in [`zip_map`]'s terms: undefined is `None`, division by zero `Err`.
+fn int<T>(r: Result<T, IntError>) -> Result<Option<T>, ()> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(IntError::Undefined) => Ok(None),
+        Err(IntError::DivisionByZero) => Err(()),
     }
 }
 
@@ -269,24 +170,4 @@ pub(crate) fn cast(ctx: &Ctx<'_>) -> Result<Tensor, InterpError> {
     }
     let d = x.data();
     ctx.result(build(ctx.ty.dtype, (0..d.len()).map(|i| d.num(i))))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn float_max_min_propagate_nan() {
-        assert!(binary_f32(BinaryOp::Max, f32::NAN, 1.0).is_some_and(f32::is_nan));
-        assert!(binary_f32(BinaryOp::Min, 1.0, f32::NAN).is_some_and(f32::is_nan));
-        assert_eq!(binary_f64(BinaryOp::Max, 1.0, 2.0), Some(2.0));
-    }
-
-    #[test]
-    fn int_division() {
-        assert_eq!(binary_i64(BinaryOp::Div, -7, 2), Ok(Some(-3)));
-        assert_eq!(binary_i32(BinaryOp::Div, 1, 0), Err(()));
-        assert_eq!(binary_i64(BinaryOp::Div, i64::MIN, -1), Ok(Some(i64::MIN)));
-        assert_eq!(binary_i64(BinaryOp::Add, i64::MAX, 1), Ok(Some(i64::MIN)));
-    }
 }

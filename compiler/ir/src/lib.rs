@@ -14,6 +14,7 @@ pub mod dtype;
 pub mod graph;
 pub mod op;
 pub mod rewrite;
+pub mod scalar;
 pub mod text;
 pub mod verify;
 

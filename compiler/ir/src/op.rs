@@ -894,10 +894,10 @@ impl Op {
             message,
             operands: args.iter().map(|t| (*t).clone()).collect(),
         };
-        if let Some(n) = self.arity() {
-            if args.len() != n {
-                return Err(err(format!("expects {n} operand(s), got {}", args.len())));
-            }
+        if let Some(n) = self.arity()
+            && args.len() != n
+        {
+            return Err(err(format!("expects {n} operand(s), got {}", args.len())));
         }
         let declared = || -> Result<TensorType, TypeError> {
             declared

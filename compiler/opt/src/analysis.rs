@@ -102,13 +102,13 @@ impl Analysis<G> for TensorAnalysis {
             {
                 splats[0]
             }
-            Op::Binary(b) if splats.iter().all(Option::is_some) && ty.dtype.is_float() => {
-                let (x, y) = (splats[0].unwrap_or(0.0), splats[1].unwrap_or(0.0));
-                match b {
-                    BinaryOp::Add => Some(x + y),
-                    BinaryOp::Sub => Some(x - y),
-                    BinaryOp::Mul => Some(x * y),
-                    BinaryOp::Div if y != 0.0 => Some(x / y),
+            // Arithmetic on two float splats folds by the scalar table (not a division by 0).
+            Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub | BinaryOp::Mul | BinaryOp::Div))
+                if ty.dtype.is_float() =>
+            {
+                match (splats[0], splats[1]) {
+                    (_, Some(y)) if *b == BinaryOp::Div && y == 0.0 => None,
+                    (Some(x), Some(y)) => b.eval_float(x, y),
                     _ => None,
                 }
             }

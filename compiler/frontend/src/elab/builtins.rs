@@ -10,23 +10,9 @@ use graft_ir::{
     BinaryOp, DType, Distribution, FactorOp, InputKind, Op, ReduceOp, TensorType, UnaryOp, ValueId,
 };
 
-/// Every built-in function name.
-const BUILTINS: &[&str] = &[
-    "exp",
-    "log",
-    "sqrt",
-    "rsqrt",
-    "sin",
-    "cos",
-    "tanh",
-    "sigmoid",
-    "silu",
-    "relu",
-    "abs",
-    "recip",
-    "pow",
-    "max",
-    "min",
+/// The built-ins that are not one op of an op table: reductions by their source names,
+/// layout, initializers, shape queries, conversions and the rest.
+const SURFACE: &[&str] = &[
     "sum",
     "mean",
     "amax",
@@ -66,20 +52,23 @@ const BUILTINS: &[&str] = &[
     "int",
     "float",
     "floor",
-    "svd_u",
-    "svd_s",
-    "svd_vh",
-    "qr_q",
-    "qr_r",
     "solve",
     "sort",
     "grad",
     "across",
 ];
 
-/// True for a built-in function name.
+/// True for a built-in function name: an elementwise op's (every unary op but `neg` and
+/// `not`, which are operators; `pow`, `max`, `min`), a factorization's, or one of
+/// [`SURFACE`].
 pub fn is_builtin(name: &str) -> bool {
-    BUILTINS.contains(&name)
+    UnaryOp::from_name(name).is_some_and(|u| !matches!(u, UnaryOp::Neg | UnaryOp::Not))
+        || matches!(
+            BinaryOp::from_name(name),
+            Some(BinaryOp::Pow | BinaryOp::Max | BinaryOp::Min)
+        )
+        || FactorOp::from_name(name).is_some()
+        || SURFACE.contains(&name)
 }
 
 /// Positional and named arguments of one built-in call.
@@ -388,28 +377,17 @@ impl<'a> Elaborator<'a> {
         if let Some(u) = UnaryOp::from_name(name) {
             let x = a.need(0, "x")?;
             if let Some(f) = as_f64(&x.value) {
-                let r = match u {
-                    UnaryOp::Exp => f.exp(),
-                    UnaryOp::Log => f.ln(),
-                    UnaryOp::Sqrt => f.sqrt(),
-                    UnaryOp::Rsqrt => 1.0 / f.sqrt(),
-                    UnaryOp::Sin => f.sin(),
-                    UnaryOp::Cos => f.cos(),
-                    UnaryOp::Tanh => f.tanh(),
-                    UnaryOp::Sigmoid => 1.0 / (1.0 + (-f).exp()),
-                    UnaryOp::Silu => f / (1.0 + (-f).exp()),
-                    UnaryOp::Relu => f.max(0.0),
-                    UnaryOp::Abs => {
-                        if let Value::Int(i) = x.value {
-                            return Ok(Value::Int(i.abs()));
-                        }
-                        f.abs()
-                    }
-                    UnaryOp::Recip => 1.0 / f,
-                    UnaryOp::Neg => -f,
-                    UnaryOp::Not => {
-                        return Err(Diagnostic::error(x.span, "`not` needs a bool", "here"));
-                    }
+                if let (UnaryOp::Abs, Value::Int(i)) = (u, &x.value) {
+                    return i.checked_abs().map(Value::Int).ok_or_else(|| {
+                        Diagnostic::error(span, "integer overflow", "in this call")
+                    });
+                }
+                let Some(r) = u.eval_float(f) else {
+                    return Err(Diagnostic::error(
+                        x.span,
+                        format!("`{name}` needs a bool"),
+                        "here",
+                    ));
                 };
                 if !r.is_finite() {
                     return Err(Diagnostic::error(
@@ -441,11 +419,8 @@ impl<'a> Elaborator<'a> {
                     }
                     (p, q) if as_f64(p).is_some() && as_f64(q).is_some() => {
                         let (p, q) = (as_f64(p).unwrap_or(0.0), as_f64(q).unwrap_or(0.0));
-                        return Ok(Value::Float(match name {
-                            "pow" => p.powf(q),
-                            "max" => p.max(q),
-                            _ => p.min(q),
-                        }));
+                        let op = BinaryOp::from_name(name).unwrap_or(BinaryOp::Pow);
+                        return Ok(Value::Float(op.eval_float(p, q).unwrap_or(f64::NAN)));
                     }
                     _ => {}
                 }

@@ -826,26 +826,12 @@ impl<'a> Elaborator<'a> {
             return self.matmul(a, b, span).map(Value::Tensor);
         }
         let (a, b) = self.unify(l, r, span, lspan, rspan)?;
-        let bop = match op {
-            BinOp::Add => BinaryOp::Add,
-            BinOp::Sub => BinaryOp::Sub,
-            BinOp::Mul => BinaryOp::Mul,
-            BinOp::Div => BinaryOp::Div,
-            BinOp::Eq => BinaryOp::Eq,
-            BinOp::Ne => BinaryOp::Ne,
-            BinOp::Lt => BinaryOp::Lt,
-            BinOp::Le => BinaryOp::Le,
-            BinOp::Gt => BinaryOp::Gt,
-            BinOp::Ge => BinaryOp::Ge,
-            BinOp::And => BinaryOp::And,
-            BinOp::Or => BinaryOp::Or,
-            BinOp::Rem | BinOp::MatMul => {
-                return Err(Diagnostic::error(
-                    span,
-                    "`%` is only defined on compile-time ints",
-                    "on a tensor",
-                ));
-            }
+        let Some(bop) = ir_binary(op) else {
+            return Err(Diagnostic::error(
+                span,
+                "`%` is only defined on compile-time ints",
+                "on a tensor",
+            ));
         };
         Ok(Value::Tensor(self.emit(
             Op::Binary(bop),
@@ -936,6 +922,25 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
     Some(out)
 }
 
+/// The IR op a source operator on tensors becomes (`%` and `@` have none).
+fn ir_binary(op: BinOp) -> Option<BinaryOp> {
+    Some(match op {
+        BinOp::Add => BinaryOp::Add,
+        BinOp::Sub => BinaryOp::Sub,
+        BinOp::Mul => BinaryOp::Mul,
+        BinOp::Div => BinaryOp::Div,
+        BinOp::Eq => BinaryOp::Eq,
+        BinOp::Ne => BinaryOp::Ne,
+        BinOp::Lt => BinaryOp::Lt,
+        BinOp::Le => BinaryOp::Le,
+        BinOp::Gt => BinaryOp::Gt,
+        BinOp::Ge => BinaryOp::Ge,
+        BinOp::And => BinaryOp::And,
+        BinOp::Or => BinaryOp::Or,
+        BinOp::Rem | BinOp::MatMul => return None,
+    })
+}
+
 /// Compile-time arithmetic. Int `/` int is exact when it divides, else a float.
 fn const_binary(op: BinOp, l: &Value, r: &Value) -> Result<Value, String> {
     use Value::*;
@@ -969,21 +974,17 @@ fn const_binary(op: BinOp, l: &Value, r: &Value) -> Result<Value, String> {
                 _ => return Err(bad()),
             }
         }
+        // Floats compute by the IR's scalar table, as the same op on a tensor would.
         (Int(_) | Float(_), Int(_) | Float(_)) => {
             let (a, b) = (as_f64(l).unwrap_or(0.0), as_f64(r).unwrap_or(0.0));
-            match op {
-                BinOp::Add => Float(a + b),
-                BinOp::Sub => Float(a - b),
-                BinOp::Mul => Float(a * b),
-                BinOp::Div if b == 0.0 => return Err("division by zero".into()),
-                BinOp::Div => Float(a / b),
-                BinOp::Eq => Bool(a == b),
-                BinOp::Ne => Bool(a != b),
-                BinOp::Lt => Bool(a < b),
-                BinOp::Le => Bool(a <= b),
-                BinOp::Gt => Bool(a > b),
-                BinOp::Ge => Bool(a >= b),
-                _ => return Err(bad()),
+            if op == BinOp::Div && b == 0.0 {
+                return Err("division by zero".into());
+            }
+            let bop = ir_binary(op).ok_or_else(bad)?;
+            if let Some(c) = bop.compare(a, b) {
+                Bool(c)
+            } else {
+                Float(bop.eval_float(a, b).ok_or_else(bad)?)
             }
         }
         (Bool(a), Bool(b)) => match op {
