@@ -130,3 +130,19 @@ pub fn check_norm(f: &Function, inputs: &HashMap<String, Tensor>, tol: f64) -> f
     }
     worst
 }
+
+/// A tensor of `t`'s type holding `v` (rounded to its dtype).
+pub fn with_values(t: &Tensor, v: Vec<f64>) -> Tensor {
+    let shape = t.ty().shape.clone();
+    let f32s = || v.iter().map(|&x| x as f32).collect();
+    match t.dtype() {
+        DType::F64 => Tensor::f64(shape, v),
+        DType::F32 => Tensor::f32(shape, f32s()),
+        DType::BF16 => Tensor::bf16(shape, f32s()),
+        DType::F16 => Tensor::f16(shape, f32s()),
+        DType::I64 => Tensor::i64(shape, v.iter().map(|&x| x as i64).collect()),
+        DType::I32 => Tensor::i32(shape, v.iter().map(|&x| x as i32).collect()),
+        other => panic!("cannot set elements of a {other} tensor"),
+    }
+    .unwrap()
+}
