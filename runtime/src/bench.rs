@@ -112,6 +112,28 @@ pub fn data_cost(spec: &std::path::Path, program: &Program) -> Result<Option<Dat
     }))
 }
 
+/// [`bench`] on `spec`'s program, with its data pipeline's cost ([`data_cost`]) against the
+/// measured step: the whole report `graft bench` prints.
+///
+/// # Errors
+/// The data's, the session's, or the served mode's I/O.
+pub fn bench_spec(
+    spec: &std::path::Path,
+    program: Program,
+    steps: Steps<'_>,
+    warmup: usize,
+    baseline: u64,
+    opts: &SessionOptions,
+) -> Result<Report, BenchError> {
+    let data = data_cost(spec, &program).map_err(BenchError::Data)?;
+    let mut report = bench(program, steps, warmup, baseline, opts)?;
+    report.data = data.map(|mut d| {
+        d.fraction_of_step = d.batch_seconds / report.step_seconds.max(1e-12);
+        d
+    });
+    Ok(report)
+}
+
 /// One served step's answer; the profile's fields only for `profile`.
 #[derive(Serialize)]
 struct Served {
@@ -137,6 +159,9 @@ pub enum BenchError {
     /// Reading requests or writing answers failed.
     #[error("benchmark I/O: {0}")]
     Io(#[from] std::io::Error),
+    /// The spec's tokenizer or data could not be read.
+    #[error("{0}")]
+    Data(String),
 }
 
 /// Random token ids in the vocabulary, from a fixed xorshift stream (the same every run).

@@ -704,13 +704,8 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             } else {
                 graft_runtime::bench::Steps::Count(steps)
             };
-            let data =
-                graft_runtime::bench::data_cost(&file, &program).map_err(anyhow::Error::msg)?;
-            let mut report = graft_runtime::bench::bench(program, steps, warmup, baseline, &opts)?;
-            report.data = data.map(|mut d| {
-                d.fraction_of_step = d.batch_seconds / report.step_seconds.max(1e-12);
-                d
-            });
+            let report =
+                graft_runtime::bench::bench_spec(&file, program, steps, warmup, baseline, &opts)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
