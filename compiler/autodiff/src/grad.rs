@@ -154,6 +154,15 @@ fn vjp(
                 let t = e.mul(g, y2)?;
                 e.neg(t)?
             }
+            // d(erf x) = g·(2/√π)·exp(−x²)
+            UnaryOp::Erf => {
+                let x2 = e.mul(a, a)?;
+                let n = e.neg(x2)?;
+                let ex = e.un(UnaryOp::Exp, n)?;
+                let c = e.like(std::f64::consts::FRAC_2_SQRT_PI, ex)?;
+                let t = e.mul(c, ex)?;
+                e.mul(g, t)?
+            }
             UnaryOp::Not => return Ok(None),
         },
         Op::Binary(b) => {

@@ -107,7 +107,7 @@ const ANY: (f64, f64) = (-2.0, 2.0);
 
 #[test]
 fn unary_ops() {
-    let cases: [(UnaryOp, (f64, f64)); 13] = [
+    let cases: [(UnaryOp, (f64, f64)); 14] = [
         (UnaryOp::Neg, ANY),
         (UnaryOp::Exp, ANY),
         (UnaryOp::Log, POS),
@@ -121,6 +121,7 @@ fn unary_ops() {
         (UnaryOp::Relu, ANY),
         (UnaryOp::Abs, ANY),
         (UnaryOp::Recip, POS),
+        (UnaryOp::Erf, ANY),
     ];
     for (u, range) in cases {
         let build: Build = match u {
@@ -136,6 +137,7 @@ fn unary_ops() {
             UnaryOp::Silu => |e, x| e.un(UnaryOp::Silu, x[0]).expect("op"),
             UnaryOp::Relu => |e, x| e.un(UnaryOp::Relu, x[0]).expect("op"),
             UnaryOp::Abs => |e, x| e.un(UnaryOp::Abs, x[0]).expect("op"),
+            UnaryOp::Erf => |e, x| e.un(UnaryOp::Erf, x[0]).expect("op"),
             _ => |e, x| e.un(UnaryOp::Recip, x[0]).expect("op"),
         };
         check(u.name(), &[(&[2, 3], range)], build);

@@ -194,6 +194,8 @@ pub(crate) fn unary(b: &mut Body, u: UnaryOp, dt: DType, x: &str) -> Result<Stri
             }
             UnaryOp::Abs => b.op(format!("math.absf {x} : {t}")),
             UnaryOp::Recip => b.op(format!("arith.divf {one}, {x} : {t}")),
+            // Lowered to libm's erff/erf (convert-math-to-libm).
+            UnaryOp::Erf => b.op(format!("math.erf {x} : {t}")),
             UnaryOp::Not => return undefined(),
         };
         return Ok(round_f32(b, dt, &r));

@@ -37,13 +37,15 @@ pub enum UnaryOp {
     Abs,
     /// `1/x`
     Recip,
+    /// the error function `2/√π ∫₀ˣ e^(−t²) dt`
+    Erf,
     /// logical not (bool)
     Not,
 }
 
 impl UnaryOp {
     /// Every unary op.
-    pub const ALL: [UnaryOp; 14] = [
+    pub const ALL: [UnaryOp; 15] = [
         UnaryOp::Neg,
         UnaryOp::Exp,
         UnaryOp::Log,
@@ -57,6 +59,7 @@ impl UnaryOp {
         UnaryOp::Relu,
         UnaryOp::Abs,
         UnaryOp::Recip,
+        UnaryOp::Erf,
         UnaryOp::Not,
     ];
 
@@ -76,6 +79,7 @@ impl UnaryOp {
             UnaryOp::Relu => "relu",
             UnaryOp::Abs => "abs",
             UnaryOp::Recip => "recip",
+            UnaryOp::Erf => "erf",
             UnaryOp::Not => "not",
         }
     }

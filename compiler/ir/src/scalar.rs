@@ -43,6 +43,8 @@ pub trait Float:
     fn tanh(self) -> Self;
     /// Absolute value.
     fn abs(self) -> Self;
+    /// The error function (the `libm` crate's, a port of musl's: within 1 ulp).
+    fn erf(self) -> Self;
     /// `selfʸ`.
     fn powf(self, y: Self) -> Self;
     /// True for NaN.
@@ -51,7 +53,7 @@ pub trait Float:
 
 /// Implements [`Float`] for one primitive float type.
 macro_rules! float {
-    ($t:ty) => {
+    ($t:ty, $erf:path) => {
         impl Float for $t {
             const ZERO: $t = 0.0;
             const ONE: $t = 1.0;
@@ -77,6 +79,9 @@ macro_rules! float {
             fn abs(self) -> $t {
                 <$t>::abs(self)
             }
+            fn erf(self) -> $t {
+                $erf(self)
+            }
             fn powf(self, y: $t) -> $t {
                 <$t>::powf(self, y)
             }
@@ -86,8 +91,8 @@ macro_rules! float {
         }
     };
 }
-float!(f32);
-float!(f64);
+float!(f32, libm::erff);
+float!(f64, libm::erf);
 
 /// A signed integer type the scalar formulas compute in.
 pub trait Int: Copy + Ord {
@@ -168,6 +173,7 @@ impl UnaryOp {
             }
             UnaryOp::Abs => x.abs(),
             UnaryOp::Recip => F::ONE / x,
+            UnaryOp::Erf => x.erf(),
             UnaryOp::Not => return None,
         })
     }
