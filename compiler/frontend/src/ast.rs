@@ -368,7 +368,8 @@ pub enum MemberKind {
         /// Config fields, evaluated per adapted module.
         fields: Vec<Arg>,
     },
-    /// `name = kind(args)` or `name[i] = kind(args)`; `output` marks the output head.
+    /// `name = kind(args)`, `name[i] = kind(args)` or `name as "seg" = kind(args)`;
+    /// `output` marks the output head.
     Instance {
         /// The instance name.
         name: Ident,
@@ -376,6 +377,9 @@ pub enum MemberKind {
         index: Option<Expr>,
         /// Marked `output` (excluded from `all-linear`).
         output: bool,
+        /// `as "seg"`: the path segment when it differs from the name (a checkpoint's name
+        /// that is a graft keyword, like Hugging Face BERT's `attention.output`).
+        rename: Option<StrLit>,
         /// The constructor call.
         value: Expr,
     },

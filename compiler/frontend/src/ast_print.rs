@@ -295,11 +295,15 @@ impl Printer<'_> {
                     name,
                     index,
                     output,
+                    rename,
                     value,
                 } => {
-                    let idx = index
+                    let mut idx = index
                         .as_ref()
                         .map_or(String::new(), |i| format!("[{}]", expr(i)));
+                    if let Some(r) = rename {
+                        idx += &format!(" as {:?}", r.value);
+                    }
                     self.line(
                         depth,
                         m.span,

@@ -812,15 +812,24 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
                 it.next();
             }
             let name = ident(need(&mut it, mspan, "name")?, file);
-            let first = expr(need(&mut it, mspan, "value")?, file)?;
-            let (index, value) = match it.next() {
-                Some(v) => (Some(first), expr(v, file)?),
-                None => (None, first),
-            };
+            let mut exprs = Vec::new();
+            let mut seg = None;
+            while let Some(p) = it.peek() {
+                if p.as_rule() == Rule::rename {
+                    seg = rename(&mut it)?;
+                } else {
+                    exprs.push(expr(need(&mut it, mspan, "value")?, file)?);
+                }
+            }
+            let value = exprs.pop();
+            let value = value.ok_or_else(|| {
+                Diagnostic::error(mspan, "internal parser error: missing value", "here")
+            })?;
             MemberKind::Instance {
                 name,
-                index,
+                index: exprs.pop(),
                 output,
+                rename: seg,
                 value,
             }
         }

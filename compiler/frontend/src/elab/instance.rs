@@ -500,6 +500,7 @@ impl<'a> Elaborator<'a> {
                     name,
                     index,
                     output,
+                    rename,
                     value,
                 } => {
                     let ExprKind::Call(callee, args) = &value.kind else {
@@ -511,9 +512,10 @@ impl<'a> Elaborator<'a> {
                     };
                     let def = self.module_def(callee, false)?;
                     let args = self.eval_args(args, env)?;
+                    let stem = rename.as_ref().map_or(&name.name, |r| &r.value);
                     let seg = match index {
-                        Some(ix) => format!("{}.{}", name.name, self.eval_int(ix, env)?),
-                        None => name.name.clone(),
+                        Some(ix) => format!("{stem}.{}", self.eval_int(ix, env)?),
+                        None => stem.clone(),
                     };
                     let path = join(&cx.path, &seg);
                     let child = self.instantiate(def, args, path, m.span, *output)?;

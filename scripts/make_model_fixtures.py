@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Fixtures for graft's models beyond Llama: tiny random Hugging Face models, their weights
+under Hugging Face's names, a batch and the model's outputs, computed by transformers.
+
+Run by hand (never from cargo):
+
+    /work/venv-fixtures/bin/python scripts/make_model_fixtures.py [--out tests/fixtures]
+
+fp32 on the CPU, fixed seeds, one torch thread, eager attention. Writes only files that do
+not exist yet (fixtures are not byte-reproducible across CPUs; an existing one stays).
+
+- bert_classifier.safetensors: BertForSequenceClassification (vocab 96, hidden 32, 2 layers,
+  4 heads, ffn 64, 40 positions, 3 labels): every weight, `input_ids`, `token_type_ids`,
+  `attention_mask` (the second sequence padded after 7 tokens) and `logits`. Weights are
+  drawn N(0, 0.2) (LayerNorm gains 1 + N(0, 0.1)) so that every term matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+torch.set_num_threads(1)
+torch.use_deterministic_algorithms(True)
+warnings.filterwarnings("ignore")
+
+from safetensors.torch import save_file  # noqa: E402
+from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if "LayerNorm.weight" in name:
+                p.copy_(1.0 + 0.1 * noise)
+            else:
+                p.copy_(0.2 * noise)
+
+
+def bert_classifier() -> dict[str, torch.Tensor]:
+    cfg = BertConfig(
+        vocab_size=96,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=40,
+        type_vocab_size=2,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg).eval()
+    randomize(model, 1)
+    g = torch.Generator().manual_seed(2)
+    batch, seq = 2, 9
+    input_ids = torch.randint(0, 96, (batch, seq), generator=g)
+    token_type_ids = torch.zeros(batch, seq, dtype=torch.long)
+    token_type_ids[:, 5:] = 1
+    attention_mask = torch.ones(batch, seq, dtype=torch.long)
+    attention_mask[1, 7:] = 0
+    with torch.no_grad():
+        logits = model(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+        ).logits
+    out = {k: v.contiguous() for k, v in model.state_dict().items()}
+    out.pop("bert.embeddings.position_ids", None)
+    out.pop("bert.embeddings.token_type_ids", None)
+    out.update(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        logits=logits.contiguous(),
+    )
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures")
+    args = ap.parse_args()
+    for name, make in [("bert_classifier", bert_classifier)]:
+        path = args.out / f"{name}.safetensors"
+        if path.exists():
+            print(f"{path} exists; kept")
+            continue
+        save_file(make(), str(path))
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
