@@ -13,6 +13,11 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   4 heads, ffn 64, 40 positions, 3 labels): every weight, `input_ids`, `token_type_ids`,
   `attention_mask` (the second sequence padded after 7 tokens) and `logits`. Weights are
   drawn N(0, 0.2) (LayerNorm gains 1 + N(0, 0.1)) so that every term matters.
+- vit_classifier.safetensors: ViTForImageClassification (hidden 32, 2 layers, 4 heads, ffn
+  64, 16×16 images of 3 channels in 4×4 patches, 3 labels), weights drawn likewise, under
+  the names `save_pretrained` writes (a checkpoint's: `vit.encoder.layer.0.attention.
+  attention.query.weight`, which transformers 5 renames only in memory), `pixel_values`
+  [2, 3, 16, 16] N(0, 1) and `logits`.
 """
 
 from __future__ import annotations
@@ -29,7 +34,15 @@ torch.use_deterministic_algorithms(True)
 warnings.filterwarnings("ignore")
 
 from safetensors.torch import save_file  # noqa: E402
-from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
+import tempfile  # noqa: E402
+
+from safetensors.torch import load_file  # noqa: E402
+from transformers import (  # noqa: E402
+    BertConfig,
+    BertForSequenceClassification,
+    ViTConfig,
+    ViTForImageClassification,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,11 +100,44 @@ def bert_classifier() -> dict[str, torch.Tensor]:
     return out
 
 
+def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
+    """The tensors `save_pretrained` writes, under a checkpoint's names."""
+    with tempfile.TemporaryDirectory() as d:
+        model.save_pretrained(d)
+        return {k: v.contiguous() for k, v in load_file(str(Path(d) / "model.safetensors")).items()}
+
+
+def vit_classifier() -> dict[str, torch.Tensor]:
+    cfg = ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        num_labels=3,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        attn_implementation="eager",
+    )
+    torch.manual_seed(0)
+    model = ViTForImageClassification(cfg).eval()
+    randomize(model, 3)
+    g = torch.Generator().manual_seed(4)
+    pixel_values = torch.randn(2, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        logits = model(pixel_values=pixel_values).logits
+    out = checkpoint_tensors(model)
+    out.update(pixel_values=pixel_values, logits=logits.contiguous())
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures")
     args = ap.parse_args()
-    for name, make in [("bert_classifier", bert_classifier)]:
+    for name, make in [("bert_classifier", bert_classifier), ("vit_classifier", vit_classifier)]:
         path = args.out / f"{name}.safetensors"
         if path.exists():
             print(f"{path} exists; kept")

@@ -67,3 +67,8 @@ fn check_forward(name: &str) {
 fn bert_for_sequence_classification_matches_transformers() {
     check_forward("bert_classifier");
 }
+
+#[test]
+fn vit_for_image_classification_matches_transformers() {
+    check_forward("vit_classifier");
+}

@@ -59,3 +59,8 @@ fn check_compiled_forward(name: &str) {
 fn bert_for_sequence_classification_compiles_to_transformers_logits() {
     check_compiled_forward("bert_classifier");
 }
+
+#[test]
+fn vit_for_image_classification_compiles_to_transformers_logits() {
+    check_compiled_forward("vit_classifier");
+}
