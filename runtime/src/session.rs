@@ -74,6 +74,7 @@ pub fn step_config(p: &Program) -> StepConfig {
         groups: t.param_groups.iter().map(|(g, _)| g.clone()).collect(),
         penalty: p.module.function("penalty").cloned(),
         after_step: p.module.function("after_step").cloned(),
+        loss: p.module.function("loss").cloned(),
     }
 }
 
@@ -529,8 +530,33 @@ impl Session {
         weight: Option<f32>,
         profile: bool,
     ) -> Result<(StepStats, Option<RunProfile>), SessionError> {
+        let batch = vec![("input_ids", input_ids.clone()), ("labels", labels.clone())];
+        self.step_batch(batch, weight, profile)
+    }
+
+    /// One training step on a batch given by input name: the forward's data inputs (for a
+    /// model that reads more than `input_ids`: `token_type_ids`, `attention_mask`,
+    /// `pixel_values`, ...) and `labels`, of the type the step's objective reads.
+    ///
+    /// # Errors
+    /// An input is missing or has another type, or the run fails.
+    pub fn step_named(&mut self, batch: &[(&str, Tensor)]) -> Result<StepStats, SessionError> {
+        if self.program.train.accumulate > 1 {
+            return Err(SessionError::Value(
+                "a named batch is one micro-batch: accumulation needs `step_group`".into(),
+            ));
+        }
+        let batch = batch.iter().map(|(n, t)| (*n, t.clone())).collect();
+        self.step_batch(batch, None, false).map(|(s, _)| s)
+    }
+
+    fn step_batch(
+        &mut self,
+        mut batch: Vec<(&str, Tensor)>,
+        weight: Option<f32>,
+        profile: bool,
+    ) -> Result<(StepStats, Option<RunProfile>), SessionError> {
         let runner = std::mem::replace(&mut self.runner, Box::new(NoRunner));
-        let mut batch = vec![("input_ids", input_ids.clone()), ("labels", labels.clone())];
         if let Some(w) = weight {
             batch.push(("loss_weight", Tensor::scalar_f32(w)));
         }
@@ -581,8 +607,10 @@ impl Session {
         let logits = forward
             .output("logits")
             .ok_or(SessionError::Missing("forward"))?;
-        let ids_ty = forward
-            .input("input_ids")
+        let objective = self.program.module.function("loss");
+        let ids_ty = objective
+            .and_then(|l| l.input("labels"))
+            .or_else(|| forward.input("input_ids"))
             .map(|i| i.ty.clone())
             .ok_or(SessionError::Missing("forward"))?;
         let params: Vec<(String, graft_ir::ValueId)> = f
@@ -597,6 +625,7 @@ impl Session {
             logits,
             lab,
             -100,
+            objective,
             penalty,
         )?;
         let wrt: Vec<graft_ir::ValueId> = params.iter().map(|p| p.1).collect();

@@ -135,6 +135,9 @@ pub struct StepConfig {
     pub penalty: Option<Function>,
     /// `@after_step`, run on the optimizer's results (see the module docs).
     pub after_step: Option<Function>,
+    /// `@loss` (inputs `logits` and `labels`, output `loss`, `f32[]`): the objective in
+    /// place of [`causal_lm_loss`]; its `labels` input's type is the step's.
+    pub loss: Option<Function>,
 }
 
 /// Causal-LM cross-entropy as Hugging Face computes it: logits `[B, S', V]`, labels `[B, S]`
@@ -207,16 +210,31 @@ pub fn causal_lm_loss(
     Ok(e.neg(mean)?)
 }
 
-/// The loss the step differentiates: [`causal_lm_loss`], plus `@penalty`'s output (inlined,
-/// reading the function's params by name) when the adapters have penalties.
+/// The loss the step differentiates: `@loss` inlined on `logits` and `labels` when the spec
+/// names an objective, else [`causal_lm_loss`]; plus `@penalty`'s output (inlined, reading
+/// the function's params by name) when the adapters have penalties.
 pub fn training_loss(
     e: &mut Emitter,
     logits: ValueId,
     labels: ValueId,
     ignore: i64,
+    objective: Option<&Function>,
     penalty: Option<&Function>,
 ) -> Result<ValueId, AdError> {
-    let loss = causal_lm_loss(e, logits, labels, ignore)?;
+    let loss = match objective {
+        None => causal_lm_loss(e, logits, labels, ignore)?,
+        Some(obj) => {
+            let outs = e.f.inline(obj, |name, _| match name {
+                "logits" => Some(logits),
+                "labels" => Some(labels),
+                _ => None,
+            })?;
+            outs.iter()
+                .find(|(n, _)| n == "loss")
+                .map(|(_, v)| *v)
+                .ok_or_else(|| AdError::Missing("output `loss` of @loss".into()))?
+        }
+    };
     let Some(pen) = penalty else {
         return Ok(loss);
     };
@@ -278,10 +296,15 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     let logits = forward
         .output("logits")
         .ok_or_else(|| AdError::Missing("output `logits`".into()))?;
-    let ids = forward
-        .input("input_ids")
-        .ok_or_else(|| AdError::Missing("input `input_ids`".into()))?;
-    let ids_ty = ids.ty.clone();
+    // Labels as the objective reads them: `@loss`'s, else one per input token.
+    let labels_ty = match cfg.loss.as_ref().and_then(|l| l.input("labels")) {
+        Some(l) => l.ty.clone(),
+        None => forward
+            .input("input_ids")
+            .ok_or_else(|| AdError::Missing("input `input_ids`".into()))?
+            .ty
+            .clone(),
+    };
     let mut f = forward.clone();
     f.name = "train_step".into();
     f.outputs.clear();
@@ -290,7 +313,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         .filter(|i| i.kind == InputKind::Param)
         .map(|i| (i.name.to_string(), i.value))
         .collect();
-    let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
+    let labels = f.add_input("labels", InputKind::Data, labels_ty, None);
     let step = f.add_input(
         "step",
         InputKind::State,
@@ -339,6 +362,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         logits,
         labels,
         cfg.ignore_index,
+        cfg.loss.as_ref(),
         cfg.penalty.as_ref(),
     )?;
     let wrt: Vec<ValueId> = params.iter().map(|(_, v)| *v).collect();

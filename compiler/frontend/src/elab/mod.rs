@@ -12,6 +12,7 @@ mod eval;
 mod hf_config;
 mod instance;
 mod merge;
+mod objective;
 mod probe;
 mod step_hooks;
 pub mod target;
@@ -279,6 +280,8 @@ pub(crate) struct Elaborator<'a> {
     warnings: Vec<Diagnostic>,
     /// While `@after_step` is built: what `grad` and `across` read.
     after: Option<step_hooks::AfterCx>,
+    /// Where the `train` block names a loss function (not `causal_lm`): `@loss` is built.
+    loss_at: Option<Span>,
 }
 
 /// Compiles a loaded spec into a [`Program`].
@@ -332,6 +335,7 @@ impl<'a> Elaborator<'a> {
             iterations: 0,
             warnings: Vec::new(),
             after: None,
+            loss_at: None,
         }
     }
 
@@ -476,9 +480,10 @@ impl<'a> Elaborator<'a> {
         self.module.functions = vec![forward, init];
         let penalty = self.build_penalty()?;
         let after_step = self.build_after_step()?;
+        let loss = self.build_loss(&train.loss)?;
         self.module
             .functions
-            .extend(penalty.into_iter().chain(after_step));
+            .extend(penalty.into_iter().chain(after_step).chain(loss));
         if self.merge {
             let merge = self.build_merge()?;
             self.module.functions.push(merge);

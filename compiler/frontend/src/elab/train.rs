@@ -16,7 +16,8 @@ pub struct TrainConfig {
     pub data: Option<String>,
     /// A Hugging Face `tokenizer.json`.
     pub tokenizer: Option<String>,
-    /// The loss (`causal_lm`).
+    /// The loss: `causal_lm` (built in), or the name of a graft function of the logits and
+    /// the labels (elaborated as `@loss`).
     pub loss: String,
     /// The optimizer.
     pub optimizer: Optimizer,
@@ -120,15 +121,10 @@ impl<'a> Elaborator<'a> {
                 "loss" => {
                     let name = word(v).ok_or_else(|| {
                         Diagnostic::error(v.span, "expected a loss name", "here")
-                            .with_help("supported: causal_lm")
+                            .with_help(LOSS_HELP)
                     })?;
                     if name != "causal_lm" {
-                        return Err(Diagnostic::error(
-                            v.span,
-                            format!("unknown loss `{name}`"),
-                            "unknown",
-                        )
-                        .with_help("supported: causal_lm"));
+                        self.loss_at = Some(v.span);
                     }
                     c.loss = name;
                 }
@@ -397,6 +393,10 @@ impl<'a> Elaborator<'a> {
         }
     }
 }
+
+/// What a `loss` setting may name.
+pub(super) const LOSS_HELP: &str = "a loss is `causal_lm` or a function of (logits, labels) \
+     returning a float scalar, such as `cross_entropy` (use objectives)";
 
 fn word(e: &Expr) -> Option<String> {
     match &e.kind {
