@@ -171,6 +171,14 @@ pub fn train(
     // JIT-compiles (they re-raise the signal with its default action, killing the process).
     // Registered first, ours are what LLVM's restore and re-raise to.
     let signals = Signals::install();
+    if program.train.loss != "causal_lm" {
+        return Err(TrainError::Input(format!(
+            "`graft train` reads text for the causal-LM loss; this spec's loss `{}` needs \
+             labeled examples, which graft's data files do not hold yet (a program can train \
+             it with Session::step_named)",
+            program.train.loss
+        )));
+    }
     let dir = spec.parent().unwrap_or(Path::new("."));
     let weights = match &program.weights {
         Some((path, _)) => Some(WeightsFile::open(path).map_err(SessionError::from)?),
