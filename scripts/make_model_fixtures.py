@@ -18,6 +18,12 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   the names `save_pretrained` writes (a checkpoint's: `vit.encoder.layer.0.attention.
   attention.query.weight`, which transformers 5 renames only in memory), `pixel_values`
   [2, 3, 16, 16] N(0, 1) and `logits`.
+- t5_seq2seq.safetensors: a Flan-T5-style T5ForConditionalGeneration (vocab 64, d_model 32,
+  d_kv 8, d_ff 48, 2 + 2 layers, 4 heads, 8 buckets up to distance 16, gated-GELU, untied
+  lm_head, decoder outputs not scaled), weights drawn likewise; the encoder's and decoder's
+  `embed_tokens` are `shared` (as every T5 checkpoint has them; transformers 5 unties them
+  with the lm_head, so they are set equal and left out), `input_ids` [2, 9],
+  `decoder_input_ids` [2, 6] and `logits` [2, 6, 64].
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from safetensors.torch import load_file  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
     BertForSequenceClassification,
+    T5Config,
+    T5ForConditionalGeneration,
     ViTConfig,
     ViTForImageClassification,
 )
@@ -133,11 +141,55 @@ def vit_classifier() -> dict[str, torch.Tensor]:
     return out
 
 
+def t5_seq2seq() -> dict[str, torch.Tensor]:
+    cfg = T5Config(
+        vocab_size=64,
+        d_model=32,
+        d_kv=8,
+        d_ff=48,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=8,
+        relative_attention_max_distance=16,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        scale_decoder_outputs=False,
+        attn_implementation="eager",
+    )
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(cfg).eval()
+    randomize(model, 5)
+    with torch.no_grad():
+        model.encoder.embed_tokens.weight.copy_(model.shared.weight)
+        model.decoder.embed_tokens.weight.copy_(model.shared.weight)
+    g = torch.Generator().manual_seed(6)
+    input_ids = torch.randint(0, 64, (2, 9), generator=g)
+    decoder_input_ids = torch.randint(0, 64, (2, 6), generator=g)
+    with torch.no_grad():
+        logits = model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
+    out = checkpoint_tensors(model)
+    for alias in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]:
+        t = out.pop(alias, None)
+        assert t is None or torch.equal(t, out["shared.weight"]), alias
+    out.update(
+        input_ids=input_ids,
+        decoder_input_ids=decoder_input_ids,
+        logits=logits.contiguous(),
+    )
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures")
     args = ap.parse_args()
-    for name, make in [("bert_classifier", bert_classifier), ("vit_classifier", vit_classifier)]:
+    for name, make in [
+        ("bert_classifier", bert_classifier),
+        ("vit_classifier", vit_classifier),
+        ("t5_seq2seq", t5_seq2seq),
+    ]:
         path = args.out / f"{name}.safetensors"
         if path.exists():
             print(f"{path} exists; kept")

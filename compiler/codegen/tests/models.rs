@@ -64,3 +64,8 @@ fn bert_for_sequence_classification_compiles_to_transformers_logits() {
 fn vit_for_image_classification_compiles_to_transformers_logits() {
     check_compiled_forward("vit_classifier");
 }
+
+#[test]
+fn t5_for_conditional_generation_compiles_to_transformers_logits() {
+    check_compiled_forward("t5_seq2seq");
+}
