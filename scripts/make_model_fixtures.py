@@ -18,6 +18,9 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   the names `save_pretrained` writes (a checkpoint's: `vit.encoder.layer.0.attention.
   attention.query.weight`, which transformers 5 renames only in memory), `pixel_values`
   [2, 3, 16, 16] N(0, 1) and `logits`.
+- bert_qa.safetensors: BertForQuestionAnswering on bert_classifier's config and batch
+  (weights drawn likewise, seed 7), `logits` [2, 2, 9] (start and end logits stacked, as
+  graft's head returns them), `start_positions`, `end_positions` and transformers' `loss`.
 - t5_seq2seq.safetensors: a Flan-T5-style T5ForConditionalGeneration (vocab 64, d_model 32,
   d_kv 8, d_ff 48, 2 + 2 layers, 4 heads, 8 buckets up to distance 16, gated-GELU, untied
   lm_head, decoder outputs not scaled), weights drawn likewise; the encoder's and decoder's
@@ -45,6 +48,7 @@ import tempfile  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from transformers import (  # noqa: E402
     BertConfig,
+    BertForQuestionAnswering,
     BertForSequenceClassification,
     T5Config,
     T5ForConditionalGeneration,
@@ -66,8 +70,8 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.2 * noise)
 
 
-def bert_classifier() -> dict[str, torch.Tensor]:
-    cfg = BertConfig(
+def bert_config(num_labels: int = 3) -> BertConfig:
+    return BertConfig(
         vocab_size=96,
         hidden_size=32,
         num_hidden_layers=2,
@@ -75,14 +79,14 @@ def bert_classifier() -> dict[str, torch.Tensor]:
         intermediate_size=64,
         max_position_embeddings=40,
         type_vocab_size=2,
-        num_labels=3,
+        num_labels=num_labels,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
         attn_implementation="eager",
     )
-    torch.manual_seed(0)
-    model = BertForSequenceClassification(cfg).eval()
-    randomize(model, 1)
+
+
+def bert_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(2)
     batch, seq = 2, 9
     input_ids = torch.randint(0, 96, (batch, seq), generator=g)
@@ -90,6 +94,15 @@ def bert_classifier() -> dict[str, torch.Tensor]:
     token_type_ids[:, 5:] = 1
     attention_mask = torch.ones(batch, seq, dtype=torch.long)
     attention_mask[1, 7:] = 0
+    return input_ids, token_type_ids, attention_mask
+
+
+def bert_classifier() -> dict[str, torch.Tensor]:
+    cfg = bert_config()
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(cfg).eval()
+    randomize(model, 1)
+    input_ids, token_type_ids, attention_mask = bert_batch()
     with torch.no_grad():
         logits = model(
             input_ids=input_ids,
@@ -106,6 +119,34 @@ def bert_classifier() -> dict[str, torch.Tensor]:
         logits=logits.contiguous(),
     )
     return out
+
+
+def bert_qa() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    model = BertForQuestionAnswering(bert_config(num_labels=2)).eval()
+    randomize(model, 7)
+    input_ids, token_type_ids, attention_mask = bert_batch()
+    start_positions = torch.tensor([1, 3])
+    end_positions = torch.tensor([4, 6])
+    with torch.no_grad():
+        out = model(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            start_positions=start_positions,
+            end_positions=end_positions,
+        )
+    tensors = checkpoint_tensors(model)
+    tensors.update(
+        input_ids=input_ids,
+        token_type_ids=token_type_ids,
+        attention_mask=attention_mask,
+        logits=torch.stack([out.start_logits, out.end_logits], dim=1).contiguous(),
+        start_positions=start_positions,
+        end_positions=end_positions,
+        loss=out.loss.reshape([]),
+    )
+    return tensors
 
 
 def checkpoint_tensors(model) -> dict[str, torch.Tensor]:
@@ -188,6 +229,7 @@ def main() -> int:
     for name, make in [
         ("bert_classifier", bert_classifier),
         ("vit_classifier", vit_classifier),
+        ("bert_qa", bert_qa),
         ("t5_seq2seq", t5_seq2seq),
     ]:
         path = args.out / f"{name}.safetensors"

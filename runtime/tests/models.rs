@@ -20,6 +20,9 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// Fixture entries that are transformers' results or labels, not inputs of the forward.
+const OUTPUTS: [&str; 4] = ["logits", "loss", "start_positions", "end_positions"];
+
 /// The largest |a − b| over the largest |b|.
 fn norm_err(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.ty(), b.ty());
@@ -52,7 +55,9 @@ fn check_forward(name: &str) {
         inputs.insert(input.name.to_string(), t);
     }
     // Every weight of the fixture is read: the spec names them all, by Hugging Face's names.
-    let weights = fixture.entries().len() - 1;
+    let weights = (fixture.entries().keys())
+        .filter(|k| !OUTPUTS.contains(&k.as_str()))
+        .count();
     assert_eq!(
         inputs.len(),
         weights,
@@ -127,6 +132,14 @@ fn trains_with_a_graft_objective(spec: &str, fixture: &str, labels: &[i64]) {
         Tensor::i64(shape, labels.to_vec()).expect("labels"),
     ));
     let want = cross_entropy(&logits, labels);
+    // Where transformers computed the loss too (its QA loss), the two agree.
+    if let Ok(hf) = file.read("loss") {
+        let hf = hf.to_f64_vec()[0];
+        assert!(
+            (hf - want).abs() <= 1e-5 * hf.abs(),
+            "{spec}: {hf} vs {want}"
+        );
+    }
     let mut losses = Vec::new();
     for _ in 0..steps {
         let s = session
@@ -166,4 +179,16 @@ fn t5_for_conditional_generation_matches_transformers() {
 fn lora_on_t5_trains_with_the_teacher_forced_decoder_loss() {
     let labels: Vec<i64> = (0..12).map(|i| (i * 37 + 5) % 64).collect();
     trains_with_a_graft_objective("t5_lora_seq2seq", "t5_seq2seq", &labels);
+}
+
+#[test]
+fn bert_for_question_answering_matches_transformers() {
+    check_forward("bert_qa");
+}
+
+/// The fixture's answer spans, [start, end] per sequence: transformers' QA loss is the first
+/// step's.
+#[test]
+fn lora_on_bert_trains_extractive_qa_on_answer_spans() {
+    trains_with_a_graft_objective("bert_lora_qa", "bert_qa", &[1, 4, 3, 6]);
 }

@@ -69,3 +69,8 @@ fn vit_for_image_classification_compiles_to_transformers_logits() {
 fn t5_for_conditional_generation_compiles_to_transformers_logits() {
     check_compiled_forward("t5_seq2seq");
 }
+
+#[test]
+fn bert_for_question_answering_compiles_to_transformers_logits() {
+    check_compiled_forward("bert_qa");
+}
