@@ -53,7 +53,7 @@ pub struct Report {
     pub cached_modules: usize,
     /// Kernel modules in all.
     pub modules: usize,
-    /// What the spec's data costs (when it names a data file): set by [`data_cost`].
+    /// What the spec's data costs (when it names a data file): set by [`bench`] from the data file, timed on its own.
     pub data: Option<DataCost>,
 }
 
@@ -79,7 +79,7 @@ pub struct DataCost {
 ///
 /// # Errors
 /// The tokenizer or data cannot be read.
-pub fn data_cost(spec: &std::path::Path, program: &Program) -> Result<Option<DataCost>, String> {
+fn data_cost(spec: &std::path::Path, program: &Program) -> Result<Option<DataCost>, String> {
     let Some(data) = &program.train.data else {
         return Ok(None);
     };
@@ -110,28 +110,6 @@ pub fn data_cost(spec: &std::path::Path, program: &Program) -> Result<Option<Dat
         batch_seconds: start.elapsed().as_secs_f64() / draws.max(1) as f64 * per_step,
         fraction_of_step: 0.0,
     }))
-}
-
-/// [`bench`] on `spec`'s program, with its data pipeline's cost ([`data_cost`]) against the
-/// measured step: the whole report `graft bench` prints.
-///
-/// # Errors
-/// The data's, the session's, or the served mode's I/O.
-pub fn bench_spec(
-    spec: &std::path::Path,
-    program: Program,
-    steps: Steps<'_>,
-    warmup: usize,
-    baseline: u64,
-    opts: &SessionOptions,
-) -> Result<Report, BenchError> {
-    let data = data_cost(spec, &program).map_err(BenchError::Data)?;
-    let mut report = bench(program, steps, warmup, baseline, opts)?;
-    report.data = data.map(|mut d| {
-        d.fraction_of_step = d.batch_seconds / report.step_seconds.max(1e-12);
-        d
-    });
-    Ok(report)
 }
 
 /// One served step's answer; the profile's fields only for `profile`.
@@ -184,8 +162,10 @@ impl Tokens {
     }
 }
 
-/// Benchmarks training `program`: `warmup` untimed steps, then `steps`. `baseline` is the
-/// resident memory before the spec was compiled (`crate::memory::rss_bytes("VmRSS")`).
+/// Benchmarks training `program` (compiled from `spec`): `warmup` untimed steps, then
+/// `steps`, and the cost of the data pipeline against the measured step when the spec names
+/// a data file. `baseline` is the resident memory before the spec was compiled
+/// (`crate::memory::rss_bytes("VmRSS")`).
 ///
 /// In the served mode it writes `{"ready": true}` after the warm-up, then answers each input
 /// line: `step` runs one timed step (`{"seconds": …}`), `profile` an extra step, not counted,
@@ -194,8 +174,26 @@ impl Tokens {
 /// of input) stops, anything else gets `{"error": …}`.
 ///
 /// # Errors
-/// The session's, or the served mode's I/O.
+/// The data's, the session's, or the served mode's I/O.
 pub fn bench(
+    spec: &std::path::Path,
+    program: Program,
+    steps: Steps<'_>,
+    warmup: usize,
+    baseline: u64,
+    opts: &SessionOptions,
+) -> Result<Report, BenchError> {
+    let data = data_cost(spec, &program).map_err(BenchError::Data)?;
+    let mut report = measure(program, steps, warmup, baseline, opts)?;
+    report.data = data.map(|mut d| {
+        d.fraction_of_step = d.batch_seconds / report.step_seconds.max(1e-12);
+        d
+    });
+    Ok(report)
+}
+
+/// [`bench`]'s steps and memory, without the data pipeline.
+fn measure(
     program: Program,
     steps: Steps<'_>,
     warmup: usize,

@@ -705,7 +705,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 graft_runtime::bench::Steps::Count(steps)
             };
             let report =
-                graft_runtime::bench::bench_spec(&file, program, steps, warmup, baseline, &opts)?;
+                graft_runtime::bench::bench(&file, program, steps, warmup, baseline, &opts)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
