@@ -623,7 +623,7 @@ impl Session {
         let loss = graft_autodiff::training_loss(
             &mut graft_ir::Emitter::new(&mut f),
             logits,
-            lab,
+            Some(lab),
             -100,
             objective,
             penalty,

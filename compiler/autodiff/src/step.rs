@@ -216,17 +216,20 @@ pub fn causal_lm_loss(
 pub fn training_loss(
     e: &mut Emitter,
     logits: ValueId,
-    labels: ValueId,
+    labels: Option<ValueId>,
     ignore: i64,
     objective: Option<&Function>,
     penalty: Option<&Function>,
 ) -> Result<ValueId, AdError> {
     let loss = match objective {
-        None => causal_lm_loss(e, logits, labels, ignore)?,
+        None => {
+            let labels = labels.ok_or_else(|| AdError::Missing("input `labels`".into()))?;
+            causal_lm_loss(e, logits, labels, ignore)?
+        }
         Some(obj) => {
             let outs = e.f.inline(obj, |name, _| match name {
                 "logits" => Some(logits),
-                "labels" => Some(labels),
+                "labels" => labels,
                 _ => None,
             })?;
             outs.iter()
@@ -296,14 +299,17 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     let logits = forward
         .output("logits")
         .ok_or_else(|| AdError::Missing("output `logits`".into()))?;
-    // Labels as the objective reads them: `@loss`'s, else one per input token.
-    let labels_ty = match cfg.loss.as_ref().and_then(|l| l.input("labels")) {
-        Some(l) => l.ty.clone(),
-        None => forward
-            .input("input_ids")
-            .ok_or_else(|| AdError::Missing("input `input_ids`".into()))?
-            .ty
-            .clone(),
+    // Labels as the objective reads them: `@loss`'s (none when it reads none), else one per
+    // input token. The objective's other batch inputs join the step when it is inlined.
+    let labels_ty = match &cfg.loss {
+        Some(l) => l.input("labels").map(|l| l.ty.clone()),
+        None => Some(
+            forward
+                .input("input_ids")
+                .ok_or_else(|| AdError::Missing("input `input_ids`".into()))?
+                .ty
+                .clone(),
+        ),
     };
     let mut f = forward.clone();
     f.name = "train_step".into();
@@ -313,7 +319,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         .filter(|i| i.kind == InputKind::Param)
         .map(|i| (i.name.to_string(), i.value))
         .collect();
-    let labels = f.add_input("labels", InputKind::Data, labels_ty, None);
+    let labels = labels_ty.map(|ty| f.add_input("labels", InputKind::Data, ty, None));
     let step = f.add_input(
         "step",
         InputKind::State,

@@ -863,6 +863,8 @@ impl<'a> Elaborator<'a> {
         args: Vec<ArgVal>,
         span: Span,
     ) -> Result<Value, Diagnostic> {
+        // The reference forward runs the base model alone.
+        let level = if self.adapters_off { 0 } else { level };
         self.enter(span)?;
         let r = if level == 0 {
             let i = &self.instances[inst];

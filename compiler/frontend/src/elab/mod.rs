@@ -280,8 +280,13 @@ pub(crate) struct Elaborator<'a> {
     warnings: Vec<Diagnostic>,
     /// While `@after_step` is built: what `grad` and `across` read.
     after: Option<step_hooks::AfterCx>,
-    /// Where the `train` block names a loss function (not `causal_lm`): `@loss` is built.
-    loss_at: Option<Span>,
+    /// Where the `train` block names a loss function (not `causal_lm`), and the settings it
+    /// passes: `@loss` is built.
+    loss_at: Option<(Span, &'a [crate::ast::Arg])>,
+    /// While the reference forward is built: every instance runs without its adapters.
+    adapters_off: bool,
+    /// The model's root instance and where the spec declares it, once `@forward` is built.
+    root: Option<(InstId, Span)>,
 }
 
 /// Compiles a loaded spec into a [`Program`].
@@ -336,6 +341,8 @@ impl<'a> Elaborator<'a> {
             warnings: Vec::new(),
             after: None,
             loss_at: None,
+            adapters_off: false,
+            root: None,
         }
     }
 
@@ -586,25 +593,7 @@ impl<'a> Elaborator<'a> {
             .with_label(inst.def.name.span, "defined here"));
         };
         self.start_function("forward", false);
-        // The root's forward parameters are the batch inputs; `batch` and `seq` are visible in
-        // their annotations.
-        let mut args = Vec::new();
-        for p in &fwd.params {
-            let Some(TypeAnn::Tensor(t)) = &p.ty else {
-                return Err(Diagnostic::error(
-                    p.name.span,
-                    "the model's forward inputs need tensor types",
-                    "no tensor type",
-                )
-                .with_help("write e.g. `forward(input_ids: [batch, seq] i64)`"));
-            };
-            instance::no_rest(t)?;
-            let mut env = Env::new(self.instances[root].members.clone());
-            env.bind("batch", Value::Int(self.batch));
-            env.bind("seq", Value::Int(self.seq));
-            let (arg, _) = self.data_input(&p.name, t, Vec::new(), &mut env)?;
-            args.push(arg);
-        }
+        let args = self.forward_inputs(root, fwd)?;
         let out = self.call_instance(
             root,
             self.instances[root].adapters.len(),
@@ -623,7 +612,35 @@ impl<'a> Elaborator<'a> {
             .take()
             .ok_or_else(|| Diagnostic::error(fwd.span, "internal error: no function", "here"))?;
         fb.func.add_output("logits", out);
+        self.root = Some((root, model.value.span));
         Ok(tidy(fb.func))
+    }
+
+    /// The root's forward parameters as batch inputs of the function being built; `batch`
+    /// and `seq` are visible in their annotations.
+    fn forward_inputs(
+        &mut self,
+        root: InstId,
+        fwd: &'a crate::ast::FnDef,
+    ) -> Result<Vec<eval::ArgVal>, Diagnostic> {
+        let mut args = Vec::new();
+        for p in &fwd.params {
+            let Some(TypeAnn::Tensor(t)) = &p.ty else {
+                return Err(Diagnostic::error(
+                    p.name.span,
+                    "the model's forward inputs need tensor types",
+                    "no tensor type",
+                )
+                .with_help("write e.g. `forward(input_ids: [batch, seq] i64)`"));
+            };
+            instance::no_rest(t)?;
+            let mut env = Env::new(self.instances[root].members.clone());
+            env.bind("batch", Value::Int(self.batch));
+            env.bind("seq", Value::Int(self.seq));
+            let (arg, _) = self.data_input(&p.name, t, Vec::new(), &mut env)?;
+            args.push(arg);
+        }
+        Ok(args)
     }
 
     /// A batch input named and typed by a forward parameter's annotation (`lead` before its

@@ -119,12 +119,17 @@ impl<'a> Elaborator<'a> {
                 "data" => c.data = Some(self.setting_str(v)?),
                 "tokenizer" => c.tokenizer = Some(self.setting_str(v)?),
                 "loss" => {
-                    let name = word(v).ok_or_else(|| {
-                        Diagnostic::error(v.span, "expected a loss name", "here")
-                            .with_help(LOSS_HELP)
-                    })?;
+                    // `name`, or `name(setting: value, ...)` for a function's settings.
+                    let (name, args): (String, &'a [crate::ast::Arg]) = match &v.kind {
+                        ExprKind::Call(f, args) => (word(f).unwrap_or_default(), args),
+                        _ => (word(v).unwrap_or_default(), &[]),
+                    };
+                    if name.is_empty() || (name == "causal_lm" && !args.is_empty()) {
+                        return Err(Diagnostic::error(v.span, "expected a loss name", "here")
+                            .with_help(LOSS_HELP));
+                    }
                     if name != "causal_lm" {
-                        self.loss_at = Some(v.span);
+                        self.loss_at = Some((v.span, args));
                     }
                     c.loss = name;
                 }
@@ -395,8 +400,8 @@ impl<'a> Elaborator<'a> {
 }
 
 /// What a `loss` setting may name.
-pub(super) const LOSS_HELP: &str = "a loss is `causal_lm` or a function of (logits, labels) \
-     returning a float scalar, such as `cross_entropy` (use objectives)";
+pub(super) const LOSS_HELP: &str = "a loss is `causal_lm` or a graft function returning a \
+     float scalar, such as `cross_entropy` or `dpo(beta: 0.1)` (use objectives)";
 
 fn word(e: &Expr) -> Option<String> {
     match &e.kind {
