@@ -38,6 +38,14 @@ pub enum DataError {
         /// What is wrong.
         message: String,
     },
+    /// Labeled examples that do not make a batch.
+    #[error("{path}: {message}")]
+    Batching {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Not enough tokens for one batch.
     #[error("{path} has no {seq}-token block with a target{why}")]
     TooShort {
@@ -297,7 +305,7 @@ pub fn targets(labels: &Tensor) -> usize {
 }
 
 /// Fisher–Yates with splitmix64 seeded by (seed, epoch): the same order on every machine.
-fn shuffle(v: &mut [usize], seed: u64, epoch: u64) {
+pub(crate) fn shuffle(v: &mut [usize], seed: u64, epoch: u64) {
     let mut state = seed ^ epoch.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0xd1b5_4a32_d192_ed03;
     let mut next = || {
         state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);

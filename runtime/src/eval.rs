@@ -27,15 +27,45 @@ pub struct EvalStats {
 /// # Errors
 /// The forward has no logits or input ids.
 pub fn eval_function(forward: &Function) -> Result<Function, SessionError> {
+    objective_eval_function(forward, None)
+}
+
+/// `@eval` with the spec's objective: `objective` (`@loss`, its reference forward without
+/// dropout too) inlined on the logits, or the causal-LM loss when `None`.
+///
+/// # Errors
+/// The forward has no logits or input ids, or the objective does not fit it.
+pub fn objective_eval_function(
+    forward: &Function,
+    objective: Option<&Function>,
+) -> Result<Function, SessionError> {
     let (mut f, logits) = inference_copy(forward, "eval")?;
-    let ids_ty = forward
-        .input("input_ids")
-        .ok_or(SessionError::Missing("forward"))?
-        .ty
-        .clone();
-    let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
-    let loss =
-        graft_autodiff::causal_lm_loss(&mut graft_ir::Emitter::new(&mut f), logits, labels, -100)?;
+    let loss = match objective {
+        None => {
+            let ids_ty = forward
+                .input("input_ids")
+                .ok_or(SessionError::Missing("forward"))?
+                .ty
+                .clone();
+            let labels = f.add_input("labels", InputKind::Data, ids_ty, None);
+            graft_autodiff::causal_lm_loss(
+                &mut graft_ir::Emitter::new(&mut f),
+                logits,
+                labels,
+                -100,
+            )?
+        }
+        Some(obj) => {
+            let (obj, _) = without_dropout(obj);
+            let outs = f
+                .inline(&obj, |name, _| (name == "logits").then_some(logits))
+                .map_err(|e| SessionError::Value(e.to_string()))?;
+            outs.into_iter()
+                .find(|(n, _)| n == "loss")
+                .map(|(_, v)| v)
+                .ok_or(SessionError::Missing("loss"))?
+        }
+    };
     f.add_output("loss", loss);
     graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
     Ok(f)
@@ -106,7 +136,7 @@ impl Session {
             .module
             .function("forward")
             .ok_or(SessionError::Missing("forward"))?;
-        let mut f = eval_function(forward)?;
+        let mut f = objective_eval_function(forward, self.program.module.function("loss"))?;
         if optimize {
             f = crate::cache::optimized_step(
                 crate::cache::cache_dir().as_deref(),
@@ -127,6 +157,17 @@ impl Session {
     /// # Errors
     /// The run failed.
     pub fn eval_loss(&mut self, input_ids: &Tensor, labels: &Tensor) -> Result<f32, SessionError> {
+        self.eval_loss_named(&vec![
+            ("input_ids".to_string(), input_ids.clone()),
+            ("labels".to_string(), labels.clone()),
+        ])
+    }
+
+    /// The loss of one batch given by input name under the current parameters (no update).
+    ///
+    /// # Errors
+    /// The run failed.
+    pub fn eval_loss_named(&mut self, batch: &crate::labeled::Batch) -> Result<f32, SessionError> {
         // Weights the training step's backend let go of after binding them.
         self.restore_dropped()?;
         if self.eval.is_none() {
@@ -135,7 +176,7 @@ impl Session {
                 .module
                 .function("forward")
                 .ok_or(SessionError::Missing("forward"))?;
-            let f = eval_function(forward)?;
+            let f = objective_eval_function(forward, self.program.module.function("loss"))?;
             let runner = crate::Interpreter
                 .prepare(&f)
                 .map_err(SessionError::Backend)?;
@@ -144,7 +185,7 @@ impl Session {
         let eval = self.eval.take();
         let out = match &eval {
             Some((_, runner)) => self.with_batch(
-                vec![("input_ids", input_ids.clone()), ("labels", labels.clone())],
+                batch.iter().map(|(n, t)| (n.as_str(), t.clone())).collect(),
                 |v, m| runner.run_mapped(v, m),
             ),
             None => Err("no eval function".into()),
@@ -178,6 +219,40 @@ impl Session {
             loss,
             perplexity: loss.exp(),
             batches: n,
+        })
+    }
+
+    /// [`Session::evaluate`] over batches given by input name; for an objective other than
+    /// the causal-LM loss, the mean of the batches' losses (`perplexity` is its exp, which
+    /// means little there).
+    ///
+    /// # Errors
+    /// A batch failed.
+    pub fn evaluate_named(
+        &mut self,
+        batches: &[crate::labeled::Batch],
+    ) -> Result<EvalStats, SessionError> {
+        if self.program.train.loss == "causal_lm" {
+            let pairs = batches.iter().map(|b| {
+                let get = |k: &str| {
+                    b.iter()
+                        .find(|(n, _)| n == k)
+                        .map(|(_, t)| t.clone())
+                        .unwrap_or_else(|| Tensor::scalar_i64(0))
+                };
+                (get("input_ids"), get("labels"))
+            });
+            return self.evaluate(pairs.collect::<Vec<_>>());
+        }
+        let mut sum = 0.0f64;
+        for b in batches {
+            sum += f64::from(self.eval_loss_named(b)?);
+        }
+        let loss = sum / batches.len().max(1) as f64;
+        Ok(EvalStats {
+            loss,
+            perplexity: loss.exp(),
+            batches: batches.len(),
         })
     }
 

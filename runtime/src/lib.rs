@@ -13,6 +13,7 @@ pub mod eval;
 pub mod export;
 pub mod files;
 pub mod generate;
+pub mod labeled;
 pub mod memory;
 pub mod metrics;
 pub mod peft;

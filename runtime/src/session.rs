@@ -483,6 +483,29 @@ impl Session {
     /// # Errors
     /// The group has another number of micro-batches, or a run fails.
     pub fn step_group(&mut self, group: &[(Tensor, Tensor)]) -> Result<StepStats, SessionError> {
+        let named: Vec<crate::labeled::Batch> = group
+            .iter()
+            .map(|(ids, labels)| {
+                vec![
+                    ("input_ids".to_string(), ids.clone()),
+                    ("labels".to_string(), labels.clone()),
+                ]
+            })
+            .collect();
+        self.step_group_named(&named)
+    }
+
+    /// Runs one optimizer step over the `train` block's `accumulate` micro-batches given by
+    /// input name (see [`Session::step_named`]). For the causal-LM loss each weighs its share
+    /// of the group's targets (see [`Session::step_group`]); for another objective, which is
+    /// a mean over its micro-batch, each weighs the same.
+    ///
+    /// # Errors
+    /// The group has another number of micro-batches, or a run fails.
+    pub fn step_group_named(
+        &mut self,
+        group: &[crate::labeled::Batch],
+    ) -> Result<StepStats, SessionError> {
         let k = self.program.train.accumulate.max(1);
         if group.len() != k {
             return Err(SessionError::Value(format!(
@@ -492,16 +515,14 @@ impl Session {
         }
         if k == 1 {
             return self
-                .step_inner(&group[0].0, &group[0].1, None, false)
-                .map(|(stats, _)| stats);
+                .step_batch(named(&group[0]), None, false)
+                .map(|(s, _)| s);
         }
-        let total: usize = group.iter().map(|(_, l)| crate::data::targets(l)).sum();
-        let mut stats = None;
-        let mut loss = 0.0f64;
-        for (i, (ids, labels)) in group.iter().enumerate() {
-            let w = crate::data::targets(labels) as f64 / total.max(1) as f64;
+        let weights = batch_weights(&self.program, group);
+        let (mut stats, mut loss) = (None, 0.0f64);
+        for (i, (b, &w)) in group.iter().zip(&weights).enumerate() {
             self.micro = i;
-            let (s, _) = self.step_inner(ids, labels, Some(w as f32), false)?;
+            let (s, _) = self.step_batch(named(b), Some(w as f32), false)?;
             loss += w * f64::from(s.loss);
             stats = Some(s);
         }
@@ -659,8 +680,7 @@ impl Session {
     pub fn first_non_finite(
         &mut self,
         state: HashMap<String, Tensor>,
-        input_ids: &Tensor,
-        labels: &Tensor,
+        batch: &crate::labeled::Batch,
     ) -> Result<Option<String>, SessionError> {
         self.restore_dropped()?;
         let forward = self.forward_fn()?;
@@ -670,7 +690,8 @@ impl Session {
             .filter_map(|(k, v)| self.values.insert(k.clone(), v).map(|old| (k, old)))
             .collect();
         self.steps_done = self.steps_done.saturating_sub(1);
-        let mut batch = vec![("input_ids", input_ids.clone()), ("labels", labels.clone())];
+        let mut batch: Vec<(&str, Tensor)> =
+            batch.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
         let k = self.program.train.accumulate.max(1);
         if k > 1 {
             // The step's first micro-batch, at its share of a group of k like it.
@@ -840,4 +861,31 @@ impl Prepared for NoRunner {
     fn run(&self, _: &HashMap<String, Tensor>) -> Result<Vec<(String, Tensor)>, String> {
         Err("the step runner is in use".into())
     }
+}
+
+/// Each batch's weight in a mean over `batches`: its share of the targets for the causal-LM
+/// loss (a mean over target tokens), else an equal share (an objective's mean over its batch).
+pub(crate) fn batch_weights(p: &Program, batches: &[crate::labeled::Batch]) -> Vec<f64> {
+    let n = batches.len().max(1);
+    if p.train.loss != "causal_lm" {
+        return vec![1.0 / n as f64; batches.len()];
+    }
+    let targets: Vec<usize> = batches
+        .iter()
+        .map(|b| {
+            b.iter()
+                .find(|(k, _)| k == "labels")
+                .map_or(0, |(_, l)| crate::data::targets(l))
+        })
+        .collect();
+    let total = targets.iter().sum::<usize>().max(1);
+    targets
+        .iter()
+        .map(|&t| t as f64 / total as f64)
+        .collect()
+}
+
+/// A named batch as the runner binds it.
+fn named(b: &crate::labeled::Batch) -> Vec<(&str, Tensor)> {
+    b.iter().map(|(n, t)| (n.as_str(), t.clone())).collect()
 }

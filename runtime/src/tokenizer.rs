@@ -30,6 +30,19 @@ pub struct Encoded {
     pub offsets: Vec<(usize, usize)>,
 }
 
+/// A text or a pair of texts tokenized to fit a length, with what models read beside the ids.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fitted {
+    /// Token ids, special tokens included.
+    pub ids: Vec<u32>,
+    /// Which text each token belongs to, as BERT's `token_type_ids` (0 or 1).
+    pub type_ids: Vec<u32>,
+    /// Byte offsets of each token in its own text.
+    pub offsets: Vec<(usize, usize)>,
+    /// Which text each token came from (`None` for a special token).
+    pub sequence: Vec<Option<usize>>,
+}
+
 impl TextTokenizer {
     /// Reads `tokenizer.json` from `path` (the file, or a folder holding it) and, beside it,
     /// `tokenizer_config.json` when there is one.
@@ -146,6 +159,66 @@ impl TextTokenizer {
         Ok(Encoded {
             ids: e.get_ids().to_vec(),
             offsets: e.get_offsets().to_vec(),
+        })
+    }
+
+    /// `a` (and `b`, a pair) tokenized with the special tokens the post-processor adds (as
+    /// Python's `tokenizer(a, b, truncation=..., max_length=max_len)`), cut to `max_len`
+    /// tokens: from the end of `b` alone with `only_second` (`truncation="only_second"`,
+    /// extractive QA's context), else from the end of the longer text first
+    /// (`"longest_first"`).
+    ///
+    /// # Errors
+    /// The tokenizer fails, or `only_second` leaves no room for `b`.
+    pub fn encode_fit(
+        &self,
+        a: &str,
+        b: Option<&str>,
+        max_len: usize,
+        only_second: bool,
+    ) -> Result<Fitted, String> {
+        use tokenizers::{PostProcessor as _, TruncationDirection};
+        let enc = |t: &str| {
+            self.tok
+                .encode(t, false)
+                .map_err(|e| format!("cannot tokenize: {e}"))
+        };
+        let mut ea = enc(a)?;
+        let mut eb = b.map(enc).transpose()?;
+        let added = self
+            .tok
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(eb.is_some()));
+        let room = max_len.saturating_sub(added);
+        match &mut eb {
+            None => ea.truncate(room, 0, TruncationDirection::Right),
+            Some(eb) if only_second => {
+                let left = room.checked_sub(ea.len()).filter(|&n| n > 0).ok_or_else(|| {
+                    format!(
+                        "the first text takes {} of the {max_len} tokens, leaving none for \
+                         the second",
+                        ea.len() + added
+                    )
+                })?;
+                eb.truncate(left, 0, TruncationDirection::Right);
+            }
+            Some(eb) => {
+                while ea.len() + eb.len() > room {
+                    let longer = if ea.len() > eb.len() { &mut ea } else { &mut *eb };
+                    let n = longer.len() - 1;
+                    longer.truncate(n, 0, TruncationDirection::Right);
+                }
+            }
+        }
+        let e = self
+            .tok
+            .post_process(ea, eb, true)
+            .map_err(|e| format!("cannot tokenize: {e}"))?;
+        Ok(Fitted {
+            ids: e.get_ids().to_vec(),
+            type_ids: e.get_type_ids().to_vec(),
+            offsets: e.get_offsets().to_vec(),
+            sequence: e.get_sequence_ids(),
         })
     }
 

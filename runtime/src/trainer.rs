@@ -20,6 +20,7 @@
 
 use crate::checkpoint::{Fingerprint, Resumed};
 use crate::data::{Batches, Layout};
+use crate::labeled::{Batch, LabeledBatches, Source};
 use crate::session::{Session, SessionError, SessionOptions, StepStats};
 use crate::signals::Signals;
 use crate::tokenizer::TextTokenizer;
@@ -171,14 +172,6 @@ pub fn train(
     // JIT-compiles (they re-raise the signal with its default action, killing the process).
     // Registered first, ours are what LLVM's restore and re-raise to.
     let signals = Signals::install();
-    if program.train.loss != "causal_lm" {
-        return Err(TrainError::Input(format!(
-            "`graft train` reads text for the causal-LM loss; this spec's loss `{}` needs \
-             labeled examples, which graft's data files do not hold yet (a program can train \
-             it with Session::step_named)",
-            program.train.loss
-        )));
-    }
     let dir = spec.parent().unwrap_or(Path::new("."));
     let weights = match &program.weights {
         Some((path, _)) => Some(WeightsFile::open(path).map_err(SessionError::from)?),
@@ -196,25 +189,39 @@ pub fn train(
         .ok_or_else(|| TrainError::Input("the `train` block names no `data` file".into()))?;
     let vocab = crate::data::vocab(&program)
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
+    let causal = program.train.loss == "causal_lm";
     let tok = crate::data::tokenizer(&program, dir).map_err(TrainError::Input)?;
     let mut program = program;
     if let Some(seed) = opts.seed {
         program.train.seed = seed;
     }
     let data_path = dir.join(&data);
-    // Read once: parsed here, and hashed for the checkpoint's fingerprint below.
-    let data_text =
-        crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
+    // Read once: parsed here (text; the labeled loader reads its file itself, which may be
+    // a tensor file), and hashed for the checkpoint's fingerprint below.
+    let (data_text, data_bytes) = if causal {
+        let t = crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
+        (t, Vec::new())
+    } else {
+        crate::files::regular_file(&data_path, "data file").map_err(TrainError::Input)?;
+        let b = std::fs::read(&data_path)
+            .map_err(|e| TrainError::Input(format!("cannot read {}: {e}", data_path.display())))?;
+        (String::new(), b)
+    };
     let layout = Layout::of(&program, tok.as_ref());
-    let mut batches = load_batches(
-        &data_text,
-        &data_path,
-        tok.as_ref(),
-        vocab,
-        layout.clone(),
-        opts,
-        on,
-    )?;
+    let cx = crate::labeled::context(&program, tok.as_ref());
+    let inputs = crate::labeled::batch_inputs(&program);
+    let load = |path: &Path, text: &str, layout: Layout, on: &mut dyn FnMut(Event)| {
+        if causal {
+            let b = load_batches(text, path, tok.as_ref(), vocab, layout, opts, on)?;
+            return Ok::<_, TrainError>(Source::Text(b));
+        }
+        let (b, skipped) =
+            LabeledBatches::load(path, inputs.clone(), &cx, layout.shuffle, opts.skip_bad_lines)
+                .map_err(|e| TrainError::Input(e.to_string()))?;
+        report_skipped(&skipped, path, on);
+        Ok(Source::Labeled(b))
+    };
+    let mut batches = load(&data_path, &data_text, layout.clone(), on)?;
     let accumulate = program.train.accumulate;
     let steps = match (opts.steps, program.train.epochs) {
         (Some(n), _) => n,
@@ -224,13 +231,13 @@ pub fn train(
     program.train.steps = steps;
     let seed = program.train.seed;
     let mut fingerprint =
-        Fingerprint::with_data(&program, Some((data_path.as_path(), data_text.as_bytes())));
+        Fingerprint::with_data(&program, Some((data_path.as_path(), if causal { data_text.as_bytes() } else { &data_bytes })));
     if let Some(t) = &tok {
         fingerprint
             .add_file("tokenizer", &t.path)
             .map_err(TrainError::Input)?;
     }
-    drop(data_text);
+    drop((data_text, data_bytes));
     crate::memory::check_fits(&program).map_err(TrainError::Input)?;
     // Lock the checkpoint folder before anything is read from it.
     let lock = match &opts.checkpoint {
@@ -244,12 +251,17 @@ pub fn train(
     let eval_every = opts.eval_every.unwrap_or(program.train.eval_every);
     let eval_batches = match &eval_path {
         Some(p) => {
-            let text = crate::data::read_data(p).map_err(|e| TrainError::Input(e.to_string()))?;
+            // A tensor file is read by the labeled loader itself.
+            let text = if causal {
+                crate::data::read_data(p).map_err(|e| TrainError::Input(e.to_string()))?
+            } else {
+                String::new()
+            };
             let layout = Layout {
                 shuffle: None,
                 ..layout
             };
-            let mut b = load_batches(&text, p, tok.as_ref(), vocab, layout, opts, on)?;
+            let mut b = load(p, &text, layout, on)?;
             (0..b.per_epoch().min(EVAL_BATCHES))
                 .map(|_| b.next_batch())
                 .collect()
@@ -329,6 +341,20 @@ fn load_batches(
     let input = |e: crate::DataError| TrainError::Input(e.to_string());
     let (examples, skipped) =
         crate::data::examples_of(text, path, tok, vocab, opts.skip_bad_lines).map_err(input)?;
+    report_skipped(&skipped, path, on);
+    let b = Batches::new(examples, layout, &path.display().to_string()).map_err(input)?;
+    if b.dropped > 0 {
+        on(Event::Note(format!(
+            "{} of {}'s blocks have no target and are left out",
+            b.dropped,
+            path.display()
+        )));
+    }
+    Ok(b)
+}
+
+/// Bad lines left out (`--skip-bad-lines`): the first few by line, then a count.
+fn report_skipped(skipped: &[crate::DataError], path: &Path, on: &mut dyn FnMut(Event)) {
     for e in skipped.iter().take(5) {
         on(Event::Note(format!("skipped {e}")));
     }
@@ -339,15 +365,6 @@ fn load_batches(
             path.display()
         )));
     }
-    let b = Batches::new(examples, layout, &path.display().to_string()).map_err(input)?;
-    if b.dropped > 0 {
-        on(Event::Note(format!(
-            "{} of {}'s blocks have no target and are left out",
-            b.dropped,
-            path.display()
-        )));
-    }
-    Ok(b)
 }
 
 /// One run's loop and what it needs to save.
@@ -365,11 +382,11 @@ struct Run<'a, 's> {
     /// Tokens per step.
     tokens: usize,
     /// The eval batches (none: no evaluation) and the steps between evaluations.
-    eval: (Vec<(Tensor, Tensor)>, usize),
+    eval: (Vec<Batch>, usize),
 }
 
 impl Run<'_, '_> {
-    fn steps(&mut self, batches: &mut Batches) -> Result<Outcome, TrainError> {
+    fn steps(&mut self, batches: &mut Source) -> Result<Outcome, TrainError> {
         let every = self.opts.every.max(1);
         let mut zero_run = 0;
         if self.ckpt.is_some_and(Path::exists) {
@@ -383,20 +400,19 @@ impl Run<'_, '_> {
                 self.plot();
                 return Ok(Outcome::Interrupted(why));
             }
-            let group: Vec<(Tensor, Tensor)> = (0..self.session.program.train.accumulate.max(1))
+            let group: Vec<Batch> = (0..self.session.program.train.accumulate.max(1))
                 .map(|_| batches.next_batch())
                 .collect();
-            let (ids, labels) = group[0].clone();
             let before = self.opts.debug_non_finite.then(|| self.state());
             let start = std::time::Instant::now();
-            let s = self.session.step_group(&group)?;
+            let s = self.session.step_group_named(&group)?;
             let secs = start.elapsed().as_secs_f64();
             (self.on)(Event::Step(s, secs));
             if let Some(m) = &mut self.metrics {
                 m.record(&s, secs, self.tokens).map_err(TrainError::Input)?;
             }
             if !s.loss.is_finite() || !s.grad_norm.is_finite() {
-                return Err(self.non_finite(s, before, &ids, &labels));
+                return Err(self.non_finite(s, before, &group[0]));
             }
             zero_run = if s.grad_norm == 0.0 { zero_run + 1 } else { 0 };
             if zero_run >= ZERO_GRAD_STEPS.min(self.steps) {
@@ -454,7 +470,7 @@ impl Run<'_, '_> {
         if self.eval.0.is_empty() {
             return Ok(());
         }
-        let stats = self.session.evaluate(self.eval.0.iter().cloned())?;
+        let stats = self.session.evaluate_named(&self.eval.0)?;
         let step = self.session.steps_done();
         if let Some(m) = &mut self.metrics {
             m.record_eval(step, &stats).map_err(TrainError::Input)?;
@@ -489,8 +505,7 @@ impl Run<'_, '_> {
         &mut self,
         s: StepStats,
         before: Option<HashMap<String, Tensor>>,
-        ids: &Tensor,
-        labels: &Tensor,
+        batch: &Batch,
     ) -> TrainError {
         let what = if s.loss.is_finite() {
             "gradient norm"
@@ -501,7 +516,7 @@ impl Run<'_, '_> {
             None => "; lower the learning rate or enable `clip`; --debug-non-finite names the \
                      first op whose value is not finite"
                 .to_string(),
-            Some(state) => match self.session.first_non_finite(state, ids, labels) {
+            Some(state) => match self.session.first_non_finite(state, batch) {
                 Ok(Some(at)) => format!("; the first non-finite value: {at}"),
                 Ok(None) => "; on the interpreter every value of that step is finite (the \
                              compiled step differs from the interpreter: please report it)"

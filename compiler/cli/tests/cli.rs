@@ -677,20 +677,3 @@ fn check_probes_the_adapters_of_a_library_file() -> Result<(), Box<dyn std::erro
     Ok(())
 }
 
-/// A classifier's objective needs labeled examples, which `graft train`'s data files do not
-/// hold: a clear error naming the loss, before anything compiles.
-#[test]
-fn train_refuses_an_objective_its_data_cannot_feed() {
-    let out = graft(&[
-        "train",
-        "tests/models/bert_lora_classifier.graft",
-        "--steps",
-        "1",
-    ]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    let err = text(&out.stderr);
-    assert!(
-        err.contains("this spec's loss `cross_entropy` needs labeled examples"),
-        "{err}"
-    );
-}

@@ -1,0 +1,72 @@
+//! `graft train` on the shipped labeled-data examples: sentence classification (BERT),
+//! extractive QA (BERT, SQuAD records), seq2seq (T5), image classification (ViT, a tensor
+//! file) and DPO (the tiny Llama folder, preference pairs). Each trains from its data file
+//! and the loss falls: the mean of the last three steps is below `fall` times the mean of
+//! the first three. DPO starts at exactly ln 2 (the reference is the model with its
+//! adapters disabled, and LoRA's B starts at zero), within 1e-4 (the printed digits).
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The per-step losses `graft train` prints for `spec`.
+fn losses(spec: &str) -> Vec<f64> {
+    let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .current_dir(repo())
+        .env("GRAFT_STDLIB", repo().join("stdlib"))
+        .args(["train", spec])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{spec}: {stdout}\n{stderr}");
+    let l: Vec<f64> = stdout
+        .lines()
+        .filter(|l| l.starts_with("step "))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = w.iter().position(|&x| x == "loss")?;
+            w.get(at + 1)?.parse().ok()
+        })
+        .collect();
+    assert!(l.len() >= 6, "{spec}: too few steps in {stdout}");
+    l
+}
+
+fn falls(spec: &str, fall: f64) -> Vec<f64> {
+    let l = losses(spec);
+    let first = l[..3].iter().sum::<f64>() / 3.0;
+    let last = l[l.len() - 3..].iter().sum::<f64>() / 3.0;
+    assert!(last < fall * first, "{spec}: {l:?}");
+    l
+}
+
+#[test]
+fn bert_trains_on_text_classification_records() {
+    falls("dsl-examples/bert_sentiment.graft", 0.5);
+}
+
+#[test]
+fn bert_trains_on_squad_records() {
+    falls("dsl-examples/bert_squad.graft", 0.5);
+}
+
+#[test]
+fn t5_trains_on_seq2seq_records() {
+    falls("dsl-examples/t5_seq2seq.graft", 0.85);
+}
+
+#[test]
+fn vit_trains_on_an_image_tensor_file() {
+    falls("dsl-examples/vit_images.graft", 0.5);
+}
+
+#[test]
+fn dpo_trains_on_preference_pairs_from_ln_2() {
+    let l = falls("dsl-examples/tiny_dpo.graft", 0.1);
+    assert!((l[0] - std::f64::consts::LN_2).abs() < 1e-4, "{l:?}");
+}
