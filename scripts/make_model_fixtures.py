@@ -27,6 +27,9 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   `embed_tokens` are `shared` (as every T5 checkpoint has them; transformers 5 unties them
   with the lm_head, so they are set equal and left out), `input_ids` [2, 9],
   `decoder_input_ids` [2, 6] and `logits` [2, 6, 64].
+- peft_bert_seqcls/: PEFT's save of LoRA (r 4, alpha 8, query and value, task SEQ_CLS, so
+  the classifier is a `modules_to_save`) on bert_classifier's model, its B matrices and
+  classifier moved off their start, and `logits.safetensors`: its logits on that batch.
 """
 
 from __future__ import annotations
@@ -222,6 +225,32 @@ def t5_seq2seq() -> dict[str, torch.Tensor]:
     return out
 
 
+def peft_bert_seqcls(out: Path) -> None:
+    """PEFT's own save of LoRA (r 4, alpha 8) on query and value of bert_classifier's model,
+    task SEQ_CLS (the classifier trained in full, as `modules_to_save`), with every LoRA B and
+    the classifier's copy moved off their start (N(0, 0.1) added), and the logits of
+    bert_classifier's batch under it (`logits.safetensors`)."""
+    from peft import LoraConfig, get_peft_model
+
+    fixture = load_file(str(out / "bert_classifier.safetensors"))
+    model = BertForSequenceClassification(bert_config()).eval()
+    model.load_state_dict({k: v for k, v in fixture.items() if "." in k}, strict=False)
+    peft = get_peft_model(model, LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8,
+                                            target_modules=["query", "value"]))
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in peft.named_parameters():
+            if p.requires_grad and "lora_A" not in name:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+    peft.eval()
+    folder = out / "peft_bert_seqcls"
+    peft.save_pretrained(str(folder))
+    with torch.no_grad():
+        logits = peft(input_ids=fixture["input_ids"], token_type_ids=fixture["token_type_ids"],
+                      attention_mask=fixture["attention_mask"]).logits
+    save_file({"logits": logits.contiguous()}, str(folder / "logits.safetensors"))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=REPO / "tests" / "fixtures")
@@ -238,6 +267,12 @@ def main() -> int:
             continue
         save_file(make(), str(path))
         print(f"wrote {path}")
+    folder = args.out / "peft_bert_seqcls"
+    if folder.exists():
+        print(f"{folder} exists; kept")
+    else:
+        peft_bert_seqcls(args.out)
+        print(f"wrote {folder}")
     return 0
 
 

@@ -288,7 +288,10 @@ impl Session {
             crate::peft_storage::restore_cut(&self.program.adapters, &config, &mut tensors, full)
                 .map_err(at)?;
             crate::peft_storage::unstack(&self.program.adapters, &mut tensors, full).map_err(at)?;
-            if let Ok(spec) = crate::adapter_config(&self.program.adapters) {
+            if let Ok(spec) = crate::adapter_config(
+                &self.program.adapters,
+                crate::peft::task_type(&self.program).as_deref(),
+            ) {
                 let diff = crate::peft::config_mismatches(&spec, &config);
                 if !diff.is_empty() {
                     return Err(SessionError::Value(format!(

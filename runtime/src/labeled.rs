@@ -124,7 +124,9 @@ impl LabeledBatches {
             }
             (out, skipped)
         };
-        let rows = inputs.first().map_or(0, |(_, t)| t.shape.first().copied().unwrap_or(0));
+        let rows = inputs
+            .first()
+            .map_or(0, |(_, t)| t.shape.first().copied().unwrap_or(0));
         let k = examples.first().map_or(1, Vec::len);
         let batching = |message: String| DataError::Batching {
             path: name.clone(),
@@ -224,16 +226,26 @@ fn tensor_file(path: &Path, inputs: &[(String, TensorType)]) -> Result<Vec<Rows>
         let t = file.read(input).map_err(|_| {
             bad(format!(
                 "the step reads `{input}` ({ty}), which the file does not have (its tensors: {})",
-                file.entries().keys().cloned().collect::<Vec<_>>().join(", ")
+                file.entries()
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?;
         let per_row = &ty.shape[1..];
-        if t.ty().shape.get(1..) != Some(per_row) || (t.ty().dtype == DType::I64) != (ty.dtype == DType::I64) {
+        if t.ty().shape.get(1..) != Some(per_row)
+            || (t.ty().dtype == DType::I64) != (ty.dtype == DType::I64)
+        {
             return Err(bad(format!(
                 "`{input}` is {}; the step reads {ty}, so the file needs {:?}[N, {}]",
                 t.ty(),
                 ty.dtype,
-                per_row.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                per_row
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
         }
         let rows = t.ty().shape[0];
@@ -301,7 +313,13 @@ fn example(line: &str, inputs: &[(String, TensorType)], cx: &Context) -> Result<
             let mut all = prompt.clone();
             all.extend(&resp);
             let labels = (0..all.len())
-                .map(|i| if i < prompt.len() { IGNORE as f64 } else { all[i] })
+                .map(|i| {
+                    if i < prompt.len() {
+                        IGNORE as f64
+                    } else {
+                        all[i]
+                    }
+                })
                 .collect();
             rows.push(vec![
                 ("attention_mask", vec![1.0; all.len()]),
@@ -317,7 +335,10 @@ fn example(line: &str, inputs: &[(String, TensorType)], cx: &Context) -> Result<
         let (start, end) = answer_span(obj.get("answers"), context, &f)?;
         vec![vec![
             ("attention_mask", vec![1.0; f.ids.len()]),
-            ("token_type_ids", f.type_ids.iter().map(|&x| f64::from(x)).collect()),
+            (
+                "token_type_ids",
+                f.type_ids.iter().map(|&x| f64::from(x)).collect(),
+            ),
             ("input_ids", ids(&f.ids)),
             ("labels", vec![start as f64, end as f64]),
         ]]
@@ -325,12 +346,18 @@ fn example(line: &str, inputs: &[(String, TensorType)], cx: &Context) -> Result<
         let t = need_tok("seq2seq")?;
         let src = t.encode_fit(str_field("source")?, None, seq, false)?;
         let target_len = len("labels").or(len("decoder_input_ids")).unwrap_or(seq);
-        let mut tgt = ids(&t.encode_fit(str_field("target")?, None, target_len, false)?.ids);
+        let mut tgt = ids(&t
+            .encode_fit(str_field("target")?, None, target_len, false)?
+            .ids);
         tgt.resize(target_len, IGNORE as f64);
         // The labels shifted right, their padding the pad token (T5's `_shift_right`).
         let pad = t.pad.as_ref().map_or(0.0, |(_, id)| f64::from(*id));
         let mut dec = vec![cx.decoder_start as f64];
-        dec.extend(tgt[..target_len - 1].iter().map(|&x| if x == IGNORE as f64 { pad } else { x }));
+        dec.extend(
+            tgt[..target_len - 1]
+                .iter()
+                .map(|&x| if x == IGNORE as f64 { pad } else { x }),
+        );
         vec![vec![
             ("attention_mask", vec![1.0; src.ids.len()]),
             ("input_ids", ids(&src.ids)),
@@ -356,7 +383,10 @@ fn example(line: &str, inputs: &[(String, TensorType)], cx: &Context) -> Result<
             })?;
         vec![vec![
             ("attention_mask", vec![1.0; f.ids.len()]),
-            ("token_type_ids", f.type_ids.iter().map(|&x| f64::from(x)).collect()),
+            (
+                "token_type_ids",
+                f.type_ids.iter().map(|&x| f64::from(x)).collect(),
+            ),
             ("input_ids", ids(&f.ids)),
             ("labels", vec![label as f64]),
         ]]
@@ -471,14 +501,18 @@ fn answer_span(
         .and_then(|t| t.get(0))
         .and_then(Value::as_str)
         .ok_or("`answers.text` must be a list of strings")?;
-    let start_char = a
-        .get("answer_start")
-        .and_then(|t| t.get(0))
-        .and_then(Value::as_u64)
-        .ok_or("`answers.answer_start` must be a list of character offsets")?
-        as usize;
+    let start_char =
+        a.get("answer_start")
+            .and_then(|t| t.get(0))
+            .and_then(Value::as_u64)
+            .ok_or("`answers.answer_start` must be a list of character offsets")? as usize;
     // SQuAD counts characters; the tokenizer's offsets are bytes.
-    let byte = |c: usize| context.char_indices().nth(c).map_or(context.len(), |(b, _)| b);
+    let byte = |c: usize| {
+        context
+            .char_indices()
+            .nth(c)
+            .map_or(context.len(), |(b, _)| b)
+    };
     let start = byte(start_char);
     let end = byte(start_char + text.chars().count());
     if context.get(start..end) != Some(text) {
@@ -547,13 +581,18 @@ impl Source {
 /// The labeled-data context of a program: its tokenizer, its classes (the logits' last
 /// axis) and its decoder start token (the model folder's `decoder_start_token_id`, else the
 /// pad token, else 0).
-pub fn context<'a>(program: &graft_frontend::Program, tok: Option<&'a TextTokenizer>) -> Context<'a> {
+pub fn context<'a>(
+    program: &graft_frontend::Program,
+    tok: Option<&'a TextTokenizer>,
+) -> Context<'a> {
     let from_config = program.model_dir.as_ref().and_then(|d| {
         let text = std::fs::read_to_string(d.join("config.json")).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
         v.get("decoder_start_token_id")?.as_i64()
     });
-    let pad = tok.and_then(|t| t.pad.as_ref()).map(|(_, id)| i64::from(*id));
+    let pad = tok
+        .and_then(|t| t.pad.as_ref())
+        .map(|(_, id)| i64::from(*id));
     Context {
         tok,
         decoder_start: from_config.or(pad).unwrap_or(0),

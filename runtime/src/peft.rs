@@ -31,6 +31,11 @@ pub enum PeftError {
         "adapter `{0}` has no `peft` declaration, so it has no PEFT adapter format (graft saves its tensors with `--save` as safetensors instead)"
     )]
     NoPeftForm(String),
+    /// Modules trained in full (`full_ft`) with no method beside them.
+    #[error(
+        "`{0}` alone has no PEFT adapter format: PEFT stores modules trained in full (`modules_to_save`) only beside a method's tensors (graft saves its tensors with `--save` as safetensors instead)"
+    )]
+    OnlySaved(String),
     /// PEFT's files hold one method at a time.
     #[error("PEFT's adapter format holds one method, but this spec uses {0} and {1}")]
     Mixed(String, String),
@@ -82,13 +87,44 @@ fn json_of(v: &ConfigValue) -> Value {
     }
 }
 
-/// Builds `adapter_config.json` from the adapters a program applies.
-pub fn adapter_config(records: &[AdapterRecord]) -> Result<Value, PeftError> {
+/// What PEFT calls tensors trained in full beside a method's (`peft "MODULES_TO_SAVE" {}`,
+/// full fine-tuning's declaration): listed in `modules_to_save`, stored under their own
+/// names.
+const MODULES_TO_SAVE: &str = "MODULES_TO_SAVE";
+
+/// The `task_type` a program's adapter is saved with: what its model's root module declares
+/// (`peft "SEQ_CLS" {}`), else `CAUSAL_LM` for the causal-LM loss, else none.
+pub fn task_type(p: &graft_frontend::Program) -> Option<String> {
+    p.peft_task
+        .clone()
+        .or_else(|| (p.train.loss == "causal_lm").then(|| "CAUSAL_LM".to_string()))
+}
+
+/// Builds `adapter_config.json` from the adapters a program applies and its `task_type`
+/// ([`task_type`]).
+pub fn adapter_config(records: &[AdapterRecord], task: Option<&str>) -> Result<Value, PeftError> {
     if records.is_empty() {
         return Err(PeftError::Empty);
     }
+    let is_saved = |r: &&AdapterRecord| {
+        r.peft
+            .as_ref()
+            .is_some_and(|p| p.peft_type == MODULES_TO_SAVE)
+    };
+    let mut saved: Vec<String> = records
+        .iter()
+        .filter(is_saved)
+        .map(|r| last_name(&r.module_path))
+        .collect();
+    saved.sort();
+    saved.dedup();
+    let all = records;
+    let records: Vec<&AdapterRecord> = all.iter().filter(|r| !is_saved(r)).collect();
+    if records.is_empty() {
+        return Err(PeftError::OnlySaved(all[0].adapter.clone()));
+    }
     let mut exports = Vec::new();
-    for r in records {
+    for &r in &records {
         let p = r
             .peft
             .as_ref()
@@ -134,16 +170,7 @@ pub fn adapter_config(records: &[AdapterRecord]) -> Result<Value, PeftError> {
         }
     }
     if !PROMPT_LEARNING.contains(&p0.peft_type.as_str()) {
-        let mut names: Vec<String> = records
-            .iter()
-            .map(|r| {
-                r.module_path
-                    .rsplit('.')
-                    .next()
-                    .unwrap_or(&r.module_path)
-                    .to_string()
-            })
-            .collect();
+        let mut names: Vec<String> = records.iter().map(|r| last_name(&r.module_path)).collect();
         names.sort();
         names.dedup();
         cfg.insert("target_modules".into(), json!(names));
@@ -152,11 +179,19 @@ pub fn adapter_config(records: &[AdapterRecord]) -> Result<Value, PeftError> {
             cfg.insert("alpha_pattern".into(), Value::Object(alpha_pattern));
         }
     }
-    cfg.entry("task_type").or_insert(json!("CAUSAL_LM"));
+    if !saved.is_empty() {
+        cfg.insert("modules_to_save".into(), json!(saved));
+    }
+    cfg.entry("task_type").or_insert(json!(task));
     cfg.insert("base_model_name_or_path".into(), Value::Null);
     cfg.insert("inference_mode".into(), json!(true));
 
     Ok(Value::Object(cfg))
+}
+
+/// A module path's last name (`classifier` of `bert.classifier`), as PEFT lists modules.
+fn last_name(path: &str) -> String {
+    path.rsplit('.').next().unwrap_or(path).to_string()
 }
 
 /// Where a saved adapter's `adapter_config.json` (`folder`) disagrees with the one the spec
@@ -211,9 +246,10 @@ const RESIDUAL_INITS: [&str; 4] = ["pissa", "olora", "corda", "loftq"];
 pub fn save_adapter(
     dir: &Path,
     records: &[AdapterRecord],
+    task: Option<&str>,
     params: &[(String, &Tensor)],
 ) -> Result<(), PeftError> {
-    let cfg = adapter_config(records)?;
+    let cfg = adapter_config(records, task)?;
     let stored = crate::peft_storage::peft_form(records, params)?;
     let keyed: Vec<(String, &Tensor)> = stored.iter().map(|(p, t)| (peft_key(p), t)).collect();
     let bytes = to_safetensors(&keyed).map_err(PeftError::Io)?;

@@ -460,11 +460,18 @@ impl Session {
 
     /// Runs `@forward` on a batch and returns the logits.
     pub fn forward(&mut self, input_ids: &Tensor) -> Result<Tensor, SessionError> {
+        self.forward_named(&[("input_ids", input_ids.clone())])
+    }
+
+    /// Runs `@forward` on a batch given by input name (`input_ids`, `attention_mask`,
+    /// `pixel_values`, ...) and returns the logits.
+    ///
+    /// # Errors
+    /// An input is missing or the run fails.
+    pub fn forward_named(&mut self, batch: &[(&str, Tensor)]) -> Result<Tensor, SessionError> {
         self.restore_dropped()?;
         let forward = self.forward_fn()?.clone();
-        let out = self.with_batch(vec![("input_ids", input_ids.clone())], |v, m| {
-            run_with_copies(&forward, v, m)
-        })?;
+        let out = self.with_batch(batch.to_vec(), |v, m| run_with_copies(&forward, v, m))?;
         out.into_iter()
             .find(|(n, _)| n == "logits")
             .map(|(_, t)| t)
@@ -879,10 +886,7 @@ pub(crate) fn batch_weights(p: &Program, batches: &[crate::labeled::Batch]) -> V
         })
         .collect();
     let total = targets.iter().sum::<usize>().max(1);
-    targets
-        .iter()
-        .map(|&t| t as f64 / total as f64)
-        .collect()
+    targets.iter().map(|&t| t as f64 / total as f64).collect()
 }
 
 /// A named batch as the runner binds it.

@@ -193,18 +193,25 @@ impl TextTokenizer {
         match &mut eb {
             None => ea.truncate(room, 0, TruncationDirection::Right),
             Some(eb) if only_second => {
-                let left = room.checked_sub(ea.len()).filter(|&n| n > 0).ok_or_else(|| {
-                    format!(
-                        "the first text takes {} of the {max_len} tokens, leaving none for \
+                let left = room
+                    .checked_sub(ea.len())
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| {
+                        format!(
+                            "the first text takes {} of the {max_len} tokens, leaving none for \
                          the second",
-                        ea.len() + added
-                    )
-                })?;
+                            ea.len() + added
+                        )
+                    })?;
                 eb.truncate(left, 0, TruncationDirection::Right);
             }
             Some(eb) => {
                 while ea.len() + eb.len() > room {
-                    let longer = if ea.len() > eb.len() { &mut ea } else { &mut *eb };
+                    let longer = if ea.len() > eb.len() {
+                        &mut ea
+                    } else {
+                        &mut *eb
+                    };
                     let n = longer.len() - 1;
                     longer.truncate(n, 0, TruncationDirection::Right);
                 }

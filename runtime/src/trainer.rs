@@ -215,9 +215,14 @@ pub fn train(
             let b = load_batches(text, path, tok.as_ref(), vocab, layout, opts, on)?;
             return Ok::<_, TrainError>(Source::Text(b));
         }
-        let (b, skipped) =
-            LabeledBatches::load(path, inputs.clone(), &cx, layout.shuffle, opts.skip_bad_lines)
-                .map_err(|e| TrainError::Input(e.to_string()))?;
+        let (b, skipped) = LabeledBatches::load(
+            path,
+            inputs.clone(),
+            &cx,
+            layout.shuffle,
+            opts.skip_bad_lines,
+        )
+        .map_err(|e| TrainError::Input(e.to_string()))?;
         report_skipped(&skipped, path, on);
         Ok(Source::Labeled(b))
     };
@@ -230,8 +235,17 @@ pub fn train(
     };
     program.train.steps = steps;
     let seed = program.train.seed;
-    let mut fingerprint =
-        Fingerprint::with_data(&program, Some((data_path.as_path(), if causal { data_text.as_bytes() } else { &data_bytes })));
+    let mut fingerprint = Fingerprint::with_data(
+        &program,
+        Some((
+            data_path.as_path(),
+            if causal {
+                data_text.as_bytes()
+            } else {
+                &data_bytes
+            },
+        )),
+    );
     if let Some(t) = &tok {
         fingerprint
             .add_file("tokenizer", &t.path)
@@ -619,7 +633,12 @@ fn save_outputs<'e>(session: &Session, out: &Path) -> Result<Vec<Event<'e>>, Str
     crate::write_atomic(&trainable, &bytes).map_err(|e| e.to_string())?;
     let mut notes = vec![Event::Wrote(trainable.display().to_string())];
     let mut written = vec!["trainable.safetensors"];
-    match crate::save_adapter(out, &session.program.adapters, &params) {
+    match crate::save_adapter(
+        out,
+        &session.program.adapters,
+        crate::peft::task_type(&session.program).as_deref(),
+        &params,
+    ) {
         Ok(()) => {
             written.extend(["adapter_model.safetensors", "adapter_config.json"]);
             notes.push(Event::Wrote(format!("a PEFT adapter in {}", out.display())));

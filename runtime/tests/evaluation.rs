@@ -55,7 +55,13 @@ fn trained_tensors_load_back_from_a_saved_folder() {
     let dir = tempfile::tempdir().unwrap();
     let params = trained.params();
     let count = params.len();
-    graft_runtime::save_adapter(dir.path(), &trained.program.adapters, &params).unwrap();
+    graft_runtime::save_adapter(
+        dir.path(),
+        &trained.program.adapters,
+        Some("CAUSAL_LM"),
+        &params,
+    )
+    .unwrap();
     let want = trained.eval_loss(&x, &x).unwrap();
     // From the PEFT adapter.
     let mut fresh = session(program(|t| t));

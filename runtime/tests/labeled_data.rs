@@ -116,8 +116,8 @@ fn load_error(name: &str, text: &[u8], inputs: &[(&str, TensorType)]) -> String 
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    let tok = TextTokenizer::open(&common::repo().join("dsl-examples/models/tiny-wordpiece"))
-        .unwrap();
+    let tok =
+        TextTokenizer::open(&common::repo().join("dsl-examples/models/tiny-wordpiece")).unwrap();
     let cx = Context {
         tok: Some(&tok),
         decoder_start: 0,
@@ -147,7 +147,10 @@ fn bad_labeled_records_are_located_errors() {
     );
     assert!(e.contains("range.jsonl:2:") && e.contains("below 3"), "{e}");
     let e = load_error("kind.jsonl", b"{\"prompt\": \"x\"}\n", &cls);
-    assert!(e.contains("kind.jsonl:1:") && e.contains("`input_ids`"), "{e}");
+    assert!(
+        e.contains("kind.jsonl:1:") && e.contains("`input_ids`"),
+        "{e}"
+    );
     let e = load_error("few.jsonl", b"{\"text\": \"good\", \"label\": 1}\n", &cls);
     assert!(e.contains("needs 2 examples"), "{e}");
     let e = load_error(
@@ -155,7 +158,10 @@ fn bad_labeled_records_are_located_errors() {
         br#"{"question": "who", "context": "the cat", "answers": {"text": ["dog"], "answer_start": [4]}}"#,
         &[("input_ids", ids), ("labels", TensorType::new(DType::I64, vec![2, 2]))],
     );
-    assert!(e.contains("answer.jsonl:1:") && e.contains("is not \"dog\""), "{e}");
+    assert!(
+        e.contains("answer.jsonl:1:") && e.contains("is not \"dog\""),
+        "{e}"
+    );
     // A tensor file without an input the step reads names what it has.
     let bytes = graft_runtime::weights::to_safetensors(&[(
         "labels".to_string(),
@@ -163,6 +169,13 @@ fn bad_labeled_records_are_located_errors() {
     )])
     .unwrap();
     let pixels = TensorType::new(DType::F32, vec![2, 3, 4, 4]);
-    let e = load_error("images.safetensors", &bytes, &[("pixel_values", pixels), ("labels", labels)]);
-    assert!(e.contains("`pixel_values`") && e.contains("its tensors: labels"), "{e}");
+    let e = load_error(
+        "images.safetensors",
+        &bytes,
+        &[("pixel_values", pixels), ("labels", labels)],
+    );
+    assert!(
+        e.contains("`pixel_values`") && e.contains("its tensors: labels"),
+        "{e}"
+    );
 }

@@ -67,7 +67,12 @@ fn dpo_against_the_frozen_reference_matches_its_formula_and_trains() {
     for step in 0..steps {
         let want = match step {
             0 => Some(std::f64::consts::LN_2),
-            1 => Some(dpo(&session.forward(&ids).unwrap(), &reference, &labels, 0.5)),
+            1 => Some(dpo(
+                &session.forward(&ids).unwrap(),
+                &reference,
+                &labels,
+                0.5,
+            )),
             _ => None,
         };
         let loss = f64::from(session.step_named(&batch).unwrap().loss);

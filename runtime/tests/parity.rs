@@ -662,7 +662,13 @@ fn adapters_save_in_pefts_format_and_load_back() {
     ] {
         let c = load_case(case);
         let dir = std::env::temp_dir().join(format!("graft-peft-{case}-{}", std::process::id()));
-        save_adapter(&dir, &c.session.program.adapters, &c.session.params()).expect("save");
+        save_adapter(
+            &dir,
+            &c.session.program.adapters,
+            Some("CAUSAL_LM"),
+            &c.session.params(),
+        )
+        .expect("save");
         let (cfg, tensors) = load_adapter(&dir).expect("load");
         let reference: serde_json::Value = serde_json::from_str(
             &std::fs::read_to_string(fixtures().join(format!("peft_{case}/adapter_config.json")))

@@ -676,4 +676,3 @@ fn check_probes_the_adapters_of_a_library_file() -> Result<(), Box<dyn std::erro
     std::fs::remove_dir_all(&dir)?;
     Ok(())
 }
-

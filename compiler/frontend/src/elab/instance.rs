@@ -258,6 +258,7 @@ impl<'a> Elaborator<'a> {
             forward: None,
             output,
             adapters: Vec::new(),
+            task: None,
             span,
         });
         let mut env = Env {
@@ -276,6 +277,7 @@ impl<'a> Elaborator<'a> {
         };
         self.walk_members(&def.members, &mut env, &mut cx)?;
         self.instances[id].members = env.base;
+        self.instances[id].task = cx.peft.map(|p| p.peft_type);
         self.instances[id].forward =
             cx.forward
                 .and_then(|i| match &def.members.get(i).map(|m| &m.kind) {
@@ -463,12 +465,14 @@ impl<'a> Elaborator<'a> {
                     cx.forward = Some(i);
                 }
                 MemberKind::Peft { peft_type, fields } => {
-                    if !cx.adapter {
+                    // In a model: its PEFT task type (`peft "SEQ_CLS" {}`), with no fields.
+                    if !cx.adapter && !fields.is_empty() {
                         return Err(Diagnostic::error(
                             m.span,
-                            "`peft` is only allowed in adapters",
-                            "in a module",
-                        ));
+                            "a module's `peft` declaration names its PEFT task type, with no fields",
+                            "fields in a module",
+                        )
+                        .with_help("e.g. `peft \"SEQ_CLS\" {}`; method settings belong to adapters"));
                     }
                     if cx.peft.is_some() {
                         return Err(Diagnostic::error(

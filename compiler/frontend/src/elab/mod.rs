@@ -98,6 +98,8 @@ pub struct Instance<'a> {
     pub output: bool,
     /// Adapters, innermost first.
     pub adapters: Vec<AdapterInst<'a>>,
+    /// The PEFT task type its `peft "TASK" {}` declares (`SEQ_CLS`, `CAUSAL_LM`, ...).
+    pub task: Option<String>,
     /// Where it was declared.
     pub span: Span,
 }
@@ -223,6 +225,8 @@ pub struct Program {
     pub train: TrainConfig,
     /// Every adapter applied, per module, in application order.
     pub adapters: Vec<AdapterRecord>,
+    /// The model's PEFT task type, as its root module declares it (`peft "SEQ_CLS" {}`).
+    pub peft_task: Option<String>,
     /// Non-fatal findings.
     pub warnings: Vec<Diagnostic>,
 }
@@ -555,8 +559,10 @@ impl<'a> Elaborator<'a> {
                 })
             })
             .collect();
+        let peft_task = self.root.and_then(|(r, _)| self.instances[r].task.clone());
         Ok(Program {
             adapters,
+            peft_task,
             module: self.module,
             tensors,
             model_name: model.name.name.clone(),
