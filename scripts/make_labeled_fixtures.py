@@ -20,6 +20,9 @@ Writes only files that do not exist yet.
   tiny-llama tokenizer's alphabet.
 - dsl-examples/data/images_tiny.safetensors: 16 images `pixel_values` [16, 3, 16, 16]
   (each class a different mean colour plus N(0, 1) noise) and `labels` [16].
+- dsl-examples/data/clip_pairs_tiny.safetensors: 12 image–text pairs for the tiny CLIP,
+  `pixel_values` [12, 3, 16, 16] (a colour per class plus noise) and `input_ids` [12, 7]
+  (bos, two words of the class, eos, padding).
 - tests/fixtures/labeled_oracle.json: for the first records of the sentiment, SQuAD and
   seq2seq files, the `input_ids`, `token_type_ids`, `attention_mask` and labels
   transformers' tokenizers give at graft's lengths, the QA spans found as transformers'
@@ -204,6 +207,24 @@ def main() -> int:
         pixels = colours[labels][:, :, None, None] + torch.randn(16, 3, 16, 16, generator=g)
         save_file({"pixel_values": pixels.contiguous(), "labels": labels}, str(images))
         print(f"wrote {images}")
+
+    pairs = data / "clip_pairs_tiny.safetensors"
+    if pairs.exists():
+        print(f"{pairs} exists; kept")
+    else:
+        # Image–text pairs for the tiny CLIP (vocabulary 64, bos 0, eos 1, pad 3): class c
+        # is a colour and a two-word text of its own.
+        g = torch.Generator().manual_seed(1)
+        classes = torch.tensor([i % 3 for i in range(12)], dtype=torch.int64)
+        colours = torch.tensor([[1.0, -1.0, 0.0], [-1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        pixels = colours[classes][:, :, None, None] + torch.randn(12, 3, 16, 16, generator=g)
+        ids = torch.full((12, 7), 3, dtype=torch.int64)
+        ids[:, 0] = 0
+        ids[:, 1] = 4 + classes
+        ids[:, 2] = 10 + classes
+        ids[:, 3] = 1
+        save_file({"pixel_values": pixels.contiguous(), "input_ids": ids}, str(pairs))
+        print(f"wrote {pairs}")
 
     oracle_path = REPO / "tests" / "fixtures" / "labeled_oracle.json"
     if oracle_path.exists():

@@ -27,6 +27,11 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   `embed_tokens` are `shared` (as every T5 checkpoint has them; transformers 5 unties them
   with the lm_head, so they are set equal and left out), `input_ids` [2, 9],
   `decoder_input_ids` [2, 6] and `logits` [2, 6, 64].
+- clip.safetensors: CLIPModel (vocab 64, text and vision towers of hidden 32, 2 layers, 4
+  heads, ffn 64, 16 text positions, 16×16 images in 4×4 patches, projection 24, eos id 1,
+  logit_scale 2.0), weights drawn likewise (norm gains 1 + N(0, 0.1)), three texts of 7 tokens (bos, words, eos at 4, 6
+  and 3, then padding), three images, `logits` (`logits_per_image`) and transformers' CLIP
+  `loss`.
 - peft_bert_seqcls/: PEFT's save of LoRA (r 4, alpha 8, query and value, task SEQ_CLS, so
   the classifier is a `modules_to_save`) on bert_classifier's model, its B matrices and
   classifier moved off their start, and `logits.safetensors`: its logits on that batch.
@@ -225,6 +230,46 @@ def t5_seq2seq() -> dict[str, torch.Tensor]:
     return out
 
 
+def clip() -> dict[str, torch.Tensor]:
+    from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+    text = CLIPTextConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                          num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                          pad_token_id=3)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=16, patch_size=4)
+    cfg = CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                     projection_dim=24)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = CLIPModel(cfg).eval()
+    randomize(model, 5)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)
+        # CLIP's norms are named unlike BERT's: gains 1 + N(0, 0.1) here.
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+    g = torch.Generator().manual_seed(6)
+    # Three texts: bos, words, eos, then padding (eos at 4, 6 and 3).
+    input_ids = torch.randint(4, 64, (3, 7), generator=g)
+    input_ids[:, 0] = 0
+    for row, end in enumerate([4, 6, 3]):
+        input_ids[row, end] = 1
+        input_ids[row, end + 1:] = 3
+    pixel_values = torch.randn(3, 3, 16, 16, generator=g)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, pixel_values=pixel_values, return_loss=True)
+    tensors = checkpoint_tensors(model)
+    tensors.pop("text_model.embeddings.position_ids", None)
+    tensors.pop("vision_model.embeddings.position_ids", None)
+    tensors.update(input_ids=input_ids, pixel_values=pixel_values,
+                   logits=out.logits_per_image.contiguous(), loss=out.loss.reshape(()))
+    return tensors
+
+
 def peft_bert_seqcls(out: Path) -> None:
     """PEFT's own save of LoRA (r 4, alpha 8) on query and value of bert_classifier's model,
     task SEQ_CLS (the classifier trained in full, as `modules_to_save`), with every LoRA B and
@@ -260,6 +305,7 @@ def main() -> int:
         ("vit_classifier", vit_classifier),
         ("bert_qa", bert_qa),
         ("t5_seq2seq", t5_seq2seq),
+        ("clip", clip),
     ]:
         path = args.out / f"{name}.safetensors"
         if path.exists():

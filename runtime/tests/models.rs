@@ -100,6 +100,34 @@ fn cross_entropy(logits: &Tensor, labels: &[i64]) -> f64 {
 /// Trains `tests/models/{spec}.graft` for its steps on `{fixture}`'s batch with `labels`
 /// (one per row of the logits).
 fn trains_with_a_graft_objective(spec: &str, fixture: &str, labels: &[i64]) {
+    let file = WeightsFile::open(&repo().join(format!("tests/fixtures/{fixture}.safetensors")))
+        .expect("fixture");
+    let want = cross_entropy(&file.read("logits").expect("logits"), labels);
+    trains(spec, fixture, Some(labels), want);
+}
+
+/// CLIP's loss, computed here: the mean of the cross-entropies of the rows and of the
+/// columns of square logits, the diagonal being every row's and column's target.
+fn info_nce(logits: &Tensor) -> f64 {
+    let n = logits.ty().shape[0];
+    let x = logits.to_f64_vec();
+    let ce = |at: &dyn Fn(usize, usize) -> f64| -> f64 {
+        (0..n)
+            .map(|i| {
+                let m = (0..n).map(|j| at(i, j)).fold(f64::MIN, f64::max);
+                let lse = m + (0..n).map(|j| (at(i, j) - m).exp()).sum::<f64>().ln();
+                lse - at(i, i)
+            })
+            .sum::<f64>()
+            / n as f64
+    };
+    (ce(&|i, j| x[i * n + j]) + ce(&|i, j| x[j * n + i])) / 2.0
+}
+
+/// Trains `tests/models/{spec}.graft` for its steps on `{fixture}`'s batch (with `labels`,
+/// one per row of the logits, when the objective reads them); the first loss must be
+/// `want`, and transformers' loss when the fixture has one.
+fn trains(spec: &str, fixture: &str, labels: Option<&[i64]>, want: f64) {
     let path = repo().join(format!("tests/models/{spec}.graft"));
     let (_, program) = match compile_file(&path, &Stdlib::Dir(repo().join("stdlib"))) {
         Ok(r) => r,
@@ -127,11 +155,12 @@ fn trains_with_a_graft_objective(spec: &str, fixture: &str, labels: &[i64]) {
         .collect();
     let logits = file.read("logits").expect("logits");
     let shape = logits.ty().shape[..logits.ty().rank() - 1].to_vec();
-    batch.push((
-        "labels",
-        Tensor::i64(shape, labels.to_vec()).expect("labels"),
-    ));
-    let want = cross_entropy(&logits, labels);
+    if let Some(labels) = labels {
+        batch.push((
+            "labels",
+            Tensor::i64(shape, labels.to_vec()).expect("labels"),
+        ));
+    }
     // Where transformers computed the loss too (its QA loss), the two agree.
     if let Ok(hf) = file.read("loss") {
         let hf = hf.to_f64_vec()[0];
@@ -184,6 +213,20 @@ fn lora_on_t5_trains_with_the_teacher_forced_decoder_loss() {
 #[test]
 fn bert_for_question_answering_matches_transformers() {
     check_forward("bert_qa");
+}
+
+#[test]
+fn clip_matches_transformers() {
+    check_forward("clip");
+}
+
+/// `objectives.info_nce` is CLIP's loss: the first step's loss is transformers' `loss` for
+/// the fixture's pairs, and the symmetric cross-entropy computed here, within 1e-5.
+#[test]
+fn lora_on_clip_trains_with_the_contrastive_loss() {
+    let file = WeightsFile::open(&repo().join("tests/fixtures/clip.safetensors")).expect("fixture");
+    let want = info_nce(&file.read("logits").expect("logits"));
+    trains("clip_lora", "clip", None, want);
 }
 
 /// The fixture's answer spans, [start, end] per sequence: transformers' QA loss is the first

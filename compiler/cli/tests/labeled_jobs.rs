@@ -1,9 +1,10 @@
 //! `graft train` on the shipped labeled-data examples: sentence classification (BERT),
 //! extractive QA (BERT, SQuAD records), seq2seq (T5), image classification (ViT, a tensor
-//! file) and DPO (the tiny Llama folder, preference pairs). Each trains from its data file
-//! and the loss falls: the mean of the last three steps is below `fall` times the mean of
-//! the first three. DPO starts at exactly ln 2 (the reference is the model with its
-//! adapters disabled, and LoRA's B starts at zero), within 1e-4 (the printed digits).
+//! file), contrastive image–text pairs (CLIP, a tensor file) and DPO (the tiny Llama folder,
+//! preference pairs). Each trains from its data file and the loss falls: the mean of the last
+//! three steps is below `fall` times the mean of the first three. DPO starts at exactly ln 2
+//! (the reference is the model with its adapters disabled, and LoRA's B starts at zero),
+//! within 1e-4 (the printed digits).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
@@ -69,4 +70,9 @@ fn vit_trains_on_an_image_tensor_file() {
 fn dpo_trains_on_preference_pairs_from_ln_2() {
     let l = falls("dsl-examples/tiny_dpo.graft", 0.1);
     assert!((l[0] - std::f64::consts::LN_2).abs() < 1e-4, "{l:?}");
+}
+
+#[test]
+fn clip_trains_contrastively_on_image_text_pairs() {
+    falls("dsl-examples/clip_pairs.graft", 0.6);
 }

@@ -74,3 +74,8 @@ fn t5_for_conditional_generation_compiles_to_transformers_logits() {
 fn bert_for_question_answering_compiles_to_transformers_logits() {
     check_compiled_forward("bert_qa");
 }
+
+#[test]
+fn clip_compiles_to_transformers_logits() {
+    check_compiled_forward("clip");
+}
