@@ -75,6 +75,7 @@ pub fn step_config(p: &Program) -> StepConfig {
         penalty: p.module.function("penalty").cloned(),
         after_step: p.module.function("after_step").cloned(),
         loss: p.module.function("loss").cloned(),
+        ema: t.ema,
     }
 }
 
@@ -302,7 +303,17 @@ impl Session {
             values.remove(name);
         }
         for i in step_fn.inputs().filter(|i| i.kind == InputKind::State) {
-            values.insert(i.name.to_string(), Tensor::zeros(i.ty.clone()));
+            // A moving average starts at its param's initial value; other states at zero.
+            let start = i
+                .name
+                .strip_prefix("ema.")
+                .and_then(|p| values.get(p))
+                .filter(|t| t.ty() == i.ty)
+                .cloned();
+            values.insert(
+                i.name.to_string(),
+                start.unwrap_or_else(|| Tensor::zeros(i.ty.clone())),
+            );
         }
         let mut session = Session {
             program,

@@ -88,3 +88,43 @@ fn dpo_against_the_frozen_reference_matches_its_formula_and_trains() {
         "the DPO loss did not fall: {losses:?}"
     );
 }
+
+/// A momentum teacher: `ema 0.9` keeps `ema.<path>` = 0.9·ema + 0.1·p after every update,
+/// starting at the initial value, and `momentum_consistency` reads the forward under those
+/// averages. Before any update teacher and student agree, so the first loss is the built-in
+/// causal-LM loss of the same batch (1e-6 relative); after one step every average is
+/// 0.9·p₀ + 0.1·p₁ (1e-6 of the largest entry); over twenty steps the loss falls by a
+/// tenth.
+#[test]
+fn a_momentum_teacher_averages_the_params_and_starts_at_the_student() {
+    let edit = |loss: &'static str| {
+        move |s: String| {
+            s.replace("use peft.lora", "use peft.lora\nuse objectives")
+                .replace("loss causal_lm", loss)
+        }
+    };
+    let p = common::program(edit("loss momentum_consistency(strength: 10.0)  ema 0.9"));
+    let plain = common::program(|s| s);
+    let ids = common::ids(&p);
+    let mut causal = common::session(plain);
+    let want = f64::from(causal.step(&ids, &ids).unwrap().loss);
+    let steps = p.train.steps;
+    let mut s = common::session(p);
+    let before: Vec<(String, Tensor)> = s.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+    let batch = [("input_ids", ids.clone()), ("labels", ids.clone())];
+    let mut losses = vec![f64::from(s.step_named(&batch).unwrap().loss)];
+    assert!((losses[0] - want).abs() <= 1e-6 * want, "{} vs {want}", losses[0]);
+    for (name, p0) in &before {
+        let p1 = s.value(name).unwrap().to_f64_vec();
+        let ema = s.value(&format!("ema.{name}")).expect("a moving average").to_f64_vec();
+        let scale = p1.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
+        for ((a, b), e) in p0.to_f64_vec().iter().zip(&p1).zip(&ema) {
+            let w = 0.9 * a + 0.1 * b;
+            assert!((e - w).abs() <= 1e-6 * scale, "{name}: {e} vs {w}");
+        }
+    }
+    for _ in 1..steps {
+        losses.push(f64::from(s.step_named(&batch).unwrap().loss));
+    }
+    assert!(losses[steps - 1] < 0.9 * losses[0], "{losses:?}");
+}

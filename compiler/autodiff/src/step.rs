@@ -138,6 +138,9 @@ pub struct StepConfig {
     /// `@loss` (inputs `logits` and `labels`, output `loss`, `f32[]`): the objective in
     /// place of [`causal_lm_loss`]; its `labels` input's type is the step's.
     pub loss: Option<Function>,
+    /// The decay d of the moving averages `ema.<path>` the objective reads (a teacher with
+    /// the params' EMA): each step, ema ← d·ema + (1 − d)·p after the update.
+    pub ema: Option<f64>,
 }
 
 /// Causal-LM cross-entropy as Hugging Face computes it: logits `[B, S', V]`, labels `[B, S]`
@@ -566,6 +569,26 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     }
     if let Some(after) = &cfg.after_step {
         after_step(&mut e, after, &mut outputs, &params, &grads, step)?;
+    }
+    // The moving averages the objective reads (`ema.<path>`, a teacher's weights): after the
+    // update, ema ← d·ema + (1 − d)·p.
+    for (path, _) in &params {
+        let name = format!("ema.{path}");
+        let Some(ema) = e.f.input(&name).map(|i| i.value) else {
+            continue;
+        };
+        let d = cfg.ema.ok_or_else(|| {
+            AdError::Missing(format!(
+                "an `ema` decay in the `train` block: the objective reads `{name}`"
+            ))
+        })?;
+        let Some(&(_, updated)) = outputs.iter().find(|(n, _)| n == path) else {
+            continue;
+        };
+        let kept = e.scale(ema, d)?;
+        let new = e.scale(updated, 1.0 - d)?;
+        let avg = e.add(kept, new)?;
+        outputs.push((name, avg));
     }
     outputs.push(("step".into(), t));
     if let Some((_, micro, sums)) = &accum {

@@ -286,6 +286,14 @@ pub enum MemberKind {
         /// Its path segment, if different from `name`.
         rename: Option<StrLit>,
     },
+    /// `input name: [dims] dtype`: a batch input the module reads (a task or language id),
+    /// one input of the forward for every instance that names it.
+    Input {
+        /// Its name, the batch input's.
+        name: Ident,
+        /// Its shape (and dtype).
+        ty: TensorTypeAnn,
+    },
     /// `penalty expr`: a scalar the training loss adds, once per instance.
     Penalty(Expr),
     /// `after_step(step) { ... }`: runs after every optimizer step with the updated params,

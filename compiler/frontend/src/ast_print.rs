@@ -205,6 +205,11 @@ impl Printer<'_> {
                         ),
                     );
                 }
+                MemberKind::Input { name, ty } => self.line(
+                    depth,
+                    m.span,
+                    &format!("input {}: {}", name.name, tensor_ty(ty)),
+                ),
                 MemberKind::State { name, ty, rename } => self.line(
                     depth,
                     m.span,

@@ -725,6 +725,12 @@ fn member(p: Pair<Rule>, file: FileId) -> Result<Member, Diagnostic> {
             let rename = rename(&mut it)?;
             MemberKind::State { name, ty, rename }
         }
+        Rule::input_decl => {
+            it.next(); // the `input` keyword
+            let name = ident(need(&mut it, mspan, "name")?, file);
+            let ty = tensor_type(need(&mut it, mspan, "type")?, file)?;
+            MemberKind::Input { name, ty }
+        }
         Rule::penalty_decl => {
             it.next(); // the `penalty` keyword
             MemberKind::Penalty(expr(need(&mut it, mspan, "value")?, file)?)

@@ -585,8 +585,30 @@ impl<'a> Elaborator<'a> {
             Value::Tensor(t) => Ok(Some(*t)),
             Value::Decl(d) => self.decl_value(*d, span).map(Some),
             Value::Part(d, shape) => self.part_value(*d, shape, span).map(Some),
+            Value::Batch(name, ty) => self.batch_value(name, ty, span).map(Some),
             _ => Ok(None),
         }
+    }
+
+    /// A module's batch input in the function being built: its input of that name, added on
+    /// first use.
+    fn batch_value(&mut self, name: &str, ty: &TensorType, span: Span) -> Result<ValueId, Diagnostic> {
+        let loc = self.loc(span);
+        let fb = self.fb_mut(span)?;
+        if let Some(i) = fb.func.input(name) {
+            if i.ty != ty {
+                let have = i.ty.clone();
+                return Err(Diagnostic::error(
+                    span,
+                    format!("the batch input `{name}` is {ty} here and {have} elsewhere"),
+                    "another type",
+                ));
+            }
+            return Ok(i.value);
+        }
+        let v = fb.func.add_input(name, graft_ir::InputKind::Data, ty.clone(), Some(loc));
+        fb.origins.push(span);
+        Ok(v)
     }
 
     /// The tensor a value denotes, or an error.
@@ -815,7 +837,7 @@ impl<'a> Elaborator<'a> {
         rspan: Span,
     ) -> Result<Value, Diagnostic> {
         let is_tensor =
-            |v: &Value| matches!(v, Value::Tensor(_) | Value::Decl(_) | Value::Part(..));
+            |v: &Value| matches!(v, Value::Tensor(_) | Value::Decl(_) | Value::Part(..) | Value::Batch(..));
         if !is_tensor(&l) && !is_tensor(&r) {
             return const_binary(op, &l, &r)
                 .map_err(|m| Diagnostic::error(span, m, "in this expression"));

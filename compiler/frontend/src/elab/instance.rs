@@ -433,6 +433,16 @@ impl<'a> Elaborator<'a> {
                     let c = self.eval_bool(cond, env)?;
                     self.walk_members(if c { then } else { otherwise }, env, cx)?;
                 }
+                MemberKind::Input { name, ty } => {
+                    no_rest(ty)?;
+                    let mut shape = Vec::new();
+                    for d in &ty.dims {
+                        shape.push(self.eval_dim(d, env)?);
+                    }
+                    let t = TensorType::new(ty.dtype.unwrap_or(graft_ir::DType::F32), shape);
+                    env.base
+                        .insert(name.name.clone(), Value::Batch(name.name.clone(), t));
+                }
                 MemberKind::Penalty(e) => cx.penalties.push(e),
                 MemberKind::PeftMask { field, key, axes } => {
                     let mask = self.peft_mask(field, key, axes, env)?;

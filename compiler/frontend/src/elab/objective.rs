@@ -5,6 +5,9 @@
 //! - a setting the `train` block passes (`loss dpo(beta: 0.5)`), else its default: a
 //!   compile-time value;
 //! - `logits`: the forward's, of their type;
+//! - `ema_logits`: the forward's logits with every trainable tensor replaced by its moving
+//!   average (`ema.<path>`, a state the step updates after each optimizer step with the
+//!   `train` block's `ema` decay, starting at the initial value): a momentum teacher;
 //! - `ref_logits`: the logits of the same model with every adapter disabled (a frozen
 //!   reference, as DPO's): the base model's forward elaborated inside `@loss`, reading the
 //!   same weights and batch inputs, so it has no gradient;
@@ -75,6 +78,7 @@ impl<'a> Elaborator<'a> {
             let pname = p.name.name.as_str();
             let v = match pname {
                 "logits" => self.loss_input(pname, logits_ty.clone(), p.name.span)?,
+                "ema_logits" => self.teacher_logits(p.name.span)?,
                 "ref_logits" => match reference {
                     Some(v) => v,
                     None => {
@@ -158,6 +162,46 @@ impl<'a> Elaborator<'a> {
         let v = fb.func.add_input(name, InputKind::Data, ty, Some(loc));
         fb.origins.push(span);
         Ok(v)
+    }
+
+    /// The forward's logits with every trainable tensor read from its moving average
+    /// (`ema.<path>`, a state the training step updates: the `train` block's `ema`): a
+    /// momentum teacher, with no gradient.
+    fn teacher_logits(&mut self, span: crate::ast::Span) -> Result<ValueId, Diagnostic> {
+        let forward = self
+            .module
+            .function("forward")
+            .ok_or_else(|| Diagnostic::error(span, "the teacher needs the model's forward", "here"))?
+            .clone();
+        let loc = self.loc(span);
+        let fb = self.fb_mut(span)?;
+        let mut averages: HashMap<String, ValueId> = HashMap::new();
+        for i in forward.inputs().filter(|i| i.kind == InputKind::Param) {
+            let name = format!("ema.{}", i.name);
+            let v = match fb.func.input(&name) {
+                Some(e) => e.value,
+                None => {
+                    let v = fb.func.add_input(name, InputKind::State, i.ty.clone(), Some(loc));
+                    fb.origins.push(span);
+                    v
+                }
+            };
+            averages.insert(i.name.to_string(), v);
+        }
+        let outs = fb
+            .func
+            .inline(&forward, |name, kind| {
+                (kind == InputKind::Param)
+                    .then(|| averages.get(name).copied())
+                    .flatten()
+            })
+            .map_err(|e| Diagnostic::error(span, e.to_string(), "the teacher's forward"))?;
+        let grown = fb.func.nodes.len();
+        fb.origins.resize(grown, span);
+        outs.into_iter()
+            .find(|(n, _)| n == "logits")
+            .map(|(_, v)| v)
+            .ok_or_else(|| Diagnostic::error(span, "the forward has no `logits`", "here"))
     }
 
     /// The model's logits with every adapter disabled (PEFT's `disable_adapter()`), built in

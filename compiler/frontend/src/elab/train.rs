@@ -48,6 +48,9 @@ pub struct TrainConfig {
     pub accumulate: usize,
     /// Optimizer settings for the params a pattern names, with where each group is written.
     pub param_groups: Vec<(ParamGroup, Span)>,
+    /// The decay of the trainable tensors' moving averages (`ema.<path>`), which an
+    /// objective reads as a teacher (`ema_logits`).
+    pub ema: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -76,6 +79,7 @@ impl Default for TrainConfig {
             epochs: None,
             accumulate: 1,
             param_groups: Vec::new(),
+            ema: None,
         }
     }
 }
@@ -98,6 +102,7 @@ const KEYS: &[&str] = &[
     "epochs",
     "accumulate",
     "param_groups",
+    "ema",
 ];
 
 impl<'a> Elaborator<'a> {
@@ -162,6 +167,18 @@ impl<'a> Elaborator<'a> {
                 "epochs" => c.epochs = Some(self.positive(v)?),
                 "accumulate" => c.accumulate = self.positive(v)?,
                 "param_groups" => c.param_groups = self.param_groups(v)?,
+                "ema" => {
+                    let d = self.number(v)?;
+                    if !(0.0..1.0).contains(&d) {
+                        return Err(Diagnostic::error(
+                            v.span,
+                            format!("the moving average's decay is in [0, 1), not {d}"),
+                            "here",
+                        )
+                        .with_help("e.g. `ema 0.99`: the average keeps 99% of itself each step"));
+                    }
+                    c.ema = Some(d);
+                }
                 _ => {
                     let mut d = Diagnostic::error(
                         s.key.span,

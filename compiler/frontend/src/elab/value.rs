@@ -28,6 +28,9 @@ pub enum Value {
     Tensor(ValueId),
     /// A declared weight or param; becomes a tensor when used in a function.
     Decl(DeclId),
+    /// A batch input a module declares (`input task: [batch] i64`), by name and type; an
+    /// input of the function that uses it.
+    Batch(String, graft_ir::TensorType),
     /// The leading block of a `shared` tensor that one instance declared with this shape.
     Part(DeclId, Vec<usize>),
     /// A module instance; calling it runs its forward (through its adapters).
@@ -50,7 +53,7 @@ impl Value {
             Value::Str(_) => "a string",
             Value::DType(_) => "a dtype",
             Value::List(_) => "a list",
-            Value::Tensor(_) | Value::Decl(_) | Value::Part(..) => "a tensor",
+            Value::Tensor(_) | Value::Decl(_) | Value::Part(..) | Value::Batch(..) => "a tensor",
             Value::Inst(_) | Value::Base(..) => "a module instance",
             Value::Group(_) => "a group of instances",
             Value::Def(_) => "a definition",
