@@ -20,7 +20,11 @@
 //!   holds `batch / 2` pairs, every chosen row first and the rejected rows after, as
 //!   `objectives.dpo` reads them.
 //! - otherwise, fields named like batch inputs holding numbers or (nested) lists of numbers:
-//!   taken as they are (`{"input_ids": [...], "attention_mask": [...], "labels": 2}`).
+//!   taken as they are (`{"input_ids": [...], "attention_mask": [...], "labels": 2}`);
+//!   labels default to the ids, as for pre-tokenized text.
+//!
+//! A batch input the record's kind does not give (a task or client id a module declares
+//! with `input`) is read from the field of its name: `{"text": ..., "label": 1, "task": 0}`.
 //!
 //! A `.safetensors` data file holds one tensor per batch input with a leading example axis
 //! (`pixel_values` f32 [N, C, H, W] and `labels` i64 [N] for image classification): graft's
@@ -43,9 +47,18 @@ use std::path::Path;
 pub type Batch = Vec<(String, Tensor)>;
 
 /// The batch inputs a program's training step reads, with their types: the forward's data
-/// inputs and `@loss`'s (but `logits`, which the forward computes).
+/// inputs and `@loss`'s (but `logits`, which the forward computes), or for the causal-LM
+/// loss `labels` like the ids.
 pub fn batch_inputs(program: &graft_frontend::Program) -> Vec<(String, TensorType)> {
     let mut out: Vec<(String, TensorType)> = Vec::new();
+    if program.module.function("loss").is_none()
+        && let Some(ids) = program
+            .module
+            .function("forward")
+            .and_then(|f| f.input("input_ids"))
+    {
+        out.push(("labels".into(), ids.ty.clone()));
+    }
     let fns = ["forward", "loss"].map(|n| program.module.function(n));
     for f in fns.into_iter().flatten() {
         for i in f.inputs().filter(|i| i.kind == InputKind::Data) {
@@ -418,18 +431,31 @@ fn fit(
     inputs
         .iter()
         .map(|(name, ty)| {
-            let Some((_, v)) = fields.iter().find(|(n, _)| n == name) else {
-                return Err(format!(
-                    "the step reads `{name}` ({ty}), which records with fields {kind} do \
-                     not give"
-                ));
+            let given = fields
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone());
+            // Else a field of the record by that name (a task or client id).
+            let v = match (given, obj.get(name)) {
+                (Some(v), _) => v,
+                (None, Some(x)) => {
+                    let mut flat = Vec::new();
+                    numbers(x, &mut flat).map_err(|e| format!("`{name}`: {e}"))?;
+                    flat
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "the step reads `{name}` ({ty}), which records with fields {kind} do \
+                         not give"
+                    ));
+                }
             };
             let fill = match name.as_str() {
                 "input_ids" | "decoder_input_ids" => pad,
                 "labels" => IGNORE as f64,
                 _ => 0.0,
             };
-            shaped(name, v.clone(), &ty.shape[1..], fill)
+            shaped(name, v, &ty.shape[1..], fill)
         })
         .collect()
 }
@@ -459,7 +485,18 @@ fn raw(
     inputs
         .iter()
         .map(|(name, ty)| {
-            let v = obj.get(name).ok_or_else(|| {
+            // Pre-tokenized text without labels: every token is a target, as for text data.
+            let v = obj.get(name).or_else(|| {
+                (name == "labels")
+                    .then(|| obj.get("input_ids"))
+                    .flatten()
+                    .filter(|_| {
+                        inputs
+                            .iter()
+                            .any(|(n, t)| n == "input_ids" && t.shape == ty.shape)
+                    })
+            });
+            let v = v.ok_or_else(|| {
                 format!(
                     "the step reads `{name}` ({ty}); a record gives it as a field `{name}`, or \
                      is a text-classification (`text`, `label`), QA (`question`, `context`, \

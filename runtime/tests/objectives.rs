@@ -110,13 +110,24 @@ fn a_momentum_teacher_averages_the_params_and_starts_at_the_student() {
     let want = f64::from(causal.step(&ids, &ids).unwrap().loss);
     let steps = p.train.steps;
     let mut s = common::session(p);
-    let before: Vec<(String, Tensor)> = s.params().into_iter().map(|(n, t)| (n, t.clone())).collect();
+    let before: Vec<(String, Tensor)> = s
+        .params()
+        .into_iter()
+        .map(|(n, t)| (n, t.clone()))
+        .collect();
     let batch = [("input_ids", ids.clone()), ("labels", ids.clone())];
     let mut losses = vec![f64::from(s.step_named(&batch).unwrap().loss)];
-    assert!((losses[0] - want).abs() <= 1e-6 * want, "{} vs {want}", losses[0]);
+    assert!(
+        (losses[0] - want).abs() <= 1e-6 * want,
+        "{} vs {want}",
+        losses[0]
+    );
     for (name, p0) in &before {
         let p1 = s.value(name).unwrap().to_f64_vec();
-        let ema = s.value(&format!("ema.{name}")).expect("a moving average").to_f64_vec();
+        let ema = s
+            .value(&format!("ema.{name}"))
+            .expect("a moving average")
+            .to_f64_vec();
         let scale = p1.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
         for ((a, b), e) in p0.to_f64_vec().iter().zip(&p1).zip(&ema) {
             let w = 0.9 * a + 0.1 * b;

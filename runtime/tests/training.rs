@@ -314,6 +314,82 @@ fn lion_follows_its_formula() {
     );
 }
 
+/// Lion with its moment in 8 bits, against the formula computed here in f64 with an
+/// independent blockwise quantizer: per block of 64 of the flattened moment,
+/// code = ⌊m / absmax · 127 + 128.5⌋ and m̂ = (code − 128) / 127 · absmax. Each step the
+/// stored codes are those of β₂·m̂ + (1 − β₂)·g (within one code: f32 rounding at a half) and
+/// the absmax within 1e-6 relative; the params follow p ← p·(1 − lr·λ) − lr·sign(β₁·m̂ +
+/// (1 − β₁)·g), with m̂ read back from the stored codes (1e-6 absolute + 1e-5 relative).
+#[test]
+fn lion_with_an_8_bit_moment_follows_its_formula() {
+    let ids = batch();
+    let (lr, b1, b2, wd) = (0.01, 0.9, 0.99, 0.1);
+    let mut s = session(
+        "tiny_lora.graft",
+        Some(
+            "optimizer lion(lr: 0.01, beta1: 0.9, beta2: 0.99, weight_decay: 0.1, state_bits: 8) batch 2 seq 8",
+        ),
+        1,
+    );
+    let mut p: Vec<(String, Vec<f64>)> = s
+        .params()
+        .into_iter()
+        .map(|(n, t)| (n, f32s(t).iter().map(|x| f64::from(*x)).collect()))
+        .collect();
+    let mut m: Vec<Vec<f64>> = p.iter().map(|(_, v)| vec![0.0; v.len()]).collect();
+    for step in 0..3 {
+        let (_, grads) = s.gradients(&ids, &ids).expect("grads");
+        s.step(&ids, &ids).expect("step");
+        for (((path, pv), mv), (_, g)) in p.iter_mut().zip(&mut m).zip(&grads) {
+            let g = f32s(g);
+            let got = f32s(s.value(path).expect("param"));
+            let codes = s.value(&format!("lion.m8.{path}")).expect("codes");
+            let codes = codes.as_u8().expect("u8 codes");
+            let absmax = f32s(s.value(&format!("lion.m8.absmax.{path}")).expect("absmax"));
+            let n = pv.len();
+            let mut m_new = vec![0.0; n];
+            for i in 0..n {
+                let gi = f64::from(g[i]);
+                let c = b1 * mv[i] + (1.0 - b1) * gi;
+                let sign = if c > 0.0 {
+                    1.0
+                } else if c < 0.0 {
+                    -1.0
+                } else {
+                    0.0
+                };
+                pv[i] = pv[i] * (1.0 - lr * wd) - lr * sign;
+                m_new[i] = b2 * mv[i] + (1.0 - b2) * gi;
+                let got = f64::from(got[i]);
+                assert!(
+                    (got - pv[i]).abs() <= 1e-6 + 1e-5 * pv[i].abs(),
+                    "step {step}, {path}[{i}]: {got} vs {}",
+                    pv[i]
+                );
+                pv[i] = got;
+            }
+            for (b, block) in m_new.chunks(64).enumerate() {
+                let a = block.iter().fold(0f64, |x, y| x.max(y.abs()));
+                let stored = f64::from(absmax[b]);
+                assert!(
+                    (stored - a).abs() <= 1e-6 * a.max(1e-30),
+                    "{path} block {b}: absmax {stored} vs {a}"
+                );
+                for (j, x) in block.iter().enumerate() {
+                    let want = (x / a.max(1e-30) * 127.0 + 128.5).floor();
+                    let code = f64::from(codes[b * 64 + j]);
+                    assert!(
+                        (code - want).abs() <= 1.0,
+                        "{path}[{}]: code {code} vs {want}",
+                        b * 64 + j
+                    );
+                    mv[b * 64 + j] = (code - 128.0) / 127.0 * stored;
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn hra_lokr_and_loha_start_as_the_base_model() {
     // PEFT's inits: HRA's reflections come in equal pairs (H = I), LoKr's first factor and

@@ -56,6 +56,11 @@ pub enum Optimizer {
         beta2: f64,
         /// Decoupled weight decay.
         weight_decay: f64,
+        /// The moment stored in 8 bits (QFT's int8 optimizer state): `lion.m8.<path>` holds
+        /// u8 codes in blocks of [`STATE_BLOCK`] and `lion.m8.absmax.<path>` each block's
+        /// absmax, m = (code − 128) / 127 · absmax, re-quantized after every update (round
+        /// to nearest).
+        int8_state: bool,
     },
     /// `torch.optim.SGD` with momentum (no dampening, no Nesterov).
     Sgd {
@@ -334,16 +339,36 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         .map(|(p, _)| match cfg.optimizer {
             Optimizer::AdamW { .. } => vec![format!("adam.m.{p}"), format!("adam.v.{p}")],
             Optimizer::Sgd { .. } => vec![format!("sgd.momentum.{p}")],
+            Optimizer::Lion {
+                int8_state: true, ..
+            } => vec![format!("lion.m8.{p}"), format!("lion.m8.absmax.{p}")],
             Optimizer::Lion { .. } => vec![format!("lion.m.{p}")],
         })
         .collect();
+    let int8 = matches!(
+        cfg.optimizer,
+        Optimizer::Lion {
+            int8_state: true,
+            ..
+        }
+    );
     let mut states = Vec::new();
     for ((_, v), names) in params.iter().zip(&state_names) {
         let ty = f.ty(*v).clone();
+        let blocks = ty.numel().div_ceil(STATE_BLOCK);
+        let types = if int8 {
+            vec![
+                TensorType::new(DType::U8, vec![blocks, STATE_BLOCK]),
+                TensorType::new(DType::F32, vec![blocks]),
+            ]
+        } else {
+            vec![ty.clone(); names.len()]
+        };
         states.push(
             names
                 .iter()
-                .map(|n| f.add_input(n.clone(), InputKind::State, ty.clone(), None))
+                .zip(types)
+                .map(|(n, t)| f.add_input(n.clone(), InputKind::State, t, None))
                 .collect::<Vec<_>>(),
         );
     }
@@ -451,7 +476,11 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
             },
             (
                 Optimizer::Lion {
-                    lr, beta1, beta2, ..
+                    lr,
+                    beta1,
+                    beta2,
+                    int8_state,
+                    ..
                 },
                 Some(w),
             ) => Optimizer::Lion {
@@ -459,6 +488,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
                 beta1: *beta1,
                 beta2: *beta2,
                 weight_decay: w,
+                int8_state: *int8_state,
             },
             (Optimizer::Sgd { lr, momentum, .. }, Some(w)) => Optimizer::Sgd {
                 lr: *lr,
@@ -517,9 +547,14 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
                 beta1,
                 beta2,
                 weight_decay,
+                int8_state,
                 ..
             } => {
-                let m = states[i][0];
+                let m = if int8_state {
+                    dequantize_state(&mut e, states[i][0], states[i][1], &shape)?
+                } else {
+                    states[i][0]
+                };
                 // p ← p·(1 - lr·λ)
                 let decay = e.scale(lr_b, weight_decay)?;
                 let onep = e.like(1.0, decay)?;
@@ -543,7 +578,13 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
                 let gb2 = e.scale(*g, 1.0 - beta2)?;
                 let m1 = e.add(mb2, gb2)?;
                 outputs.push((path.clone(), p2));
-                outputs.push((state_names[i][0].clone(), m1));
+                if int8_state {
+                    let (codes, absmax) = quantize_state(&mut e, m1)?;
+                    outputs.push((state_names[i][0].clone(), codes));
+                    outputs.push((state_names[i][1].clone(), absmax));
+                } else {
+                    outputs.push((state_names[i][0].clone(), m1));
+                }
             }
             Optimizer::Sgd {
                 momentum,
@@ -598,6 +639,61 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         f.add_output(name, v);
     }
     Ok(f)
+}
+
+/// Elements per absmax block of an 8-bit optimizer state.
+pub const STATE_BLOCK: usize = 64;
+
+/// An 8-bit state's value of `shape`: (code − 128) / 127 · absmax of its block.
+fn dequantize_state(
+    e: &mut Emitter,
+    codes: ValueId,
+    absmax: ValueId,
+    shape: &[usize],
+) -> Result<ValueId, AdError> {
+    let block = e.ty(codes).shape;
+    let x = e.cast(codes, DType::F32)?;
+    let off = e.like(128.0, x)?;
+    let x = e.sub(x, off)?;
+    let s = e.scale(absmax, 1.0 / 127.0)?;
+    let s = e.reshape(s, &[block[0], 1])?;
+    let s = e.broadcast(s, &block)?;
+    let x = e.mul(x, s)?;
+    let x = e.reshape(x, &[block[0] * block[1]])?;
+    let n: usize = shape.iter().product();
+    let x = e.slice(x, 0, 0, n)?;
+    Ok(e.reshape(x, shape)?)
+}
+
+/// `m` in 8 bits: u8 codes [blocks, STATE_BLOCK] (round to nearest of m / absmax · 127, plus
+/// 128; the padding past its end codes 0) and each block's absmax.
+fn quantize_state(e: &mut Emitter, m: ValueId) -> Result<(ValueId, ValueId), AdError> {
+    let n = e.ty(m).numel();
+    let blocks = n.div_ceil(STATE_BLOCK);
+    let mut x = e.reshape(m, &[n])?;
+    if blocks * STATE_BLOCK > n {
+        let pad = e.constant(
+            0.0,
+            TensorType::new(DType::F32, vec![blocks * STATE_BLOCK - n]),
+        )?;
+        x = e.op(Op::Concat { axis: 0 }, &[x, pad])?;
+    }
+    let x = e.reshape(x, &[blocks, STATE_BLOCK])?;
+    let a = e.un(UnaryOp::Abs, x)?;
+    let absmax = e.reduce(ReduceOp::Max, a, vec![1], false)?;
+    let tiny = e.like(1e-30, absmax)?;
+    let safe = e.bin(BinaryOp::Max, absmax, tiny)?;
+    let k = e.constant(127.0, TensorType::new(DType::F32, vec![blocks]))?;
+    let s = e.div(k, safe)?;
+    let s = e.reshape(s, &[blocks, 1])?;
+    let s = e.broadcast(s, &[blocks, STATE_BLOCK])?;
+    let q = e.mul(x, s)?;
+    // q + 128.5 ∈ [1.5, 255.5]: truncation is round-half-up of q, plus 128.
+    let half = e.like(128.5, q)?;
+    let q = e.add(q, half)?;
+    let q = e.cast(q, DType::I64)?;
+    let codes = e.cast(q, DType::U8)?;
+    Ok((codes, absmax))
 }
 
 /// Inlines `@after_step` on the optimizer's results: its params are the updated ones, its

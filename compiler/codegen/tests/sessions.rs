@@ -128,7 +128,8 @@ parity_specs!(
     boft,
     boft_butterfly,
     adalora,
-    prefix_tuning
+    prefix_tuning,
+    lion_int8
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter

@@ -197,6 +197,9 @@ impl<'a> Elaborator<'a> {
         match n {
             "inf" => return Ok(Value::Float(f64::INFINITY)),
             "pi" => return Ok(Value::Float(std::f64::consts::PI)),
+            // The `train` block's shape, visible everywhere (a module's batch `input`).
+            "batch" => return Ok(Value::Int(self.batch)),
+            "seq" => return Ok(Value::Int(self.seq)),
             _ => {}
         }
         let mut names = env.names();
@@ -592,7 +595,12 @@ impl<'a> Elaborator<'a> {
 
     /// A module's batch input in the function being built: its input of that name, added on
     /// first use.
-    fn batch_value(&mut self, name: &str, ty: &TensorType, span: Span) -> Result<ValueId, Diagnostic> {
+    fn batch_value(
+        &mut self,
+        name: &str,
+        ty: &TensorType,
+        span: Span,
+    ) -> Result<ValueId, Diagnostic> {
         let loc = self.loc(span);
         let fb = self.fb_mut(span)?;
         if let Some(i) = fb.func.input(name) {
@@ -606,7 +614,9 @@ impl<'a> Elaborator<'a> {
             }
             return Ok(i.value);
         }
-        let v = fb.func.add_input(name, graft_ir::InputKind::Data, ty.clone(), Some(loc));
+        let v = fb
+            .func
+            .add_input(name, graft_ir::InputKind::Data, ty.clone(), Some(loc));
         fb.origins.push(span);
         Ok(v)
     }
@@ -836,8 +846,12 @@ impl<'a> Elaborator<'a> {
         lspan: Span,
         rspan: Span,
     ) -> Result<Value, Diagnostic> {
-        let is_tensor =
-            |v: &Value| matches!(v, Value::Tensor(_) | Value::Decl(_) | Value::Part(..) | Value::Batch(..));
+        let is_tensor = |v: &Value| {
+            matches!(
+                v,
+                Value::Tensor(_) | Value::Decl(_) | Value::Part(..) | Value::Batch(..)
+            )
+        };
         if !is_tensor(&l) && !is_tensor(&r) {
             return const_binary(op, &l, &r)
                 .map_err(|m| Diagnostic::error(span, m, "in this expression"));

@@ -171,7 +171,9 @@ impl<'a> Elaborator<'a> {
         let forward = self
             .module
             .function("forward")
-            .ok_or_else(|| Diagnostic::error(span, "the teacher needs the model's forward", "here"))?
+            .ok_or_else(|| {
+                Diagnostic::error(span, "the teacher needs the model's forward", "here")
+            })?
             .clone();
         let loc = self.loc(span);
         let fb = self.fb_mut(span)?;
@@ -181,7 +183,9 @@ impl<'a> Elaborator<'a> {
             let v = match fb.func.input(&name) {
                 Some(e) => e.value,
                 None => {
-                    let v = fb.func.add_input(name, InputKind::State, i.ty.clone(), Some(loc));
+                    let v = fb
+                        .func
+                        .add_input(name, InputKind::State, i.ty.clone(), Some(loc));
                     fb.origins.push(span);
                     v
                 }

@@ -315,21 +315,37 @@ impl<'a> Elaborator<'a> {
                 self.call_args(e, &["lr", "momentum", "weight_decay"])?
             }
             ExprKind::Call(c, _) if word(c).as_deref() == Some("lion") => {
-                self.call_args(e, &["lr", "beta1", "beta2", "weight_decay"])?
+                self.call_args(e, &["lr", "beta1", "beta2", "weight_decay", "state_bits"])?
             }
             _ => self.call_args(e, &["lr", "beta1", "beta2", "eps", "weight_decay"])?,
         };
         let get = |k: &str, d: f64| a.get(k).map_or(d, |v| v.0);
         match name.as_str() {
             "adamw" => Ok(Optimizer::AdamW { lr: get("lr", 1e-3), beta1: get("beta1", 0.9), beta2: get("beta2", 0.999), eps: get("eps", 1e-8), weight_decay: get("weight_decay", 0.01) }),
-            "lion" => Ok(Optimizer::Lion {
-                lr: get("lr", 1e-4),
-                beta1: get("beta1", 0.9),
-                beta2: get("beta2", 0.99),
-                weight_decay: get("weight_decay", 0.0),
-            }),
+            "lion" => {
+                let int8_state = match a.get("state_bits") {
+                    None => false,
+                    Some((b, _)) if *b == 32.0 => false,
+                    Some((b, _)) if *b == 8.0 => true,
+                    Some((_, span)) => {
+                        return Err(Diagnostic::error(
+                            *span,
+                            "Lion keeps its moment in 32 or 8 bits",
+                            "here",
+                        )
+                        .with_help("`state_bits: 8` stores it as u8 codes with a scale per block of 64"));
+                    }
+                };
+                Ok(Optimizer::Lion {
+                    lr: get("lr", 1e-4),
+                    beta1: get("beta1", 0.9),
+                    beta2: get("beta2", 0.99),
+                    weight_decay: get("weight_decay", 0.0),
+                    int8_state,
+                })
+            }
             "sgd" => Ok(Optimizer::Sgd { lr: get("lr", 1e-3), momentum: get("momentum", 0.0), weight_decay: get("weight_decay", 0.0) }),
-            other => Err(Diagnostic::error(e.span, format!("unknown optimizer `{other}`"), "unknown").with_help("supported: adamw(lr, beta1, beta2, eps, weight_decay), lion(lr, beta1, beta2, weight_decay), sgd(lr, momentum, weight_decay)")),
+            other => Err(Diagnostic::error(e.span, format!("unknown optimizer `{other}`"), "unknown").with_help("supported: adamw(lr, beta1, beta2, eps, weight_decay), lion(lr, beta1, beta2, weight_decay, state_bits), sgd(lr, momentum, weight_decay)")),
         }
     }
 
