@@ -418,3 +418,39 @@ fn adapters_stack_in_rule_order() -> Result<(), String> {
     );
     Ok(())
 }
+
+/// A doc comment after a member whose value ends an expression documents the next member;
+/// it is not read as a division (`ones() /// doc` once parsed as `ones() / ...`).
+#[test]
+fn a_doc_comment_after_an_expression_is_not_a_division() -> Result<(), String> {
+    let adapter = "adapter gated(r: int = 2) wraps linear(in, out) {\n    param g: [r] = ones()\n    \
+                   /// 1 for a dropped component.\n    state dropped: [r]\n    forward(x) = base(x)\n}\n";
+    let (_, p) = compile_text(&format!(
+        "{adapter}{}",
+        spec("gated() at [\"q_proj\"]", "batch 1 seq 4")
+    ))?;
+    let paths: Vec<&str> = p.tensors.iter().map(|t| t.path.as_str()).collect();
+    assert!(
+        paths.contains(&"model.layers.0.self_attn.q_proj.dropped"),
+        "{paths:?}"
+    );
+    Ok(())
+}
+
+/// A module's `input` is a batch input of the forward, one for every instance that names it,
+/// and `batch` and `seq` are visible in module bodies.
+#[test]
+fn a_module_input_is_one_batch_input() -> Result<(), String> {
+    let adapter = "adapter tasked(tasks: int = 3) wraps linear(in, out) {\n    input task: [batch] i64\n    \
+                   param s: [tasks] = ones()\n    forward(x: [N, S, in]) = base(x) * reshape(gather(s, task), [N, 1, 1])\n}\n";
+    let (_, p) = compile_text(&format!(
+        "{adapter}{}",
+        spec("tasked() at [\"q_proj\", \"v_proj\"]", "batch 3 seq 5")
+    ))?;
+    let f = p.module.function("forward").ok_or("no forward")?;
+    let tasks: Vec<_> = f.inputs().filter(|i| i.name == "task").collect();
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].kind, InputKind::Data);
+    assert_eq!(*tasks[0].ty, graft_ir::TensorType::new(DType::I64, vec![3]));
+    Ok(())
+}
