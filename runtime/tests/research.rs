@@ -17,8 +17,13 @@ use graft_runtime::{Session, TextTokenizer, WeightsFile};
 fn topk_mask_keeps_the_k_largest_of_each_row() {
     let src = "use nn\nmodule pick(k: int) {\n    forward(x: [batch, seq]) = cast(topk_mask(x, k), f32)\n}\n\
                model m = pick(k: 2)\ntrain {\n    batch 3  seq 4\n}\n";
-    let (_, p) = compile("pick.graft", None, src.to_string(), &Stdlib::Dir(common::repo().join("stdlib")))
-        .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let (_, p) = compile(
+        "pick.graft",
+        None,
+        src.to_string(),
+        &Stdlib::Dir(common::repo().join("stdlib")),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render(false)));
     let f = p.module.function("forward").unwrap();
     let x = Tensor::f32(
         vec![3, 4],
@@ -52,7 +57,10 @@ fn fedavg_averages_the_shared_lora_and_not_the_personal_one() {
     let named: Vec<(&str, Tensor)> = batch.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
     s.step_named(&named).unwrap();
     let halves = |name: &str| {
-        let v = s.value(name).unwrap_or_else(|| panic!("{name}")).to_f64_vec();
+        let v = s
+            .value(name)
+            .unwrap_or_else(|| panic!("{name}"))
+            .to_f64_vec();
         let h = v.len() / 2;
         (v[..h].to_vec(), v[h..].to_vec())
     };
@@ -74,10 +82,17 @@ fn faar_drops_rank_components_on_its_schedule() {
     for k in 1..=10usize {
         s.step_named(&batch).unwrap();
         let keep = 8.0 - 6.0 * k as f64 / 20.0;
-        let gates = s.value("model.layers.1.self_attn.v_proj.gates").unwrap().to_f64_vec();
+        let gates = s
+            .value("model.layers.1.self_attn.v_proj.gates")
+            .unwrap()
+            .to_f64_vec();
         for (j, g) in gates.iter().enumerate() {
             let i = (j % 8) as f64;
-            assert_eq!(*g == 0.0, i >= keep, "step {k}: gate of component {i} is {g}");
+            assert_eq!(
+                *g == 0.0,
+                i >= keep,
+                "step {k}: gate of component {i} is {g}"
+            );
         }
     }
 }

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod compare;
 mod progress;
 
 #[derive(Parser)]
@@ -281,7 +282,7 @@ enum Command {
     /// Optimize a spec's training step and show what the optimizer did: rules fired, cost
     /// before and after (FLOPs, bytes, peak memory), and the optimized IR.
     #[command(
-        after_help = "Examples:\n  graft explain dsl-examples/tiny_lora.graft\n  graft explain dsl-examples/small_lora.graft --target cuda --no-ir\n  graft explain dsl-examples/tiny_lora.graft --merge   # inference with adapters folded in"
+        after_help = "Examples:\n  graft explain dsl-examples/tiny_lora.graft\n  graft explain dsl-examples/small_lora.graft --target cuda --no-ir\n  graft explain dsl-examples/tiny_lora.graft --merge   # inference with adapters folded in\n  graft explain dsl-examples/tiny_lora.graft --compare 'lora(r: 16)' 'dora(r: 8)' 'nf4: lora(r: 8)'"
     )]
     Explain {
         /// The spec.
@@ -295,6 +296,11 @@ enum Command {
         /// Print only the report, not the optimized IR.
         #[arg(long)]
         no_ir: bool,
+        /// Compare candidate adapters before training: each an adapt rule such as
+        /// `lora(r: 16)` (the spec's first target unless it says `at ...`; a leading `nf4:`
+        /// quantizes the base to NF4), with its trainable parameters and estimated cost.
+        #[arg(long, num_args = 1.., value_name = "RULE")]
+        compare: Vec<String>,
     },
     /// Measure training-step throughput and memory on random tokens; prints one JSON line
     /// (`scripts/bench.py` compares it with PyTorch + PEFT).
@@ -484,12 +490,20 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             target,
             merge,
             no_ir,
+            compare,
         } => {
             let target = graft_opt::Target::by_name(&target)
                 .ok_or_else(|| anyhow::anyhow!("unknown target `{target}` (cpu or cuda)"))?;
             let Some((_, program)) = compile(&file, stdlib, color)? else {
                 return Ok(ExitCode::FAILURE);
             };
+            if !compare.is_empty() {
+                print!(
+                    "{}",
+                    compare::compare(&file, &program, &compare, stdlib, target)?
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             let opt = optimize_program(&program, target, merge)?;
             print!("{}", explain(&opt, target, merge));
             if !no_ir {
