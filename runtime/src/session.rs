@@ -285,7 +285,7 @@ impl Session {
                 }
             };
             match t.quant {
-                Some(q) => quantize_into(&mut values, &t.path, &tensor, q.block, q.nested)?,
+                Some(q) => quantize_into(&mut values, &t.path, &tensor, q)?,
                 None => {
                     values.insert(t.path.clone(), tensor);
                 }
@@ -830,13 +830,20 @@ fn quantize_into(
     values: &mut HashMap<String, Tensor>,
     path: &str,
     w: &Tensor,
-    block: usize,
-    nested: usize,
+    q: graft_frontend::QuantSpec,
 ) -> Result<(), SessionError> {
+    let (block, nested) = (q.block, q.nested);
     let data = w
         .as_f32()
         .ok_or_else(|| SessionError::Quant(path.to_string(), "not f32".into()))?;
     let err = |e: graft_quant::QuantError| SessionError::Quant(path.to_string(), e.to_string());
+    if q.format == graft_ir::QuantFormat::Int8 {
+        let (codes, absmax) = graft_quant::quantize_int8(data, block).map_err(err)?;
+        let blocks = absmax.len();
+        values.insert(path.to_string(), Tensor::u8(w.shape().to_vec(), codes)?);
+        values.insert(format!("{path}.absmax"), Tensor::f32(vec![blocks], absmax)?);
+        return Ok(());
+    }
     let unpack = |packed: &[u8]| -> Vec<u8> {
         (0..data.len())
             .map(|i| {

@@ -24,6 +24,8 @@ pub(crate) const ERR_DIV_ZERO: i64 = 2;
 pub(crate) enum Table {
     /// The 16 NF4 code values.
     Nf4,
+    /// The 256 int8 code values, (c − 128) / 127.
+    Int8,
     /// bitsandbytes' 256-entry signed dynamic code (nested absmax).
     Dynamic,
 }
@@ -33,6 +35,7 @@ impl Table {
     pub fn symbol(self) -> (&'static str, &'static str) {
         match self {
             Table::Nf4 => ("@graft_nf4_code", "memref<16xf32>"),
+            Table::Int8 => ("@graft_int8_code", "memref<256xf32>"),
             Table::Dynamic => ("@graft_dynamic_code", "memref<256xf32>"),
         }
     }
@@ -501,7 +504,8 @@ impl<'a> KernelCx<'a> {
     }
 
     /// Element `idx` of the weight that `args` (codes, then absmax or the nested scales)
-    /// dequantize to `dt`: `NF4[code] · absmax[i / block]` in `f32`, the absmax itself rebuilt
+    /// dequantize to `dt`: `NF4[code] · absmax[i / block]` (`INT8[code]` for u8 codes) in
+    /// `f32`, the absmax itself rebuilt
     /// from its 8-bit codes when nested, then rounded to `dt`. `v` names the node in errors.
     pub fn dequant_at(
         &mut self,
@@ -530,7 +534,12 @@ impl<'a> KernelCx<'a> {
             let s = self.b.op(format!("arith.mulf {d}, {a2} : f32"));
             self.b.op(format!("arith.addf {s}, {off} : f32"))
         };
-        let c = self.table(Table::Nf4, &code);
+        // The codes' dtype names the format: u4 codes are NF4's, u8 codes int8's.
+        let table = match self.f.ty(args[0]).dtype {
+            DType::U8 => Table::Int8,
+            _ => Table::Nf4,
+        };
+        let c = self.table(table, &code);
         let w = self.b.op(format!("arith.mulf {c}, {absmax} : f32"));
         Ok(match dt {
             DType::F64 => self.b.op(format!("arith.extf {w} : f32 to f64")),

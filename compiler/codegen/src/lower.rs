@@ -117,6 +117,10 @@ impl Lowered {
                     .iter()
                     .map(|&x| float_lit(x))
                     .collect(),
+                Table::Int8 => graft_quant::INT8_CODE
+                    .iter()
+                    .map(|&x| float_lit(x))
+                    .collect(),
                 Table::Dynamic => graft_quant::DYNAMIC_SIGNED_CODE
                     .iter()
                     .map(|&x| float_lit(x))

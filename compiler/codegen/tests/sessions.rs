@@ -129,7 +129,8 @@ parity_specs!(
     boft_butterfly,
     adalora,
     prefix_tuning,
-    lion_int8
+    lion_int8,
+    lora_int8
 );
 
 /// The PyTorch + PEFT fixtures through the compiled path directly: with the fixture's adapter

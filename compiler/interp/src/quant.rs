@@ -1,5 +1,5 @@
-//! `quantize` and `dequantize` for NF4, through `graft-quant` (bit-exact with bitsandbytes'
-//! CPU kernels).
+//! `quantize` and `dequantize` for NF4 (bit-exact with bitsandbytes' CPU kernels) and int8,
+//! through `graft-quant`.
 //!
 //! The IR's `u4` values are unpacked codes (one per element, see [`crate::Data::U4`]);
 //! graft-quant works on bitsandbytes' packed layout (two codes per byte, element `2i` in the
@@ -8,7 +8,10 @@
 use crate::tensor::{Data, round_f64};
 use crate::{Ctx, InterpError, Tensor};
 use graft_ir::{QuantFormat, QuantPart};
-use graft_quant::{QuantError, dequantize_blockwise_dynamic, dequantize_nf4, quantize_nf4};
+use graft_quant::{
+    QuantError, dequantize_blockwise_dynamic, dequantize_int8, dequantize_nf4, quantize_int8,
+    quantize_nf4,
+};
 
 /// The NF4 code of `0.0`, which pads an odd element count (as bitsandbytes does).
 const PAD_CODE: u8 = 7;
@@ -53,13 +56,19 @@ pub(crate) fn quantize(
     block: usize,
     part: QuantPart,
 ) -> Result<Tensor, InterpError> {
-    let QuantFormat::Nf4 = format;
     let x = ctx.arg(0)?;
     let w: Vec<f32> = match x.data() {
         Data::F32(v) => v.clone(),
         Data::F64(v) => v.iter().map(|&a| a as f32).collect(),
         _ => return Err(ctx.unsupported("quantize needs a float operand")),
     };
+    if format == QuantFormat::Int8 {
+        let (codes, absmax) = quantize_int8(&w, block).map_err(|e| quant_err(ctx, e))?;
+        return match part {
+            QuantPart::Codes => ctx.result(Data::U8(codes)),
+            QuantPart::Absmax => ctx.result(Data::F32(absmax)),
+        };
+    }
     let (packed, absmax) = quantize_nf4(&w, block).map_err(|e| quant_err(ctx, e))?;
     match part {
         QuantPart::Codes => ctx.result(Data::U4(unpack_codes(&packed, w.len()))),
@@ -81,7 +90,13 @@ pub(crate) fn dequantize(
     block: usize,
     nested: usize,
 ) -> Result<Tensor, InterpError> {
-    let QuantFormat::Nf4 = format;
+    if format == QuantFormat::Int8 {
+        let (Some(codes), Some(absmax)) = (ctx.arg(0)?.as_u8(), ctx.arg(1)?.as_f32()) else {
+            return Err(ctx.unsupported("int8 codes must be u8 with an f32 absmax"));
+        };
+        let w = dequantize_int8(codes, absmax, block).map_err(|e| quant_err(ctx, e))?;
+        return ctx.result(rounded(ctx.ty.dtype, w));
+    }
     let Some(codes) = ctx.arg(0)?.as_u4() else {
         return Err(ctx.unsupported("the codes must be u4"));
     };
@@ -107,12 +122,15 @@ pub(crate) fn dequantize(
     };
     let n = codes.len();
     let w = dequantize_nf4(&pack_codes(codes), &absmax, block, n).map_err(|e| quant_err(ctx, e))?;
-    let dt = ctx.ty.dtype;
-    let data = match dt {
+    ctx.result(rounded(ctx.ty.dtype, w))
+}
+
+/// Dequantized `f32` values as the node's dtype.
+fn rounded(dt: graft_ir::DType, w: Vec<f32>) -> Data {
+    match dt {
         graft_ir::DType::F64 => Data::F64(w.into_iter().map(f64::from).collect()),
         _ => Data::F32(w.into_iter().map(|x| round_f64(dt, f64::from(x))).collect()),
-    };
-    ctx.result(data)
+    }
 }
 
 #[cfg(test)]

@@ -356,6 +356,8 @@ pub enum Distribution {
 pub enum QuantFormat {
     /// 4-bit NormalFloat (QLoRA), blockwise absmax, bit-compatible with bitsandbytes.
     Nf4,
+    /// Symmetric 8-bit, blockwise absmax: code = round(127·x/absmax) + 128 (`u8`).
+    Int8,
 }
 
 impl QuantFormat {
@@ -363,6 +365,15 @@ impl QuantFormat {
     pub fn name(self) -> &'static str {
         match self {
             QuantFormat::Nf4 => "nf4",
+            QuantFormat::Int8 => "int8",
+        }
+    }
+
+    /// The dtype of the format's codes.
+    pub fn code_dtype(self) -> DType {
+        match self {
+            QuantFormat::Nf4 => DType::U4,
+            QuantFormat::Int8 => DType::U8,
         }
     }
 
@@ -370,6 +381,7 @@ impl QuantFormat {
     pub fn from_name(name: &str) -> Option<QuantFormat> {
         match name {
             "nf4" => Some(QuantFormat::Nf4),
+            "int8" => Some(QuantFormat::Int8),
             _ => None,
         }
     }
@@ -1184,31 +1196,41 @@ impl Op {
                 }
                 Ok(args[0].clone())
             }
-            Op::Quantize { block, part, .. } => {
+            Op::Quantize {
+                format,
+                block,
+                part,
+            } => {
                 let t = args[0];
                 float(t)?;
                 if *block == 0 {
                     return Err(err("block must be positive".into()));
                 }
                 Ok(match part {
-                    QuantPart::Codes => t.with_dtype(DType::U4),
+                    QuantPart::Codes => t.with_dtype(format.code_dtype()),
                     QuantPart::Absmax => {
                         TensorType::new(DType::F32, vec![t.numel().div_ceil(*block)])
                     }
                 })
             }
-            Op::Dequantize { block, nested, .. } => {
+            Op::Dequantize {
+                format,
+                block,
+                nested,
+            } => {
                 let t = declared()?;
                 let codes = args
                     .first()
                     .ok_or_else(|| err("expects the codes operand".into()))?;
-                if codes.dtype != DType::U4
+                if codes.dtype != format.code_dtype()
                     || codes.shape != t.shape
                     || !t.dtype.is_float()
                     || *block == 0
+                    || (*nested != 0 && *format != QuantFormat::Nf4)
                 {
                     return Err(err(format!(
-                        "u4 codes of shape {} cannot dequantize to {t}",
+                        "{} codes of shape {} cannot dequantize to {t}",
+                        format.code_dtype().name(),
                         shape_str(&codes.shape)
                     )));
                 }

@@ -1,4 +1,5 @@
-//! Quantization formats: NF4 with double quantization, bit-exact with bitsandbytes.
+//! Quantization formats: NF4 with double quantization, bit-exact with bitsandbytes, and
+//! symmetric blockwise int8 ([`int8`]).
 //!
 //! This crate reproduces, bit for bit, what `bitsandbytes` 0.50.2 computes on the CPU for
 //! `bitsandbytes.functional.quantize_4bit(w, blocksize, quant_type="nf4", compress_statistics=...)`
@@ -25,6 +26,7 @@
 pub mod double_quant;
 pub mod dynamic8;
 mod error;
+pub mod int8;
 pub mod nf4;
 
 pub use double_quant::{
@@ -33,6 +35,7 @@ pub use double_quant::{
 };
 pub use dynamic8::{DYNAMIC_SIGNED_CODE, dequantize_blockwise_dynamic, quantize_blockwise_dynamic};
 pub use error::QuantError;
+pub use int8::{INT8_CODE, dequantize_int8, quantize_int8};
 pub use nf4::{
     BNB_BLOCK_SIZES, NF4_CODE, NF4_THRESHOLDS, dequantize_nf4, nf4_index, packed_len, quantize_nf4,
 };

@@ -620,7 +620,7 @@ impl<'a> Elaborator<'a> {
                 format!("unknown quantization format `{fmt}`"),
                 "unknown format",
             )
-            .with_help("supported: nf4"));
+            .with_help("supported: nf4 (4-bit NormalFloat), int8 (symmetric, blockwise absmax)"));
         };
         let mut block = 64usize;
         let mut nested = 0usize;
@@ -637,7 +637,9 @@ impl<'a> Elaborator<'a> {
             let v = self.eval(&a.value, &mut env)?;
             match (name.name.as_str(), v) {
                 ("block", Value::Int(b)) if b > 0 => block = b as usize,
-                ("double_quant", Value::Bool(b)) => nested = if b { 256 } else { 0 },
+                ("double_quant", Value::Bool(b)) if !b || format == QuantFormat::Nf4 => {
+                    nested = if b { 256 } else { 0 }
+                }
                 (other, v) => {
                     return Err(Diagnostic::error(
                         a.value.span,
@@ -1182,9 +1184,12 @@ impl<'a> Elaborator<'a> {
         let v = match d.quant {
             Some(q) if kind == InputKind::Weight => {
                 let fb = self.fb_mut(span)?;
-                let codes =
-                    fb.func
-                        .add_input(d.path.clone(), kind, d.ty.with_dtype(DType::U4), Some(loc));
+                let codes = fb.func.add_input(
+                    d.path.clone(),
+                    kind,
+                    d.ty.with_dtype(q.format.code_dtype()),
+                    Some(loc),
+                );
                 fb.origins.push(d.span);
                 let blocks = d.ty.numel().div_ceil(q.block);
                 let mut args = vec![codes];
