@@ -70,7 +70,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
-    /// Every element comes back within half a step (absmax / 254) of itself, the block's
+    /// Every element comes back within half a step (absmax / 254, up to f32 rounding) of
+    /// itself, the block's
     /// largest magnitude exactly, and zero blocks stay zero.
     #[test]
     fn round_trips_within_half_a_step() {
