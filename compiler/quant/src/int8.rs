@@ -71,8 +71,7 @@ mod tests {
     use super::*;
 
     /// Every element comes back within half a step (absmax / 254, up to f32 rounding) of
-    /// itself, the block's
-    /// largest magnitude exactly, and zero blocks stay zero.
+    /// itself, the block's largest magnitude exactly, and zero blocks stay zero.
     #[test]
     fn round_trips_within_half_a_step() {
         let w: Vec<f32> = (0..200)
@@ -83,8 +82,9 @@ mod tests {
         let back = dequantize_int8(&codes, &absmax, 64).unwrap();
         for (i, (&x, &y)) in w.iter().zip(&back).enumerate() {
             let am = absmax[i / 64];
+            // Half a step, and f32 rounding of a value that falls on a half.
             assert!(
-                (x - y).abs() <= am / 254.0 * (1.0 + 1e-6),
+                (x - y).abs() <= am / 254.0 * (1.0 + 1e-4),
                 "{i}: {x} vs {y}"
             );
             if x.abs() == am {
