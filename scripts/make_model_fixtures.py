@@ -26,7 +26,8 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   lm_head, decoder outputs not scaled), weights drawn likewise; the encoder's and decoder's
   `embed_tokens` are `shared` (as every T5 checkpoint has them; transformers 5 unties them
   with the lm_head, so they are set equal and left out), `input_ids` [2, 9],
-  `decoder_input_ids` [2, 6] and `logits` [2, 6, 64].
+  `attention_mask` [2, 9] (the second source padded after 6 tokens), `decoder_input_ids`
+  [2, 6] and `logits` [2, 6, 64].
 - clip.safetensors: CLIPModel (vocab 64, text and vision towers of hidden 32, 2 layers, 4
   heads, ffn 64, 16 text positions, 16×16 images in 4×4 patches, projection 24, eos id 1,
   logit_scale 2.0), weights drawn likewise (norm gains 1 + N(0, 0.1)), three texts of 7 tokens (bos, words, eos at 4, 6
@@ -216,14 +217,19 @@ def t5_seq2seq() -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(6)
     input_ids = torch.randint(0, 64, (2, 9), generator=g)
     decoder_input_ids = torch.randint(0, 64, (2, 6), generator=g)
+    # The second source is padded after 6 tokens.
+    attention_mask = torch.ones(2, 9, dtype=torch.long)
+    attention_mask[1, 6:] = 0
     with torch.no_grad():
-        logits = model(input_ids=input_ids, decoder_input_ids=decoder_input_ids).logits
+        logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                       decoder_input_ids=decoder_input_ids).logits
     out = checkpoint_tensors(model)
     for alias in ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]:
         t = out.pop(alias, None)
         assert t is None or torch.equal(t, out["shared.weight"]), alias
     out.update(
         input_ids=input_ids,
+        attention_mask=attention_mask,
         decoder_input_ids=decoder_input_ids,
         logits=logits.contiguous(),
     )

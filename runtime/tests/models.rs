@@ -235,3 +235,28 @@ fn lora_on_clip_trains_with_the_contrastive_loss() {
 fn lora_on_bert_trains_extractive_qa_on_answer_spans() {
     trains_with_a_graft_objective("bert_lora_qa", "bert_qa", &[1, 4, 3, 6]);
 }
+
+/// T5 masks the source's padding: with the fixture's mask the logits are transformers'
+/// (`t5_for_conditional_generation_matches_transformers`); reading the padding too moves them
+/// by more than a hundredth of the largest, so the mask is seen.
+#[test]
+fn t5_masks_the_sources_padding() {
+    let spec = repo().join("tests/models/t5_seq2seq.graft");
+    let (_, program) = compile_file(&spec, &Stdlib::Dir(repo().join("stdlib"))).expect("spec");
+    let fixture =
+        WeightsFile::open(&repo().join("tests/fixtures/t5_seq2seq.safetensors")).expect("fixture");
+    let forward = program.module.function("forward").expect("forward");
+    let mut inputs = HashMap::new();
+    for input in forward.inputs() {
+        inputs.insert(
+            input.name.to_string(),
+            fixture.read(input.name).expect("input"),
+        );
+    }
+    let ones = Tensor::i64(vec![2, 9], vec![1; 18]).expect("mask");
+    inputs.insert("attention_mask".into(), ones);
+    let out = graft_interp::run(forward, &inputs).expect("run");
+    let logits = &out.iter().find(|(n, _)| n == "logits").expect("logits").1;
+    let e = norm_err(logits, &fixture.read("logits").expect("logits"));
+    assert!(e > 1e-2, "without the mask the logits moved by only {e:e}");
+}
