@@ -110,6 +110,27 @@ impl LabeledBatches {
         skip: bool,
     ) -> Result<(LabeledBatches, Vec<DataError>), DataError> {
         let name = path.display().to_string();
+        if inputs.is_empty() {
+            return Err(DataError::Batching {
+                path: name,
+                message: "the step reads no batch inputs to fill".into(),
+            });
+        }
+        let rows = inputs
+            .first()
+            .map_or(0, |(_, t)| t.shape.first().copied().unwrap_or(0));
+        if let Some((input, ty)) = inputs
+            .iter()
+            .find(|(_, t)| t.shape.first().is_none_or(|&b| b != rows || b == 0))
+        {
+            return Err(DataError::Batching {
+                path: name,
+                message: format!(
+                    "the step reads `{input}` as {ty}, which has no batch axis of {rows} rows \
+                     like the others"
+                ),
+            });
+        }
         let (examples, skipped) = if path.extension().is_some_and(|e| e == "safetensors") {
             (tensor_file(path, &inputs)?, Vec::new())
         } else {
@@ -137,9 +158,6 @@ impl LabeledBatches {
             }
             (out, skipped)
         };
-        let rows = inputs
-            .first()
-            .map_or(0, |(_, t)| t.shape.first().copied().unwrap_or(0));
         let k = examples.first().map_or(1, Vec::len);
         let batching = |message: String| DataError::Batching {
             path: name.clone(),
@@ -359,6 +377,11 @@ fn example(line: &str, inputs: &[(String, TensorType)], cx: &Context) -> Result<
         let t = need_tok("seq2seq")?;
         let src = t.encode_fit(str_field("source")?, None, seq, false)?;
         let target_len = len("labels").or(len("decoder_input_ids")).unwrap_or(seq);
+        if target_len == 0 {
+            return Err(
+                "seq2seq records need a step that reads `labels` or `input_ids` per token".into(),
+            );
+        }
         let mut tgt = ids(&t
             .encode_fit(str_field("target")?, None, target_len, false)?
             .ids);
