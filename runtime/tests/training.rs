@@ -265,6 +265,33 @@ fn initializers_follow_peft_and_are_reproducible() {
 /// gradients (interpreter forward + backward) as g: c = β₁·m + (1 − β₁)·g,
 /// p ← p·(1 − lr·λ) − lr·sign(c), m ← β₂·m + (1 − β₂)·g, m₀ = 0. Tolerance 1e-6 absolute
 /// + 1e-5 relative (f32 arithmetic in the step).
+/// One Lion step in f64 from params `p` and moment `m` with gradient `g`:
+/// p ← p·(1 − lr·λ) − lr·sign(β₁·m + (1 − β₁)·g), checked against the step's params `got`
+/// (1e-6 absolute + 1e-5 relative), then set to them; returns β₂·m + (1 − β₂)·g.
+fn lion_check(
+    p: &mut [f64],
+    m: &[f64],
+    g: &[f32],
+    got: &[f32],
+    (lr, b1, b2, wd): (f64, f64, f64, f64),
+    what: &str,
+) -> Vec<f64> {
+    let mut next = vec![0.0; p.len()];
+    for i in 0..p.len() {
+        let gi = f64::from(g[i]);
+        let c = b1 * m[i] + (1.0 - b1) * gi;
+        let want = p[i] * (1.0 - lr * wd) - lr * c.signum() * f64::from(u8::from(c != 0.0));
+        next[i] = b2 * m[i] + (1.0 - b2) * gi;
+        let got = f64::from(got[i]);
+        assert!(
+            (got - want).abs() <= 1e-6 + 1e-5 * want.abs(),
+            "{what}[{i}]: {got} vs {want}"
+        );
+        p[i] = got;
+    }
+    next
+}
+
 #[test]
 fn lion_follows_its_formula() {
     let ids = batch();
@@ -286,26 +313,15 @@ fn lion_follows_its_formula() {
         for (((path, pv), mv), (_, g)) in p.iter_mut().zip(&mut m).zip(&grads) {
             let g = f32s(g);
             let got = f32s(s.value(path).expect("param"));
-            for i in 0..pv.len() {
-                let gi = f64::from(g[i]);
-                let c = b1 * mv[i] + (1.0 - b1) * gi;
-                let sign = if c > 0.0 {
-                    1.0
-                } else if c < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                pv[i] = pv[i] * (1.0 - lr * wd) - lr * sign;
-                mv[i] = b2 * mv[i] + (1.0 - b2) * gi;
-                let got = f64::from(got[i]);
-                assert!(
-                    (got - pv[i]).abs() <= 1e-6 + 1e-5 * pv[i].abs(),
-                    "step {step}, {path}[{i}]: {got} vs {}",
-                    pv[i]
-                );
-                pv[i] = got;
-            }
+            let moment = lion_check(
+                pv,
+                mv,
+                &g,
+                &got,
+                (lr, b1, b2, wd),
+                &format!("step {step}, {path}"),
+            );
+            mv.copy_from_slice(&moment);
         }
     }
     assert!(
@@ -346,28 +362,14 @@ fn lion_with_an_8_bit_moment_follows_its_formula() {
             let codes = s.value(&format!("lion.m8.{path}")).expect("codes");
             let codes = codes.as_u8().expect("u8 codes");
             let absmax = f32s(s.value(&format!("lion.m8.absmax.{path}")).expect("absmax"));
-            let n = pv.len();
-            let mut m_new = vec![0.0; n];
-            for i in 0..n {
-                let gi = f64::from(g[i]);
-                let c = b1 * mv[i] + (1.0 - b1) * gi;
-                let sign = if c > 0.0 {
-                    1.0
-                } else if c < 0.0 {
-                    -1.0
-                } else {
-                    0.0
-                };
-                pv[i] = pv[i] * (1.0 - lr * wd) - lr * sign;
-                m_new[i] = b2 * mv[i] + (1.0 - b2) * gi;
-                let got = f64::from(got[i]);
-                assert!(
-                    (got - pv[i]).abs() <= 1e-6 + 1e-5 * pv[i].abs(),
-                    "step {step}, {path}[{i}]: {got} vs {}",
-                    pv[i]
-                );
-                pv[i] = got;
-            }
+            let m_new = lion_check(
+                pv,
+                mv,
+                &g,
+                &got,
+                (lr, b1, b2, wd),
+                &format!("step {step}, {path}"),
+            );
             for (b, block) in m_new.chunks(64).enumerate() {
                 let a = block.iter().fold(0f64, |x, y| x.max(y.abs()));
                 let stored = f64::from(absmax[b]);
