@@ -88,12 +88,35 @@ pub fn tokenizer(
 /// # Errors
 /// The file cannot be read.
 pub fn read_data(path: &Path) -> Result<String, DataError> {
+    String::from_utf8(read_bytes(path)?).map_err(|e| not_utf8(path, e.utf8_error()))
+}
+
+/// A data file's bytes (a regular file only: a FIFO would block the read forever).
+///
+/// # Errors
+/// The file cannot be read.
+pub fn read_bytes(path: &Path) -> Result<Vec<u8>, DataError> {
     let name = path.display().to_string();
     crate::files::regular_file(path, "data file").map_err(|m| DataError::Io {
         path: name.clone(),
         source: std::io::Error::other(m),
     })?;
-    std::fs::read_to_string(path).map_err(|source| DataError::Io { path: name, source })
+    std::fs::read(path).map_err(|source| DataError::Io { path: name, source })
+}
+
+/// A data file's bytes as text.
+///
+/// # Errors
+/// They are not UTF-8.
+pub fn text_of<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, DataError> {
+    std::str::from_utf8(bytes).map_err(|e| not_utf8(path, e))
+}
+
+fn not_utf8(path: &Path, e: std::str::Utf8Error) -> DataError {
+    DataError::Io {
+        path: path.display().to_string(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+    }
 }
 
 /// The examples of a data file's `text` (read from `path`, named in errors). Bad lines are

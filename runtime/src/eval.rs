@@ -207,24 +207,17 @@ impl Session {
         &mut self,
         batches: impl IntoIterator<Item = (Tensor, Tensor)>,
     ) -> Result<EvalStats, SessionError> {
-        let (mut sum, mut targets, mut n) = (0.0f64, 0usize, 0usize);
-        for (ids, labels) in batches {
-            let t = crate::data::targets(&labels);
-            sum += f64::from(self.eval_loss(&ids, &labels)?) * t as f64;
-            targets += t;
-            n += 1;
-        }
-        let loss = sum / targets.max(1) as f64;
-        Ok(EvalStats {
-            loss,
-            perplexity: loss.exp(),
-            batches: n,
-        })
+        let named: Vec<crate::labeled::Batch> = batches
+            .into_iter()
+            .map(|(ids, labels)| vec![("input_ids".into(), ids), ("labels".into(), labels)])
+            .collect();
+        self.evaluate_named(&named)
     }
 
-    /// [`Session::evaluate`] over batches given by input name; for an objective other than
-    /// the causal-LM loss, the mean of the batches' losses (`perplexity` is its exp, which
-    /// means little there).
+    /// [`Session::evaluate`] over batches given by input name, each weighing what it weighs
+    /// in training (its share of the targets for the causal-LM loss, an equal share for an
+    /// objective that is a mean over its batch); `perplexity` is the loss's exp, which means
+    /// little for an objective other than the causal-LM loss.
     ///
     /// # Errors
     /// A batch failed.
@@ -232,23 +225,11 @@ impl Session {
         &mut self,
         batches: &[crate::labeled::Batch],
     ) -> Result<EvalStats, SessionError> {
-        if self.program.train.loss == "causal_lm" {
-            let pairs = batches.iter().map(|b| {
-                let get = |k: &str| {
-                    b.iter()
-                        .find(|(n, _)| n == k)
-                        .map(|(_, t)| t.clone())
-                        .unwrap_or_else(|| Tensor::scalar_i64(0))
-                };
-                (get("input_ids"), get("labels"))
-            });
-            return self.evaluate(pairs.collect::<Vec<_>>());
+        let weights = crate::session::batch_weights(&self.program, batches);
+        let mut loss = 0.0f64;
+        for (b, w) in batches.iter().zip(weights) {
+            loss += w * f64::from(self.eval_loss_named(b)?);
         }
-        let mut sum = 0.0f64;
-        for b in batches {
-            sum += f64::from(self.eval_loss_named(b)?);
-        }
-        let loss = sum / batches.len().max(1) as f64;
         Ok(EvalStats {
             loss,
             perplexity: loss.exp(),

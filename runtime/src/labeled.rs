@@ -109,6 +109,28 @@ impl LabeledBatches {
         shuffle: Option<u64>,
         skip: bool,
     ) -> Result<(LabeledBatches, Vec<DataError>), DataError> {
+        // A tensor file is mapped, not read.
+        let bytes = if is_tensor_file(path) {
+            Vec::new()
+        } else {
+            crate::data::read_bytes(path)?
+        };
+        Self::from_bytes(path, &bytes, inputs, cx, shuffle, skip)
+    }
+
+    /// [`LabeledBatches::load`] on the file's bytes, already read (`path` names it and says
+    /// whether it is a tensor file, which is mapped from `path` itself).
+    ///
+    /// # Errors
+    /// As [`LabeledBatches::load`].
+    pub fn from_bytes(
+        path: &Path,
+        bytes: &[u8],
+        inputs: Vec<(String, TensorType)>,
+        cx: &Context,
+        shuffle: Option<u64>,
+        skip: bool,
+    ) -> Result<(LabeledBatches, Vec<DataError>), DataError> {
         let name = path.display().to_string();
         if inputs.is_empty() {
             return Err(DataError::Batching {
@@ -131,10 +153,10 @@ impl LabeledBatches {
                 ),
             });
         }
-        let (examples, skipped) = if path.extension().is_some_and(|e| e == "safetensors") {
+        let (examples, skipped) = if is_tensor_file(path) {
             (tensor_file(path, &inputs)?, Vec::new())
         } else {
-            let text = crate::data::read_data(path)?;
+            let text = crate::data::text_of(path, bytes)?;
             let mut out = Vec::new();
             let mut skipped = Vec::new();
             for (i, line) in text.lines().enumerate() {
@@ -231,6 +253,11 @@ impl LabeledBatches {
             })
             .collect()
     }
+}
+
+/// A `.safetensors` data file (else JSONL).
+fn is_tensor_file(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e == "safetensors")
 }
 
 fn to_tensor(ty: &TensorType, data: Vec<f64>) -> Tensor {

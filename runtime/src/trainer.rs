@@ -191,7 +191,7 @@ pub fn train(
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
     // Text batches (input_ids, labels) for the causal-LM loss, unless the step reads more
     // (a task id a module declares): then records give every input by name.
-    let causal = program.train.loss == "causal_lm"
+    let text_batches = program.train.loss == "causal_lm"
         && crate::labeled::batch_inputs(&program)
             .iter()
             .all(|(n, _)| n == "input_ids" || n == "labels");
@@ -201,27 +201,27 @@ pub fn train(
         program.train.seed = seed;
     }
     let data_path = dir.join(&data);
-    // Read once: parsed here (text; the labeled loader reads its file itself, which may be
-    // a tensor file), and hashed for the checkpoint's fingerprint below.
-    let (data_text, data_bytes) = if causal {
-        let t = crate::data::read_data(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
-        (t, Vec::new())
-    } else {
-        crate::files::regular_file(&data_path, "data file").map_err(TrainError::Input)?;
-        let b = std::fs::read(&data_path)
-            .map_err(|e| TrainError::Input(format!("cannot read {}: {e}", data_path.display())))?;
-        (String::new(), b)
-    };
+    // Read once: parsed here, and hashed for the checkpoint's fingerprint below.
+    let data_bytes =
+        crate::data::read_bytes(&data_path).map_err(|e| TrainError::Input(e.to_string()))?;
     let layout = Layout::of(&program, tok.as_ref());
     let cx = crate::labeled::context(&program, tok.as_ref());
     let inputs = crate::labeled::batch_inputs(&program);
-    let load = |path: &Path, text: &str, layout: Layout, on: &mut dyn FnMut(Event)| {
-        if causal {
+    // A file's batches, from its bytes (read from `path` when `None`).
+    let load = |path: &Path, bytes: Option<&[u8]>, layout: Layout, on: &mut dyn FnMut(Event)| {
+        let input = |e: crate::DataError| TrainError::Input(e.to_string());
+        let bytes = match bytes {
+            Some(b) => std::borrow::Cow::Borrowed(b),
+            None => std::borrow::Cow::Owned(crate::data::read_bytes(path).map_err(input)?),
+        };
+        if text_batches {
+            let text = crate::data::text_of(path, &bytes).map_err(input)?;
             let b = load_batches(text, path, tok.as_ref(), vocab, layout, opts, on)?;
             return Ok::<_, TrainError>(Source::Text(b));
         }
-        let (b, skipped) = LabeledBatches::load(
+        let (b, skipped) = LabeledBatches::from_bytes(
             path,
+            &bytes,
             inputs.clone(),
             &cx,
             layout.shuffle,
@@ -231,7 +231,7 @@ pub fn train(
         report_skipped(&skipped, path, on);
         Ok(Source::Labeled(b))
     };
-    let mut batches = load(&data_path, &data_text, layout.clone(), on)?;
+    let mut batches = load(&data_path, Some(&data_bytes), layout.clone(), on)?;
     let accumulate = program.train.accumulate;
     let steps = match (opts.steps, program.train.epochs) {
         (Some(n), _) => n,
@@ -240,23 +240,14 @@ pub fn train(
     };
     program.train.steps = steps;
     let seed = program.train.seed;
-    let mut fingerprint = Fingerprint::with_data(
-        &program,
-        Some((
-            data_path.as_path(),
-            if causal {
-                data_text.as_bytes()
-            } else {
-                &data_bytes
-            },
-        )),
-    );
+    let mut fingerprint =
+        Fingerprint::with_data(&program, Some((data_path.as_path(), &data_bytes)));
     if let Some(t) = &tok {
         fingerprint
             .add_file("tokenizer", &t.path)
             .map_err(TrainError::Input)?;
     }
-    drop((data_text, data_bytes));
+    drop(data_bytes);
     crate::memory::check_fits(&program).map_err(TrainError::Input)?;
     // Lock the checkpoint folder before anything is read from it.
     let lock = match &opts.checkpoint {
@@ -270,17 +261,11 @@ pub fn train(
     let eval_every = opts.eval_every.unwrap_or(program.train.eval_every);
     let eval_batches = match &eval_path {
         Some(p) => {
-            // A tensor file is read by the labeled loader itself.
-            let text = if causal {
-                crate::data::read_data(p).map_err(|e| TrainError::Input(e.to_string()))?
-            } else {
-                String::new()
-            };
             let layout = Layout {
                 shuffle: None,
                 ..layout
             };
-            let mut b = load(p, &text, layout, on)?;
+            let mut b = load(p, None, layout, on)?;
             (0..b.per_epoch().min(EVAL_BATCHES))
                 .map(|_| b.next_batch())
                 .collect()

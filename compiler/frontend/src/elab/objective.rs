@@ -91,10 +91,7 @@ impl<'a> Elaborator<'a> {
                     Some(TypeAnn::Tensor(t)) => {
                         let mut env = dims.clone();
                         let (arg, _) = self.data_input(&p.name, t, Vec::new(), &mut env)?;
-                        let Value::Tensor(v) = arg.value else {
-                            unreachable!("a data input is a tensor")
-                        };
-                        v
+                        self.need_tensor(&arg.value, p.name.span)?
                     }
                     _ if p.default.is_some() => continue,
                     _ if pname == "labels" => {
