@@ -33,7 +33,12 @@ fuzz_target!(|data: &[u8]| {
             ("labels".into(), TensorType::new(DType::I64, vec![2])),
         ],
     ];
-    let cx = Context { tok: shipped(), decoder_start: 0, classes: 3 };
+    let cx = Context {
+        tok: shipped(),
+        decoder_start: 0,
+        classes: 3,
+        id_limits: vec![("input_ids".into(), 96)],
+    };
     for ext in ["jsonl", "safetensors"] {
         let file = dir.join(format!("d.{ext}"));
         if std::fs::write(&file, data).is_err() {

@@ -78,6 +78,9 @@ pub struct Context<'a> {
     pub decoder_start: i64,
     /// The number of classes (the logits' last axis), which a label must be below.
     pub classes: usize,
+    /// For a batch input of token ids, the size of the table the forward looks them up in
+    /// (an embedding's vocabulary), which every id must be below.
+    pub id_limits: Vec<(String, usize)>,
 }
 
 /// One example: per row (two for a preference pair), the value of each batch input, in the
@@ -454,14 +457,14 @@ fn example(line: &str, inputs: &[(String, TensorType)], cx: &Context) -> Result<
             ("labels", vec![label as f64]),
         ]]
     } else {
-        return raw(obj, inputs).map(|row| vec![row]);
+        return raw(obj, inputs, &cx.id_limits).map(|row| vec![row]);
     };
     let pad = cx
         .tok
         .and_then(|t| t.pad.as_ref())
         .map_or(0.0, |(_, id)| f64::from(*id));
     rows.into_iter()
-        .map(|fields| fit(fields, inputs, pad, obj))
+        .map(|fields| fit(fields, inputs, pad, obj, &cx.id_limits))
         .collect()
 }
 
@@ -476,6 +479,7 @@ fn fit(
     inputs: &[(String, TensorType)],
     pad: f64,
     obj: &serde_json::Map<String, Value>,
+    limits: &[(String, usize)],
 ) -> Result<Vec<Vec<f64>>, String> {
     let kind = obj.keys().cloned().collect::<Vec<_>>().join(", ");
     inputs
@@ -505,9 +509,24 @@ fn fit(
                 "labels" => IGNORE as f64,
                 _ => 0.0,
             };
-            shaped(name, v, &ty.shape[1..], fill)
+            let v = shaped(name, v, &ty.shape[1..], fill)?;
+            within_limits(name, &v, limits)?;
+            Ok(v)
         })
         .collect()
+}
+
+/// Token ids below the size of the table the forward reads them from.
+fn within_limits(name: &str, v: &[f64], limits: &[(String, usize)]) -> Result<(), String> {
+    if let Some((_, limit)) = limits.iter().find(|(n, _)| n == name)
+        && let Some(bad) = v.iter().find(|&&x| x < 0.0 || x >= *limit as f64)
+    {
+        return Err(format!(
+            "`{name}` holds {bad}, outside the model's table of {limit} rows (token ids must \
+             be below the vocabulary's size: is the tokenizer the model's?)"
+        ));
+    }
+    Ok(())
 }
 
 /// `v` as a row of shape `per_row`: a sequence (rank 1) cut or padded with `fill`, anything
@@ -531,6 +550,7 @@ fn shaped(name: &str, mut v: Vec<f64>, per_row: &[usize], fill: f64) -> Result<V
 fn raw(
     obj: &serde_json::Map<String, Value>,
     inputs: &[(String, TensorType)],
+    limits: &[(String, usize)],
 ) -> Result<Vec<Vec<f64>>, String> {
     inputs
         .iter()
@@ -557,7 +577,9 @@ fn raw(
             let mut flat = Vec::new();
             numbers(v, &mut flat).map_err(|e| format!("`{name}`: {e}"))?;
             let fill = if name == "labels" { IGNORE as f64 } else { 0.0 };
-            shaped(name, flat, &ty.shape[1..], fill)
+            let v = shaped(name, flat, &ty.shape[1..], fill)?;
+            within_limits(name, &v, limits)?;
+            Ok(v)
         })
         .collect()
 }
@@ -684,5 +706,29 @@ pub fn context<'a>(
         tok,
         decoder_start: from_config.or(pad).unwrap_or(0),
         classes: crate::data::vocab(program).unwrap_or(0),
+        id_limits: id_limits(program),
     }
+}
+
+/// Each batch input the forward gathers rows of a table with (token ids into an embedding),
+/// with the table's row count.
+fn id_limits(program: &graft_frontend::Program) -> Vec<(String, usize)> {
+    let Some(f) = program.module.function("forward") else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for node in &f.nodes {
+        let (graft_ir::Op::Gather { axis: 0 }, [table, idx]) = (&node.op, node.args.as_slice())
+        else {
+            continue;
+        };
+        if let graft_ir::Op::Input { name, .. } = &f.node(*idx).op {
+            let rows = f.ty(*table).shape.first().copied().unwrap_or(0);
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, r)) => *r = (*r).min(rows),
+                None => out.push((name.clone(), rows)),
+            }
+        }
+    }
+    out
 }

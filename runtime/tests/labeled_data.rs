@@ -38,6 +38,7 @@ fn check(part: &str, data: &str, tokenizer: &str, inputs: &[(&str, Vec<usize>)],
         tok: Some(&tok),
         decoder_start: 0,
         classes,
+        id_limits: Vec::new(),
     };
     let path = common::repo().join(data);
     let (mut b, skipped) = LabeledBatches::load(&path, typed, &cx, None, false).unwrap();
@@ -122,6 +123,7 @@ fn load_error(name: &str, text: &[u8], inputs: &[(&str, TensorType)]) -> String 
         tok: Some(&tok),
         decoder_start: 0,
         classes: 3,
+        id_limits: vec![("input_ids".into(), 96)],
     };
     let typed = inputs
         .iter()
@@ -149,6 +151,15 @@ fn bad_labeled_records_are_located_errors() {
     let e = load_error("kind.jsonl", b"{\"prompt\": \"x\"}\n", &cls);
     assert!(
         e.contains("kind.jsonl:1:") && e.contains("`input_ids`"),
+        "{e}"
+    );
+    let e = load_error(
+        "ids.jsonl",
+        b"{\"input_ids\": [1, 2], \"labels\": 0}\n{\"input_ids\": [3, 500], \"labels\": 1}\n",
+        &cls,
+    );
+    assert!(
+        e.contains("ids.jsonl:2:") && e.contains("table of 96 rows"),
         "{e}"
     );
     let e = load_error("few.jsonl", b"{\"text\": \"good\", \"label\": 1}\n", &cls);
@@ -192,6 +203,7 @@ fn mutated_labeled_data_never_panics() {
         tok: Some(&tok),
         decoder_start: 0,
         classes: 3,
+        id_limits: vec![("input_ids".into(), 96)],
     };
     let ids = |n| TensorType::new(DType::I64, vec![2, n]);
     let steps: Vec<Vec<(String, TensorType)>> = vec![
