@@ -14,6 +14,7 @@ Writes only files that do not exist yet.
 - dsl-examples/models/tiny-t5-wordpiece/: the same kind for the T5 stand-in's 64 tokens:
   <pad> </s> <unk>, letters, ##letters, a few words; `A </s>`.
 - dsl-examples/data/sentiment_tiny.jsonl: 24 `{"text", "label"}` records (3 classes).
+- dsl-examples/data/sentiment_eval_tiny.jsonl: 8 held-out sentences of those classes.
 - dsl-examples/data/squad_tiny.jsonl: 12 SQuAD records (`question`, `context`, `answers`).
 - dsl-examples/data/seq2seq_tiny.jsonl: 16 `{"source", "target"}` records.
 - dsl-examples/data/dpo_tiny.jsonl: 8 `{"prompt", "chosen", "rejected"}` records, in the
@@ -65,6 +66,13 @@ SENTIMENT = [
     ("the story is not bad", 1), ("it was very good", 2), ("it was very bad", 0),
     ("it was okay", 1), ("great great film", 2), ("awful awful movie", 0),
     ("fine fine story", 1),
+]
+
+# Held-out sentences for the sentiment example's evaluation.
+SENTIMENT_EVAL = [
+    ("a good story", 2), ("the plot was awful", 0), ("the acting is fine", 1),
+    ("this film was great", 2), ("a bad movie", 0), ("it is okay", 1),
+    ("very great acting", 2), ("the story was very bad", 0),
 ]
 
 SQUAD = [
@@ -193,6 +201,7 @@ def main() -> int:
     )
     data = EX / "data"
     write_jsonl(data / "sentiment_tiny.jsonl", [{"text": t, "label": l} for t, l in SENTIMENT])
+    write_jsonl(data / "sentiment_eval_tiny.jsonl", [{"text": t, "label": l} for t, l in SENTIMENT_EVAL])
     write_jsonl(data / "squad_tiny.jsonl", squad_records())
     write_jsonl(data / "seq2seq_tiny.jsonl", [{"source": s, "target": t} for s, t in T5_PAIRS])
     write_jsonl(data / "dpo_tiny.jsonl", [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in DPO])

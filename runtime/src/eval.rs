@@ -10,14 +10,33 @@ use graft_ir::{Function, InputKind, Node, Op, ValueId};
 use std::path::Path;
 
 /// The mean held-out loss over some batches.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct EvalStats {
-    /// Mean causal-LM loss per batch.
+    /// The mean loss (over target tokens for the causal-LM loss, over batches otherwise).
     pub loss: f64,
-    /// exp(loss).
+    /// exp(loss) for the causal-LM loss; NaN for another objective.
     pub perplexity: f64,
     /// Batches evaluated.
     pub batches: usize,
+    /// The `train` block's `metrics`, by name, averaged like the loss.
+    pub metrics: Vec<(String, f64)>,
+}
+
+impl EvalStats {
+    /// What is printed after the loss: `  perplexity 2.457` (when there is one), then
+    /// `  accuracy 0.8750` for each metric.
+    pub fn metrics_text(&self) -> String {
+        let ppl = if self.perplexity.is_finite() {
+            format!("  perplexity {:.3}", self.perplexity)
+        } else {
+            String::new()
+        };
+        ppl + &self
+            .metrics
+            .iter()
+            .map(|(n, x)| format!("  {n} {x:.4}"))
+            .collect::<String>()
+    }
 }
 
 /// `@eval` for a forward: its nodes with every `dropout` replaced by its input (evaluation
@@ -27,17 +46,19 @@ pub struct EvalStats {
 /// # Errors
 /// The forward has no logits or input ids.
 pub fn eval_function(forward: &Function) -> Result<Function, SessionError> {
-    objective_eval_function(forward, None)
+    objective_eval_function(forward, None, &[])
 }
 
 /// `@eval` with the spec's objective: `objective` (`@loss`, its reference forward without
-/// dropout too) inlined on the logits, or the causal-LM loss when `None`.
+/// dropout too) inlined on the logits, or the causal-LM loss when `None`; and each metric
+/// (`@metric_<name>`, output `value`) inlined on them as output `metric.<name>`.
 ///
 /// # Errors
-/// The forward has no logits or input ids, or the objective does not fit it.
+/// The forward has no logits or input ids, or the objective or a metric does not fit it.
 pub fn objective_eval_function(
     forward: &Function,
     objective: Option<&Function>,
+    metrics: &[&Function],
 ) -> Result<Function, SessionError> {
     let (mut f, logits) = inference_copy(forward, "eval")?;
     let loss = match objective {
@@ -67,8 +88,30 @@ pub fn objective_eval_function(
         }
     };
     f.add_output("loss", loss);
+    for m in metrics {
+        let (m, _) = without_dropout(m);
+        let outs = f
+            .inline(&m, |n, _| (n == "logits").then_some(logits))
+            .map_err(|e| SessionError::Value(e.to_string()))?;
+        let value = outs
+            .into_iter()
+            .find(|(n, _)| n == "value")
+            .map(|(_, v)| v)
+            .ok_or(SessionError::Missing("a metric's value"))?;
+        let name = m.name.strip_prefix("metric_").unwrap_or(&m.name);
+        f.add_output(format!("metric.{name}"), value);
+    }
     graft_ir::verify_function(&f, usize::MAX).map_err(|e| SessionError::Value(e.to_string()))?;
     Ok(f)
+}
+
+/// The program's metric functions (`@metric_<name>`), in the `train` block's order.
+fn metric_functions(p: &graft_frontend::Program) -> Vec<&Function> {
+    p.train
+        .metrics
+        .iter()
+        .filter_map(|m| p.module.function(&format!("metric_{m}")))
+        .collect()
 }
 
 /// `@logits`: the forward with dropout removed (inference), `logits` its only output.
@@ -136,7 +179,11 @@ impl Session {
             .module
             .function("forward")
             .ok_or(SessionError::Missing("forward"))?;
-        let mut f = objective_eval_function(forward, self.program.module.function("loss"))?;
+        let mut f = objective_eval_function(
+            forward,
+            self.program.module.function("loss"),
+            &metric_functions(&self.program),
+        )?;
         if optimize {
             f = crate::cache::optimized_step(
                 crate::cache::cache_dir().as_deref(),
@@ -168,6 +215,18 @@ impl Session {
     /// # Errors
     /// The run failed.
     pub fn eval_loss_named(&mut self, batch: &crate::labeled::Batch) -> Result<f32, SessionError> {
+        self.eval_outputs(batch)?
+            .into_iter()
+            .find(|(n, _)| n == "loss")
+            .map(|(_, x)| x)
+            .ok_or(SessionError::Missing("eval"))
+    }
+
+    /// `@eval`'s scalar outputs on one batch: `loss` and each `metric.<name>`.
+    fn eval_outputs(
+        &mut self,
+        batch: &crate::labeled::Batch,
+    ) -> Result<Vec<(String, f32)>, SessionError> {
         // Weights the training step's backend let go of after binding them.
         self.restore_dropped()?;
         if self.eval.is_none() {
@@ -176,7 +235,11 @@ impl Session {
                 .module
                 .function("forward")
                 .ok_or(SessionError::Missing("forward"))?;
-            let f = objective_eval_function(forward, self.program.module.function("loss"))?;
+            let f = objective_eval_function(
+                forward,
+                self.program.module.function("loss"),
+                &metric_functions(&self.program),
+            )?;
             let runner = crate::Interpreter
                 .prepare(&f)
                 .map_err(SessionError::Backend)?;
@@ -192,10 +255,10 @@ impl Session {
         };
         self.eval = eval;
         let out = out.map_err(SessionError::Backend)?;
-        out.into_iter()
-            .find(|(n, _)| n == "loss")
-            .and_then(|(_, t)| t.as_f32().and_then(|d| d.first().copied()))
-            .ok_or(SessionError::Missing("eval"))
+        Ok(out
+            .into_iter()
+            .filter_map(|(n, t)| t.as_f32().and_then(|d| d.first().copied()).map(|x| (n, x)))
+            .collect())
     }
 
     /// The loss and perplexity over `batches` of `(input_ids, labels)`: the mean over
@@ -216,8 +279,7 @@ impl Session {
 
     /// [`Session::evaluate`] over batches given by input name, each weighing what it weighs
     /// in training (its share of the targets for the causal-LM loss, an equal share for an
-    /// objective that is a mean over its batch); `perplexity` is the loss's exp, which means
-    /// little for an objective other than the causal-LM loss.
+    /// objective that is a mean over its batch), with the `train` block's metrics.
     ///
     /// # Errors
     /// A batch failed.
@@ -227,13 +289,34 @@ impl Session {
     ) -> Result<EvalStats, SessionError> {
         let weights = crate::session::batch_weights(&self.program, batches);
         let mut loss = 0.0f64;
+        let mut metrics: Vec<(String, f64)> = (self.program.train.metrics.iter())
+            .map(|m| (m.clone(), 0.0))
+            .collect();
         for (b, w) in batches.iter().zip(weights) {
-            loss += w * f64::from(self.eval_loss_named(b)?);
+            for (name, x) in self.eval_outputs(b)? {
+                let x = w * f64::from(x);
+                match name.strip_prefix("metric.") {
+                    None if name == "loss" => loss += x,
+                    None => {}
+                    Some(m) => {
+                        if let Some((_, sum)) = metrics.iter_mut().find(|(n, _)| n == m) {
+                            *sum += x;
+                        }
+                    }
+                }
+            }
         }
+        // Perplexity is the causal-LM loss's; another objective has none.
+        let perplexity = if self.program.train.loss == "causal_lm" {
+            loss.exp()
+        } else {
+            f64::NAN
+        };
         Ok(EvalStats {
             loss,
-            perplexity: loss.exp(),
+            perplexity,
             batches: batches.len(),
+            metrics,
         })
     }
 
@@ -360,8 +443,23 @@ pub fn evaluate_spec(
     };
     let value = |e: String| SessionError::Value(e);
     let tok = crate::data::tokenizer(&program, dir).map_err(value)?;
-    let (mut batches, _) = crate::data::load(&program, &data, tok.as_ref(), false, false)
-        .map_err(|e| value(e.to_string()))?;
+    let data_error = |e: crate::DataError| value(e.to_string());
+    let all: Vec<crate::labeled::Batch> = if crate::labeled::reads_text(&program) {
+        let (mut b, _) =
+            crate::data::load(&program, &data, tok.as_ref(), false, false).map_err(data_error)?;
+        (0..b.per_epoch())
+            .map(|_| {
+                let (ids, labels) = b.next_batch();
+                vec![("input_ids".into(), ids), ("labels".into(), labels)]
+            })
+            .collect()
+    } else {
+        let cx = crate::labeled::context(&program, tok.as_ref());
+        let inputs = crate::labeled::batch_inputs(&program);
+        let (mut b, _) = crate::labeled::LabeledBatches::load(&data, inputs, &cx, None, false)
+            .map_err(data_error)?;
+        (0..b.per_epoch()).map(|_| b.next_batch()).collect()
+    };
     let weights = match &program.weights {
         Some((path, _)) => Some(crate::WeightsFile::open(path)?),
         None => None,
@@ -373,21 +471,22 @@ pub fn evaluate_spec(
         session.load_trained(a)?;
     }
     session.prepare_eval(session_opts.backend, session_opts.optimize)?;
-    let all: Vec<(Tensor, Tensor)> = (0..batches.per_epoch())
-        .map(|_| batches.next_batch())
-        .collect();
-    if let (Some(out), Some((ids, _))) = (logits_out, all.first()) {
+    if let (Some(out), Some(first)) = (logits_out, all.first()) {
         // The first batch's logits, on the interpreter (the oracle), for comparing with
         // another implementation (scripts/peft_roundtrip.py).
-        let logits = session.forward(ids)?;
-        let tensors = [
-            ("input_ids".to_string(), ids),
-            ("logits".to_string(), &logits),
-        ];
+        let batch: Vec<(&str, Tensor)> =
+            first.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+        let logits = session.forward_named(&batch)?;
+        let mut tensors: Vec<(String, &Tensor)> = first
+            .iter()
+            .filter(|(n, _)| n != "labels")
+            .map(|(n, t)| (n.clone(), t))
+            .collect();
+        tensors.push(("logits".to_string(), &logits));
         let bytes = crate::weights::to_safetensors(&tensors).map_err(value)?;
         crate::write_atomic(out, &bytes).map_err(|e| value(e.to_string()))?;
     }
-    session.evaluate(all)
+    session.evaluate_named(&all)
 }
 
 /// max |a − b| / max |b| (0 when b is all zero and a equals it).

@@ -70,6 +70,16 @@ pub fn batch_inputs(program: &graft_frontend::Program) -> Vec<(String, TensorTyp
     out
 }
 
+/// True when the program trains on text batches (`input_ids` and `labels` for the
+/// causal-LM loss, [`crate::Batches`]); false when its step reads more, or another
+/// objective's inputs, which labeled records give by name.
+pub fn reads_text(program: &graft_frontend::Program) -> bool {
+    program.train.loss == "causal_lm"
+        && batch_inputs(program)
+            .iter()
+            .all(|(n, _)| n == "input_ids" || n == "labels")
+}
+
 /// What labeled records are tokenized with.
 pub struct Context<'a> {
     /// The tokenizer (text fields need one).

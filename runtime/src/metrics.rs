@@ -39,6 +39,13 @@ pub struct Record {
     /// exp(eval_loss).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eval_perplexity: Option<f64>,
+    /// The `train` block's metrics on the held-out data, by name (`eval_accuracy`, ...).
+    #[serde(
+        default,
+        skip_serializing_if = "std::collections::BTreeMap::is_empty",
+        flatten
+    )]
+    pub eval_metrics: std::collections::BTreeMap<String, f64>,
 }
 
 /// An open metrics file.
@@ -104,6 +111,12 @@ impl Metrics {
             step,
             eval_loss: e.loss.is_finite().then_some(e.loss),
             eval_perplexity: e.perplexity.is_finite().then_some(e.perplexity),
+            eval_metrics: e
+                .metrics
+                .iter()
+                .filter(|(_, x)| x.is_finite())
+                .map(|(n, x)| (format!("eval_{n}"), *x))
+                .collect(),
             ..Record::default()
         })
     }

@@ -189,12 +189,7 @@ pub fn train(
         .ok_or_else(|| TrainError::Input("the `train` block names no `data` file".into()))?;
     let vocab = crate::data::vocab(&program)
         .ok_or_else(|| TrainError::Input("the model has no logits".into()))?;
-    // Text batches (input_ids, labels) for the causal-LM loss, unless the step reads more
-    // (a task id a module declares): then records give every input by name.
-    let text_batches = program.train.loss == "causal_lm"
-        && crate::labeled::batch_inputs(&program)
-            .iter()
-            .all(|(n, _)| n == "input_ids" || n == "labels");
+    let text_batches = crate::labeled::reads_text(&program);
     let tok = crate::data::tokenizer(&program, dir).map_err(TrainError::Input)?;
     let mut program = program;
     if let Some(seed) = opts.seed {

@@ -260,3 +260,55 @@ fn t5_masks_the_sources_padding() {
     let e = norm_err(logits, &fixture.read("logits").expect("logits"));
     assert!(e > 1e-2, "without the mask the logits moved by only {e:e}");
 }
+
+/// `metrics [accuracy]` beside `cross_entropy`: on the BERT fixture's batch with labels
+/// [0, 2], evaluation reports transformers' logits' cross-entropy (1e-5 relative) and the
+/// accuracy computed here from them (the share of rows whose label has the largest logit),
+/// exactly.
+#[test]
+fn evaluation_reports_a_graft_metric_beside_the_loss() {
+    let spec = repo().join("tests/models/bert_lora_classifier.graft");
+    let text = std::fs::read_to_string(&spec).unwrap().replace(
+        "loss cross_entropy",
+        "loss cross_entropy\n    metrics [accuracy]",
+    );
+    let (_, program) = graft_frontend::compile(
+        "bert.graft",
+        Some(&spec),
+        text,
+        &Stdlib::Dir(repo().join("stdlib")),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.render(false)));
+    let file = WeightsFile::open(&repo().join("tests/fixtures/bert_classifier.safetensors"))
+        .expect("fixture");
+    let mut session = Session::new(program, Some(&file), 0).expect("session");
+    let labels = [0i64, 2];
+    let mut batch: graft_runtime::labeled::Batch =
+        ["input_ids", "token_type_ids", "attention_mask"]
+            .iter()
+            .map(|k| (k.to_string(), file.read(k).expect("input")))
+            .collect();
+    batch.push((
+        "labels".into(),
+        Tensor::i64(vec![2], labels.to_vec()).expect("labels"),
+    ));
+    let stats = session.evaluate_named(&[batch]).expect("eval");
+    let logits = file.read("logits").expect("logits");
+    let want = cross_entropy(&logits, &labels);
+    assert!(
+        (stats.loss - want).abs() <= 1e-5 * want,
+        "{} vs {want}",
+        stats.loss
+    );
+    let x = logits.to_f64_vec();
+    let right = labels
+        .iter()
+        .enumerate()
+        .filter(|&(r, &l)| (0..3).all(|c| x[r * 3 + c] <= x[r * 3 + l as usize]))
+        .count();
+    assert_eq!(
+        stats.metrics,
+        vec![("accuracy".to_string(), right as f64 / 2.0)]
+    );
+    assert!(stats.perplexity.is_nan());
+}

@@ -587,8 +587,10 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 logits.as_deref(),
             )?;
             println!(
-                "eval loss {:.4}  perplexity {:.3}  ({} batches)",
-                e.loss, e.perplexity, e.batches
+                "eval loss {:.4}{}  ({} batches)",
+                e.loss,
+                e.metrics_text(),
+                e.batches
             );
             Ok(ExitCode::SUCCESS)
         }

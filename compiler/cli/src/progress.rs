@@ -111,8 +111,10 @@ impl Printer {
             Event::Note(n) => self.line(&format!("note: {n}"), true),
             Event::Eval(step, e) => self.line(
                 &format!(
-                    "eval after step {step}: loss {:.4}  perplexity {:.3}  ({} batches)",
-                    e.loss, e.perplexity, e.batches
+                    "eval after step {step}: loss {:.4}{}  ({} batches)",
+                    e.loss,
+                    e.metrics_text(),
+                    e.batches
                 ),
                 false,
             ),

@@ -14,8 +14,8 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The per-step losses `graft train` prints for `spec`.
-fn losses(spec: &str) -> Vec<f64> {
+/// What `graft train` prints for `spec`.
+fn train(spec: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_graft"))
         .current_dir(repo())
         .env("GRAFT_STDLIB", repo().join("stdlib"))
@@ -25,6 +25,12 @@ fn losses(spec: &str) -> Vec<f64> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{spec}: {stdout}\n{stderr}");
+    stdout.into_owned()
+}
+
+/// The per-step losses `graft train` prints for `spec`.
+fn losses(spec: &str) -> Vec<f64> {
+    let stdout = train(spec);
     let l: Vec<f64> = stdout
         .lines()
         .filter(|l| l.starts_with("step "))
@@ -49,6 +55,29 @@ fn falls(spec: &str, fall: f64) -> Vec<f64> {
 #[test]
 fn bert_trains_on_text_classification_records() {
     falls("dsl-examples/bert_sentiment.graft", 0.5);
+}
+
+/// The sentiment example evaluates its held-out sentences with `metrics [accuracy]`: every
+/// evaluation prints the loss and an accuracy in [0, 1] (no perplexity: the loss is not a
+/// language model's), and the last is at least the first.
+#[test]
+fn classification_evaluation_reports_accuracy() {
+    let out = train("dsl-examples/bert_sentiment.graft");
+    let acc: Vec<f64> = out
+        .lines()
+        .filter(|l| l.starts_with("eval after step"))
+        .map(|l| {
+            assert!(!l.contains("perplexity"), "{l}");
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let at = w.iter().position(|&x| x == "accuracy").expect("accuracy");
+            w[at + 1].parse::<f64>().expect("a number")
+        })
+        .collect();
+    assert_eq!(acc.len(), 3, "{out}");
+    assert!(
+        acc.iter().all(|a| (0.0..=1.0).contains(a)) && acc[2] >= acc[0],
+        "{acc:?}"
+    );
 }
 
 #[test]

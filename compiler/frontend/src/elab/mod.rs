@@ -287,6 +287,8 @@ pub(crate) struct Elaborator<'a> {
     /// Where the `train` block names a loss function (not `causal_lm`), and the settings it
     /// passes: `@loss` is built.
     loss_at: Option<(Span, &'a [crate::ast::Arg])>,
+    /// The `train` block's `metrics`: each function's name, where it is named, its settings.
+    metrics_at: Vec<(String, Span, &'a [crate::ast::Arg])>,
     /// While the reference forward is built: every instance runs without its adapters.
     adapters_off: bool,
     /// The model's root instance and where the spec declares it, once `@forward` is built.
@@ -345,6 +347,7 @@ impl<'a> Elaborator<'a> {
             warnings: Vec::new(),
             after: None,
             loss_at: None,
+            metrics_at: Vec::new(),
             adapters_off: false,
             root: None,
         }
@@ -492,9 +495,14 @@ impl<'a> Elaborator<'a> {
         let penalty = self.build_penalty()?;
         let after_step = self.build_after_step()?;
         let loss = self.build_loss(&train.loss)?;
-        self.module
-            .functions
-            .extend(penalty.into_iter().chain(after_step).chain(loss));
+        let metrics = self.build_metrics()?;
+        self.module.functions.extend(
+            penalty
+                .into_iter()
+                .chain(after_step)
+                .chain(loss)
+                .chain(metrics),
+        );
         if self.merge {
             let merge = self.build_merge()?;
             self.module.functions.push(merge);

@@ -1,7 +1,8 @@
 //! The training objective as graft source: when the `train` block's `loss` names a function
 //! (not the built-in `causal_lm`), `@loss` is that function applied to its parameters, bound
 //! by name, and its result, output `loss` (`f32[]`), is what the training step
-//! differentiates. A parameter is:
+//! differentiates. Each of the `train` block's `metrics` is built the same way, as
+//! `@metric_<name>` with output `value`, for evaluation. A parameter is:
 //! - a setting the `train` block passes (`loss dpo(beta: 0.5)`), else its default: a
 //!   compile-time value;
 //! - `logits`: the forward's, of their type;
@@ -32,11 +33,37 @@ impl<'a> Elaborator<'a> {
         let Some((span, settings)) = self.loss_at else {
             return Ok(None);
         };
+        self.build_objective(name, "loss", "loss", span, settings)
+            .map(Some)
+    }
+
+    /// `@metric_<name>` for each of the `train` block's `metrics` (output `value`, `f32[]`):
+    /// evaluation reports them beside the loss.
+    pub(super) fn build_metrics(&mut self) -> Result<Vec<Function>, Diagnostic> {
+        let metrics = self.metrics_at.clone();
+        metrics
+            .into_iter()
+            .map(|(name, span, settings)| {
+                self.build_objective(&name, &format!("metric_{name}"), "value", span, settings)
+            })
+            .collect()
+    }
+
+    /// The graft function `name` as the IR function `func` with its parameters bound as the
+    /// module docs say; its f32 scalar result is output `output`.
+    fn build_objective(
+        &mut self,
+        name: &str,
+        func: &str,
+        output: &str,
+        span: crate::ast::Span,
+        settings: &'a [crate::ast::Arg],
+    ) -> Result<Function, Diagnostic> {
         let Some(super::Def::Fn(def)) = self.defs.get(name).copied() else {
             return Err(Diagnostic::error(
                 span,
-                format!("no function `{name}` to use as the loss"),
-                "unknown loss",
+                format!("no function `{name}` to use as the {output}"),
+                format!("unknown {output}"),
             )
             .with_help(LOSS_HELP));
         };
@@ -48,7 +75,7 @@ impl<'a> Elaborator<'a> {
             .output("logits")
             .map(|v| forward.ty(v).clone())
             .ok_or_else(|| Diagnostic::error(span, "the forward has no `logits`", "here"))?;
-        self.start_function("loss", false);
+        self.start_function(func, false);
         let mut args = Vec::new();
         // Settings first, by name: `call_fn` reports an unknown one against the function.
         let mut env = Env::new(HashMap::new());
@@ -139,12 +166,12 @@ impl<'a> Elaborator<'a> {
         if ty != TensorType::scalar(DType::F32) {
             return Err(Diagnostic::error(
                 span,
-                format!("the loss `{name}` returns {ty}, not an f32 scalar"),
-                "this loss",
+                format!("`{name}` returns {ty}, not an f32 scalar"),
+                format!("this {output}"),
             )
             .with_label(def.name.span, "defined here"));
         }
-        self.finish_function(vec![("loss".into(), t)]).map(Some)
+        self.finish_function(vec![(output.into(), t)])
     }
 
     /// A data input of `@loss`.

@@ -51,6 +51,9 @@ pub struct TrainConfig {
     /// The decay of the trainable tensors' moving averages (`ema.<path>`), which an
     /// objective reads as a teacher (`ema_logits`).
     pub ema: Option<f64>,
+    /// Graft functions evaluation reports beside the loss (`metrics [accuracy]`), each built
+    /// as `@metric_<name>`.
+    pub metrics: Vec<String>,
 }
 
 impl Default for TrainConfig {
@@ -80,6 +83,7 @@ impl Default for TrainConfig {
             accumulate: 1,
             param_groups: Vec::new(),
             ema: None,
+            metrics: Vec::new(),
         }
     }
 }
@@ -103,6 +107,7 @@ const KEYS: &[&str] = &[
     "accumulate",
     "param_groups",
     "ema",
+    "metrics",
 ];
 
 impl<'a> Elaborator<'a> {
@@ -167,6 +172,32 @@ impl<'a> Elaborator<'a> {
                 "epochs" => c.epochs = Some(self.positive(v)?),
                 "accumulate" => c.accumulate = self.positive(v)?,
                 "param_groups" => c.param_groups = self.param_groups(v)?,
+                "metrics" => {
+                    let ExprKind::List(items) = &v.kind else {
+                        return Err(Diagnostic::error(
+                            v.span,
+                            "expected a list of metrics",
+                            "here",
+                        )
+                        .with_help("e.g. `metrics [accuracy]` (use objectives)"));
+                    };
+                    for item in items {
+                        let (name, args): (String, &'a [crate::ast::Arg]) = match &item.kind {
+                            ExprKind::Call(f, args) => (word(f).unwrap_or_default(), args),
+                            _ => (word(item).unwrap_or_default(), &[]),
+                        };
+                        if name.is_empty() {
+                            return Err(Diagnostic::error(
+                                item.span,
+                                "expected a metric name",
+                                "here",
+                            )
+                            .with_help("a metric is a graft function such as `accuracy`"));
+                        }
+                        c.metrics.push(name.clone());
+                        self.metrics_at.push((name, item.span, args));
+                    }
+                }
                 "ema" => {
                     let d = self.number(v)?;
                     if !(0.0..1.0).contains(&d) {
