@@ -121,6 +121,8 @@ def wordpiece(specials: list[str], words: list[str], size: int, template: str, p
     ids = {t: i for i, t in enumerate(vocab)}
     special = [(s, ids[s]) for s in specials if s in template or (pair and s in pair)]
     tok.post_processor = processors.TemplateProcessing(single=template, pair=pair, special_tokens=special)
+    # Registered as special, so decoding leaves them out (their ids stay the vocabulary's).
+    tok.add_special_tokens(specials)
     return tok
 
 

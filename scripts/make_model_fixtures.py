@@ -33,6 +33,9 @@ not exist yet (fixtures are not byte-reproducible across CPUs; an existing one s
   logit_scale 2.0), weights drawn likewise (norm gains 1 + N(0, 0.1)), three texts of 7 tokens (bos, words, eos at 4, 6
   and 3, then padding), three images, `logits` (`logits_per_image`) and transformers' CLIP
   `loss`.
+- t5_generated.safetensors: transformers' greedy `generate` on t5_seq2seq's model for its
+  first source: `input_ids` [1, 9], `attention_mask`, and `generated` [1, 6] (the decoder
+  start token 0 and 5 tokens).
 - peft_bert_seqcls/: PEFT's save of LoRA (r 4, alpha 8, query and value, task SEQ_CLS, so
   the classifier is a `modules_to_save`) on bert_classifier's model, its B matrices and
   classifier moved off their start, and `logits.safetensors`: its logits on that batch.
@@ -236,6 +239,30 @@ def t5_seq2seq() -> dict[str, torch.Tensor]:
     return out
 
 
+def t5_generated(out: Path) -> dict[str, torch.Tensor]:
+    """Greedy decoding by transformers' `generate` on t5_seq2seq's model: the first source
+    of its batch, 5 new tokens after the decoder start token (0), no early stop."""
+    fixture = load_file(str(out / "t5_seq2seq.safetensors"))
+    cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, relative_attention_num_buckets=8,
+                   relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
+                   dropout_rate=0.0, scale_decoder_outputs=False, attn_implementation="eager",
+                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    cfg.tie_word_embeddings = False
+    model = T5ForConditionalGeneration(cfg).eval()
+    state = {k: v for k, v in fixture.items() if "." in k}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    state["decoder.embed_tokens.weight"] = state["shared.weight"]
+    model.load_state_dict(state, strict=False)
+    ids = fixture["input_ids"][:1]
+    mask = fixture["attention_mask"][:1]
+    with torch.no_grad():
+        out_ids = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=5,
+                                 min_new_tokens=5, do_sample=False, num_beams=1)
+    return {"input_ids": ids.contiguous(), "attention_mask": mask.contiguous(),
+            "generated": out_ids.contiguous()}
+
+
 def clip() -> dict[str, torch.Tensor]:
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
@@ -319,6 +346,12 @@ def main() -> int:
             continue
         save_file(make(), str(path))
         print(f"wrote {path}")
+    generated = args.out / "t5_generated.safetensors"
+    if generated.exists():
+        print(f"{generated} exists; kept")
+    else:
+        save_file(t5_generated(args.out), str(generated))
+        print(f"wrote {generated}")
     folder = args.out / "peft_bert_seqcls"
     if folder.exists():
         print(f"{folder} exists; kept")

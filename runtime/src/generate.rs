@@ -13,6 +13,8 @@
 //!   right-padded, for every new token: attention is causal, so the last real position's
 //!   logits do not depend on the padding. Costs a full window per token.
 
+pub mod seq2seq;
+
 use crate::Backend;
 use crate::backend::Prepared;
 use crate::session::{Session, SessionError};
@@ -350,6 +352,48 @@ pub fn generate_spec(
     } else {
         tok.encode(req.prompt, true).map_err(value)?.ids
     };
+    let reads = |name| forward_of(program).is_ok_and(|f| f.input(name).is_some());
+    if reads("decoder_input_ids") {
+        // An encoder-decoder: the prompt is the source, the reply the decoder's.
+        let n = prompt.len().max(req.sampling.max_new_tokens + 1);
+        let program = graft_frontend::elaborate_for(loaded, 1, n)
+            .map_err(|d| value(d.render(&loaded.sources, false)))?;
+        let weights = match &program.weights {
+            Some((path, _)) => Some(crate::WeightsFile::open(path)?),
+            None => None,
+        };
+        let cx = crate::labeled::context(&program, Some(&tok));
+        let pad = tok.pad.as_ref().map_or(0, |(_, id)| i64::from(*id));
+        let stop = if req.ignore_eos {
+            Vec::new()
+        } else {
+            stop_tokens(&tok, program.model_dir.as_deref())
+        };
+        let seed = program.train.seed;
+        let mut session = Session::new(program, weights.as_ref(), seed)?;
+        if let Some(a) = req.adapter {
+            session.load_trained(a)?;
+        }
+        let mut ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+        let mask: Vec<i64> = (0..n).map(|i| i64::from(i < ids.len())).collect();
+        ids.resize(n, pad);
+        let mut inputs = vec![("input_ids", Tensor::i64(vec![1, n], ids)?)];
+        if reads("attention_mask") {
+            inputs.push(("attention_mask", Tensor::i64(vec![1, n], mask)?));
+        }
+        let source = seq2seq::Source {
+            inputs: &inputs,
+            start: cx.decoder_start,
+            pad,
+        };
+        let mut stream = Stream::default();
+        on_text("\n");
+        let done = seq2seq::generate(&mut session, &source, &stop, req.sampling, &mut |t| {
+            stream.push(&tok, t, on_text);
+        })?;
+        let text = stream.finish(&tok, on_text)?;
+        return Ok((text, done));
+    }
     // Odd, so that the window's length is unlikely to equal another axis of the model (the
     // KV cache tells sequence axes from others by elaborating a second length).
     let len = (prompt.len() + req.sampling.max_new_tokens.max(1)).next_multiple_of(16) + 1;
@@ -382,35 +426,58 @@ pub fn generate_spec(
     } else {
         stop_tokens(&tok, session.program.model_dir.as_deref())
     };
-    let mut reply = Vec::new();
-    let mut shown = String::new();
-    let mut failed = None;
-    let mut show = |text: String, shown: &mut String| {
-        // What is new; a partial UTF-8 character waits for its next token.
-        if let Some(new) = text.strip_prefix(shown.as_str())
+    let mut stream = Stream::default();
+    let done = g.generate(&mut session, &prompt, &stop, req.sampling, &mut |t| {
+        stream.push(&tok, t, on_text);
+    })?;
+    if let Some(n) = &done.note {
+        on_note(n);
+    }
+    let text = stream.finish(&tok, on_text)?;
+    Ok((text, done))
+}
+
+/// A reply's text streamed as its tokens come: what each token adds is passed on, a partial
+/// UTF-8 character waiting for its next token.
+#[derive(Default)]
+struct Stream {
+    reply: Vec<u32>,
+    shown: String,
+    failed: Option<String>,
+}
+
+impl Stream {
+    fn push(&mut self, tok: &crate::TextTokenizer, t: u32, on_text: &mut dyn FnMut(&str)) {
+        self.reply.push(t);
+        match tok.decode(&self.reply) {
+            Ok(text) => self.show(text, on_text),
+            Err(e) => self.failed = Some(e),
+        }
+    }
+
+    fn show(&mut self, text: String, on_text: &mut dyn FnMut(&str)) {
+        if let Some(new) = text.strip_prefix(self.shown.as_str())
             && !new.is_empty()
             && !new.ends_with('\u{fffd}')
         {
             on_text(new);
-            *shown = text;
+            self.shown = text;
         }
-    };
-    let done = g.generate(&mut session, &prompt, &stop, req.sampling, &mut |t| {
-        reply.push(t);
-        match tok.decode(&reply) {
-            Ok(text) => show(text, &mut shown),
-            Err(e) => failed = Some(e),
+    }
+
+    /// The whole reply's text, the rest of it passed on.
+    fn finish(
+        mut self,
+        tok: &crate::TextTokenizer,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<String, SessionError> {
+        if let Some(e) = self.failed.take() {
+            return Err(SessionError::Value(e));
         }
-    })?;
-    if let Some(e) = failed {
-        return Err(value(e));
+        let text = tok.decode(&self.reply).map_err(SessionError::Value)?;
+        self.show(text.clone(), on_text);
+        Ok(text)
     }
-    if let Some(n) = &done.note {
-        on_note(n);
-    }
-    let text = tok.decode(&reply).map_err(value)?;
-    show(text.clone(), &mut shown);
-    Ok((text, done))
 }
 
 /// The tokens generation stops at, as transformers' `generate` takes them: the tokenizer's

@@ -312,3 +312,42 @@ fn evaluation_reports_a_graft_metric_beside_the_loss() {
     );
     assert!(stats.perplexity.is_nan());
 }
+
+/// Greedy seq2seq generation (`generate::seq2seq`) against transformers' `generate` on the
+/// T5 fixture's first source (tests/fixtures/t5_generated.safetensors): the same 5 tokens,
+/// exactly. (The LoRA spec, whose B starts at zero: a session needs a training objective.)
+#[test]
+fn t5_greedy_generation_matches_transformers() {
+    let spec = repo().join("tests/models/t5_lora_seq2seq.graft");
+    let (loaded, _) = compile_file(&spec, &Stdlib::Dir(repo().join("stdlib"))).expect("spec");
+    let program = graft_frontend::elaborate_for(&loaded, 1, 9).expect("one sequence");
+    let weights =
+        WeightsFile::open(&repo().join("tests/fixtures/t5_seq2seq.safetensors")).expect("weights");
+    let want = WeightsFile::open(&repo().join("tests/fixtures/t5_generated.safetensors"))
+        .expect("fixture");
+    let mut session = Session::new(program, Some(&weights), 0).expect("session");
+    let inputs = [
+        ("input_ids", want.read("input_ids").expect("ids")),
+        ("attention_mask", want.read("attention_mask").expect("mask")),
+    ];
+    let source = graft_runtime::generate::seq2seq::Source {
+        inputs: &inputs,
+        start: 0,
+        pad: 0,
+    };
+    let s = graft_runtime::generate::Sampling {
+        max_new_tokens: 5,
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    };
+    let got =
+        graft_runtime::generate::seq2seq::generate(&mut session, &source, &[], s, &mut |_| {})
+            .expect("generate");
+    let generated = want.read("generated").expect("generated");
+    let hf: Vec<u32> = generated.as_i64().expect("ids")[1..]
+        .iter()
+        .map(|&t| t as u32)
+        .collect();
+    assert_eq!(got.tokens, hf);
+}

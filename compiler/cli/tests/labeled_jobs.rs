@@ -105,3 +105,33 @@ fn dpo_trains_on_preference_pairs_from_ln_2() {
 fn clip_trains_contrastively_on_image_text_pairs() {
     falls("dsl-examples/clip_pairs.graft", 0.6);
 }
+
+/// `graft generate` on the T5 example: the prompt is the encoder's source and the reply,
+/// printed on the next line, the decoder's (greedy decoding is checked against
+/// transformers' `generate` in runtime/tests/models.rs).
+#[test]
+fn generate_decodes_a_seq2seq_reply() {
+    let out = Command::new(env!("CARGO_BIN_EXE_graft"))
+        .current_dir(repo())
+        .env("GRAFT_STDLIB", repo().join("stdlib"))
+        .args([
+            "generate",
+            "dsl-examples/t5_seq2seq.graft",
+            "--prompt",
+            "the cat is big",
+            "--max-new-tokens",
+            "3",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reply = stdout
+        .strip_prefix("the cat is big\n")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(!reply.trim().is_empty(), "{stdout}");
+}
