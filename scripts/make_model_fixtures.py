@@ -194,7 +194,8 @@ def vit_classifier() -> dict[str, torch.Tensor]:
     return out
 
 
-def t5_seq2seq() -> dict[str, torch.Tensor]:
+def t5_config(**extra) -> T5Config:
+    """The tiny Flan-T5-style config of t5_seq2seq (untied lm_head), with `extra` set."""
     cfg = T5Config(
         vocab_size=64,
         d_model=32,
@@ -209,8 +210,15 @@ def t5_seq2seq() -> dict[str, torch.Tensor]:
         dropout_rate=0.0,
         scale_decoder_outputs=False,
         attn_implementation="eager",
+        **extra,
     )
+    # transformers 5 ignores it as a constructor argument.
     cfg.tie_word_embeddings = False
+    return cfg
+
+
+def t5_seq2seq() -> dict[str, torch.Tensor]:
+    cfg = t5_config()
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(cfg).eval()
     randomize(model, 5)
@@ -243,12 +251,7 @@ def t5_generated(out: Path) -> dict[str, torch.Tensor]:
     """Greedy decoding by transformers' `generate` on t5_seq2seq's model: the first source
     of its batch, 5 new tokens after the decoder start token (0), no early stop."""
     fixture = load_file(str(out / "t5_seq2seq.safetensors"))
-    cfg = T5Config(vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2,
-                   num_heads=4, relative_attention_num_buckets=8,
-                   relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
-                   dropout_rate=0.0, scale_decoder_outputs=False, attn_implementation="eager",
-                   decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
-    cfg.tie_word_embeddings = False
+    cfg = t5_config(decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
     model = T5ForConditionalGeneration(cfg).eval()
     state = {k: v for k, v in fixture.items() if "." in k}
     state["encoder.embed_tokens.weight"] = state["shared.weight"]
