@@ -143,6 +143,14 @@ pub trait Backend {
     fn name(&self) -> &'static str;
     /// Prepares `f` (for compiled backends: compiles it).
     fn prepare(&self, f: &Function) -> Result<Box<dyn Prepared>, String>;
+
+    /// The optimized form of `f` when this backend carries one (a built binary holds the
+    /// steps it was compiled from, so it never runs the optimizer); `None` lets the caller
+    /// optimize.
+    fn optimized(&self, f: &Function) -> Option<Function> {
+        let _ = f;
+        None
+    }
 }
 
 /// The reference interpreter as a backend.

@@ -79,6 +79,28 @@ pub fn verify(entry: &Path) -> bool {
     ok
 }
 
+/// `f` optimized for `backend`: the backend's own optimized form when it carries one
+/// ([`crate::Backend::optimized`]), else [`optimized_step`] with the default options
+/// through the cache under [`cache_dir`]. Also says whether it came from a cache.
+///
+/// # Errors
+/// As [`optimized_step`].
+pub fn optimized_for(
+    backend: &dyn crate::Backend,
+    files: &[String],
+    f: &Function,
+) -> Result<(Function, bool), String> {
+    if let Some(o) = backend.optimized(f) {
+        return Ok((o, true));
+    }
+    optimized_step(
+        cache_dir().as_deref(),
+        files,
+        f,
+        &graft_opt::Options::default(),
+    )
+}
+
 /// The optimized form of `step` under `opts`, from `dir/opt/` when there, else by running
 /// the optimizer (and storing the result). Returns it and whether it came from the cache.
 ///

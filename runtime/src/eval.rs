@@ -106,6 +106,19 @@ pub fn objective_eval_function(
 }
 
 /// The program's metric functions (`@metric_<name>`), in the `train` block's order.
+/// `@eval` of a program, before optimization: its objective (or the causal-LM loss) and its
+/// metrics on the forward, dropout off. (`graft build` compiles exactly this.)
+///
+/// # Errors
+/// The program has no forward, or its objective does not fit it.
+pub fn program_eval_function(p: &graft_frontend::Program) -> Result<Function, SessionError> {
+    let forward = p
+        .module
+        .function("forward")
+        .ok_or(SessionError::Missing("forward"))?;
+    objective_eval_function(forward, p.module.function("loss"), &metric_functions(p))
+}
+
 fn metric_functions(p: &graft_frontend::Program) -> Vec<&Function> {
     p.train
         .metrics
@@ -174,25 +187,11 @@ impl Session {
         backend: &dyn crate::Backend,
         optimize: bool,
     ) -> Result<(), SessionError> {
-        let forward = self
-            .program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?;
-        let mut f = objective_eval_function(
-            forward,
-            self.program.module.function("loss"),
-            &metric_functions(&self.program),
-        )?;
+        let mut f = program_eval_function(&self.program)?;
         if optimize {
-            f = crate::cache::optimized_step(
-                crate::cache::cache_dir().as_deref(),
-                &self.program.module.files,
-                &f,
-                &graft_opt::Options::default(),
-            )
-            .map_err(SessionError::Value)?
-            .0;
+            f = crate::cache::optimized_for(backend, &self.program.module.files, &f)
+                .map_err(SessionError::Value)?
+                .0;
         }
         let runner = backend.prepare(&f).map_err(SessionError::Backend)?;
         self.eval = Some((f, runner));
@@ -230,16 +229,7 @@ impl Session {
         // Weights the training step's backend let go of after binding them.
         self.restore_dropped()?;
         if self.eval.is_none() {
-            let forward = self
-                .program
-                .module
-                .function("forward")
-                .ok_or(SessionError::Missing("forward"))?;
-            let f = objective_eval_function(
-                forward,
-                self.program.module.function("loss"),
-                &metric_functions(&self.program),
-            )?;
+            let f = program_eval_function(&self.program)?;
             let runner = crate::Interpreter
                 .prepare(&f)
                 .map_err(SessionError::Backend)?;

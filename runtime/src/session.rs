@@ -164,6 +164,19 @@ fn scalar_f32(t: &Tensor) -> f32 {
         .unwrap_or(f32::NAN)
 }
 
+/// The training step a session prepares for `program`, before optimization: `@forward`
+/// differentiated with the `train` block's settings. (`graft build` compiles exactly this.)
+///
+/// # Errors
+/// The program has no forward, or autodiff fails.
+pub fn step_function(program: &Program) -> Result<Function, SessionError> {
+    let forward = program
+        .module
+        .function("forward")
+        .ok_or(SessionError::Missing("forward"))?;
+    Ok(train_step(forward, &step_config(program))?)
+}
+
 /// How a session runs its training step.
 pub struct SessionOptions<'b> {
     /// Run the e-graph optimizer on `@train_step` first.
@@ -199,21 +212,13 @@ impl Session {
         seed: u64,
         opts: &SessionOptions,
     ) -> Result<Session, SessionError> {
-        let forward = program
-            .module
-            .function("forward")
-            .ok_or(SessionError::Missing("forward"))?;
-        let mut step_fn = train_step(forward, &step_config(&program))?;
+        let mut step_fn = step_function(&program)?;
         let mut optimized = None;
         if opts.optimize {
             let started = std::time::Instant::now();
-            let (f, cached) = crate::cache::optimized_step(
-                crate::cache::cache_dir().as_deref(),
-                &program.module.files,
-                &step_fn,
-                &graft_opt::Options::default(),
-            )
-            .map_err(SessionError::Value)?;
+            let (f, cached) =
+                crate::cache::optimized_for(opts.backend, &program.module.files, &step_fn)
+                    .map_err(SessionError::Value)?;
             step_fn = f;
             optimized = Some((started.elapsed().as_secs_f64(), cached));
         }

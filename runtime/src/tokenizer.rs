@@ -51,20 +51,25 @@ impl TextTokenizer {
     /// A file cannot be read or parsed (the message names it), or a special token the config
     /// names is not in the vocabulary.
     pub fn open(path: &Path) -> Result<TextTokenizer, String> {
-        let file = if path.is_dir() {
-            path.join("tokenizer.json")
+        use graft_frontend::source::overlay;
+        // A built binary carries the tokenizer files (`graft build` records them).
+        let inside = path.join("tokenizer.json");
+        let file = if overlay::get(&inside).is_some() || path.is_dir() {
+            inside
         } else {
             path.to_path_buf()
         };
-        crate::files::regular_file(&file, "tokenizer").map_err(|e| {
-            if path.is_dir() {
-                format!("{e} (a Hugging Face model folder has tokenizer.json for text data)")
-            } else {
-                e
-            }
-        })?;
-        let bytes =
-            std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        if overlay::get(&file).is_none() {
+            crate::files::regular_file(&file, "tokenizer").map_err(|e| {
+                if path.is_dir() {
+                    format!("{e} (a Hugging Face model folder has tokenizer.json for text data)")
+                } else {
+                    e
+                }
+            })?;
+        }
+        let bytes = overlay::read_file(&file)
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
         // Parse once with serde_json first: its errors carry a line and column.
         if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
             return Err(format!(
@@ -85,7 +90,7 @@ impl TextTokenizer {
             chat_template: None,
         };
         let config = file.with_file_name("tokenizer_config.json");
-        if config.exists() {
+        if graft_frontend::source::overlay::exists(&config) {
             t.read_config(&config)?;
         }
         if t.pad.is_none() {
@@ -95,7 +100,7 @@ impl TextTokenizer {
     }
 
     fn read_config(&mut self, path: &Path) -> Result<(), String> {
-        let text = std::fs::read_to_string(path)
+        let text = graft_frontend::source::read_regular(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
             format!(

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 mod compare;
-mod progress;
 
 #[derive(Parser)]
 #[command(name = "graft", version, about = "A compiler for parameter-efficient fine-tuning", after_help = EXAMPLES)]
@@ -860,7 +859,7 @@ fn pick_backend(interpret: bool) -> Box<dyn graft_runtime::Backend> {
     }
 }
 
-/// Trains through the runtime's loop, printing what it reports ([`progress`]).
+/// Trains through the runtime's loop, printing what it reports (`graft_runtime::progress`).
 fn train(
     spec: &Path,
     program: Program,
@@ -868,7 +867,7 @@ fn train(
     session_opts: &graft_runtime::SessionOptions,
 ) -> Result<ExitCode> {
     let t = &program.train;
-    let mut printer = progress::Printer::new(t.batch * t.seq * t.accumulate.max(1));
+    let mut printer = graft_runtime::progress::Printer::new(t.batch * t.seq * t.accumulate.max(1));
     let outcome =
         graft_runtime::train(spec, program, session_opts, opts, &mut |e| printer.event(e));
     printer.finish();

@@ -14,10 +14,7 @@ use crate::text::{Body, Ix, mem_elem, memref_ty, reg_ty};
 use graft_ir::{DType, Distribution, Function, Op, ValueId};
 use std::collections::HashMap;
 
-/// Error codes a kernel writes into its status buffer (`err[0]`).
-pub(crate) const ERR_GATHER: i64 = 1;
-/// An integer division by zero.
-pub(crate) const ERR_DIV_ZERO: i64 = 2;
+use graft_exec::{ERR_DIV_ZERO, ERR_GATHER};
 
 /// Module-level constant tables a kernel needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -117,6 +117,8 @@ pub struct CpuTarget {
     /// and small's steps were within the noise, and isolated GEMMs 5–10 % faster or slower
     /// by shape).
     pub pack_a_panels: usize,
+    /// The CPU the kernels may assume (`native`: the host's features, as the JIT detects).
+    pub level: crate::CpuLevel,
 }
 
 impl CpuTarget {
@@ -145,6 +147,7 @@ impl CpuTarget {
             split_n: true,
             bind_weights: true,
             pack_a_panels: 2,
+            level: crate::CpuLevel::Native,
         }
     }
 

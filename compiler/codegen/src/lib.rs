@@ -31,8 +31,8 @@
 
 mod backend;
 mod cache;
+mod cpu_level;
 mod decompose;
-mod exec;
 mod expr;
 mod gemm;
 mod host;
@@ -40,7 +40,8 @@ mod jit;
 mod kernels;
 mod linear_ce;
 mod lower;
-mod memplan;
+#[cfg(test)]
+mod memplan_tests;
 mod passes;
 mod peak;
 mod plan_text;
@@ -48,82 +49,18 @@ mod remat;
 mod reorder;
 mod scalar;
 mod schedule;
-mod team;
 mod text;
 
 pub use backend::CpuBackend;
-pub use exec::{CompiledFunction, KernelTime, Outputs};
+pub use graft_exec::{CodegenError, CompileInfo, CompiledFunction, KernelTime, MemoryReport, Outputs};
+pub use cpu_level::{CHECKABLE, CpuLevel};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
-pub use memplan::MemoryReport;
 pub use passes::{PASSES, Pass, pass, run_passes};
 pub use peak::{Peak, fma_peak};
 
-use graft_ir::{DType, Function, InputKind, Op, TensorType, VerifyError};
+use graft_ir::{DType, Function, InputKind, Op, TensorType};
 use rayon::prelude::*;
-
-/// Why a function could not be compiled or run.
-#[derive(Debug, thiserror::Error)]
-pub enum CodegenError {
-    /// LLVM could not initialize the native target.
-    #[error("LLVM could not initialize the native target: {0}")]
-    NativeTarget(String),
-    /// MLIR rejected a module that should be valid.
-    #[error("MLIR did not accept a trivial module; is libmlir 22 installed? (scripts/setup.sh)")]
-    Mlir,
-    /// The function does not pass the IR verifier.
-    #[error("the function is not valid IR: {0}")]
-    Invalid(#[from] VerifyError),
-    /// An op/dtype combination the IR does not define (the interpreter rejects it too).
-    #[error("%{node}: `{op}` is not supported: {message}")]
-    Unsupported {
-        /// The node index.
-        node: usize,
-        /// The op's text name.
-        op: String,
-        /// What is not supported.
-        message: String,
-    },
-    /// The generated MLIR or the pass pipeline failed: a bug in graft, reported with MLIR's
-    /// diagnostics.
-    #[error("internal code generation error: {0}")]
-    Internal(String),
-    /// No tensor was given for an input.
-    #[error("missing input `{name}`")]
-    MissingInput {
-        /// The input's name.
-        name: String,
-    },
-    /// The tensor given for an input has another type than the input node.
-    #[error("input `{name}` expects {expected}, got {got}")]
-    InputTypeMismatch {
-        /// The input's name.
-        name: String,
-        /// The input node's type.
-        expected: TensorType,
-        /// The given tensor's type.
-        got: TensorType,
-    },
-    /// A `gather` index is negative or not below the indexed extent.
-    #[error("%{node}: `gather` index {value} is out of range for an axis of extent {extent}")]
-    IndexOutOfRange {
-        /// The node index.
-        node: usize,
-        /// The bad index.
-        value: i64,
-        /// The extent of the indexed axis.
-        extent: usize,
-    },
-    /// An integer division by zero.
-    #[error("%{node}: integer division by zero")]
-    DivisionByZero {
-        /// The node index.
-        node: usize,
-    },
-    /// A node run on the host (through the reference interpreter) failed.
-    #[error(transparent)]
-    Interp(#[from] graft_interp::InterpError),
-}
 
 /// Verifies, schedules and lowers `f` for `target`.
 fn lowered(
@@ -149,6 +86,9 @@ pub struct CompileOptions {
     pub target: CpuTarget,
     /// The on-disk kernel cache directory (`None`: always compile).
     pub cache_dir: Option<std::path::PathBuf>,
+    /// Also write each module's object code here (`m<i>.o`, listed in
+    /// [`CompileInfo::objects`]), for linking into a binary; the cache is then not read.
+    pub objects: Option<std::path::PathBuf>,
 }
 
 impl Default for CompileOptions {
@@ -159,25 +99,9 @@ impl Default for CompileOptions {
         CompileOptions {
             target: CpuTarget::host(),
             cache_dir: cache::default_dir(),
+            objects: None,
         }
     }
-}
-
-/// What compiling a function did, from [`CompiledFunction::compile_info`].
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CompileInfo {
-    /// Wall time of scheduling, lowering, and compiling or loading the kernels.
-    pub seconds: f64,
-    /// Modules the kernels were split into.
-    pub modules: usize,
-    /// Modules loaded from the kernel cache instead of being compiled.
-    pub cached: usize,
-    /// Modules compiled and written to the cache.
-    pub stored: usize,
-    /// The cache directory, when caching is on.
-    pub cache_dir: Option<std::path::PathBuf>,
-    /// Why writing the cache failed, if it did (the compiled code is used anyway).
-    pub cache_error: Option<String>,
 }
 
 /// Compiles `f` to native code for the host CPU, through the kernel cache of
@@ -205,6 +129,7 @@ pub fn compile_for(f: &Function, target: &CpuTarget) -> Result<CompiledFunction,
         &CompileOptions {
             target: *target,
             cache_dir: None,
+            objects: None,
         },
     )
 }
@@ -229,20 +154,25 @@ pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunct
     jit::init_native()?;
     let dir = opts.cache_dir.as_deref();
     // LLVM compiles a module when a symbol is first looked up, so look up in parallel too.
+    let objects = opts.objects.as_deref();
     let compiled: Vec<(jit::Code, Vec<usize>, Cached)> = modules
         .par_iter()
-        .map(|(text, names)| {
+        .enumerate()
+        .map(|(i, (text, names))| {
             let key = dir.map(|_| cache::key(text));
-            if let (Some(d), Some(k)) = (dir, &key)
+            if let (Some(d), Some(k), None) = (dir, &key, objects)
                 && let Some((lib, addrs)) = cache::Library::load(d, k, names)
             {
                 return Ok((jit::Code::Cached { _library: lib }, addrs, Cached::Hit));
             }
-            let j = jit::Jit::new(text, dir.is_some())?;
+            let j = jit::Jit::new(text, dir.is_some() || objects.is_some())?;
             let addrs = names
                 .iter()
                 .map(|n| j.lookup(n))
                 .collect::<Result<_, _>>()?;
+            if let Some(o) = objects {
+                j.dump_object(&o.join(format!("m{i}.o")))?;
+            }
             let status = match (dir, &key) {
                 (Some(d), Some(k)) => match cache::store(d, k, &j) {
                     Ok(_) => Cached::Stored,
@@ -283,25 +213,36 @@ pub fn compile_with(f: &Function, opts: &CompileOptions) -> Result<CompiledFunct
             Cached::Failed(e) => Some(e.clone()),
             _ => None,
         }),
+        objects: match objects {
+            Some(o) => modules
+                .iter()
+                .enumerate()
+                .map(|(i, (_, names))| (o.join(format!("m{i}.o")), names.clone()))
+                .collect(),
+            None => Vec::new(),
+        },
     };
-    let code = compiled.into_iter().map(|(c, _, _)| c).collect();
-    let memory = memplan::plan_memory(&plan);
-    if std::env::var_os("GRAFT_MEMPLAN_DEBUG").is_some() {
-        eprint!("{}", memplan::peak_report(f, &plan, &memory));
-    }
-    Ok(CompiledFunction {
-        f: f.clone(),
+    let code = compiled
+        .into_iter()
+        .map(|(c, _, _)| Box::new(c) as graft_exec::CodeOwner)
+        .collect();
+    let plan = plan.to_exec();
+    let compiled = CompiledFunction::new(
+        f.clone(),
         plan,
         wrappers,
-        mlir: lowered.module(),
-        threads,
-        team: true,
-        memory,
-        arena: std::sync::Mutex::default(),
-        bound: std::sync::RwLock::default(),
+        code,
+        lowered.module(),
         info,
-        _code: code,
-    })
+        threads,
+    )?;
+    if std::env::var_os("GRAFT_MEMPLAN_DEBUG").is_some() {
+        eprint!(
+            "{}",
+            graft_exec::peak_report(f, compiled.plan(), compiled.memory_plan())
+        );
+    }
+    Ok(compiled)
 }
 
 /// What happened to one module with the kernel cache.
@@ -395,7 +336,7 @@ impl Gemm {
         let compiled = compile_for(&f, target)?;
         // The packed operands live in the memory plan's arena (64-byte aligned offsets; the
         // extra line lets `run` align the start).
-        let scratch_len = (compiled.memory.arena_bytes + memplan::ALIGN) / 4;
+        let scratch_len = (compiled.memory_plan().arena_bytes + graft_exec::ALIGN) / 4;
         Ok(Gemm {
             compiled,
             shape: (m, k, n),
@@ -405,7 +346,7 @@ impl Gemm {
 
     /// Limits the threads used (default: rayon's pool size).
     pub fn with_threads(mut self, threads: usize) -> Self {
-        self.compiled.threads = threads.max(1);
+        self.compiled = self.compiled.with_threads(threads);
         self
     }
 
@@ -428,11 +369,12 @@ impl Gemm {
                 });
             }
         }
-        let plan = &self.compiled.plan;
-        let base = (self.scratch.as_mut_ptr() as usize).next_multiple_of(memplan::ALIGN);
+        let plan = self.compiled.plan();
+        let offsets = &self.compiled.memory_plan().offsets;
+        let base = (self.scratch.as_mut_ptr() as usize).next_multiple_of(graft_exec::ALIGN);
         let mut addrs = vec![0usize; plan.slots.len()];
         for (i, s) in plan.slots.iter().enumerate() {
-            addrs[i] = match (s.input.as_deref(), self.compiled.memory.offsets[i]) {
+            addrs[i] = match (s.input.as_deref(), offsets[i]) {
                 (Some("a"), _) => a.as_ptr() as usize,
                 (Some("b"), _) => b.as_ptr() as usize,
                 (_, Some(off)) => base + off,

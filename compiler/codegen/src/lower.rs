@@ -33,7 +33,7 @@ pub(crate) struct FuncText {
 impl FuncText {
     /// The function's MLIR text; `vector_bits`: the vector width LLVM's own vectorizers
     /// should prefer in it (see [`CpuTarget::auto_vector_bits`]).
-    fn render(&self, out: &mut String, vector_bits: Option<usize>) {
+    fn render(&self, out: &mut String, vector_bits: Option<usize>, cpu: Option<&(&str, String)>) {
         let mut params = Vec::new();
         if self.ranged {
             params.push("%lo: index".to_string());
@@ -47,6 +47,10 @@ impl FuncText {
         }
         if let Some(bits) = vector_bits {
             passthrough.push(format!("[\"prefer-vector-width\", \"{bits}\"]"));
+        }
+        if let Some((name, features)) = cpu {
+            passthrough.push(format!("[\"target-cpu\", \"{name}\"]"));
+            passthrough.push(format!("[\"target-features\", \"{features}\"]"));
         }
         let vis = if self.ranged { "" } else { "private " };
         let attrs = if passthrough.is_empty() {
@@ -73,6 +77,9 @@ pub(crate) struct Lowered {
     pub tables: Vec<Table>,
     /// The vector width LLVM should prefer when it vectorizes loops itself.
     pub vector_bits: Option<usize>,
+    /// LLVM's `target-cpu` and `target-features` for every function (a CPU level other
+    /// than the host's, [`crate::CpuLevel`]).
+    pub cpu: Option<(&'static str, String)>,
 }
 
 impl Lowered {
@@ -133,7 +140,7 @@ impl Lowered {
             );
         }
         for func in funcs {
-            func.render(&mut out, self.vector_bits);
+            func.render(&mut out, self.vector_bits, self.cpu.as_ref());
         }
         out.push_str("}\n");
         out
@@ -283,5 +290,6 @@ pub(crate) fn lower(
         funcs,
         tables,
         vector_bits: (target.auto_vector_bits > 0).then_some(target.auto_vector_bits),
+        cpu: target.level.llvm_attributes(),
     })
 }

@@ -85,23 +85,12 @@ pub(crate) struct Step {
     /// The kernel takes a status buffer and may report an error.
     pub may_fail: bool,
     /// A pack of frozen weights: it runs once, when the weights are bound
-    /// ([`crate::CompiledFunction::bind`]), into a slot kept between runs, and is skipped by
+    /// ([`graft_exec::CompiledFunction::bind`]), into a slot kept between runs, and is skipped by
     /// the runs after that (unbound runs execute it like any other step).
     pub bind: bool,
 }
 
-/// A storage buffer: one per materialized value (views share their operand's).
-#[derive(Clone, Debug, PartialEq)]
-pub(crate) struct Slot {
-    /// The dtype whose storage it holds.
-    pub dtype: DType,
-    /// Elements.
-    pub len: usize,
-    /// The function input that provides it, if any.
-    pub input: Option<String>,
-    /// Written by a binding step: kept between runs once bound, outside the arena.
-    pub bound: bool,
-}
+pub(crate) use graft_exec::Slot;
 
 /// A scheduled function.
 #[derive(Clone, Debug)]
@@ -124,6 +113,43 @@ pub(crate) struct Plan {
 }
 
 impl Plan {
+    /// The plan the executor runs (after lowering: every step's arguments known).
+    pub(crate) fn to_exec(&self) -> graft_exec::ExecPlan {
+        use graft_exec::Kind;
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| graft_exec::Step {
+                kind: match s.kind {
+                    StepKind::Fused => Kind::Fused,
+                    StepKind::Reduce => Kind::Reduce,
+                    StepKind::Softmax => Kind::Softmax,
+                    StepKind::MatMulScalar(_) => Kind::MatMulScalar,
+                    StepKind::PackA(_) => Kind::PackA,
+                    StepKind::Pack(_) | StepKind::PackBound(..) => Kind::Pack,
+                    StepKind::Gemm(_) => Kind::Gemm,
+                    StepKind::Host => Kind::Host,
+                },
+                root: s.root,
+                symbol: s.symbol.clone(),
+                args: s.args.clone(),
+                out: s.out,
+                range: s.range,
+                cost: s.cost,
+                may_fail: s.may_fail,
+                bind: s.bind,
+            })
+            .collect();
+        graft_exec::ExecPlan {
+            slot_of: self.slot_of.clone(),
+            slots: self.slots.clone(),
+            steps,
+            inputs: self.inputs.clone(),
+            outputs: self.outputs.clone(),
+            bind_only: self.bind_only.clone(),
+        }
+    }
+
     /// After lowering (when every step's argument slots are known): a binding step that
     /// reads anything but function inputs runs in every run instead (it would read a value
     /// binding does not compute), and the inputs only binding steps read are listed.

@@ -165,11 +165,14 @@ pub fn resolve_import(
 ) -> Option<(String, Option<PathBuf>, String)> {
     if let Some(dir) = importer.disk_path.as_ref().and_then(|p| p.parent()) {
         let p = dir.join(rel);
-        let is_self = importer
-            .disk_path
-            .as_ref()
-            .and_then(|d| d.canonicalize().ok())
-            == p.canonicalize().ok();
+        let is_self = match (
+            importer.disk_path.as_ref().and_then(|d| d.canonicalize().ok()),
+            p.canonicalize().ok(),
+        ) {
+            (Some(a), Some(b)) => a == b,
+            // Not both on disk (a built binary's overlay): a file never imports itself.
+            _ => importer.disk_path.as_ref() == Some(&p),
+        };
         if is_self {
             // `use nn` inside a file named nn.graft means the stdlib's nn, not itself.
         } else if let Ok(text) = read_regular(&p) {
@@ -212,16 +215,92 @@ fn display_name(path: &Path, importer_name: &str, rel: &str) -> String {
 /// # Errors
 /// The I/O error, or `InvalidInput` for a special file.
 pub fn read_regular(p: &Path) -> std::io::Result<String> {
-    let m = std::fs::metadata(p)?;
-    if !m.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            if m.is_dir() {
-                "it is a folder, not a file"
-            } else {
-                "it is not a regular file (a FIFO, socket or device); graft reads only regular files"
-            },
-        ));
+    String::from_utf8(overlay::read_file(p)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Files read from an overlay instead of the disk, and a record of what was read: what lets
+/// a binary built by `graft build` elaborate its spec again where the spec's folders are
+/// absent. While recording, every file the front end (and the runtime's tokenizer) reads
+/// through [`read_file`] is kept with its contents, and every path [`exists`] finds; a
+/// binary installs that record as the overlay before elaborating.
+pub mod overlay {
+    use std::collections::BTreeMap;
+    use std::path::{Path, PathBuf};
+    use std::sync::{Mutex, OnceLock};
+
+    /// Paths and their contents (`None`: the path exists, its contents were not read).
+    pub type Files = BTreeMap<PathBuf, Option<Vec<u8>>>;
+
+    static OVERLAY: OnceLock<Files> = OnceLock::new();
+    static RECORD: Mutex<Option<Files>> = Mutex::new(None);
+
+    /// Serves `files` in place of the disk from now on (once per process; later calls are
+    /// ignored).
+    pub fn install(files: Files) {
+        let _ = OVERLAY.set(files);
     }
-    std::fs::read_to_string(p)
+
+    /// Starts recording what is read.
+    pub fn start_recording() {
+        if let Ok(mut r) = RECORD.lock() {
+            *r = Some(Files::new());
+        }
+    }
+
+    /// Stops recording and returns what was read since [`start_recording`].
+    pub fn take_recording() -> Files {
+        RECORD.lock().ok().and_then(|mut r| r.take()).unwrap_or_default()
+    }
+
+    fn record(p: &Path, contents: Option<&[u8]>) {
+        if let Ok(mut r) = RECORD.lock()
+            && let Some(files) = r.as_mut()
+        {
+            let slot = files.entry(p.to_path_buf()).or_insert(None);
+            if let Some(c) = contents {
+                *slot = Some(c.to_vec());
+            }
+        }
+    }
+
+    /// The overlay's contents of `p`, if it holds them.
+    pub fn get(p: &Path) -> Option<&'static [u8]> {
+        OVERLAY.get()?.get(p)?.as_deref()
+    }
+
+    /// Whether `p` exists: in the overlay, else on disk.
+    pub fn exists(p: &Path) -> bool {
+        let found = OVERLAY.get().is_some_and(|o| o.contains_key(p)) || p.exists();
+        if found {
+            record(p, None);
+        }
+        found
+    }
+
+    /// Reads a regular file: from the overlay, else from the disk (refusing anything but a
+    /// regular file before opening it: opening a FIFO blocks until a writer comes, and a
+    /// device never ends).
+    ///
+    /// # Errors
+    /// The I/O error, or `InvalidInput` for a special file.
+    pub fn read_file(p: &Path) -> std::io::Result<Vec<u8>> {
+        if let Some(bytes) = get(p) {
+            return Ok(bytes.to_vec());
+        }
+        let m = std::fs::metadata(p)?;
+        if !m.is_file() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                if m.is_dir() {
+                    "it is a folder, not a file"
+                } else {
+                    "it is not a regular file (a FIFO, socket or device); graft reads only regular files"
+                },
+            ));
+        }
+        let bytes = std::fs::read(p)?;
+        record(p, Some(&bytes));
+        Ok(bytes)
+    }
 }

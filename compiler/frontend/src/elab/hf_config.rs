@@ -29,15 +29,10 @@ pub fn config_args(
 ) -> Result<Vec<ArgVal>, Diagnostic> {
     let path = dir.join("config.json");
     let err = |msg: String| Diagnostic::error(from.span, msg, "this model folder");
-    let meta = std::fs::metadata(&path).map_err(|e| {
+    let text = crate::source::read_regular(&path).map_err(|e| {
         err(format!("cannot read {}: {e}", path.display()))
             .with_help("a Hugging Face model folder has config.json beside model.safetensors")
     })?;
-    if !meta.is_file() {
-        return Err(err(format!("{} is not a regular file", path.display())));
-    }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| err(format!("cannot read {}: {e}", path.display())))?;
     let config: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
         err(format!(
             "{}:{}:{}: not valid JSON: {e}",
@@ -101,7 +96,7 @@ pub fn config_args(
 pub fn weights(from: &StrLit, dir: &Path) -> Result<PathBuf, Diagnostic> {
     for name in ["model.safetensors", "model.safetensors.index.json"] {
         let p = dir.join(name);
-        if p.exists() {
+        if crate::source::overlay::exists(&p) {
             return Ok(p);
         }
     }

@@ -9,10 +9,9 @@
 //! parts of the output.
 
 use crate::CodegenError;
-use crate::expr::{ERR_DIV_ZERO, ERR_GATHER};
-use crate::jit::{Code, call_kernel};
+use crate::kernel::{ERR_DIV_ZERO, ERR_GATHER, call_kernel};
 use crate::memplan::{ALIGN, MemoryPlan, storage_bytes};
-use crate::schedule::{Plan, Step, StepKind};
+use crate::plan::{ExecPlan, Kind, Step};
 use crate::team::{Held, Team};
 use graft_interp::{Data, Tensor};
 use graft_ir::{DType, Function, InputKind};
@@ -22,10 +21,15 @@ use std::sync::{Mutex, RwLock};
 /// Work (range × cost) below which a kernel runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 15;
 
-/// A function compiled to native code; see [`crate::compile`].
+/// Whatever keeps a function's machine code mapped (a JIT engine, a loaded shared object);
+/// dropped after everything that may hold kernel addresses.
+pub type CodeOwner = Box<dyn std::any::Any + Send + Sync>;
+
+/// A function compiled to native code: its plan, the address of each step's kernel, and the
+/// buffers kept between runs.
 pub struct CompiledFunction {
     pub(crate) f: Function,
-    pub(crate) plan: Plan,
+    pub(crate) plan: ExecPlan,
     pub(crate) wrappers: Vec<usize>,
     pub(crate) mlir: String,
     pub(crate) threads: usize,
@@ -41,7 +45,7 @@ pub struct CompiledFunction {
     /// How it was compiled.
     pub(crate) info: crate::CompileInfo,
     // Declared last: dropped after everything that may hold kernel addresses.
-    pub(crate) _code: Vec<Code>,
+    pub(crate) _code: Vec<CodeOwner>,
 }
 
 /// A function's named outputs, in order.
@@ -277,6 +281,66 @@ fn kernel_error(err: &[i64; 4]) -> CodegenError {
 }
 
 impl CompiledFunction {
+    /// A compiled function from its parts: `f` as scheduled, its `plan`, the packed wrapper
+    /// of each step's kernel (`wrappers[i]` for `plan.steps[i]`, 0 for host steps), the
+    /// owners keeping that code mapped, the MLIR it came from (empty when unknown) and how it
+    /// was compiled. Runs split launches across `threads`; the memory plan is computed here.
+    ///
+    /// # Errors
+    /// [`CodegenError::Internal`] when the plan and the wrappers do not match.
+    pub fn new(
+        f: Function,
+        plan: ExecPlan,
+        wrappers: Vec<usize>,
+        code: Vec<CodeOwner>,
+        mlir: String,
+        info: crate::CompileInfo,
+        threads: usize,
+    ) -> Result<CompiledFunction, CodegenError> {
+        if wrappers.len() != plan.steps.len() {
+            return Err(CodegenError::Internal(format!(
+                "{} kernel addresses for {} steps",
+                wrappers.len(),
+                plan.steps.len()
+            )));
+        }
+        if let Some(s) = plan
+            .steps
+            .iter()
+            .zip(&wrappers)
+            .find(|(s, w)| **w == 0 && s.kind != Kind::Host && s.range > 0)
+        {
+            return Err(CodegenError::Internal(format!(
+                "kernel `{}` has no code",
+                s.0.symbol
+            )));
+        }
+        let memory = crate::memplan::plan_memory(&plan);
+        Ok(CompiledFunction {
+            f,
+            plan,
+            wrappers,
+            mlir,
+            threads: threads.max(1),
+            team: true,
+            memory,
+            arena: Mutex::default(),
+            bound: RwLock::default(),
+            info,
+            _code: code,
+        })
+    }
+
+    /// The execution plan.
+    pub fn plan(&self) -> &ExecPlan {
+        &self.plan
+    }
+
+    /// Where each intermediate lives in the arena.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.memory
+    }
+
     /// The function as compiled (after the scheduler's reordering): the graph that
     /// [`KernelTime::node`] indexes.
     pub fn function(&self) -> &Function {
@@ -438,7 +502,7 @@ impl CompiledFunction {
                 live[step.out] = Live::Owned(Buf::new(slot.dtype, slot.len));
             }
             let started = std::time::Instant::now();
-            if step.kind == StepKind::Host {
+            if step.kind == Kind::Host {
                 let result = self.host_step(step, &live, &arena)?;
                 match live[step.out] {
                     Live::Arena(at) => arena.write(at, &result),
@@ -460,22 +524,13 @@ impl CompiledFunction {
                     node: step.root.index(),
                     op: node.op.name(),
                     ty: node.ty.to_string(),
-                    kind: match step.kind {
-                        StepKind::Fused => "fused",
-                        StepKind::Reduce => "reduce",
-                        StepKind::Softmax => "softmax",
-                        StepKind::MatMulScalar(_) => "matmul",
-                        StepKind::PackA(_) => "pack_a",
-                        StepKind::Pack(_) | StepKind::PackBound(..) => "pack",
-                        StepKind::Gemm(_) => "gemm",
-                        StepKind::Host => "host",
-                    },
+                    kind: step.kind.name(),
                     seconds: started.elapsed().as_secs_f64(),
                     flops: match &step.kind {
                         // A GEMM's cost is its FLOPs per range item; a scalar matmul's, the
                         // multiply-adds per row.
-                        StepKind::Gemm(_) => (step.range * step.cost) as f64,
-                        StepKind::MatMulScalar(_) => 2.0 * (step.range * step.cost) as f64,
+                        Kind::Gemm => (step.range * step.cost) as f64,
+                        Kind::MatMulScalar => 2.0 * (step.range * step.cost) as f64,
                         _ => 0.0,
                     },
                 });
@@ -727,8 +782,11 @@ impl CompiledFunction {
     }
 
     /// Runs every step with caller-provided buffer addresses, one per slot (used by
-    /// [`crate::Gemm`], whose buffers are plain slices).
-    pub(crate) fn run_raw(&self, addrs: &[usize]) -> Result<(), CodegenError> {
+    /// `graft_codegen::Gemm`, whose buffers are plain slices).
+    ///
+    /// # Errors
+    /// As [`CompiledFunction::run`], for a kernel's reported error.
+    pub fn run_raw(&self, addrs: &[usize]) -> Result<(), CodegenError> {
         let team = self.team();
         for (si, step) in self.plan.steps.iter().enumerate() {
             let mut a: Vec<usize> = step.args.iter().map(|&s| addrs[s]).collect();

@@ -9,14 +9,14 @@
 //! tensors and outputs are separate buffers handed to the caller, so neither is in the arena;
 //! nor are bound slots (packed frozen weights, kept by the function between runs).
 
-use crate::schedule::Plan;
+use crate::plan::ExecPlan as Plan;
 use graft_ir::DType;
 
 /// Alignment of every buffer in the arena (a cache line; also the widest vector).
-pub(crate) const ALIGN: usize = 64;
+pub const ALIGN: usize = 64;
 
 /// Bytes per element of a slot's storage (`bf16`/`f16` values are computed in `f32`).
-pub(crate) fn storage_bytes(dtype: DType) -> usize {
+pub fn storage_bytes(dtype: DType) -> usize {
     match dtype {
         DType::F32 | DType::BF16 | DType::F16 | DType::I32 => 4,
         DType::F64 | DType::I64 => 8,
@@ -26,7 +26,7 @@ pub(crate) fn storage_bytes(dtype: DType) -> usize {
 
 /// Where every slot lives while a compiled function runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct MemoryPlan {
+pub struct MemoryPlan {
     /// Byte offset of each slot in the arena; `None` for inputs and outputs.
     pub offsets: Vec<Option<usize>>,
     /// The arena's size in bytes: the peak of the intermediates.
@@ -85,7 +85,7 @@ fn live_ranges(plan: &Plan) -> (Vec<usize>, Vec<usize>) {
 }
 
 /// Plans the arena for `plan`'s intermediates.
-pub(crate) fn plan_memory(plan: &Plan) -> MemoryPlan {
+pub fn plan_memory(plan: &Plan) -> MemoryPlan {
     let n = plan.slots.len();
     let mut is_output = vec![false; n];
     for (_, _, s) in &plan.outputs {
@@ -136,7 +136,7 @@ pub(crate) fn plan_memory(plan: &Plan) -> MemoryPlan {
 
 /// The buffers live at the step where the most bytes are live, largest first (40 at most),
 /// one line each with their live range and the node they hold: `GRAFT_MEMPLAN_DEBUG`'s report.
-pub(crate) fn peak_report(f: &graft_ir::Function, plan: &Plan, mem: &MemoryPlan) -> String {
+pub fn peak_report(f: &graft_ir::Function, plan: &Plan, mem: &MemoryPlan) -> String {
     use std::fmt::Write;
     let (first, last) = live_ranges(plan);
     let size = |s: usize| plan.slots[s].len * storage_bytes(plan.slots[s].dtype);
@@ -182,8 +182,7 @@ pub(crate) fn peak_report(f: &graft_ir::Function, plan: &Plan, mem: &MemoryPlan)
 
 /// Checks a plan's invariant: no two buffers that are live at the same step overlap.
 /// Used by the tests.
-#[cfg(test)]
-pub(crate) fn overlapping(plan: &Plan, mem: &MemoryPlan) -> Option<(usize, usize)> {
+pub fn overlapping(plan: &Plan, mem: &MemoryPlan) -> Option<(usize, usize)> {
     let n = plan.slots.len();
     let (first, last) = live_ranges(plan);
     let placed: Vec<(usize, usize)> = (0..n)
@@ -203,76 +202,3 @@ pub(crate) fn overlapping(plan: &Plan, mem: &MemoryPlan) -> Option<(usize, usize
     None
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-    use super::*;
-    use crate::host::CpuTarget;
-    use crate::schedule;
-    use graft_ir::{Function, InputKind, Op, TensorType};
-    use std::path::Path;
-
-    fn planned(f: &Function) -> (Plan, MemoryPlan) {
-        let target = CpuTarget::host();
-        let mut plan = schedule::plan(f, &target).unwrap();
-        crate::lower::lower(f, &mut plan, &target).unwrap();
-        let mem = plan_memory(&plan);
-        (plan, mem)
-    }
-
-    #[test]
-    fn a_chain_reuses_its_buffers() {
-        // x · W₁ · W₂ · … · W₈, each [64, 64]: eight products (and their packed panels), of
-        // which at most two products and one panel are live at a time.
-        let mut f = Function::new("chain");
-        let t = TensorType::new(DType::F32, vec![64, 64]);
-        let mut x = f.add_input("x", InputKind::Data, t.clone(), None);
-        for i in 0..8 {
-            let w = f.add_input(format!("w{i}"), InputKind::Weight, t.clone(), None);
-            let mm = Op::MatMul {
-                ta: false,
-                tb: false,
-            };
-            x = f.add(mm, &[x, w], None).unwrap();
-        }
-        f.add_output("y", x);
-        let (plan, mem) = planned(&f);
-        assert_eq!(overlapping(&plan, &mem), None);
-        let one = 64 * 64 * 4;
-        assert!(mem.buffers >= 7, "{mem:?}");
-        assert!(mem.unshared_bytes >= 7 * one, "{mem:?}");
-        assert!(mem.arena_bytes <= 4 * one, "{mem:?}");
-        assert_eq!(mem.output_bytes, one);
-    }
-
-    #[test]
-    fn a_training_step_plan_never_overlaps_live_buffers() {
-        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let spec = repo.join("dsl-examples/tiny_lora.graft");
-        let stdlib = graft_frontend::Stdlib::Dir(repo.join("stdlib"));
-        let (_, program) =
-            graft_frontend::compile_file(&spec, &stdlib).unwrap_or_else(|e| panic!("{e}"));
-        let forward = program.module.function("forward").unwrap();
-        let cfg = graft_runtime::step_config(&program);
-        let step = graft_autodiff::train_step(forward, &cfg).unwrap();
-        let (plan, mem) = planned(&step);
-        assert_eq!(overlapping(&plan, &mem), None);
-        // Activations must stay live for the backward pass, so reuse is partial; on this
-        // step it still saves over half.
-        assert!(
-            mem.arena_bytes * 2 < mem.unshared_bytes,
-            "arena {} of {} unshared",
-            mem.arena_bytes,
-            mem.unshared_bytes
-        );
-        let largest = plan
-            .slots
-            .iter()
-            .enumerate()
-            .filter(|(s, _)| mem.offsets[*s].is_some())
-            .map(|(_, s)| s.len * storage_bytes(s.dtype))
-            .max()
-            .unwrap();
-        assert!(mem.arena_bytes >= largest);
-    }
-}

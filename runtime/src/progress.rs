@@ -1,8 +1,8 @@
-//! What `graft train` prints while it runs: on a terminal, a progress bar (indicatif) with
+//! What `graft train` (and a binary `graft build` made) prints while it runs: on a terminal, a progress bar (indicatif) with
 //! the loss, tokens/s and ETA, and every other message above it; otherwise one plain line
 //! per step (for logs and pipes).
 
-use graft_runtime::Event;
+use crate::Event;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 
@@ -130,7 +130,7 @@ impl Printer {
 }
 
 /// Two lines on how the step was compiled and the static memory plan.
-pub fn describe_prepared(i: &graft_runtime::PreparedInfo) -> String {
+pub fn describe_prepared(i: &crate::PreparedInfo) -> String {
     let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
     let how = if i.cached_modules == i.modules && i.modules > 0 {
         "loaded from the kernel cache"
