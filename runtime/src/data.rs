@@ -77,7 +77,9 @@ pub fn tokenizer(
 ) -> Result<Option<TextTokenizer>, String> {
     let path: PathBuf = match (&program.train.tokenizer, &program.model_dir) {
         (Some(t), _) => dir.join(t),
-        (None, Some(m)) if m.join("tokenizer.json").exists() => m.clone(),
+        (None, Some(m)) if graft_frontend::source::overlay::exists(&m.join("tokenizer.json")) => {
+            m.clone()
+        }
         _ => return Ok(None),
     };
     TextTokenizer::open(&path).map(Some)

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod build;
 mod compare;
 
 #[derive(Parser)]
@@ -338,6 +339,25 @@ enum Command {
         /// `other_seconds`, `launches`; only `seconds` with the interpreter).
         #[arg(long, conflicts_with = "steps")]
         serve: bool,
+    },
+    /// Build a standalone training binary: the spec's optimized training step compiled ahead
+    /// of time for a CPU level and linked with the runtime's training loop, its tokenizer
+    /// and its elaborated sources. It needs no LLVM, MLIR, Rust or Python to run; run it
+    /// with `--help` for its flags (weights, data, steps, output, checkpoint, threads, seed).
+    #[command(
+        after_help = "Examples:\n  graft build dsl-examples/tiny_lora.graft -o train-tiny\n  ./train-tiny --steps 20 --out out/lora\n  graft build spec.graft -o train --cpu x86-64-v3"
+    )]
+    Build {
+        /// The spec.
+        file: PathBuf,
+        /// The executable to write.
+        #[arg(short, long, value_name = "BINARY")]
+        output: PathBuf,
+        /// The CPU the binary may assume: `native` (this machine's features), `x86-64-v3`
+        /// (AVX2 and FMA) or `x86-64-v4` (AVX-512). A binary started on a CPU that lacks
+        /// them says so and exits (status 3).
+        #[arg(long, default_value = "native", value_name = "LEVEL")]
+        cpu: String,
     },
     /// Show the linked LLVM and MLIR and the host CPU's features.
     Doctor,
@@ -722,6 +742,37 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             let report =
                 graft_runtime::bench::bench(&file, program, steps, warmup, baseline, &opts)?;
             println!("{}", serde_json::to_string(&report)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Build { file, output, cpu } => {
+            let cpu = graft_codegen::CpuLevel::parse(&cpu).map_err(anyhow::Error::msg)?;
+            if !cpu.runs_here() {
+                eprintln!(
+                    "note: this CPU lacks some of {}'s features; the binary will not run here",
+                    cpu.name()
+                );
+            }
+            let started = std::time::Instant::now();
+            let built = build::build(&build::BuildRequest {
+                spec: &file,
+                output: &output,
+                cpu,
+                stdlib,
+            })?;
+            let fns: Vec<String> = built
+                .functions
+                .iter()
+                .map(|(r, n)| format!("@{r} ({n} launches)"))
+                .collect();
+            println!(
+                "wrote {} ({:.1} MB, {} object files, {}; cpu {}) in {:.1} s",
+                output.display(),
+                built.bytes as f64 / 1e6,
+                built.objects,
+                fns.join(", "),
+                cpu.name(),
+                started.elapsed().as_secs_f64()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor => {
