@@ -184,6 +184,10 @@ fn run(bytes: &[u8], kernels: std::collections::HashMap<String, usize>) -> Statu
         for f in &payload.functions {
             println!("function  @{} ({} kernel launches)", f.role, f.plan.steps.len());
         }
+        for f in &payload.files {
+            let what = f.text.as_ref().map_or("exists".into(), |t| format!("{} bytes", t.len()));
+            println!("file      {} ({what})", f.path.display());
+        }
         return Status::Ok;
     }
     if !missing.is_empty() {

@@ -125,7 +125,7 @@ impl Fingerprint {
     /// The file cannot be read.
     pub fn add_file(&mut self, key: &str, path: &Path) -> Result<(), String> {
         let bytes =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            graft_frontend::source::overlay::read_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let name = path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into());

@@ -371,7 +371,7 @@ pub fn context<'a>(
     tok: Option<&'a TextTokenizer>,
 ) -> Context<'a> {
     let from_config = program.model_dir.as_ref().and_then(|d| {
-        let text = std::fs::read_to_string(d.join("config.json")).ok()?;
+        let text = graft_frontend::source::read_regular(&d.join("config.json")).ok()?;
         let v: Value = serde_json::from_str(&text).ok()?;
         v.get("decoder_start_token_id")?.as_i64()
     });

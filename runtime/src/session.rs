@@ -301,6 +301,14 @@ impl Session {
             values.insert(name, t);
         }
         values.remove("seed");
+        // A decaying schedule reads the run's length as an input (one compiled step for
+        // runs of any length).
+        if step_fn.input(graft_autodiff::TOTAL_STEPS).is_some() {
+            values.insert(
+                graft_autodiff::TOTAL_STEPS.into(),
+                Tensor::scalar_f32(program.train.steps as f32),
+            );
+        }
         // A weight `@init` replaced is not read from the file.
         let computed = computed_frozen(&program);
         mapped.retain(|(name, _, _)| !computed.contains(name));

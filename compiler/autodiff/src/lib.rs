@@ -10,7 +10,8 @@ pub mod step;
 
 pub use grad::{grad, needs_grad};
 pub use step::{
-    Optimizer, ParamGroup, Schedule, StepConfig, causal_lm_loss, train_step, training_loss,
+    Optimizer, ParamGroup, Schedule, StepConfig, TOTAL_STEPS, causal_lm_loss, train_step,
+    training_loss,
 };
 
 /// Why differentiation or step construction failed.

@@ -124,7 +124,9 @@ pub struct StepConfig {
     pub optimizer: Optimizer,
     /// The schedule.
     pub schedule: Schedule,
-    /// Total steps T (for linear and cosine decay).
+    /// Total steps T (for linear and cosine decay): the step reads it as the input
+    /// `total_steps` (`f32[]`, [`TOTAL_STEPS`]), so one compiled step serves runs of any
+    /// length; this value is what the caller feeds.
     pub total_steps: usize,
     /// Clip gradients to this global L2 norm.
     pub clip: Option<f64>,
@@ -262,11 +264,15 @@ fn scalar(e: &mut Emitter, x: f64) -> Result<ValueId, AdError> {
     Ok(e.constant(x, TensorType::scalar(DType::F32))?)
 }
 
-/// The schedule's factor for step `s` (an `f32[]` value).
+/// The name of the step's input holding the run's total steps (schedules that decay).
+pub const TOTAL_STEPS: &str = "total_steps";
+
+/// The schedule's factor for step `s` (an `f32[]` value); `total` is the input
+/// [`TOTAL_STEPS`], for the schedules that read it.
 fn schedule_factor(
     e: &mut Emitter,
     sched: Schedule,
-    total: usize,
+    total: Option<ValueId>,
     s: ValueId,
 ) -> Result<ValueId, AdError> {
     let (Schedule::Constant { warmup } | Schedule::Linear { warmup } | Schedule::Cosine { warmup }) =
@@ -274,18 +280,28 @@ fn schedule_factor(
     let w = warmup as f64;
     let warm = e.scale(s, 1.0 / w.max(1.0))?;
     let zero = scalar(e, 0.0)?;
+    // max(T − warmup, 1), as Hugging Face's `max(1, num_training_steps − num_warmup_steps)`.
+    let decay_steps = |e: &mut Emitter| -> Result<ValueId, AdError> {
+        let tot = total.ok_or_else(|| AdError::Missing("the total_steps input of a decaying schedule".into()))?;
+        let wv = scalar(e, w)?;
+        let d = e.sub(tot, wv)?;
+        let one = scalar(e, 1.0)?;
+        Ok(e.bin(BinaryOp::Max, d, one)?)
+    };
     let after = match sched {
         Schedule::Constant { .. } => scalar(e, 1.0)?,
         Schedule::Linear { .. } => {
-            let tot = scalar(e, total as f64)?;
+            let tot = total.ok_or_else(|| AdError::Missing("the total_steps input of a decaying schedule".into()))?;
             let rem = e.sub(tot, s)?;
-            let f = e.scale(rem, 1.0 / (total as f64 - w).max(1.0))?;
+            let d = decay_steps(e)?;
+            let f = e.div(rem, d)?;
             e.bin(BinaryOp::Max, f, zero)?
         }
         Schedule::Cosine { .. } => {
             let wv = scalar(e, w)?;
             let done = e.sub(s, wv)?;
-            let progress = e.scale(done, 1.0 / (total as f64 - w).max(1.0))?;
+            let d = decay_steps(e)?;
+            let progress = e.div(done, d)?;
             let angle = e.scale(progress, std::f64::consts::PI)?;
             let c = e.un(UnaryOp::Cos, angle)?;
             let one = scalar(e, 1.0)?;
@@ -334,6 +350,15 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
         TensorType::scalar(DType::F32),
         None,
     );
+    let total_steps = match cfg.schedule {
+        Schedule::Constant { .. } => None,
+        Schedule::Linear { .. } | Schedule::Cosine { .. } => Some(f.add_input(
+            TOTAL_STEPS,
+            InputKind::Data,
+            TensorType::scalar(DType::F32),
+            None,
+        )),
+    };
     let state_names: Vec<Vec<String>> = params
         .iter()
         .map(|(p, _)| match cfg.optimizer {
@@ -438,7 +463,7 @@ pub fn train_step(forward: &Function, cfg: &StepConfig) -> Result<Function, AdEr
     let base_lr = match cfg.optimizer {
         Optimizer::AdamW { lr, .. } | Optimizer::Sgd { lr, .. } | Optimizer::Lion { lr, .. } => lr,
     };
-    let factor = schedule_factor(&mut e, cfg.schedule, cfg.total_steps, step)?;
+    let factor = schedule_factor(&mut e, cfg.schedule, total_steps, step)?;
     let lr = e.scale(factor, base_lr)?;
     let one = scalar(&mut e, 1.0)?;
     let t = e.add(step, one)?;
