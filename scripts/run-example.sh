@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --locked --release -p graft-cli
+cargo build --locked --release -p graft-cli -p graft-runner
 graft=./target/release/graft
 spec="${1:-dsl-examples/stories_lora.graft}"
 out=target/example
@@ -23,6 +23,9 @@ for prompt in "Every morning" "In the garden," "Mia asks"; do
     $graft generate "$spec" --adapter "$out/adapter" --prompt "$prompt" --max-new-tokens 40
 done
 $graft generate "$spec" --adapter "$out/adapter" --prompt "Leo asks" --temperature 0.8 --top-p 0.9 --seed 1
+# The same job as a standalone binary (no compiler at run time), a few steps of it.
+$graft build "$spec" -o "$out/train-stories"
+(cd "$out" && env -i ./train-stories --steps 10 --out binary-adapter)
 # Chat: `messages` records through the chat template, the loss on the assistant's turns only.
 chat=dsl-examples/stories_chat.graft
 $graft train "$chat" --save "$out/chat-adapter"

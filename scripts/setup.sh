@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Installs what graft needs on Debian 12, idempotently: the LLVM/MLIR 22 packages that the
-# codegen crate links, and nothing when everything is already there.
+# codegen crate links, binutils (nm and objcopy, for `graft build`), and nothing when
+# everything is already there.
 set -euo pipefail
 
-PKGS=(llvm-22-dev libmlir-22-dev libpolly-22-dev libclang1-22 libclang-common-22-dev zlib1g-dev libzstd-dev g++ mlir-22-tools)
+PKGS=(llvm-22-dev libmlir-22-dev libpolly-22-dev libclang1-22 libclang-common-22-dev zlib1g-dev libzstd-dev g++ binutils mlir-22-tools)
 
 missing=()
 for p in "${PKGS[@]}"; do

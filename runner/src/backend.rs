@@ -4,7 +4,7 @@
 //! carries. Nothing is compiled or optimized at run time.
 
 use crate::payload::{BuiltFunction, function_key};
-use graft_exec::{CompileInfo, CompiledFunction, Compiled};
+use graft_exec::{CompileInfo, Compiled, CompiledFunction};
 use graft_ir::Function;
 use graft_runtime::{Backend, Prepared};
 use std::collections::HashMap;

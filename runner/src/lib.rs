@@ -182,10 +182,17 @@ fn run(bytes: &[u8], kernels: std::collections::HashMap<String, usize>) -> Statu
             payload.required.join(",")
         );
         for f in &payload.functions {
-            println!("function  @{} ({} kernel launches)", f.role, f.plan.steps.len());
+            println!(
+                "function  @{} ({} kernel launches)",
+                f.role,
+                f.plan.steps.len()
+            );
         }
         for f in &payload.files {
-            let what = f.text.as_ref().map_or("exists".into(), |t| format!("{} bytes", t.len()));
+            let what = f
+                .text
+                .as_ref()
+                .map_or("exists".into(), |t| format!("{} bytes", t.len()));
             println!("file      {} ({what})", f.path.display());
         }
         return Status::Ok;
@@ -253,7 +260,10 @@ fn train(
     let (loaded, mut program) = match graft_frontend::compile_file(&payload.spec, &stdlib) {
         Ok(x) => x,
         Err(graft_frontend::CompileFileError::Compile(e)) => {
-            return Err(format!("the spec carried by this binary does not elaborate:\n{}", e.render(false)));
+            return Err(format!(
+                "the spec carried by this binary does not elaborate:\n{}",
+                e.render(false)
+            ));
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -305,8 +315,7 @@ fn train(
         skip_bad_lines: args.skip_bad_lines,
     };
     let t = &program.train;
-    let mut printer =
-        graft_runtime::progress::Printer::new(t.batch * t.seq * t.accumulate.max(1));
+    let mut printer = graft_runtime::progress::Printer::new(t.batch * t.seq * t.accumulate.max(1));
     let outcome = graft_runtime::train(&payload.spec, program, &session_opts, &opts, &mut |e| {
         printer.event(e)
     });

@@ -124,8 +124,8 @@ impl Fingerprint {
     /// # Errors
     /// The file cannot be read.
     pub fn add_file(&mut self, key: &str, path: &Path) -> Result<(), String> {
-        let bytes =
-            graft_frontend::source::overlay::read_file(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let bytes = graft_frontend::source::overlay::read_file(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let name = path
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into());

@@ -137,15 +137,19 @@ pub fn describe_prepared(i: &crate::PreparedInfo) -> String {
     } else {
         "compiled"
     };
+    let compiled = if i.modules == 0 && i.kernels > 0 {
+        // A built binary: nothing compiled at run time.
+        format!("{} kernels linked into this binary", i.kernels)
+    } else {
+        format!(
+            "{} kernels {how} in {:.2} s ({} of {} modules cached; cache: {})",
+            i.kernels, i.compile_seconds, i.cached_modules, i.modules, i.cache
+        )
+    };
     format!(
-        "{} kernels {how} in {:.2} s ({} of {} modules cached; cache: {})\n\
+        "{compiled}\n\
          memory plan: {:.1} MiB arena for the intermediates ({:.1} MiB without reuse), \
          {:.1} MiB of outputs, {:.1} MiB of frozen weights packed once\n",
-        i.kernels,
-        i.compile_seconds,
-        i.cached_modules,
-        i.modules,
-        i.cache,
         mib(i.arena_bytes),
         mib(i.unshared_bytes),
         mib(i.output_bytes),

@@ -282,7 +282,9 @@ fn schedule_factor(
     let zero = scalar(e, 0.0)?;
     // max(T − warmup, 1), as Hugging Face's `max(1, num_training_steps − num_warmup_steps)`.
     let decay_steps = |e: &mut Emitter| -> Result<ValueId, AdError> {
-        let tot = total.ok_or_else(|| AdError::Missing("the total_steps input of a decaying schedule".into()))?;
+        let tot = total.ok_or_else(|| {
+            AdError::Missing("the total_steps input of a decaying schedule".into())
+        })?;
         let wv = scalar(e, w)?;
         let d = e.sub(tot, wv)?;
         let one = scalar(e, 1.0)?;
@@ -291,7 +293,9 @@ fn schedule_factor(
     let after = match sched {
         Schedule::Constant { .. } => scalar(e, 1.0)?,
         Schedule::Linear { .. } => {
-            let tot = total.ok_or_else(|| AdError::Missing("the total_steps input of a decaying schedule".into()))?;
+            let tot = total.ok_or_else(|| {
+                AdError::Missing("the total_steps input of a decaying schedule".into())
+            })?;
             let rem = e.sub(tot, s)?;
             let d = decay_steps(e)?;
             let f = e.div(rem, d)?;

@@ -76,7 +76,9 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
     let mut functions = vec![("train_step", graft_runtime::step_function(&program)?)];
     match graft_runtime::eval::program_eval_function(&program) {
         Ok(f) => functions.push(("eval", f)),
-        Err(e) => eprintln!("note: no compiled evaluation ({e}); the binary evaluates on the interpreter"),
+        Err(e) => {
+            eprintln!("note: no compiled evaluation ({e}); the binary evaluates on the interpreter")
+        }
     }
     let work = tempdir()?;
     let target = req.cpu.target();
@@ -218,7 +220,11 @@ fn prefix_symbols(obj: &Path, prefix: &str) -> Result<()> {
         .output()
         .context("running nm (binutils)")?;
     if !out.status.success() {
-        bail!("nm {}: {}", obj.display(), String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "nm {}: {}",
+            obj.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut map = String::new();
     for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -255,7 +261,16 @@ fn link(work: &Path, objects: &[PathBuf], runner: &Path, output: &Path) -> Resul
         .arg(work.join("payload.s"))
         .args(objects)
         .arg(runner)
-        .args(["-Wl,--gc-sections", "-lm", "-lpthread", "-ldl", "-lrt", "-lutil", "-lgcc_s", "-lc"])
+        .args([
+            "-Wl,--gc-sections",
+            "-lm",
+            "-lpthread",
+            "-ldl",
+            "-lrt",
+            "-lutil",
+            "-lgcc_s",
+            "-lc",
+        ])
         .output()
         .with_context(|| format!("running {}", cc.to_string_lossy()))?;
     if !out.status.success() {

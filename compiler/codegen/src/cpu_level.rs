@@ -10,7 +10,9 @@
 use inkwell::targets::TargetMachine;
 
 /// Features of x86-64-v2, which v3 and v4 include (LLVM's names).
-const V2: &[&str] = &["cx16", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3", "sahf"];
+const V2: &[&str] = &[
+    "cx16", "popcnt", "sse3", "sse4.1", "sse4.2", "ssse3", "sahf",
+];
 /// What x86-64-v3 adds to v2.
 const V3: &[&str] = &[
     "avx", "avx2", "bmi", "bmi2", "f16c", "fma", "lzcnt", "movbe", "xsave",
@@ -126,7 +128,11 @@ impl CpuLevel {
             CpuLevel::X86_64V3 => "x86-64-v3",
             CpuLevel::X86_64V4 => "x86-64-v4",
         };
-        let features: Vec<String> = self.llvm_features().iter().map(|f| format!("+{f}")).collect();
+        let features: Vec<String> = self
+            .llvm_features()
+            .iter()
+            .map(|f| format!("+{f}"))
+            .collect();
         Some((cpu, features.join(",")))
     }
 

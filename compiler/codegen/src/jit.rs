@@ -234,4 +234,3 @@ impl Drop for Jit {
         unsafe { mlirExecutionEngineDestroy(self.raw) }
     }
 }
-

@@ -52,8 +52,10 @@ mod schedule;
 mod text;
 
 pub use backend::CpuBackend;
-pub use graft_exec::{CodegenError, CompileInfo, CompiledFunction, KernelTime, MemoryReport, Outputs};
 pub use cpu_level::{CHECKABLE, CpuLevel};
+pub use graft_exec::{
+    CodegenError, CompileInfo, CompiledFunction, KernelTime, MemoryReport, Outputs,
+};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
 pub use passes::{PASSES, Pass, pass, run_passes};

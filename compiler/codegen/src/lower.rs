@@ -42,7 +42,9 @@ impl FuncText {
         params.extend(self.params.iter().cloned());
         // Helpers stay out of line so that one copy serves every caller.
         let mut passthrough = Vec::new();
-        if !self.ranged {
+        // Under a CPU level, a kernel stays out of its packed wrapper too: the engine
+        // compiles the wrapper for the host, and inlined code would take the host's features.
+        if !self.ranged || cpu.is_some() {
             passthrough.push("\"noinline\"".to_string());
         }
         if let Some(bits) = vector_bits {

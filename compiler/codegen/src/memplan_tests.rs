@@ -2,8 +2,8 @@
 //! step overlap, and buffers are reused.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 use crate::host::CpuTarget;
-use graft_exec::{ExecPlan as Plan, MemoryPlan, overlapping, plan_memory, storage_bytes};
 use crate::schedule;
+use graft_exec::{ExecPlan as Plan, MemoryPlan, overlapping, plan_memory, storage_bytes};
 use graft_ir::{DType, Function, InputKind, Op, TensorType};
 use std::path::Path;
 

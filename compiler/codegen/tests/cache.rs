@@ -33,6 +33,7 @@ fn opts(dir: Option<&std::path::Path>) -> CompileOptions {
     CompileOptions {
         target: CpuTarget::host(),
         cache_dir: dir.map(std::path::Path::to_path_buf),
+        objects: None,
     }
 }
 

@@ -15,9 +15,9 @@ mod plan;
 mod prepared;
 mod team;
 
+pub use exec::CodeOwner;
 pub use exec::{CompiledFunction, KernelTime, Outputs};
 pub use kernel::{ERR_DIV_ZERO, ERR_GATHER};
-pub use exec::CodeOwner;
 pub use memplan::{
     ALIGN, MemoryPlan, MemoryReport, overlapping, peak_report, plan_memory, storage_bytes,
 };
@@ -108,4 +108,3 @@ pub struct CompileInfo {
     /// compiler was asked for them, to link into a binary).
     pub objects: Vec<(std::path::PathBuf, Vec<String>)>,
 }
-

@@ -201,4 +201,3 @@ pub fn overlapping(plan: &Plan, mem: &MemoryPlan) -> Option<(usize, usize)> {
     }
     None
 }
-

@@ -166,7 +166,10 @@ pub fn resolve_import(
     if let Some(dir) = importer.disk_path.as_ref().and_then(|p| p.parent()) {
         let p = dir.join(rel);
         let is_self = match (
-            importer.disk_path.as_ref().and_then(|d| d.canonicalize().ok()),
+            importer
+                .disk_path
+                .as_ref()
+                .and_then(|d| d.canonicalize().ok()),
             p.canonicalize().ok(),
         ) {
             (Some(a), Some(b)) => a == b,
@@ -250,7 +253,11 @@ pub mod overlay {
 
     /// Stops recording and returns what was read since [`start_recording`].
     pub fn take_recording() -> Files {
-        RECORD.lock().ok().and_then(|mut r| r.take()).unwrap_or_default()
+        RECORD
+            .lock()
+            .ok()
+            .and_then(|mut r| r.take())
+            .unwrap_or_default()
     }
 
     fn record(p: &Path, contents: Option<&[u8]>) {
