@@ -105,11 +105,11 @@ impl Backend for LinkedBackend {
         Ok(Box::new(Compiled(compiled)))
     }
 
+    /// The carried optimized form of `f`; `f` itself when the binary carries none, so that
+    /// no optimizer runs and [`Backend::prepare`] says what is missing at once.
     fn optimized(&self, f: &Function) -> Option<Function> {
         let key = function_key(f);
-        self.entries
-            .iter()
-            .find(|e| e.unoptimized == key)
-            .map(|e| e.optimized.clone())
+        let found = self.entries.iter().find(|e| e.unoptimized == key);
+        Some(found.map_or_else(|| f.clone(), |e| e.optimized.clone()))
     }
 }

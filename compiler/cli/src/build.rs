@@ -36,6 +36,10 @@ pub struct Built {
     pub objects: usize,
     /// The executable's size in bytes.
     pub bytes: u64,
+    /// Seconds optimizing and compiling the functions.
+    pub compile_seconds: f64,
+    /// Seconds linking.
+    pub link_seconds: f64,
 }
 
 /// Builds the binary.
@@ -81,6 +85,7 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
         }
     }
     let work = tempdir()?;
+    let started = std::time::Instant::now();
     let target = req.cpu.target();
     let mut built = Vec::new();
     let mut objects = Vec::new();
@@ -164,7 +169,9 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
             work.join("payload.json").display()
         ),
     )?;
+    let compile_seconds = started.elapsed().as_secs_f64();
     link(&work, &objects, &runner, req.output)?;
+    let link_seconds = started.elapsed().as_secs_f64() - compile_seconds;
     let bytes = std::fs::metadata(req.output)?.len();
     let _ = std::fs::remove_dir_all(&work);
     Ok(Built {
@@ -175,6 +182,8 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
             .collect(),
         objects: objects.len(),
         bytes,
+        compile_seconds,
+        link_seconds,
     })
 }
 
@@ -263,6 +272,8 @@ fn link(work: &Path, objects: &[PathBuf], runner: &Path, output: &Path) -> Resul
         .arg(runner)
         .args([
             "-Wl,--gc-sections",
+            // Symbols stay (profilers name the kernels); the runtime's debug info goes.
+            "-Wl,--strip-debug",
             "-lm",
             "-lpthread",
             "-ldl",
@@ -286,8 +297,9 @@ fn link(work: &Path, objects: &[PathBuf], runner: &Path, output: &Path) -> Resul
     Ok(())
 }
 
-/// The runner's static library: `$GRAFT_RUNNER_LIB`, else `libgraft_runner.a` beside this
-/// executable (where cargo puts both), else the newest in cargo's `deps/` beside it.
+/// The runner's static library: `$GRAFT_RUNNER_LIB`, else the newest of `libgraft_runner.a`
+/// beside this executable (where `cargo build` puts both) and those in cargo's `deps/` beside
+/// it (where `cargo test` rebuilds it without copying it up).
 fn runner_library() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("GRAFT_RUNNER_LIB") {
         let p = PathBuf::from(p);
@@ -298,11 +310,7 @@ fn runner_library() -> Result<PathBuf> {
     }
     let exe = std::env::current_exe().context("where is graft?")?;
     let dir = exe.parent().unwrap_or(Path::new("."));
-    let beside = dir.join("libgraft_runner.a");
-    if beside.is_file() {
-        return Ok(beside);
-    }
-    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir.join("deps"))
+    let in_deps = std::fs::read_dir(dir.join("deps"))
         .into_iter()
         .flatten()
         .filter_map(Result::ok)
@@ -311,14 +319,17 @@ fn runner_library() -> Result<PathBuf> {
             p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("libgraft_runner-") && n.ends_with(".a"))
-        })
-        .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
-        .collect();
+        });
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> =
+        std::iter::once(dir.join("libgraft_runner.a"))
+            .chain(in_deps)
+            .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
+            .collect();
     found.sort();
     match found.pop() {
         Some((_, p)) => Ok(p),
         None => bail!(
-            "the runner library libgraft_runner.a is not beside {} (build it with `cargo build --release -p graft-runner`, or set GRAFT_RUNNER_LIB)",
+            "the runner library libgraft_runner.a is not beside {} (build it with `cargo build --release -p graft-cli -p graft-runner`, or set GRAFT_RUNNER_LIB)",
             exe.display()
         ),
     }

@@ -765,13 +765,16 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 .map(|(r, n)| format!("@{r} ({n} launches)"))
                 .collect();
             println!(
-                "wrote {} ({:.1} MB, {} object files, {}; cpu {}) in {:.1} s",
+                "wrote {} ({:.1} MB, {} object files, {}; cpu {}) in {:.1} s \
+                 ({:.1} s optimizing and compiling, {:.1} s linking)",
                 output.display(),
                 built.bytes as f64 / 1e6,
                 built.objects,
                 fns.join(", "),
                 cpu.name(),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                built.compile_seconds,
+                built.link_seconds
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -4,39 +4,13 @@
 //! instructions, and meets bad input with `graft train`'s errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{exited, graft, repo, text};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn graft(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .current_dir(repo())
-        .env("GRAFT_STDLIB", repo().join("stdlib"))
-        .env("GRAFT_CACHE_DIR", cache)
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Exited with `code` (not killed by a signal); stdout and stderr.
-fn exited(out: &Output, code: i32) -> String {
-    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert_eq!(out.status.signal(), None, "killed by a signal: {all}");
-    assert_eq!(out.status.code(), Some(code), "{all}");
-    all
-}
 
 /// Builds `spec` (relative to the repository) into `dir/name`.
 fn build(spec: &str, dir: &Path, name: &str, extra: &[&str], cache: &Path) -> PathBuf {
@@ -420,4 +394,76 @@ fn bad_input_to_a_binary_gets_the_errors_graft_train_gives() {
         "{:?}",
         errors(&ran)
     );
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_binary_carries_its_tokenizer_and_model_config_when_their_folder_is_gone() {
+    // The README's main example (a Hugging Face folder with tokenizer.json, text data, an
+    // eval file), built from a copy whose folder is then removed.
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let src = tmp.path().join("spec");
+    copy_dir(
+        &repo().join("dsl-examples/models/tiny-llama"),
+        &src.join("models/tiny-llama"),
+    );
+    copy_dir(
+        &repo().join("dsl-examples/data/stories"),
+        &src.join("data/stories"),
+    );
+    std::fs::copy(
+        repo().join("dsl-examples/stories_lora.graft"),
+        src.join("stories_lora.graft"),
+    )
+    .unwrap();
+    let spec = src.join("stories_lora.graft");
+    let bin = build(spec.to_str().unwrap(), tmp.path(), "train", &[], &cache);
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for (from, to) in [
+        ("models/tiny-llama/model.safetensors", "model.safetensors"),
+        ("data/stories/train.jsonl", "train.jsonl"),
+        ("data/stories/eval.jsonl", "eval.jsonl"),
+    ] {
+        std::fs::rename(src.join(from), elsewhere.join(to)).unwrap();
+    }
+    std::fs::remove_dir_all(&src).unwrap();
+    let e = |f: &str| elsewhere.join(f).display().to_string();
+    let out = e("adapter");
+    let ran = run_bin(
+        &bin,
+        &[
+            "--weights",
+            &e("model.safetensors"),
+            "--data",
+            &e("train.jsonl"),
+            "--eval",
+            &e("eval.jsonl"),
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--out",
+            &out,
+        ],
+        &[],
+    );
+    let all = exited(&ran, 0);
+    assert_eq!(all.matches("eval after step").count(), 2, "{all}");
+    assert!(all.contains("kernels linked into this binary"), "{all}");
+    let config = std::fs::read_to_string(elsewhere.join("adapter/adapter_config.json")).unwrap();
+    assert!(config.contains("\"LORA\""), "{config}");
 }

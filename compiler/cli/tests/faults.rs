@@ -6,18 +6,14 @@
 //! adapter stay intact and loadable.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::{exited, repo, text};
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
 
 fn cmd(args: &[&str], cache: &Path) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_graft"));
@@ -63,28 +59,6 @@ fn tail(s: &str) -> &str {
         at += 1;
     }
     &s[at..]
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-/// Exited on its own with `code`, not killed by a signal (SIGSEGV, SIGBUS, SIGABRT).
-fn exited(out: &Output, code: i32) -> String {
-    assert_eq!(
-        out.status.signal(),
-        None,
-        "killed by a signal: {}",
-        text(&out.stderr)
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(code),
-        "stdout: {}\nstderr: {}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    format!("{}{}", text(&out.stdout), text(&out.stderr))
 }
 
 fn losses(out: &str) -> Vec<String> {

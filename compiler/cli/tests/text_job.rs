@@ -5,25 +5,11 @@
 //! one clear error naming the file, nothing written.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
-}
-
-fn graft(args: &[&str], cache: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_graft"))
-        .args(args)
-        .current_dir(repo())
-        .env("GRAFT_STDLIB", repo().join("stdlib"))
-        .env("GRAFT_CACHE_DIR", cache)
-        .output()
-        .unwrap()
-}
+use common::{graft, repo};
+use std::path::Path;
+use std::process::Output;
 
 fn ok(out: &Output) -> String {
     let all = format!(
