@@ -29,3 +29,15 @@ if [ ! -x /usr/lib/llvm-22/bin/llvm-config ]; then
   echo "setup: /usr/lib/llvm-22/bin/llvm-config is missing after install" >&2
   exit 1
 fi
+
+# ptxas and libdevice for the PTX checks (no GPU or CUDA toolkit needed): from NVIDIA's PyPI
+# wheel, into target/cuda-tools (GRAFT_CUDA_TOOLS overrides where the tests look).
+root="$(cd "$(dirname "$0")/.." && pwd)"
+tools="${GRAFT_CUDA_TOOLS:-$root/target/cuda-tools}"
+if [ ! -x "$tools/bin/ptxas" ] || [ ! -f "$tools/libdevice.10.bc" ]; then
+  if ! command -v python3 >/dev/null 2>&1; then
+    echo "setup: python3 is needed to fetch ptxas (apt-get install python3)" >&2
+    exit 1
+  fi
+  python3 "$root/scripts/fetch_cuda_tools.py" "$tools"
+fi

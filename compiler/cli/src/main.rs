@@ -105,6 +105,9 @@ enum Emit {
     Mlir,
     /// The optimized training step as LLVM IR, after the MLIR pass pipeline.
     Llvm,
+    /// The optimized training step's elementwise, reduction and softmax kernels as PTX for
+    /// sm_90 (libdevice from `$GRAFT_CUDA_TOOLS`, else `target/cuda-tools`, when there).
+    Ptx,
 }
 
 #[derive(Subcommand)]
@@ -501,6 +504,29 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                     graft_codegen::emit_llvm(&opt.func)?
                 };
                 print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Emit::Ptx => {
+                let Some((_, program)) = compile(&file, stdlib, color)? else {
+                    return Ok(ExitCode::FAILURE);
+                };
+                let opt = optimize_program(&program, graft_opt::Target::CPU, false)?;
+                let tools = std::env::var_os("GRAFT_CUDA_TOOLS")
+                    .map_or_else(|| PathBuf::from("target/cuda-tools"), PathBuf::from);
+                let libdevice = tools.join("libdevice.10.bc");
+                let arch = graft_codegen::GPU_ARCHS[1];
+                let ptx = graft_codegen::emit_ptx(
+                    &opt.func,
+                    arch,
+                    libdevice.is_file().then_some(libdevice.as_path()),
+                )?;
+                print!("{}", ptx.text);
+                eprintln!(
+                    "{} kernels for {}; {} steps elsewhere (matmuls and packs: cuBLAS)",
+                    ptx.kernels.len(),
+                    arch.chip,
+                    ptx.elsewhere.len()
+                );
                 Ok(ExitCode::SUCCESS)
             }
         },

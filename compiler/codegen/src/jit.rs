@@ -51,6 +51,15 @@ fn with_module<T>(
     run_pipeline: bool,
     then: impl FnOnce(&Module) -> Result<T, CodegenError>,
 ) -> Result<T, CodegenError> {
+    with_module_pipeline(text, run_pipeline.then_some(PIPELINE), then)
+}
+
+/// [`with_module`] with any pass pipeline (`None`: none).
+fn with_module_pipeline<T>(
+    text: &str,
+    pipeline: Option<&str>,
+    then: impl FnOnce(&Module) -> Result<T, CodegenError>,
+) -> Result<T, CodegenError> {
     static PASSES: Once = Once::new();
     PASSES.call_once(register_all_passes);
     let registry = DialectRegistry::new();
@@ -82,9 +91,9 @@ fn with_module<T>(
         if !module.as_operation().verify() {
             return Err(fail("MLIR did not verify"));
         }
-        if run_pipeline {
+        if let Some(pipeline) = pipeline {
             let pm = PassManager::new(&context);
-            parse_pass_pipeline(pm.as_operation_pass_manager(), PIPELINE)
+            parse_pass_pipeline(pm.as_operation_pass_manager(), pipeline)
                 .map_err(|e| CodegenError::Internal(format!("pass pipeline: {e}")))?;
             pm.run(&mut module)
                 .map_err(|_| fail("lowering to the LLVM dialect failed"))?;
@@ -100,6 +109,11 @@ fn source_line<'t>(message: &str, text: &'t str) -> Option<&'t str> {
     let at = message.find("\"-\":")? + 4;
     let line: usize = message[at..].split(':').next()?.parse().ok()?;
     text.lines().nth(line.checked_sub(1)?)
+}
+
+/// `text` after the pass pipeline `pipeline`, printed.
+pub(crate) fn run_pipeline(text: &str, pipeline: &str) -> Result<String, CodegenError> {
+    with_module_pipeline(text, Some(pipeline), |m| Ok(m.as_operation().to_string()))
 }
 
 /// The module after [`PIPELINE`], in the LLVM dialect.

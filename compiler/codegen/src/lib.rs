@@ -35,6 +35,7 @@ mod cpu_level;
 mod decompose;
 mod expr;
 mod gemm;
+mod gpu;
 mod host;
 mod jit;
 mod kernels;
@@ -53,6 +54,7 @@ mod text;
 
 pub use backend::CpuBackend;
 pub use cpu_level::{CHECKABLE, CpuLevel};
+pub use gpu::{GPU_ARCHS, GPU_PIPELINE, GpuArch, Ptx, emit_ptx};
 pub use graft_exec::{
     CodegenError, CompileInfo, CompiledFunction, KernelTime, MemoryReport, Outputs,
 };

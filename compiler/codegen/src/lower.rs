@@ -33,7 +33,12 @@ pub(crate) struct FuncText {
 impl FuncText {
     /// The function's MLIR text; `vector_bits`: the vector width LLVM's own vectorizers
     /// should prefer in it (see [`CpuTarget::auto_vector_bits`]).
-    fn render(&self, out: &mut String, vector_bits: Option<usize>, cpu: Option<&(&str, String)>) {
+    pub(crate) fn render_into(
+        &self,
+        out: &mut String,
+        vector_bits: Option<usize>,
+        cpu: Option<&(&str, String)>,
+    ) {
         let mut params = Vec::new();
         if self.ranged {
             params.push("%lo: index".to_string());
@@ -117,8 +122,8 @@ impl Lowered {
             .collect()
     }
 
-    fn render(&self, funcs: &[&FuncText]) -> String {
-        let mut out = String::from("module {\n");
+    /// The constant tables, as `memref.global`s.
+    pub(crate) fn render_tables(&self, out: &mut String) {
         for t in &self.tables {
             let (sym, ty) = t.symbol();
             let values: Vec<String> = match t {
@@ -141,8 +146,13 @@ impl Lowered {
                 values.join(", ")
             );
         }
+    }
+
+    fn render(&self, funcs: &[&FuncText]) -> String {
+        let mut out = String::from("module {\n");
+        self.render_tables(&mut out);
         for func in funcs {
-            func.render(&mut out, self.vector_bits, self.cpu.as_ref());
+            func.render_into(&mut out, self.vector_bits, self.cpu.as_ref());
         }
         out.push_str("}\n");
         out
