@@ -87,7 +87,7 @@ pub struct CpuTarget {
     /// (mid-size Llama: 7.6 MiB less at the peak than with 16 MiB, no slower).
     pub pack_budget: usize,
     /// Target bytes of one chunk of logits when the language-model head and its loss run
-    /// over vocabulary chunks (`linear_ce.rs`); 0 keeps the logits whole. 4 MiB: eight
+    /// over vocabulary chunks (graft-lowering's `linear_ce.rs`); 0 keeps the logits whole. 4 MiB: eight
     /// chunks at the mid-size Llama (vocabulary 16384). Its memory plan peaks at 195, 199,
     /// 200 and 206 MB with 2, 4, 8 and 16 MiB chunks (221 MB with whole logits); below
     /// 4 MiB each chunk saves little and adds a pass over the `[rows, hidden]` accumulator
@@ -183,6 +183,13 @@ impl CpuTarget {
             }
         }
         Ok(self)
+    }
+
+    /// What the target-independent lowering passes need of this target.
+    pub fn lowering(&self) -> graft_lowering::Options {
+        graft_lowering::Options {
+            vocab_chunk: self.vocab_chunk,
+        }
     }
 
     /// The shape for the host CPU, from the features LLVM detects at run time.

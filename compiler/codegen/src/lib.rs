@@ -32,22 +32,17 @@
 mod backend;
 mod cache;
 mod cpu_level;
-mod decompose;
 mod expr;
 mod gemm;
 mod gpu;
 mod host;
 mod jit;
 mod kernels;
-mod linear_ce;
 mod lower;
 #[cfg(test)]
 mod memplan_tests;
-mod passes;
 mod peak;
 mod plan_text;
-mod remat;
-mod reorder;
 mod scalar;
 mod schedule;
 mod text;
@@ -58,9 +53,9 @@ pub use gpu::{GPU_ARCHS, GPU_PIPELINE, GpuArch, Ptx, emit_ptx};
 pub use graft_exec::{
     CodegenError, CompileInfo, CompiledFunction, KernelTime, MemoryReport, Outputs,
 };
+pub use graft_lowering::{LoweringError, PASSES, Pass, pass};
 pub use host::{CpuTarget, HostInfo, host_info};
 pub use jit::PIPELINE;
-pub use passes::{PASSES, Pass, pass, run_passes};
 pub use peak::{Peak, fma_peak};
 
 use graft_ir::{DType, Function, InputKind, Op, TensorType};
@@ -72,15 +67,34 @@ fn lowered(
     target: &CpuTarget,
 ) -> Result<(Function, schedule::Plan, lower::Lowered), CodegenError> {
     // The rewrites keep the graph well typed and in order; checked in debug builds (tests).
-    let f = passes::run_passes(
+    let f = run_passes(
         f,
         target,
         cfg!(debug_assertions),
-        &mut passes::print_after_env(),
+        &mut graft_lowering::print_after_env(),
     )?;
     let mut plan = schedule::plan(&f, target)?;
     let lowered = lower::lower(&f, &mut plan, target)?;
     Ok((f, plan, lowered))
+}
+
+/// `f` through the target-independent lowering passes ([`graft_lowering::run_passes`]) with
+/// `target`'s options, calling `after(pass, result)` after each; each result is verified
+/// when `verify` is set.
+///
+/// # Errors
+/// [`CodegenError::Invalid`] when `f` does not verify, [`CodegenError::Internal`] naming the
+/// pass whose result does not.
+pub fn run_passes(
+    f: &Function,
+    target: &CpuTarget,
+    verify: bool,
+    after: &mut dyn FnMut(&str, &Function),
+) -> Result<Function, CodegenError> {
+    graft_lowering::run_passes(f, &target.lowering(), verify, after).map_err(|e| match e {
+        LoweringError::Invalid(v) => CodegenError::Invalid(v),
+        LoweringError::Pass(m) => CodegenError::Internal(m),
+    })
 }
 
 /// How [`compile_with`] compiles.

@@ -78,7 +78,9 @@ fn run_test(test: &str, f: &Function, file: &Path, draws: &Draws) -> Option<Stri
                 let names: Vec<&str> = PASSES.iter().map(|p| p.name).collect();
                 at(&format!("no pass `{name}` (passes: {})", names.join(", ")))
             });
-            let g = p.run(f, &target(draws)).unwrap_or_else(|e| at(&e));
+            let g = p
+                .run(f, &target(draws).lowering())
+                .unwrap_or_else(|e| at(&e));
             verify_function(&g, usize::MAX).unwrap_or_else(|e| at(&e));
             Some(print_function(&g))
         }

@@ -24,7 +24,7 @@
 //! products are the same FLOPs as before (the forward and the backward GEMM, split over `K`),
 //! and the backward's GEMM moves into the forward.
 //!
-//! The chunks' size is [`crate::CpuTarget::vocab_chunk`] (4 MiB of logits: eight chunks at
+//! The chunks' size is [`crate::Options::vocab_chunk`] (4 MiB of logits: eight chunks at
 //! a vocabulary of 16384 and 508 rows; 0 turns the rewrite off). Each update of the
 //! accumulator is stored (a two-term reduction, see `Builder::stored_sum`), so at most two
 //! accumulators and one chunk's product are live at a time.

@@ -1,4 +1,7 @@
-//! The lowering's IR→IR rewrites, as a list of named passes run in order before scheduling.
+//! The target-independent lowering: IR→IR rewrites that trade stored values for
+//! recomputation, as a list of named passes run in order before a backend schedules the
+//! function into kernels. Every backend runs the same passes; a target only says how large
+//! its chunks are ([`Options`]).
 //!
 //! Each pass takes a verified function and returns one that computes the same outputs:
 //! - `chunk-vocabulary`: the language-model head and its loss over vocabulary chunks, so the
@@ -14,17 +17,38 @@
 //! error naming the pass. A caller can see the IR after any pass (`graft ir --print-after`,
 //! or `GRAFT_PRINT_AFTER=<pass>|all` for every compile).
 
-use crate::CodegenError;
-use crate::host::CpuTarget;
-use crate::{decompose, linear_ce, remat, reorder};
-use graft_ir::{Function, verify_function};
+mod decompose;
+mod linear_ce;
+mod remat;
+mod reorder;
+
+use graft_ir::{Function, VerifyError, verify_function};
+
+/// What a target asks of the passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Target bytes of one chunk of logits when the language-model head and its loss run
+    /// over vocabulary chunks; 0 keeps the logits whole.
+    pub vocab_chunk: usize,
+}
+
+/// Why the lowering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoweringError {
+    /// The function does not pass the IR verifier.
+    #[error("the function is not valid IR: {0}")]
+    Invalid(#[from] VerifyError),
+    /// A pass built an ill-typed node, or its result does not verify: a bug in graft.
+    #[error("{0}")]
+    Pass(String),
+}
 
 /// One rewrite of the lowering.
 #[derive(Clone, Copy)]
 pub struct Pass {
     /// Its name, as `--print-after` and the file tests use it.
     pub name: &'static str,
-    run: fn(&Function, &CpuTarget) -> Result<Function, String>,
+    run: fn(&Function, &Options) -> Result<Function, String>,
 }
 
 impl std::fmt::Debug for Pass {
@@ -37,10 +61,9 @@ impl Pass {
     /// This pass on `f` (verified) for `target`; its result is not verified here.
     ///
     /// # Errors
-    /// [`CodegenError::Internal`] naming the pass, when it built an ill-typed node.
-    pub fn run(&self, f: &Function, target: &CpuTarget) -> Result<Function, CodegenError> {
-        (self.run)(f, target)
-            .map_err(|e| CodegenError::Internal(format!("pass `{}`: {e}", self.name)))
+    /// [`LoweringError::Pass`] naming the pass, when it built an ill-typed node.
+    pub fn run(&self, f: &Function, target: &Options) -> Result<Function, LoweringError> {
+        (self.run)(f, target).map_err(|e| LoweringError::Pass(format!("pass `{}`: {e}", self.name)))
     }
 }
 
@@ -80,21 +103,21 @@ pub fn pass(name: &str) -> Option<Pass> {
 /// when `verify` is set.
 ///
 /// # Errors
-/// [`CodegenError::Invalid`] when `f` does not verify, [`CodegenError::Internal`] naming the
+/// [`LoweringError::Invalid`] when `f` does not verify, [`LoweringError::Pass`] naming the
 /// pass whose result does not.
 pub fn run_passes(
     f: &Function,
-    target: &CpuTarget,
+    target: &Options,
     verify: bool,
     after: &mut dyn FnMut(&str, &Function),
-) -> Result<Function, CodegenError> {
+) -> Result<Function, LoweringError> {
     verify_function(f, usize::MAX)?;
     let mut f = f.clone();
     for p in &PASSES {
         f = p.run(&f, target)?;
         if verify {
             verify_function(&f, usize::MAX).map_err(|e| {
-                CodegenError::Internal(format!("the IR after pass `{}` is invalid: {e}", p.name))
+                LoweringError::Pass(format!("the IR after pass `{}` is invalid: {e}", p.name))
             })?;
         }
         after(p.name, &f);
@@ -104,7 +127,7 @@ pub fn run_passes(
 
 /// The passes `GRAFT_PRINT_AFTER` names (comma-separated, or `all`), whose IR every compile
 /// prints to stderr.
-pub(crate) fn print_after_env() -> impl FnMut(&str, &Function) {
+pub fn print_after_env() -> impl FnMut(&str, &Function) {
     let wanted = std::env::var("GRAFT_PRINT_AFTER").unwrap_or_default();
     move |name: &str, f: &Function| {
         if wanted.split(',').any(|w| w == name || w == "all") {
