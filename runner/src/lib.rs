@@ -86,7 +86,8 @@ enum Status {
 )]
 struct Args {
     /// The weights: a Hugging Face model folder (model.safetensors or its shard index) or
-    /// a safetensors file [default: the spec's, as built].
+    /// a safetensors file [default: the weights embedded in the binary, else the spec's,
+    /// as built].
     #[arg(long, value_name = "PATH")]
     weights: Option<PathBuf>,
     /// The training data (JSONL) [default: the spec's `data`, relative to where it was
@@ -188,6 +189,12 @@ fn run(bytes: &[u8], kernels: std::collections::HashMap<String, usize>) -> Statu
                 f.plan.steps.len()
             );
         }
+        if let Some((_, len)) = std::env::current_exe()
+            .ok()
+            .and_then(|exe| payload::embedded_weights(&exe))
+        {
+            println!("weights   embedded ({:.1} MB)", len as f64 / 1e6);
+        }
         for f in &payload.files {
             let what = f
                 .text
@@ -268,8 +275,18 @@ fn train(
         Err(e) => return Err(e.to_string()),
     };
     drop(loaded);
-    if let Some(w) = &args.weights {
-        let path = weights_file(&absolute(w))?;
+    let embedded = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some((payload::embedded_weights(&exe)?, exe)));
+    let chosen = match (&args.weights, embedded) {
+        (Some(w), _) => Some(weights_file(&absolute(w))?),
+        (None, Some(((offset, len), exe))) => {
+            graft_runtime::weights::embed(&exe, offset, len);
+            Some(exe)
+        }
+        (None, None) => None,
+    };
+    if let Some(path) = chosen {
         let span = program.weights.as_ref().map_or(
             graft_frontend::ast::Span {
                 file: graft_frontend::ast::FileId(0),

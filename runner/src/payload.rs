@@ -66,3 +66,37 @@ pub struct BuiltFunction {
 pub fn function_key(f: &graft_ir::Function) -> String {
     graft_runtime::cache::digest(&["graft built function", &graft_ir::print_function(f)])
 }
+
+/// The trailer after a binary's embedded weights: this magic, then the weights' offset and
+/// length in the file (little-endian `u64`s), then 8 zero bytes.
+pub const WEIGHTS_MAGIC: &[u8; 8] = b"GRAFTWTS";
+
+/// Bytes of the trailer.
+pub const TRAILER: usize = 32;
+
+/// The trailer for weights of `len` bytes at `offset`.
+pub fn weights_trailer(offset: u64, len: u64) -> [u8; TRAILER] {
+    let mut t = [0u8; TRAILER];
+    t[..8].copy_from_slice(WEIGHTS_MAGIC);
+    t[8..16].copy_from_slice(&offset.to_le_bytes());
+    t[16..24].copy_from_slice(&len.to_le_bytes());
+    t
+}
+
+/// The embedded weights' offset and length, from the last [`TRAILER`] bytes of `file`.
+pub fn embedded_weights(file: &std::path::Path) -> Option<(u64, usize)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(file).ok()?;
+    let size = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(size.checked_sub(TRAILER as u64)?))
+        .ok()?;
+    let mut t = [0u8; TRAILER];
+    f.read_exact(&mut t).ok()?;
+    if &t[..8] != WEIGHTS_MAGIC {
+        return None;
+    }
+    let word = |i: usize| u64::from_le_bytes(t[i..i + 8].try_into().unwrap_or([0; 8]));
+    let (offset, len) = (word(8), word(16));
+    (offset.checked_add(len)? + TRAILER as u64 <= size)
+        .then_some((offset, usize::try_from(len).ok()?))
+}

@@ -318,6 +318,16 @@ impl WeightsFile {
     }
 }
 
+/// A safetensors file held inside another file: the weights a built binary carries after
+/// its code (`graft build --embed-weights`). Set once per process.
+static EMBEDDED: std::sync::OnceLock<(PathBuf, u64, usize)> = std::sync::OnceLock::new();
+
+/// Says that opening `path` as weights means the `len` bytes at `offset` of it (a multiple
+/// of the page size). For a built binary whose weights follow its code.
+pub fn embed(path: &Path, offset: u64, len: usize) {
+    let _ = EMBEDDED.set((path.to_path_buf(), offset, len));
+}
+
 /// Maps one safetensors file and reads its header.
 fn map_file(path: &Path) -> Result<(Mmap, BTreeMap<String, TensorEntry>), WeightsError> {
     let io = |cause| WeightsError::Io {
@@ -327,11 +337,15 @@ fn map_file(path: &Path) -> Result<(Mmap, BTreeMap<String, TensorEntry>), Weight
     crate::files::regular_file(path, "weights file").map_err(WeightsError::Unusable)?;
     let file = File::open(path).map_err(io)?;
     crate::sigbus::guard(path);
+    let mut options = memmap2::MmapOptions::new();
+    if let Some((_, offset, len)) = EMBEDDED.get().filter(|(p, _, _)| p == path) {
+        options.offset(*offset).len(*len);
+    }
     #[allow(unsafe_code)]
     // SAFETY: the map is read-only and graft does not write weights files while reading
     // them; another process truncating the file underneath raises SIGBUS, which
     // `sigbus::guard` (above) turns into a clear message and a clean exit.
-    let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+    let mmap = unsafe { options.map(&file) }.map_err(io)?;
     let st = SafeTensors::deserialize(&mmap).map_err(|e| WeightsError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),

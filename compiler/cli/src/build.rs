@@ -26,6 +26,8 @@ pub struct BuildRequest<'a> {
     pub cpu: CpuLevel,
     /// The stdlib the spec is elaborated with.
     pub stdlib: &'a graft_frontend::Stdlib,
+    /// Append the spec's weights file to the binary.
+    pub embed_weights: bool,
 }
 
 /// What a build produced, for the summary line.
@@ -170,7 +172,16 @@ pub fn build(req: &BuildRequest) -> Result<Built> {
         ),
     )?;
     let compile_seconds = started.elapsed().as_secs_f64();
-    link(&work, &objects, &runner, req.output)?;
+    let embed = match (&program.weights, req.embed_weights) {
+        (_, false) => None,
+        (Some((w, _)), true) if !w.to_string_lossy().ends_with(".index.json") => Some(w.clone()),
+        (Some((w, _)), true) => bail!(
+            "--embed-weights takes one safetensors file, and {} is a sharded checkpoint's index",
+            w.display()
+        ),
+        (None, true) => bail!("--embed-weights: the spec names no weights file"),
+    };
+    link(&work, &objects, &runner, req.output, embed.as_deref())?;
     let link_seconds = started.elapsed().as_secs_f64() - compile_seconds;
     let bytes = std::fs::metadata(req.output)?.len();
     let _ = std::fs::remove_dir_all(&work);
@@ -258,8 +269,16 @@ fn prefix_symbols(obj: &Path, prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// Links the executable: the generated main and payload, the kernels' objects, the runner.
-fn link(work: &Path, objects: &[PathBuf], runner: &Path, output: &Path) -> Result<()> {
+/// Links the executable: the generated main and payload, the kernels' objects, the runner;
+/// then appends `weights` when given (page-aligned, followed by the trailer the runner looks
+/// for: `graft_runner::payload::weights_trailer`).
+fn link(
+    work: &Path,
+    objects: &[PathBuf],
+    runner: &Path,
+    output: &Path,
+    weights: Option<&Path>,
+) -> Result<()> {
     let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
     let partial = output.with_extension("partial");
     let out = Command::new(&cc)
@@ -292,8 +311,35 @@ fn link(work: &Path, objects: &[PathBuf], runner: &Path, output: &Path) -> Resul
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
+    if let Some(w) = weights {
+        append_weights(&partial, w).inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })?;
+    }
     std::fs::rename(&partial, output)
         .with_context(|| format!("cannot write {}", output.display()))?;
+    Ok(())
+}
+
+/// Appends the safetensors file `weights` to the executable `exe`, at a page boundary, and
+/// the trailer. The loader ignores bytes after the ELF's segments; `strip` drops them.
+fn append_weights(exe: &Path, weights: &Path) -> Result<()> {
+    use std::io::Write as _;
+    const PAGE: u64 = 1 << 16; // a multiple of every page size Linux uses on x86-64 and arm64
+    graft_runtime::WeightsFile::open(weights)
+        .with_context(|| format!("--embed-weights: {}", weights.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(exe)
+        .with_context(|| format!("cannot append to {}", exe.display()))?;
+    let end = f.metadata()?.len();
+    let offset = end.next_multiple_of(PAGE);
+    f.write_all(&vec![0u8; (offset - end) as usize])?;
+    let mut src = std::fs::File::open(weights)
+        .with_context(|| format!("cannot read {}", weights.display()))?;
+    let len = std::io::copy(&mut src, &mut f)?;
+    f.write_all(&graft_runner::payload::weights_trailer(offset, len))?;
+    f.sync_all()?;
     Ok(())
 }
 

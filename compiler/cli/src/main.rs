@@ -361,6 +361,10 @@ enum Command {
         /// them says so and exits (status 3).
         #[arg(long, default_value = "native", value_name = "LEVEL")]
         cpu: String,
+        /// Append the spec's weights file (one safetensors file) to the binary, so that it
+        /// needs no `--weights` (which still overrides them).
+        #[arg(long)]
+        embed_weights: bool,
     },
     /// Show the linked LLVM and MLIR and the host CPU's features.
     Doctor,
@@ -770,7 +774,12 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Build { file, output, cpu } => {
+        Command::Build {
+            file,
+            output,
+            cpu,
+            embed_weights,
+        } => {
             let cpu = graft_codegen::CpuLevel::parse(&cpu).map_err(anyhow::Error::msg)?;
             if !cpu.runs_here() {
                 eprintln!(
@@ -784,6 +793,7 @@ fn run(cmd: Command, stdlib: &Stdlib, color: bool) -> Result<ExitCode> {
                 output: &output,
                 cpu,
                 stdlib,
+                embed_weights,
             })?;
             let fns: Vec<String> = built
                 .functions

@@ -467,3 +467,62 @@ fn a_binary_carries_its_tokenizer_and_model_config_when_their_folder_is_gone() {
     let config = std::fs::read_to_string(elsewhere.join("adapter/adapter_config.json")).unwrap();
     assert!(config.contains("\"LORA\""), "{config}");
 }
+
+#[test]
+fn a_binary_with_embedded_weights_needs_no_weights_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // A copy of the tiny example whose weights file is gone once the binary is built.
+    let w = tmp.path().join("w.safetensors");
+    std::fs::copy(repo().join(WEIGHTS), &w).unwrap();
+    let spec = tmp.path().join("tiny.graft");
+    let text = std::fs::read_to_string(repo().join(TINY))
+        .unwrap()
+        .replace(
+            "\"../tests/fixtures/base.safetensors\"",
+            &format!("{:?}", w.display().to_string()),
+        )
+        .replace(
+            "\"data/tiny_tokens.jsonl\"",
+            &format!("{:?}", fixture(DATA)),
+        );
+    std::fs::write(&spec, text).unwrap();
+    let bin = build(
+        spec.to_str().unwrap(),
+        tmp.path(),
+        "train",
+        &["--embed-weights"],
+        &cache,
+    );
+    std::fs::remove_file(&w).unwrap();
+    let info = exited(&run_bin(&bin, &["--info"], &[]), 0);
+    assert!(info.contains("weights   embedded"), "{info}");
+    let a = tmp.path().join("a");
+    let ran = exited(
+        &run_bin(&bin, &["--steps", "4", "--out", a.to_str().unwrap()], &[]),
+        0,
+    );
+    assert!(ran.contains("step    4"), "{ran}");
+    // The same numbers as graft train reading the file.
+    let b = tmp.path().join("b");
+    let b_s = b.display().to_string();
+    exited(
+        &graft(&["train", TINY, "--steps", "4", "--save", &b_s], &cache),
+        0,
+    );
+    assert_eq!(
+        train_records(&a.join("metrics.jsonl")),
+        train_records(&b.join("metrics.jsonl"))
+    );
+    assert_eq!(
+        std::fs::read(a.join("adapter_model.safetensors")).unwrap(),
+        std::fs::read(b.join("adapter_model.safetensors")).unwrap()
+    );
+    // --weights still wins over the embedded file.
+    let missing = tmp.path().join("none.safetensors").display().to_string();
+    let refused = exited(
+        &run_bin(&bin, &["--weights", &missing, "--steps", "1"], &[]),
+        1,
+    );
+    assert!(refused.contains("none.safetensors"), "{refused}");
+}
