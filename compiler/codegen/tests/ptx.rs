@@ -1,4 +1,5 @@
-//! PTX without a GPU: every shipped example's training step has its elementwise, reduction
+//! PTX without a GPU: every shipped example's training step (and the benchmark models') has
+//! its elementwise, reduction
 //! and softmax kernels lowered to PTX for sm_80 and sm_90 (`emit_ptx`), and `ptxas` (from
 //! NVIDIA's PyPI wheel, which `scripts/setup.sh` fetches into `target/cuda-tools`) assembles
 //! each module; its report gives every kernel's registers and spills, and a spill fails the
@@ -72,6 +73,25 @@ fn every_example_step_assembles_for_sm_80_and_sm_90_without_spills() {
         .collect();
     specs.sort();
     assert!(specs.len() >= 30, "{specs:?}");
+    // The benchmark models (scripts/bench.py's sizes), LoRA r = 16 on every linear layer.
+    for (name, vocab, hidden, layers, heads, ffn) in [
+        ("tiny", 2048, 256, 4, 4, 688),
+        ("small", 8192, 512, 8, 8, 1376),
+        ("mid", 16384, 1024, 8, 16, 2752),
+    ] {
+        let p = tmp.path().join(format!("bench_{name}.graft"));
+        std::fs::write(
+            &p,
+            format!(
+                "use models.llama\nuse peft.lora\n\
+                 model base = llama(vocab: {vocab}, hidden: {hidden}, layers: {layers}, heads: {heads}, ffn: {ffn})\n\
+                 adapt base {{\n    lora(r: 16, alpha: 32.0) at \"all-linear\"\n}}\n\
+                 train {{\n    optimizer adamw(lr: 1e-4, weight_decay: 0.0)\n    batch 4  seq 128\n}}\n"
+            ),
+        )
+        .unwrap();
+        specs.push(p);
+    }
     let (mut modules, mut kernels, mut most) = (0, 0, (0, String::new()));
     for spec in &specs {
         let (_, program) = graft_frontend::compile_file(spec, &stdlib)
