@@ -1,10 +1,9 @@
-//! PTX without a GPU: every shipped example's training step (and the benchmark models') has
-//! its elementwise, reduction
-//! and softmax kernels lowered to PTX for sm_80 and sm_90 (`emit_ptx`), and `ptxas` (from
-//! NVIDIA's PyPI wheel, which `scripts/setup.sh` fetches into `target/cuda-tools`) assembles
-//! each module; its report gives every kernel's registers and spills, and a spill fails the
-//! test (one per thread, these kernels hold a handful of values: a spill means the code went
-//! wrong).
+//! PTX without a GPU: the training step of every shipped example and of the benchmark
+//! models has its elementwise, reduction and softmax kernels lowered to PTX for sm_80 and
+//! sm_90 (`emit_ptx`), and `ptxas` (from NVIDIA's PyPI wheel, which `scripts/setup.sh`
+//! fetches into `target/cuda-tools`) assembles each module; its report gives every kernel's
+//! registers and spills, and a spill fails the test (one per thread, these kernels hold a
+//! handful of values: a spill means the code went wrong).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use graft_codegen::{GPU_ARCHS, emit_ptx};
