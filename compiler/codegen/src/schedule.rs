@@ -65,29 +65,63 @@ pub(crate) struct Bound {
     pub len: usize,
 }
 
-/// One kernel launch.
+/// One kernel launch: what the executor runs ([`graft_exec::Step`], through `Deref`) and,
+/// for the lowering, what kind of kernel it is with its GEMM shape.
 #[derive(Clone, Debug)]
 pub(crate) struct Step {
     /// What it does.
     pub kind: StepKind,
-    /// The node it computes.
-    pub root: ValueId,
-    /// The kernel's symbol (empty for host steps).
-    pub symbol: String,
-    /// Slots read, in kernel argument order (filled in by lowering).
-    pub args: Vec<usize>,
-    /// The slot written.
-    pub out: usize,
-    /// The extent of the kernel's outermost loop, split across threads.
-    pub range: usize,
-    /// Rough work per range item, to decide whether threading pays.
-    pub cost: usize,
-    /// The kernel takes a status buffer and may report an error.
-    pub may_fail: bool,
-    /// A pack of frozen weights: it runs once, when the weights are bound
-    /// ([`graft_exec::CompiledFunction::bind`]), into a slot kept between runs, and is skipped by
-    /// the runs after that (unbound runs execute it like any other step).
-    pub bind: bool,
+    /// The launch as the executor sees it (its `kind` follows [`Step::kind`]).
+    pub run: graft_exec::Step,
+}
+
+impl Step {
+    /// A launch of a `kind` kernel computing `root` into slot `out` over `range` items of
+    /// `cost` each (at least 1); symbol and arguments are filled in by lowering.
+    fn new(kind: StepKind, root: ValueId, out: usize, range: usize, cost: usize) -> Step {
+        Step {
+            run: graft_exec::Step {
+                kind: exec_kind(&kind),
+                root,
+                symbol: String::new(),
+                args: Vec::new(),
+                out,
+                range,
+                cost: cost.max(1),
+                may_fail: false,
+                bind: false,
+            },
+            kind,
+        }
+    }
+}
+
+impl std::ops::Deref for Step {
+    type Target = graft_exec::Step;
+    fn deref(&self) -> &graft_exec::Step {
+        &self.run
+    }
+}
+
+impl std::ops::DerefMut for Step {
+    fn deref_mut(&mut self) -> &mut graft_exec::Step {
+        &mut self.run
+    }
+}
+
+/// The executor's kind of a step.
+fn exec_kind(k: &StepKind) -> graft_exec::Kind {
+    use graft_exec::Kind;
+    match k {
+        StepKind::Fused => Kind::Fused,
+        StepKind::Reduce => Kind::Reduce,
+        StepKind::Softmax => Kind::Softmax,
+        StepKind::MatMulScalar(_) => Kind::MatMulScalar,
+        StepKind::PackA(_) => Kind::PackA,
+        StepKind::Pack(_) | StepKind::PackBound(..) => Kind::Pack,
+        StepKind::Gemm(_) => Kind::Gemm,
+        StepKind::Host => Kind::Host,
+    }
 }
 
 pub(crate) use graft_exec::Slot;
@@ -115,29 +149,12 @@ pub(crate) struct Plan {
 impl Plan {
     /// The plan the executor runs (after lowering: every step's arguments known).
     pub(crate) fn to_exec(&self) -> graft_exec::ExecPlan {
-        use graft_exec::Kind;
         let steps = self
             .steps
             .iter()
             .map(|s| graft_exec::Step {
-                kind: match s.kind {
-                    StepKind::Fused => Kind::Fused,
-                    StepKind::Reduce => Kind::Reduce,
-                    StepKind::Softmax => Kind::Softmax,
-                    StepKind::MatMulScalar(_) => Kind::MatMulScalar,
-                    StepKind::PackA(_) => Kind::PackA,
-                    StepKind::Pack(_) | StepKind::PackBound(..) => Kind::Pack,
-                    StepKind::Gemm(_) => Kind::Gemm,
-                    StepKind::Host => Kind::Host,
-                },
-                root: s.root,
-                symbol: s.symbol.clone(),
-                args: s.args.clone(),
-                out: s.out,
-                range: s.range,
-                cost: s.cost,
-                may_fail: s.may_fail,
-                bind: s.bind,
+                kind: exec_kind(&s.kind),
+                ..s.run.clone()
             })
             .collect();
         graft_exec::ExecPlan {
@@ -606,16 +623,8 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
             });
             p.slots.len() - 1
         };
-        let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {
-            kind,
-            root: id,
-            symbol: String::new(),
-            args: Vec::new(),
-            out,
-            range,
-            cost: cost.max(1),
-            may_fail: false,
-            bind: false,
+        let step = |kind: StepKind, out: usize, range: usize, cost: usize| {
+            Step::new(kind, id, out, range, cost)
         };
         match &node.op {
             Op::Input { name, .. } => {
@@ -642,9 +651,8 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                 s.fused_b = plan.inline[s.b_src.index()];
                 let out = new_slot(&mut plan, ty.dtype, ty.numel());
                 plan.slot_of[v] = Some(out);
-                let step = |kind: StepKind, out: usize, range: usize, cost: usize| Step {
-                    root: mm,
-                    ..step(kind, out, range, cost)
+                let step = |kind: StepKind, out: usize, range: usize, cost: usize| {
+                    Step::new(kind, mm, out, range, cost)
                 };
                 if scalar_matmul(ty.dtype, &s) {
                     let st = step(StepKind::MatMulScalar(s), out, s.batches * s.m, s.n * s.k);
@@ -698,15 +706,14 @@ pub(crate) fn plan(f: &Function, target: &CpuTarget) -> Result<Plan, CodegenErro
                             None => new_slot(&mut plan, DType::F32, c.packed_len(target)),
                         };
                         plan.slots[packed].bound = bind;
-                        plan.steps.push(Step {
-                            bind,
-                            ..step(
-                                StepKind::Pack(c),
-                                packed,
-                                c.b[0] * (p1 - p0),
-                                c.k_len() * target.nr,
-                            )
-                        });
+                        let mut pack = step(
+                            StepKind::Pack(c),
+                            packed,
+                            c.b[0] * (p1 - p0),
+                            c.k_len() * target.nr,
+                        );
+                        pack.bind = bind;
+                        plan.steps.push(pack);
                         let flops = 2 * c.batches * c.m * (p1 - p0) * target.nr * c.k_len();
                         plan.steps.push(step(
                             StepKind::Gemm(c),
