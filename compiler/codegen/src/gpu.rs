@@ -189,7 +189,7 @@ fn binary_text(module: &str) -> Result<String, CodegenError> {
         Some(i) => i + "assembly = \"".len(),
         None => rest.find(">, \"").ok_or_else(missing)? + 4,
     };
-    let bytes = rest[open..].as_bytes();
+    let bytes = &rest.as_bytes()[open..];
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() && bytes[i] != b'"' {
